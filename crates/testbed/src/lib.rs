@@ -1,0 +1,1 @@
+//! robosync-testbed (stub)

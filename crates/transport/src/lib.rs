@@ -1,0 +1,1 @@
+//! robosync-transport (stub)
