@@ -1,0 +1,298 @@
+//! A real OpenSSH server per test, configured like a robot node.
+
+use std::fs;
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{current_user, free_port, keygen, workspace_root};
+
+const SFTP_SERVER_CANDIDATES: &[&str] = &[
+    "/usr/lib/openssh/sftp-server",
+    "/usr/libexec/openssh/sftp-server",
+    "/usr/libexec/sftp-server",
+    "/usr/lib/ssh/sftp-server",
+];
+
+/// Options for [`Sshd`].
+pub struct SshdBuilder {
+    from: String,
+    reject_sftp: bool,
+    robot: bool,
+    max_sessions: u32,
+    listen: String,
+    extra: Vec<String>,
+}
+
+impl Default for SshdBuilder {
+    fn default() -> Self {
+        SshdBuilder {
+            from: "127.0.0.1".into(),
+            reject_sftp: false,
+            robot: true,
+            max_sessions: 20,
+            listen: "127.0.0.1".into(),
+            extra: Vec::new(),
+        }
+    }
+}
+
+impl SshdBuilder {
+    /// The `from=` pattern on the robot key (default `127.0.0.1`).
+    pub fn from_pattern(mut self, p: &str) -> Self {
+        self.from = p.into();
+        self
+    }
+    /// Make the wrapper refuse the SFTP server as well.
+    pub fn reject_sftp(mut self, yes: bool) -> Self {
+        self.reject_sftp = yes;
+        self
+    }
+    /// `false`: a plain key without restrictions (e.g. a bastion).
+    pub fn robot(mut self, yes: bool) -> Self {
+        self.robot = yes;
+        self
+    }
+    pub fn max_sessions(mut self, n: u32) -> Self {
+        self.max_sessions = n;
+        self
+    }
+    /// Also listen on `::1` (for address-family tests).
+    pub fn listen_ipv6_too(mut self) -> Self {
+        self.listen = "127.0.0.1 ::1".into();
+        self
+    }
+    /// Extra sshd_config lines.
+    pub fn config(mut self, line: &str) -> Self {
+        self.extra.push(line.into());
+        self
+    }
+
+    pub fn start(self) -> Sshd {
+        Sshd::start_with(self)
+    }
+}
+
+/// A running sshd; stopped (by pid) when dropped, even on panic.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+    /// Client private key authorised as the robot key.
+    pub client_key: PathBuf,
+    /// ssh_config with `Host robot` pointing at this server.
+    pub ssh_config: PathBuf,
+    pub known_hosts: PathBuf,
+    pub host_key_pub: PathBuf,
+    pub authorized_keys: PathBuf,
+    pub wrapper_conf: PathBuf,
+    pub wrapper_log: PathBuf,
+    pub sshd_log: PathBuf,
+    pub sftp_server: PathBuf,
+    pub user: String,
+}
+
+impl Sshd {
+    pub fn builder() -> SshdBuilder {
+        SshdBuilder::default()
+    }
+
+    /// A robot-like sshd with default options.
+    pub fn start() -> Sshd {
+        SshdBuilder::default().start()
+    }
+
+    fn start_with(b: SshdBuilder) -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("robosync-sshd-")
+            .tempdir()
+            .unwrap();
+        let d = dir.path();
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+        let host_key = d.join("host_ed25519");
+        keygen(&host_key);
+        let client_key = d.join("robot_ed25519");
+        keygen(&client_key);
+        let sftp_server = SFTP_SERVER_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("sftp-server not found: install openssh-sftp-server");
+        let wrapper_log = d.join("wrapper.log");
+        let wrapper_conf = d.join("robot.conf");
+        fs::write(&wrapper_log, "").unwrap();
+        let sshd_log = d.join("sshd.log");
+        let authorized_keys = d.join("authorized_keys");
+        let port = free_port();
+        let user = current_user();
+
+        let s = Sshd {
+            port,
+            child: Command::new("true").spawn().unwrap(),
+            client_key: client_key.clone(),
+            ssh_config: d.join("ssh_config"),
+            known_hosts: d.join("known_hosts"),
+            host_key_pub: d.join("host_ed25519.pub"),
+            authorized_keys: authorized_keys.clone(),
+            wrapper_conf,
+            wrapper_log,
+            sshd_log: sshd_log.clone(),
+            sftp_server,
+            user,
+            dir,
+        };
+        s.set_reject_sftp(b.reject_sftp);
+        let pubkey = fs::read_to_string(client_key.with_extension("pub")).unwrap();
+        let line = if b.robot {
+            s.robot_line(&b.from, pubkey.trim())
+        } else {
+            pubkey.trim().to_string()
+        };
+        fs::write(&authorized_keys, format!("{line}\n")).unwrap();
+        fs::set_permissions(&authorized_keys, fs::Permissions::from_mode(0o600)).unwrap();
+
+        let listen: String = b
+            .listen
+            .split_whitespace()
+            .map(|a| format!("ListenAddress {a}\n"))
+            .collect();
+        let config = format!(
+            "Port {port}\n{listen}HostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel DEBUG1\n\
+             MaxSessions {ms}\nMaxStartups 100:30:200\nSubsystem sftp {sftp}\n{extra}\n",
+            hk = host_key.display(),
+            pid = d.join("sshd.pid").display(),
+            ak = authorized_keys.display(),
+            ms = b.max_sessions,
+            sftp = s.sftp_server.display(),
+            extra = b.extra.join("\n"),
+        );
+        let config_path = d.join("sshd_config");
+        fs::write(&config_path, config).unwrap();
+        let host_pub = fs::read_to_string(&s.host_key_pub).unwrap();
+        fs::write(
+            &s.known_hosts,
+            format!("[127.0.0.1]:{port} {}\n", host_pub.trim()),
+        )
+        .unwrap();
+        fs::write(&s.ssh_config, s.config_stanza("robot")).unwrap();
+
+        let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd"]
+            .iter()
+            .find(|p| Path::new(p).exists())
+            .expect("sshd not found: install openssh-server");
+        let child = Command::new(sshd)
+            .arg("-D")
+            .arg("-f")
+            .arg(&config_path)
+            .arg("-E")
+            .arg(&sshd_log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start sshd");
+        let mut s = s;
+        let mut dummy = std::mem::replace(&mut s.child, child);
+        let _ = dummy.wait();
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "sshd exited ({status}): {}",
+                    fs::read_to_string(&self.sshd_log).unwrap_or_default()
+                );
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "sshd did not start listening");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The authorized_keys line of a robot key for `pubkey`.
+    pub fn robot_line(&self, from: &str, pubkey: &str) -> String {
+        format!(
+            "restrict,from=\"{from}\",command=\"{} {}\" {pubkey}",
+            workspace_root()
+                .join("fixtures/robot/transfer_commands.sh")
+                .display(),
+            self.wrapper_conf.display()
+        )
+    }
+
+    /// A `Host NAME` stanza for this server (client key, known_hosts, no agent).
+    pub fn config_stanza(&self, name: &str) -> String {
+        format!(
+            "Host {name}\n  HostName 127.0.0.1\n  Port {}\n  User {}\n  IdentityFile {}\n  IdentitiesOnly yes\n  \
+             UserKnownHostsFile {}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  \
+             IdentityAgent none\n  BatchMode yes\n",
+            self.port,
+            self.user,
+            self.client_key.display(),
+            self.known_hosts.display()
+        )
+    }
+
+    /// Toggles whether the wrapper refuses the SFTP server.
+    pub fn set_reject_sftp(&self, yes: bool) {
+        fs::write(
+            &self.wrapper_conf,
+            format!(
+                "SFTP_SERVER={}\nLOG={}\nREJECT_SFTP={}\n",
+                self.sftp_server.display(),
+                self.wrapper_log.display(),
+                if yes { 1 } else { 0 }
+            ),
+        )
+        .unwrap();
+    }
+
+    /// Every command the forced-command wrapper saw, in order.
+    pub fn wrapper_commands(&self) -> Vec<String> {
+        fs::read_to_string(&self.wrapper_log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(&self.sshd_log).unwrap_or_default()
+    }
+
+    /// Appends a line to authorized_keys.
+    pub fn authorize(&self, line: &str) {
+        let mut f = fs::OpenOptions::new()
+            .append(true)
+            .open(&self.authorized_keys)
+            .unwrap();
+        writeln!(f, "{line}").unwrap();
+    }
+
+    /// Path of a fresh directory inside the server's temp dir.
+    pub fn mkdir(&self, name: &str) -> PathBuf {
+        let p = self.dir.path().join(name);
+        fs::create_dir_all(&p).unwrap();
+        p
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}
