@@ -1,0 +1,6 @@
+//! robosync-manifest's integration tests: one binary, a module per area.
+
+mod journal;
+mod manifest;
+mod state;
+mod util;
