@@ -1,1 +1,442 @@
-//! robosync-planner (stub)
+//! robosync-planner: decides what a run must do, and nothing else.
+//!
+//! Brief overview: both sides of a transfer are described as a [`Tree`] (from
+//! a local [`robosync_scanner::Snapshot`] or a remote listing); [`plan`] compares
+//! the source tree, the destination tree and the [`robosync_manifest::Manifest`]
+//! (what robosync last wrote) and returns a [`Plan`]: an ordered list of
+//! [`Action`]s that `--dry-run` prints one per line, like `rsync -i`.
+//!
+//! Must not: do I/O. Pure functions, so every rule is unit-tested.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use robosync_manifest::{Manifest, Record};
+use robosync_scanner::{EntryKind, Snapshot};
+
+/// What kind of node a path is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink(PathBuf),
+}
+
+/// One node of a tree, as much as the side can tell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    pub kind: Kind,
+    pub size: u64,
+    /// Whole seconds: SFTP v3 carries no finer mtime, so both sides compare at this grain.
+    pub mtime: i64,
+    pub mode: u32,
+    /// Known content hashes (local side only): whole-file and per block.
+    pub whole: Option<[u8; 32]>,
+    pub blocks: Vec<[u8; 32]>,
+}
+
+/// A directory tree keyed by relative path (bytes order).
+#[derive(Debug, Clone, Default)]
+pub struct Tree {
+    pub nodes: BTreeMap<PathBuf, Node>,
+}
+
+impl Tree {
+    /// The tree a local scan saw.
+    pub fn from_snapshot(s: &Snapshot) -> Tree {
+        let mut nodes = BTreeMap::new();
+        for e in &s.entries {
+            let kind = match &e.kind {
+                EntryKind::File => Kind::File,
+                EntryKind::Dir => Kind::Dir,
+                EntryKind::Symlink { target } => Kind::Symlink(target.clone()),
+            };
+            let (whole, blocks) = match &e.digest {
+                Some(d) => (Some(d.whole), d.block_hashes().to_vec()),
+                None => (None, Vec::new()),
+            };
+            nodes.insert(
+                e.path.clone(),
+                Node {
+                    kind,
+                    size: e.size,
+                    mtime: e.mtime_ns.div_euclid(1_000_000_000),
+                    mode: e.mode & 0o7777,
+                    whole,
+                    blocks,
+                },
+            );
+        }
+        Tree { nodes }
+    }
+
+    pub fn files(&self) -> usize {
+        self.nodes.values().filter(|n| n.kind == Kind::File).count()
+    }
+}
+
+/// Why a file is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    New,
+    /// Size or mtime differs and robosync has no usable record of the old content.
+    Changed,
+    /// The destination changed behind robosync's back since it was written.
+    Drifted,
+    /// The destination is of another kind (e.g. a directory where a file goes).
+    Replaced,
+}
+
+/// One step of a plan. Paths are relative to the roots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Mkdir {
+        path: PathBuf,
+        mode: u32,
+    },
+    /// Send the whole file.
+    Copy {
+        path: PathBuf,
+        size: u64,
+        reason: Reason,
+    },
+    /// Send only `send` blocks; the others equal the old destination file's
+    /// blocks at the same index.
+    Delta {
+        path: PathBuf,
+        size: u64,
+        send: Vec<u64>,
+        reuse: Vec<u64>,
+    },
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+    },
+    /// Content equal; only permission bits or mtime differ.
+    SetAttrs {
+        path: PathBuf,
+    },
+    /// Remove a destination entry that the source lacks (`--delete`) or that is
+    /// of the wrong kind (before a `Replaced` copy).
+    Delete {
+        path: PathBuf,
+        dir: bool,
+    },
+}
+
+impl Action {
+    pub fn path(&self) -> &Path {
+        match self {
+            Action::Mkdir { path, .. }
+            | Action::Copy { path, .. }
+            | Action::Delta { path, .. }
+            | Action::Symlink { path, .. }
+            | Action::SetAttrs { path }
+            | Action::Delete { path, .. } => path,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    /// rsync `-i`-like: an 11-column code, then the path.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (code, path) = match self {
+            Action::Mkdir { path, .. } => ("cd+++++++++", path),
+            Action::Copy {
+                path,
+                reason: Reason::New,
+                ..
+            } => (">f+++++++++", path),
+            Action::Copy {
+                path,
+                reason: Reason::Drifted,
+                ..
+            } => (">f!drifted ", path),
+            Action::Copy {
+                path,
+                reason: Reason::Replaced,
+                ..
+            } => (">f!replaced", path),
+            Action::Copy { path, .. } => (">fst.......", path),
+            Action::Delta { path, .. } => (">fcst.delta", path),
+            Action::Symlink { path, .. } => ("cL+++++++++", path),
+            Action::SetAttrs { path } => (".f..tp.....", path),
+            Action::Delete { path, .. } => ("*deleting  ", path),
+        };
+        write!(f, "{code} {}", escape(path))?;
+        if let Action::Symlink { target, .. } = self {
+            write!(f, " -> {}", escape(target))?;
+        }
+        Ok(())
+    }
+}
+
+/// A path for humans: invalid UTF-8 and control characters escaped as `\xNN`.
+pub fn escape(p: &Path) -> String {
+    let mut s = String::new();
+    for chunk in p.as_os_str().as_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                s += &format!("\\x{:02x}", c as u32);
+            } else {
+                s.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            s += &format!("\\x{b:02x}");
+        }
+    }
+    s
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub delete: bool,
+    /// Refuse `--delete` beyond this many deletions; `None` = at most half the destination.
+    pub max_delete: Option<u64>,
+    /// Block deltas are possible (server has copy-data, or `--inplace`).
+    pub delta: bool,
+    pub block_size: u64,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            delete: false,
+            max_delete: None,
+            delta: true,
+            block_size: robosync_scanner::BLOCK_SIZE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("refusing --delete: the source {0} is empty; if it is an unmounted disk this would wipe the mirror. Check the source, or delete on the destination by hand")]
+    EmptySource(String),
+    #[error("refusing --delete: it would remove {would} of {total} destination entries (limit {limit}); check the source, or pass --max-delete {would} to allow it")]
+    TooManyDeletes { would: u64, total: u64, limit: u64 },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    /// Files already up to date.
+    pub unchanged: u64,
+    pub warnings: Vec<String>,
+}
+
+impl Plan {
+    /// Payload bytes the plan will send (upper bound for deltas).
+    pub fn bytes_to_send(&self, block_size: u64) -> u64 {
+        self.actions
+            .iter()
+            .map(|a| match a {
+                Action::Copy { size, .. } => *size,
+                Action::Delta { send, .. } => send.len() as u64 * block_size,
+                _ => 0,
+            })
+            .sum()
+    }
+}
+
+fn key(p: &Path) -> Vec<u8> {
+    p.as_os_str().as_bytes().to_vec()
+}
+
+/// Whether the destination still holds what the record says robosync wrote.
+fn dest_matches_record(d: &Node, r: &Record) -> bool {
+    d.kind == Kind::File && d.size == r.remote_size && d.mtime == r.remote_mtime
+}
+
+/// Compares `source` with `dest` (and what `manifest` says robosync wrote there).
+///
+/// Order of actions: deletions of wrong-kind entries, directories (parents
+/// first), files and symlinks, then `--delete` removals (children first), so an
+/// executor may run them in order.
+pub fn plan(
+    source: &Tree,
+    dest: &Tree,
+    manifest: Option<&Manifest>,
+    source_root_label: &str,
+    opts: &PlanOptions,
+) -> Result<Plan, PlanError> {
+    let mut plan = Plan::default();
+    let mut replace = Vec::new();
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    for (path, s) in &source.nodes {
+        let d = dest.nodes.get(path);
+        let record = manifest.and_then(|m| m.files.get(&key(path)));
+        match (&s.kind, d) {
+            (Kind::Dir, Some(d)) if d.kind == Kind::Dir => {}
+            (Kind::Dir, d) => {
+                if let Some(d) = d {
+                    replace.push(Action::Delete {
+                        path: path.clone(),
+                        dir: false,
+                    });
+                    let _ = d;
+                }
+                dirs.push(Action::Mkdir {
+                    path: path.clone(),
+                    mode: s.mode,
+                });
+            }
+            (Kind::Symlink(t), Some(d)) if d.kind == Kind::Symlink(t.clone()) => {
+                plan.unchanged += 1;
+            }
+            (Kind::Symlink(t), d) => {
+                if let Some(d) = d {
+                    replace.push(Action::Delete {
+                        path: path.clone(),
+                        dir: d.kind == Kind::Dir,
+                    });
+                }
+                files.push(Action::Symlink {
+                    path: path.clone(),
+                    target: t.clone(),
+                });
+            }
+            (Kind::File, None) => files.push(Action::Copy {
+                path: path.clone(),
+                size: s.size,
+                reason: Reason::New,
+            }),
+            (Kind::File, Some(d)) if d.kind != Kind::File => {
+                replace.push(Action::Delete {
+                    path: path.clone(),
+                    dir: d.kind == Kind::Dir,
+                });
+                files.push(Action::Copy {
+                    path: path.clone(),
+                    size: s.size,
+                    reason: Reason::Replaced,
+                });
+            }
+            (Kind::File, Some(d)) => {
+                if let Some(a) = plan_file(path, s, d, record, opts, &mut plan) {
+                    files.push(a);
+                }
+            }
+        }
+    }
+    plan.actions.extend(replace);
+    plan.actions.extend(dirs);
+    plan.actions.extend(files);
+
+    if opts.delete {
+        let mut gone: Vec<(&PathBuf, &Node)> = dest
+            .nodes
+            .iter()
+            .filter(|(p, _)| !source.nodes.contains_key(*p))
+            .collect();
+        if !gone.is_empty() {
+            if source.nodes.is_empty() {
+                return Err(PlanError::EmptySource(source_root_label.to_string()));
+            }
+            let total = dest.nodes.len() as u64;
+            let limit = opts.max_delete.unwrap_or(total / 2);
+            // Count top-level removals only: a deleted directory takes its children.
+            let would = gone.len() as u64;
+            if would > limit {
+                return Err(PlanError::TooManyDeletes {
+                    would,
+                    total,
+                    limit,
+                });
+            }
+            // Children before parents.
+            gone.reverse();
+            for (p, n) in gone {
+                plan.actions.push(Action::Delete {
+                    path: p.clone(),
+                    dir: n.kind == Kind::Dir,
+                });
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn plan_file(
+    path: &Path,
+    s: &Node,
+    d: &Node,
+    record: Option<&Record>,
+    opts: &PlanOptions,
+    plan: &mut Plan,
+) -> Option<Action> {
+    let copy = |reason| {
+        Some(Action::Copy {
+            path: path.to_path_buf(),
+            size: s.size,
+            reason,
+        })
+    };
+    let attrs_differ = s.mtime != d.mtime || s.mode != d.mode;
+    match record {
+        Some(r) if dest_matches_record(d, r) => {
+            if s.whole.is_some() && s.whole == Some(r.whole) && s.size == r.size {
+                if attrs_differ {
+                    return Some(Action::SetAttrs {
+                        path: path.to_path_buf(),
+                    });
+                }
+                plan.unchanged += 1;
+                return None;
+            }
+            if !opts.delta || s.blocks.is_empty() {
+                return copy(Reason::Changed);
+            }
+            let old: &[[u8; 32]] = if r.blocks.is_empty() {
+                std::slice::from_ref(&r.whole)
+            } else {
+                &r.blocks
+            };
+            let (mut send, mut reuse) = (Vec::new(), Vec::new());
+            for (i, h) in s.blocks.iter().enumerate() {
+                if old.get(i) == Some(h) {
+                    reuse.push(i as u64);
+                } else {
+                    send.push(i as u64);
+                }
+            }
+            if reuse.is_empty() {
+                return copy(Reason::Changed);
+            }
+            Some(Action::Delta {
+                path: path.to_path_buf(),
+                size: s.size,
+                send,
+                reuse,
+            })
+        }
+        Some(_) => {
+            plan.warnings.push(format!(
+                "{} changed on the destination since robosync wrote it; sending it whole",
+                escape(path)
+            ));
+            copy(Reason::Drifted)
+        }
+        None => {
+            // No record: rsync's quick check (size and mtime).
+            if s.size == d.size && s.mtime == d.mtime {
+                if s.mode != d.mode {
+                    return Some(Action::SetAttrs {
+                        path: path.to_path_buf(),
+                    });
+                }
+                plan.unchanged += 1;
+                None
+            } else {
+                copy(Reason::Changed)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
