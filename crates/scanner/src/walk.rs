@@ -1,0 +1,288 @@
+//! The parallel walk: one rayon task per directory, files hashed in parallel.
+
+use std::fs::{self, File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rayon::prelude::*;
+
+use crate::cache::{CachedFile, RACY_WINDOW_NS};
+use crate::hash::{hash_file, StatKey};
+use crate::{
+    cmp_paths, Entry, EntryKind, ScanError, ScanOptions, ScanStats, Skipped, Snapshot, SpecialKind,
+    StatCache,
+};
+
+/// Scans `root`. Fails only if the root itself cannot be read.
+///
+/// Every problem below the root becomes a [`ScanError`] and the scan goes on.
+/// On return `cache` holds exactly the (non-racy) files of this scan.
+pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Result<Snapshot> {
+    if !fs::metadata(root)?.is_dir() {
+        let message = format!("{} is not a directory", root.display());
+        return Err(io::Error::new(io::ErrorKind::NotADirectory, message));
+    }
+    let root_dir = fs::read_dir(root)?;
+    let now_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as i64);
+    let walk = Walk {
+        root,
+        opts,
+        cache,
+        racy_from_ns: now_ns - RACY_WINDOW_NS,
+        items: Mutex::default(),
+        errors: Mutex::default(),
+        skipped: Mutex::default(),
+        files_hashed: AtomicU64::new(0),
+        bytes_hashed: AtomicU64::new(0),
+        cache_hits: AtomicU64::new(0),
+    };
+    rayon::scope(|s| walk.walk_dir(s, PathBuf::new(), root_dir));
+
+    let stats = ScanStats {
+        files_hashed: walk.files_hashed.into_inner(),
+        bytes_hashed: walk.bytes_hashed.into_inner(),
+        cache_hits: walk.cache_hits.into_inner(),
+    };
+    let mut items = walk
+        .items
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut errors = walk
+        .errors
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    let mut skipped = walk
+        .skipped
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    items.par_sort_unstable_by(|a, b| cmp_paths(&a.entry.path, &b.entry.path));
+    errors.sort_unstable_by(|a, b| cmp_paths(&a.path, &b.path));
+    skipped.sort_unstable_by(|a, b| cmp_paths(&a.path, &b.path));
+
+    // Drop the old cache before building the new one: peak memory is one cache.
+    *cache = StatCache::default();
+    let mut cached = Vec::with_capacity(items.iter().filter(|i| i.cache_key.is_some()).count());
+    let entries = items
+        .into_iter()
+        .map(|item| {
+            if let (Some(key), Some(digest)) = (item.cache_key, &item.entry.digest) {
+                cached.push(CachedFile {
+                    path: item.entry.path.as_os_str().as_bytes().into(),
+                    key,
+                    whole: digest.whole,
+                    blocks: digest.blocks.as_slice().into(),
+                });
+            }
+            item.entry
+        })
+        .collect();
+    *cache = StatCache::from_sorted(cached);
+    Ok(Snapshot {
+        entries,
+        errors,
+        skipped,
+        stats,
+    })
+}
+
+struct Item {
+    entry: Entry,
+    /// Set for files that may go into the stat cache (hashed and not racy).
+    cache_key: Option<StatKey>,
+}
+
+struct Walk<'a> {
+    root: &'a Path,
+    opts: &'a ScanOptions,
+    cache: &'a StatCache,
+    /// Files with an mtime at or after this are racy: not cached.
+    racy_from_ns: i64,
+    items: Mutex<Vec<Item>>,
+    errors: Mutex<Vec<ScanError>>,
+    skipped: Mutex<Vec<Skipped>>,
+    files_hashed: AtomicU64,
+    bytes_hashed: AtomicU64,
+    cache_hits: AtomicU64,
+}
+
+impl<'a> Walk<'a> {
+    fn walk_dir<'s>(&'s self, scope: &rayon::Scope<'s>, rel: PathBuf, dir: fs::ReadDir) {
+        let mut items = Vec::new();
+        let mut to_hash = Vec::new();
+        for child in dir {
+            let child = match child {
+                Ok(child) => child,
+                Err(e) => {
+                    self.error(rel.clone(), format!("list directory: {e}"));
+                    break;
+                }
+            };
+            let path = rel.join(child.file_name());
+            // d_type, usually free: an excluded child is never stat'ed.
+            let is_dir = child.file_type().is_ok_and(|t| t.is_dir());
+            if !self.opts.filter.includes(&path, is_dir) {
+                continue;
+            }
+            let meta = match child.metadata() {
+                Ok(meta) => meta,
+                Err(e) => {
+                    self.io_error(path, "stat", e);
+                    continue;
+                }
+            };
+            let file_type = meta.file_type();
+            if file_type.is_dir() {
+                items.push(self.item(path.clone(), EntryKind::Dir, 0, &meta));
+                scope.spawn(move |scope| match fs::read_dir(self.root.join(&path)) {
+                    Ok(dir) => self.walk_dir(scope, path, dir),
+                    Err(e) => self.io_error(path, "list directory", e),
+                });
+            } else if file_type.is_symlink() {
+                match fs::read_link(self.root.join(&path)) {
+                    Ok(target) => {
+                        let kind = EntryKind::Symlink { target };
+                        items.push(self.item(path, kind, meta.len(), &meta));
+                    }
+                    Err(e) => self.io_error(path, "read link", e),
+                }
+            } else if file_type.is_file() {
+                let key = StatKey::of(&meta);
+                match self
+                    .cache
+                    .lookup(&path, key)
+                    .filter(|_| !self.opts.ignore_cache)
+                {
+                    Some(digest) => {
+                        self.cache_hits.fetch_add(1, Relaxed);
+                        let mut item = self.item(path, EntryKind::File, key.size, &meta);
+                        item.entry.digest = Some(digest);
+                        item.cache_key = (key.mtime_ns < self.racy_from_ns).then_some(key);
+                        items.push(item);
+                    }
+                    None => to_hash.push((path, meta)),
+                }
+            } else {
+                let kind = if file_type.is_fifo() {
+                    SpecialKind::Fifo
+                } else if file_type.is_socket() {
+                    SpecialKind::Socket
+                } else if file_type.is_block_device() {
+                    SpecialKind::BlockDevice
+                } else {
+                    SpecialKind::CharDevice
+                };
+                lock(&self.skipped).push(Skipped { path, kind });
+            }
+        }
+        if to_hash.len() <= 1 {
+            items.extend(
+                to_hash
+                    .into_iter()
+                    .filter_map(|(path, meta)| self.hash_one(path, &meta)),
+            );
+        } else {
+            let hashed: Vec<Item> = to_hash
+                .into_par_iter()
+                .filter_map(|(path, meta)| self.hash_one(path, &meta))
+                .collect();
+            items.extend(hashed);
+        }
+        lock(&self.items).append(&mut items);
+    }
+
+    /// Hashes one regular file, checking with fstat before and after that it
+    /// did not change meanwhile (which would make the digest mixed content).
+    fn hash_one(&self, path: PathBuf, listed: &Metadata) -> Option<Item> {
+        let abs = self.root.join(&path);
+        // O_NOFOLLOW and O_NONBLOCK: if the file was swapped for a symlink or a
+        // FIFO since it was listed, fail or return at once instead of following or blocking.
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&abs);
+        let (file, before) = match file.and_then(|f| f.metadata().map(|m| (f, m))) {
+            Ok(opened) => opened,
+            Err(e) => {
+                self.io_error(path, "open", e);
+                return None;
+            }
+        };
+        if !before.is_file() || before.ino() != listed.ino() || before.dev() != listed.dev() {
+            self.error(path, "replaced while being scanned".into());
+            return None;
+        }
+        let key = StatKey::of(&before);
+        let digest = match hash_file(&file, key.size) {
+            Ok(digest) => digest,
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                self.error(path, "changed while being hashed (it shrank)".into());
+                return None;
+            }
+            Err(e) => {
+                self.io_error(path, "read", e);
+                return None;
+            }
+        };
+        #[cfg(test)]
+        crate::tests::during_hash(&abs);
+        if !unchanged(&file, key) {
+            self.error(
+                path,
+                "changed while being hashed (size, mtime or ctime moved)".into(),
+            );
+            return None;
+        }
+        self.files_hashed.fetch_add(1, Relaxed);
+        self.bytes_hashed.fetch_add(key.size, Relaxed);
+        let mut item = self.item(path, EntryKind::File, key.size, &before);
+        item.entry.digest = Some(digest);
+        item.cache_key = (key.mtime_ns < self.racy_from_ns).then_some(key);
+        Some(item)
+    }
+
+    fn item(&self, path: PathBuf, kind: EntryKind, size: u64, meta: &Metadata) -> Item {
+        let mtime_ns = StatKey::of(meta).mtime_ns;
+        let mode = meta.mode() & 0o7777;
+        let entry = Entry {
+            path,
+            kind,
+            size,
+            mtime_ns,
+            mode,
+            digest: None,
+        };
+        Item {
+            entry,
+            cache_key: None,
+        }
+    }
+
+    fn io_error(&self, path: PathBuf, op: &str, e: io::Error) {
+        let message = if e.kind() == io::ErrorKind::NotFound {
+            "vanished during the scan".to_owned()
+        } else {
+            format!("{op}: {e}")
+        };
+        self.error(path, message);
+    }
+
+    fn error(&self, path: PathBuf, message: String) {
+        lock(&self.errors).push(ScanError { path, message });
+    }
+}
+
+fn unchanged(file: &File, key: StatKey) -> bool {
+    file.metadata()
+        .is_ok_and(|after| StatKey::of(&after) == key)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
