@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ManifestError, StateFile};
-use crate::manifest::{write_atomically, Manifest, Record, FORMAT_VERSION};
+use crate::manifest::{write_atomically, AppendTo, Manifest, Record, FORMAT_VERSION};
 
 const MAGIC: [u8; 8] = *b"RBSJRNL\0";
 /// magic (8) + version (u32).
@@ -275,14 +275,13 @@ impl Drop for Journal {
 fn encode_frame(rec: &JournalRecord, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
-    let mut out2 = postcard::to_extend(rec, std::mem::take(out))
+    postcard::serialize_with_flavor(rec, AppendTo(out))
         .expect("postcard encoding into a Vec is infallible for JournalRecord");
-    let payload_len = out2.len() - start - FRAME_HEADER_LEN;
+    let payload_len = out.len() - start - FRAME_HEADER_LEN;
     let len = u32::try_from(payload_len).expect("journal record larger than 4 GiB");
-    let check = blake3::hash(&out2[start + FRAME_HEADER_LEN..]);
-    out2[start..start + 4].copy_from_slice(&len.to_le_bytes());
-    out2[start + 4..start + FRAME_HEADER_LEN].copy_from_slice(&check.as_bytes()[..8]);
-    *out = out2;
+    let check = blake3::hash(&out[start + FRAME_HEADER_LEN..]);
+    out[start..start + 4].copy_from_slice(&len.to_le_bytes());
+    out[start + 4..start + FRAME_HEADER_LEN].copy_from_slice(&check.as_bytes()[..8]);
 }
 
 /// What [`replay`] read from a journal.

@@ -57,6 +57,7 @@ pub struct Manifest {
     pub run_id: u64,
     /// Key: path relative to the destination root, as raw Unix path bytes,
     /// '/'-separated, without a leading '/'.
+    #[serde(with = "crate::files_codec")]
     pub files: BTreeMap<Vec<u8>, Record>,
 }
 
@@ -64,14 +65,12 @@ impl Manifest {
     /// Encodes the manifest: header (magic, [`FORMAT_VERSION`], body length,
     /// BLAKE3 of the body) followed by the postcard-encoded body.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = vec![0u8; HEADER_LEN];
+        let mut out = Vec::with_capacity(HEADER_LEN + 64 * self.files.len() + 64);
+        out.resize(HEADER_LEN, 0);
         // Serializing into a growable Vec cannot fail for these types (no
-        // maps with non-serializable keys, no fallible custom impls).
-        let mut out = postcard::to_extend(self, {
-            out.reserve(self.files.len() * 100);
-            out
-        })
-        .expect("postcard encoding into a Vec is infallible for Manifest");
+        // fallible custom impls, no unsupported serde types).
+        postcard::serialize_with_flavor(self, AppendTo(&mut out))
+            .expect("postcard encoding into a Vec is infallible for Manifest");
         let body_len = (out.len() - HEADER_LEN) as u64;
         let hash = blake3::hash(&out[HEADER_LEN..]);
         out[0..8].copy_from_slice(&MAGIC);
@@ -248,4 +247,29 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), ManifestError> {
     fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ManifestError::io("fsync directory", dir, e))
+}
+
+/// A postcard output that appends to a `Vec` after our header, with
+/// `extend_from_slice` for byte strings (postcard's `to_extend` goes byte
+/// by byte).
+pub(crate) struct AppendTo<'a>(pub(crate) &'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
 }

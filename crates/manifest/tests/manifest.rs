@@ -233,3 +233,22 @@ fn timing_one_million_entries() {
         );
     }
 }
+
+/// Damage that a checksum cannot see (a bug, or a deliberately forged
+/// file) must still give an error or a manifest, never a panic.
+#[test]
+fn damaged_body_with_valid_checksum_never_panics() {
+    let good = small_manifest().encode();
+    let mut errors = 0;
+    for i in HEADER_LEN..good.len() {
+        let mut bad = good.clone();
+        bad[i] ^= 0x5a;
+        let hash = blake3::hash(&bad[HEADER_LEN..]);
+        bad[24..56].copy_from_slice(hash.as_bytes());
+        if Manifest::decode(&bad).is_err() {
+            errors += 1;
+        }
+    }
+    // Most flips break the structure (lengths, order, hash sizes).
+    assert!(errors > 0);
+}
