@@ -91,7 +91,12 @@ impl Proxy {
                             live.push(client.try_clone().unwrap());
                             live.push(server.try_clone().unwrap());
                         }
-                        pump(sh.clone(), client.try_clone().unwrap(), server.try_clone().unwrap(), true);
+                        pump(
+                            sh.clone(),
+                            client.try_clone().unwrap(),
+                            server.try_clone().unwrap(),
+                            true,
+                        );
                         pump(sh.clone(), server, client, false);
                     }
                     Err(_) => thread::sleep(Duration::from_millis(5)),
@@ -162,7 +167,10 @@ fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, up: bool) {
                 cut(&sh);
                 break;
             }
-            if tx.send((Instant::now() + shaping.one_way_delay, buf[..n].to_vec())).is_err() {
+            if tx
+                .send((Instant::now() + shaping.one_way_delay, buf[..n].to_vec()))
+                .is_err()
+            {
                 break;
             }
         }

@@ -1,1 +1,24 @@
-//! robosync-transport (stub)
+//! robosync-transport: everything between robosync and a remote SFTP server.
+//!
+//! Brief overview: [`ssh_config`] resolves a destination the way `ssh` would;
+//! [`connect::Connection`] authenticates (russh) and checks host keys with our
+//! own [`known_hosts`] policy; [`client::Sftp`] runs an SFTP v3 session
+//! ([`proto`] is its I/O-free codec) over a russh channel or an `ssh -s sftp`
+//! child, with many requests in flight; [`pool::Pool`] spreads sessions over
+//! several connections and reconnects.
+//!
+//! Must not: run remote commands (no `exec`, no PTY), decide what to transfer
+//! (the planner does), or touch local files.
+
+pub mod client;
+pub mod connect;
+pub mod error;
+pub mod known_hosts;
+pub mod pool;
+pub mod proto;
+pub mod ssh_config;
+
+pub use client::{Extensions, Limits, SessionOptions, Sftp};
+pub use connect::{Connection, Target};
+pub use error::Error;
+pub use pool::{Pool, PoolOptions};

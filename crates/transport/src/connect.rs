@@ -1,0 +1,813 @@
+//! SSH connections: how robosync reaches an SFTP server.
+//!
+//! Two carriers feed the same [`Sftp`] engine: russh (the default; many
+//! channels over a few connections of our own) and the system `ssh` binary
+//! (`--ssh-program`), which reuses whatever the user's OpenSSH does
+//! (ControlMaster, GSSAPI, hardware keys). Neither ever requests a PTY or
+//! sends `exec`: only the `sftp` subsystem.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use russh::client::{self, AuthResult, Handle};
+use russh::keys::ssh_key::{Certificate, PublicKey};
+use russh::keys::{load_openssh_certificate, load_secret_key, PrivateKeyWithHashAlg};
+use russh::{cipher, ChannelMsg, Preferred};
+use tokio::process::Command;
+
+use crate::client::{SessionOptions, Sftp};
+use crate::error::Error;
+use crate::known_hosts::{self, HostKeyQuery, Verdict};
+use crate::ssh_config::{AddressFamily, ConfigRequest, HostConfig, StrictHostKeyChecking};
+
+/// Host-key decisions, made during key exchange and reported afterwards.
+struct HostKeyCheck {
+    cfg: Arc<HostConfig>,
+    ip: Option<std::net::IpAddr>,
+    /// Why the key was refused, for the error message.
+    refusal: Arc<Mutex<Option<String>>>,
+    notes: Arc<Mutex<Vec<String>>>,
+}
+
+impl client::Handler for HostKeyCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &russh::keys::PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let cfg = &self.cfg;
+        let host = cfg.host_key_alias.as_deref().unwrap_or(&cfg.hostname);
+        let q = HostKeyQuery {
+            host,
+            port: cfg.port,
+            ip: if cfg.check_host_ip { self.ip } else { None },
+        };
+        let files: Vec<PathBuf> = cfg
+            .user_known_hosts_files
+            .iter()
+            .chain(cfg.global_known_hosts_files.iter())
+            .cloned()
+            .collect();
+        let (verdict, plain) = match key {
+            russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => {
+                (known_hosts::check(&files, &q, key), Some(key.clone()))
+            }
+            russh::keys::PublicKeyOrCertificate::Certificate(cert) => {
+                (known_hosts::check_certificate(&files, &q, cert), None)
+            }
+        };
+        let accept = match &verdict {
+            Verdict::Trusted { .. } | Verdict::TrustedByCa { .. } => true,
+            Verdict::Unknown | Verdict::OtherTypesKnown { .. } => {
+                match cfg.strict_host_key_checking {
+                    StrictHostKeyChecking::No => true,
+                    StrictHostKeyChecking::AcceptNew => {
+                        if let (Some(k), Some(file)) = (plain, cfg.user_known_hosts_files.first()) {
+                            match known_hosts::append(file, &q, &k, cfg.hash_known_hosts) {
+                                Ok(()) => self.notes.lock().unwrap().push(format!(
+                                    "added the host key of {host} ({}) to {}",
+                                    known_hosts::fingerprint(&k),
+                                    file.display()
+                                )),
+                                Err(e) => self.notes.lock().unwrap().push(format!(
+                                    "could not record the host key in {}: {e}",
+                                    file.display()
+                                )),
+                            }
+                        }
+                        true
+                    }
+                    StrictHostKeyChecking::Ask if std::io::stdin().is_terminal() => {
+                        ask_user(&verdict.explain(host, cfg.port))
+                    }
+                    _ => false,
+                }
+            }
+            Verdict::Changed { .. }
+            | Verdict::Revoked { .. }
+            | Verdict::InvalidCertificate { .. } => false,
+        };
+        if !accept {
+            *self.refusal.lock().unwrap() = Some(verdict.explain(host, cfg.port));
+        }
+        Ok(accept)
+    }
+}
+
+fn ask_user(question: &str) -> bool {
+    use std::io::Write;
+    let mut err = std::io::stderr();
+    let _ = write!(
+        err,
+        "{question}\nAre you sure you want to continue connecting (yes/no)? "
+    );
+    let _ = err.flush();
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).is_ok() && line.trim() == "yes"
+}
+
+/// Cipher order: AES-GCM first where the CPU accelerates it, else ChaCha20;
+/// restricted to what the user's `Ciphers` allows when set.
+fn preferred(cfg: &HostConfig) -> Preferred {
+    let aes_fast = {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("aes")
+                && std::arch::is_x86_feature_detected!("pclmulqdq")
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            std::arch::is_aarch64_feature_detected!("aes")
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    };
+    let mut order = if aes_fast {
+        vec![
+            cipher::AES_128_GCM,
+            cipher::AES_256_GCM,
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_128_CTR,
+            cipher::AES_256_CTR,
+        ]
+    } else {
+        vec![
+            cipher::CHACHA20_POLY1305,
+            cipher::AES_128_GCM,
+            cipher::AES_256_GCM,
+            cipher::AES_128_CTR,
+            cipher::AES_256_CTR,
+        ]
+    };
+    if !cfg.ciphers.is_empty() {
+        order.retain(|c| cfg.ciphers.iter().any(|u| u == c.as_ref()));
+    }
+    // The kex list (with ext-info and strict-kex markers) stays russh's default.
+    Preferred {
+        cipher: order.into(),
+        ..Preferred::default()
+    }
+}
+
+/// One authenticated SSH connection (russh carrier).
+pub struct Connection {
+    handle: Handle<HostKeyCheck>,
+    pub peer: String,
+    pub notes: Vec<String>,
+}
+
+/// How to reach a host: the resolved config plus the user's original request.
+#[derive(Clone)]
+pub struct Target {
+    pub request: ConfigRequest,
+    pub config: Arc<HostConfig>,
+    /// Use this OpenSSH client binary instead of russh (`--ssh-program`).
+    pub ssh_program: Option<PathBuf>,
+    pub session: SessionOptions,
+}
+
+impl Target {
+    pub fn peer(&self) -> String {
+        format!(
+            "{}@{}:{}",
+            self.config.user, self.config.hostname, self.config.port
+        )
+    }
+}
+
+fn ssh_config(cfg: &HostConfig) -> client::Config {
+    client::Config {
+        preferred: preferred(cfg),
+        nodelay: true,
+        window_size: 16 << 20,
+        maximum_packet_size: 65535,
+        keepalive_interval: Some(cfg.server_alive_interval.unwrap_or(Duration::from_secs(15))),
+        keepalive_max: cfg.server_alive_count_max.max(1) as usize,
+        ..Default::default()
+    }
+}
+
+/// Checks certificates for expiry before we try them; expired ones are an error.
+fn load_certificate(
+    path: &std::path::Path,
+    notes: &mut Vec<String>,
+) -> Result<Option<Certificate>, Error> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let cert = load_openssh_certificate(path)
+        .map_err(|e| Error::Connect(format!("cannot read certificate {}: {e}", path.display())))?;
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let before = cert.valid_before();
+    if now >= before {
+        return Err(Error::Connect(format!(
+            "certificate {} expired {} ago (valid until {}): renew it (e.g. run your site's key-signing tool) and try again",
+            path.display(),
+            human_duration(now - before),
+            unix_to_utc(before)
+        )));
+    }
+    if now < cert.valid_after() {
+        return Err(Error::Connect(format!(
+            "certificate {} is not valid yet (valid from {}): check the clock",
+            path.display(),
+            unix_to_utc(cert.valid_after())
+        )));
+    }
+    if before - now < 3600 {
+        notes.push(format!(
+            "warning: certificate {} expires in {} ({})",
+            path.display(),
+            human_duration(before - now),
+            unix_to_utc(before)
+        ));
+    }
+    Ok(Some(cert))
+}
+
+/// Seconds until the first certificate among the identities expires (None if no certificate).
+pub fn certificate_time_left(cfg: &HostConfig) -> Option<i64> {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()?
+        .as_secs() as i64;
+    cert_paths(cfg)
+        .iter()
+        .filter_map(|p| load_openssh_certificate(p).ok())
+        .map(|c| c.valid_before() as i64 - now)
+        .max()
+}
+
+fn cert_paths(cfg: &HostConfig) -> Vec<PathBuf> {
+    let mut v = cfg.certificate_files.clone();
+    for id in &cfg.identity_files {
+        let mut s = id.clone().into_os_string();
+        s.push("-cert.pub");
+        v.push(PathBuf::from(s));
+    }
+    v
+}
+
+pub fn human_duration(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172800 => format!("{} h", s / 3600),
+        s => format!("{} days", s / 86400),
+    }
+}
+
+fn unix_to_utc(secs: u64) -> String {
+    // Civil-from-days (Howard Hinnant), enough for a human-readable UTC stamp.
+    let days = (secs / 86400) as i64;
+    let rem = secs % 86400;
+    let z = days + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z - era * 146097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        rem / 3600,
+        (rem % 3600) / 60
+    )
+}
+
+type Stream = Box<dyn AsyncStream>;
+/// A byte stream a connection can run over.
+pub trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
+
+/// Runs a ProxyCommand (or an `ssh -W` for ProxyJump) and returns its stdio as a stream.
+fn proxy_stream(command: &str) -> Result<Stream, Error> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Connect(format!("cannot run proxy command {command:?}: {e}")))?;
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    // The child lives as long as the stream; reaping happens on drop.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(Box::new(tokio::io::join(stdout, stdin)))
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"@%+=:,./-_[]".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+/// ProxyJump is carried by OpenSSH's own `ssh -W` (as OpenSSH does itself):
+/// it measured faster than a russh direct-tcpip channel, and it honours the
+/// jump hosts' own config stanzas.
+fn jump_command(target: &Target) -> String {
+    let cfg = &target.config;
+    let mut cmd = String::from("ssh");
+    if let Some(f) = &target.request.config_file {
+        cmd += &format!(" -F {}", shell_quote(&f.to_string_lossy()));
+    }
+    let hops: Vec<String> = cfg
+        .proxy_jump
+        .iter()
+        .map(|j| {
+            let mut s = String::new();
+            if let Some(u) = &j.user {
+                s += &format!("{u}@");
+            }
+            s += &j.host;
+            if let Some(p) = j.port {
+                s += &format!(":{p}");
+            }
+            s
+        })
+        .collect();
+    let (last, rest) = hops.split_last().expect("proxy_jump is not empty");
+    if !rest.is_empty() {
+        cmd += &format!(" -J {}", shell_quote(&rest.join(",")));
+    }
+    cmd += &format!(
+        " -o BatchMode=yes -W {}:{} {}",
+        shell_quote(&format_host(&cfg.hostname)),
+        cfg.port,
+        shell_quote(last)
+    );
+    cmd
+}
+
+fn format_host(h: &str) -> String {
+    if h.contains(':') {
+        format!("[{h}]")
+    } else {
+        h.to_string()
+    }
+}
+
+async fn resolve_addrs(cfg: &HostConfig) -> Result<Vec<SocketAddr>, Error> {
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((cfg.hostname.as_str(), cfg.port))
+        .await
+        .map_err(|e| {
+            Error::Connect(format!(
+                "cannot resolve {}: {e} (check HostName in your ssh config)",
+                cfg.hostname
+            ))
+        })?
+        .filter(|a| match cfg.address_family {
+            AddressFamily::Any => true,
+            AddressFamily::Inet => a.is_ipv4(),
+            AddressFamily::Inet6 => a.is_ipv6(),
+        })
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Connect(format!(
+            "{} has no address of the requested family ({:?})",
+            cfg.hostname, cfg.address_family
+        )));
+    }
+    Ok(addrs)
+}
+
+impl Connection {
+    /// Connects and authenticates as `ssh host` would.
+    pub async fn open(target: &Target) -> Result<Connection, Error> {
+        let cfg = target.config.clone();
+        let peer = target.peer();
+        let mut notes = cfg.warnings.clone();
+        let interactive = std::io::stdin().is_terminal() && !cfg.batch_mode;
+
+        // Identities: (private key file, certificate) in OpenSSH order.
+        let mut identities = Vec::new();
+        for id in &cfg.identity_files {
+            if !id.exists() {
+                continue;
+            }
+            let mut cert_file = id.clone().into_os_string();
+            cert_file.push("-cert.pub");
+            let cert = load_certificate(std::path::Path::new(&cert_file), &mut notes)?;
+            identities.push((id.clone(), cert));
+        }
+        for c in &cfg.certificate_files {
+            if let Some(cert) = load_certificate(c, &mut notes)? {
+                if let Some((_, slot)) = identities.iter_mut().find(|(_, s)| s.is_none()) {
+                    *slot = Some(cert);
+                }
+            }
+        }
+
+        let attempts = cfg.connection_attempts.max(1);
+        let mut last_err = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            match Self::dial(target, &cfg).await {
+                Ok((stream, addr)) => {
+                    let refusal = Arc::new(Mutex::new(None));
+                    let key_notes = Arc::new(Mutex::new(Vec::new()));
+                    let handler = HostKeyCheck {
+                        cfg: cfg.clone(),
+                        ip: addr.map(|a| a.ip()),
+                        refusal: refusal.clone(),
+                        notes: key_notes.clone(),
+                    };
+                    let handle =
+                        match client::connect_stream(Arc::new(ssh_config(&cfg)), stream, handler)
+                            .await
+                        {
+                            Ok(h) => h,
+                            Err(e) => {
+                                if let Some(why) = refusal.lock().unwrap().take() {
+                                    return Err(Error::Connect(why));
+                                }
+                                last_err = Some(Error::Connect(format!(
+                                    "SSH handshake with {peer} failed: {e}"
+                                )));
+                                continue;
+                            }
+                        };
+                    notes.extend(key_notes.lock().unwrap().drain(..));
+                    let mut conn = Connection {
+                        handle,
+                        peer: peer.clone(),
+                        notes,
+                    };
+                    conn.authenticate(&cfg, &identities, interactive, addr)
+                        .await?;
+                    return Ok(conn);
+                }
+                Err(e) => last_err = Some(e),
+            }
+        }
+        Err(last_err.unwrap())
+    }
+
+    async fn dial(
+        target: &Target,
+        cfg: &HostConfig,
+    ) -> Result<(Stream, Option<SocketAddr>), Error> {
+        if let Some(cmd) = &cfg.proxy_command {
+            return Ok((proxy_stream(cmd)?, None));
+        }
+        if !cfg.proxy_jump.is_empty() {
+            return Ok((proxy_stream(&jump_command(target))?, None));
+        }
+        let timeout = cfg.connect_timeout.unwrap_or(Duration::from_secs(30));
+        let mut errors = Vec::new();
+        for addr in resolve_addrs(cfg).await? {
+            match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((Box::new(s), Some(addr)));
+                }
+                Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
+                Err(_) => errors.push(format!("{addr}: timed out after {timeout:?}")),
+            }
+        }
+        Err(Error::Connect(format!(
+            "cannot connect to {}:{}: {}",
+            cfg.hostname,
+            cfg.port,
+            errors.join("; ")
+        )))
+    }
+
+    async fn authenticate(
+        &mut self,
+        cfg: &HostConfig,
+        identities: &[(PathBuf, Option<Certificate>)],
+        interactive: bool,
+        addr: Option<SocketAddr>,
+    ) -> Result<(), Error> {
+        let user = cfg.user.clone();
+        let mut tried = Vec::new();
+        let auth_err = |e: russh::Error| {
+            Error::Connect(format!("authentication with {} failed: {e}", cfg.hostname))
+        };
+
+        // Agent identities first, as OpenSSH does (restricted by IdentitiesOnly).
+        let file_keys: Vec<PublicKey> = identities
+            .iter()
+            .filter_map(|(p, _)| {
+                let mut pubf = p.clone().into_os_string();
+                pubf.push(".pub");
+                std::fs::read_to_string(&pubf)
+                    .ok()
+                    .and_then(|s| PublicKey::from_openssh(s.trim()).ok())
+            })
+            .collect();
+        if let Some(mut agent) = connect_agent(cfg).await {
+            if let Ok(ids) = agent.request_identities().await {
+                for id in ids {
+                    let key = match &id {
+                        russh::keys::agent::AgentIdentity::PublicKey { key, .. } => key.clone(),
+                        _ => continue,
+                    };
+                    if cfg.identities_only
+                        && !file_keys.iter().any(|k| k.key_data() == key.key_data())
+                    {
+                        continue;
+                    }
+                    tried.push(format!("agent key {}", known_hosts::fingerprint(&key)));
+                    let hash = self
+                        .handle
+                        .best_supported_rsa_hash()
+                        .await
+                        .ok()
+                        .flatten()
+                        .flatten();
+                    if let Ok(AuthResult::Success) = self
+                        .handle
+                        .authenticate_publickey_with(&user, key, hash, &mut agent)
+                        .await
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+
+        for (path, cert) in identities {
+            let key = match load_secret_key(path, None) {
+                Ok(k) => k,
+                Err(russh::keys::Error::KeyIsEncrypted) => {
+                    if !interactive {
+                        self.notes.push(format!(
+                            "skipped {}: it needs a passphrase and there is no terminal; load it into ssh-agent (ssh-add {}) for unattended runs",
+                            path.display(),
+                            path.display()
+                        ));
+                        tried.push(format!("{} (encrypted, skipped)", path.display()));
+                        continue;
+                    }
+                    let prompt = format!("Enter passphrase for key '{}': ", path.display());
+                    let pass = read_password(&prompt);
+                    load_secret_key(path, Some(&pass)).map_err(|e| {
+                        Error::Connect(format!("cannot decrypt {}: {e}", path.display()))
+                    })?
+                }
+                Err(e) => {
+                    tried.push(format!("{} (unreadable: {e})", path.display()));
+                    continue;
+                }
+            };
+            let key = Arc::new(key);
+            let result = if let Some(cert) = cert {
+                tried.push(format!("{} with certificate", path.display()));
+                self.handle
+                    .authenticate_openssh_cert(&user, key.clone(), cert.clone())
+                    .await
+                    .map_err(auth_err)?
+            } else {
+                tried.push(path.display().to_string());
+                let hash = self
+                    .handle
+                    .best_supported_rsa_hash()
+                    .await
+                    .ok()
+                    .flatten()
+                    .flatten();
+                self.handle
+                    .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(key, hash))
+                    .await
+                    .map_err(auth_err)?
+            };
+            if let AuthResult::Success = result {
+                return Ok(());
+            }
+        }
+
+        if interactive {
+            if let Ok(()) = self.keyboard_interactive(&user).await {
+                return Ok(());
+            }
+        }
+
+        let mut msg = format!(
+            "permission denied for {user}@{}:{} (tried: {})",
+            cfg.hostname,
+            cfg.port,
+            if tried.is_empty() {
+                "no usable identity: pass -i KEY or set IdentityFile".to_string()
+            } else {
+                tried.join(", ")
+            }
+        );
+        if let Some(a) = addr {
+            let fam = if a.is_ipv6() { "IPv6" } else { "IPv4" };
+            msg += &format!(
+                ". Connected via {fam} {}; a robot key's from= pattern only matches the addresses it lists: if it lists {} addresses, try {}",
+                a.ip(),
+                if a.is_ipv6() { "IPv4" } else { "IPv6" },
+                if a.is_ipv6() { "-4" } else { "-6" }
+            );
+        }
+        Err(Error::Connect(msg))
+    }
+
+    async fn keyboard_interactive(&mut self, user: &str) -> Result<(), Error> {
+        use russh::client::KeyboardInteractiveAuthResponse as R;
+        let mut reply = self
+            .handle
+            .authenticate_keyboard_interactive_start(user, None)
+            .await
+            .map_err(|e| Error::Connect(e.to_string()))?;
+        loop {
+            match reply {
+                R::Success => return Ok(()),
+                R::Failure { .. } => {
+                    return Err(Error::Connect("keyboard-interactive failed".into()))
+                }
+                R::InfoRequest {
+                    name,
+                    instructions,
+                    prompts,
+                } => {
+                    if !name.is_empty() {
+                        eprintln!("{name}");
+                    }
+                    if !instructions.is_empty() {
+                        eprintln!("{instructions}");
+                    }
+                    let answers = prompts
+                        .iter()
+                        .map(|p| {
+                            if p.echo {
+                                eprint!("{}", p.prompt);
+                                let mut s = String::new();
+                                let _ = std::io::stdin().read_line(&mut s);
+                                s.trim_end().to_string()
+                            } else {
+                                read_password(&p.prompt)
+                            }
+                        })
+                        .collect();
+                    reply = self
+                        .handle
+                        .authenticate_keyboard_interactive_respond(answers)
+                        .await
+                        .map_err(|e| Error::Connect(e.to_string()))?;
+                }
+            }
+        }
+    }
+
+    /// Opens one SFTP session on a new channel of this connection.
+    pub async fn open_sftp(&self, opts: SessionOptions) -> Result<Sftp, Error> {
+        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
+            Error::Connect(format!(
+                "{} refused a new channel ({e}); its MaxSessions may be lower than --channels",
+                self.peer
+            ))
+        })?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(|e| Error::Connect(format!("subsystem request failed: {e}")))?;
+        // The reply to want_reply comes as a message; a refusal is Failure.
+        loop {
+            match channel.wait().await {
+                Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Failure) => {
+                    return Err(Error::Refused {
+                        peer: self.peer.clone(),
+                        text: "subsystem request refused".into(),
+                    })
+                }
+                Some(ChannelMsg::WindowAdjusted { .. }) => continue,
+                Some(_) => continue,
+                None => {
+                    return Err(Error::ConnectionLost {
+                        peer: self.peer.clone(),
+                        detail: "channel closed during subsystem request".into(),
+                    })
+                }
+            }
+        }
+        Sftp::start(channel.into_stream(), &self.peer, opts).await
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(russh::Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+async fn connect_agent(
+    cfg: &HostConfig,
+) -> Option<russh::keys::agent::client::AgentClient<tokio::net::UnixStream>> {
+    let sock = match cfg.identity_agent.as_deref() {
+        Some("none") => return None,
+        Some("SSH_AUTH_SOCK") | None => std::env::var_os("SSH_AUTH_SOCK")?,
+        Some(p) if p.starts_with('$') => std::env::var_os(&p[1..])?,
+        Some(p) => p.into(),
+    };
+    russh::keys::agent::client::AgentClient::connect_uds(sock)
+        .await
+        .ok()
+}
+
+fn read_password(prompt: &str) -> String {
+    use std::io::Write;
+    eprint!("{prompt}");
+    let _ = std::io::stderr().flush();
+    // Turn echo off while reading from the terminal.
+    let fd = libc::STDIN_FILENO;
+    let mut term: libc::termios = unsafe { std::mem::zeroed() };
+    let have = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
+    if have {
+        let mut quiet = term;
+        quiet.c_lflag &= !libc::ECHO;
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
+    }
+    let mut s = String::new();
+    let _ = std::io::stdin().read_line(&mut s);
+    if have {
+        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
+    }
+    eprintln!();
+    s.trim_end_matches(['\n', '\r']).to_string()
+}
+
+/// Starts one SFTP session through the system `ssh` binary (`ssh -s host sftp`).
+pub async fn open_sftp_via_ssh(target: &Target) -> Result<Sftp, Error> {
+    let program = target.ssh_program.clone().unwrap_or_else(|| "ssh".into());
+    let r = &target.request;
+    let mut cmd = Command::new(&program);
+    if let Some(f) = &r.config_file {
+        cmd.arg("-F").arg(f);
+    }
+    for o in &r.options {
+        cmd.arg("-o").arg(o);
+    }
+    for i in &r.identity_files {
+        cmd.arg("-i").arg(i);
+    }
+    if let Some(p) = r.port {
+        cmd.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = &r.user {
+        cmd.arg("-l").arg(u);
+    }
+    match r.family {
+        Some(AddressFamily::Inet) => {
+            cmd.arg("-4");
+        }
+        Some(AddressFamily::Inet6) => {
+            cmd.arg("-6");
+        }
+        _ => {}
+    }
+    if !std::io::stdin().is_terminal() {
+        cmd.arg("-o").arg("BatchMode=yes");
+    }
+    cmd.arg("-T").arg("-s").arg(&r.host).arg("sftp");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| Error::Connect(format!("cannot run {}: {e}", program.display())))?;
+    let stdin = child.stdin.take().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Sftp::start(
+        tokio::io::join(stdout, stdin),
+        &target.peer(),
+        target.session.clone(),
+    )
+    .await
+}

@@ -1,0 +1,74 @@
+//! Transport errors: what failed, with whom, and what to try.
+
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("the server refused SFTP: {text:?} (from {peer}). The forced command on the key (e.g. a site's transfer_commands.sh) did not start the SFTP server: check that the key is registered for transfers and that the site allows the sftp subsystem")]
+    Refused { peer: String, text: String },
+    #[error("connection to {peer} lost: {detail}")]
+    ConnectionLost { peer: String, detail: String },
+    #[error("no reply from {peer} within {after:?}")]
+    Timeout { peer: String, after: Duration },
+    #[error("SFTP protocol error with {peer}: {detail}")]
+    Protocol { peer: String, detail: String },
+    #[error("{op} {path:?}: {}", status_text(*code, message))]
+    Status {
+        op: &'static str,
+        path: String,
+        code: u32,
+        message: String,
+    },
+    #[error("{0}")]
+    Connect(String),
+}
+
+fn status_text(code: u32, message: &str) -> String {
+    let name = match code {
+        1 => "end of file",
+        2 => "no such file",
+        3 => "permission denied",
+        4 => "failure",
+        5 => "bad message",
+        8 => "operation unsupported",
+        _ => "error",
+    };
+    if message.is_empty() || message.eq_ignore_ascii_case(name) {
+        name.to_string()
+    } else {
+        format!("{name} ({message})")
+    }
+}
+
+impl Error {
+    /// True when the link itself failed, so a reconnect may help.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, Error::ConnectionLost { .. } | Error::Timeout { .. })
+    }
+
+    /// SFTP status code, if this is a server status reply.
+    pub fn status_code(&self) -> Option<u32> {
+        match self {
+            Error::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Attaches a path to a status error that lacked one.
+    pub fn with_path(self, op: &'static str, path: &[u8]) -> Error {
+        match self {
+            Error::Status {
+                code,
+                message,
+                path: p,
+                ..
+            } if p.is_empty() => Error::Status {
+                op,
+                path: String::from_utf8_lossy(path).into_owned(),
+                code,
+                message,
+            },
+            e => e,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! Many SFTP sessions over a few SSH connections, repaired when links drop.
+//!
+//! Throughput across latency comes from many channels (OpenSSH gives each a
+//! 2 MiB window) and many requests in flight; logins are few and paced so
+//! sshd's MaxStartups is never tripped. When a connection dies, [`Pool::session`]
+//! reconnects with exponential backoff and jitter until the retry deadline,
+//! while sessions on the other connections keep working.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::client::Sftp;
+use crate::connect::{open_sftp_via_ssh, Connection, Target};
+use crate::error::Error;
+
+#[derive(Debug, Clone)]
+pub struct PoolOptions {
+    pub connections: usize,
+    pub channels: usize,
+    /// Keep reconnecting this long after a drop before giving up.
+    pub retry_for: Duration,
+}
+
+struct Link {
+    conn: Option<Arc<Connection>>,
+    sessions: Vec<Arc<Sftp>>,
+}
+
+pub struct Pool {
+    target: Target,
+    opts: PoolOptions,
+    links: Mutex<Vec<Link>>,
+    next: AtomicUsize,
+    repair: tokio::sync::Mutex<()>,
+    /// Messages worth showing once (fallbacks, warnings from connecting).
+    pub notes: Mutex<Vec<String>>,
+    pub reconnects: AtomicUsize,
+}
+
+impl Pool {
+    /// Opens the first connection (errors here are final: auth, host key,
+    /// refused SFTP), then the rest, falling back to fewer when refused.
+    pub async fn open(target: Target, opts: PoolOptions) -> Result<Pool, Error> {
+        let pool = Pool {
+            target,
+            opts,
+            links: Mutex::new(Vec::new()),
+            next: AtomicUsize::new(0),
+            repair: tokio::sync::Mutex::new(()),
+            notes: Mutex::new(Vec::new()),
+            reconnects: AtomicUsize::new(0),
+        };
+        let first = pool.open_link().await?;
+        pool.links.lock().unwrap().push(first);
+        for i in 1..pool.opts.connections.max(1) {
+            match pool.open_link().await {
+                Ok(l) => pool.links.lock().unwrap().push(l),
+                Err(e) => {
+                    pool.note(format!(
+                        "using {i} connection(s) instead of {}: {e}",
+                        pool.opts.connections
+                    ));
+                    break;
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    fn note(&self, s: String) {
+        self.notes.lock().unwrap().push(s);
+    }
+
+    async fn open_link(&self) -> Result<Link, Error> {
+        let session = self.target.session.clone();
+        if self.target.ssh_program.is_some() {
+            // One ssh process per channel; with ControlMaster they share one login.
+            let mut sessions = vec![Arc::new(open_sftp_via_ssh(&self.target).await?)];
+            for _ in 1..self.opts.channels.max(1) {
+                match open_sftp_via_ssh(&self.target).await {
+                    Ok(s) => sessions.push(Arc::new(s)),
+                    Err(_) => break,
+                }
+            }
+            return Ok(Link {
+                conn: None,
+                sessions,
+            });
+        }
+        let conn = Arc::new(Connection::open(&self.target).await?);
+        for n in conn.notes.iter() {
+            self.note(n.clone());
+        }
+        let mut sessions = vec![Arc::new(conn.open_sftp(session.clone()).await?)];
+        for i in 1..self.opts.channels.max(1) {
+            match conn.open_sftp(session.clone()).await {
+                Ok(s) => sessions.push(Arc::new(s)),
+                Err(e) => {
+                    self.note(format!(
+                        "server allowed {i} SFTP channel(s) per connection, not {} ({e})",
+                        self.opts.channels
+                    ));
+                    break;
+                }
+            }
+        }
+        Ok(Link {
+            conn: Some(conn),
+            sessions,
+        })
+    }
+
+    /// All live sessions now.
+    pub fn sessions(&self) -> Vec<Arc<Sftp>> {
+        self.links
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|l| l.sessions.iter().filter(|s| !s.is_dead()).cloned())
+            .collect()
+    }
+
+    /// A live session (round robin), reconnecting if every one is gone.
+    pub async fn session(&self) -> Result<Arc<Sftp>, Error> {
+        loop {
+            let live = self.sessions();
+            if !live.is_empty() {
+                let i = self.next.fetch_add(1, Ordering::Relaxed);
+                return Ok(live[i % live.len()].clone());
+            }
+            self.repair().await?;
+        }
+    }
+
+    /// Replaces dead links, with backoff, until the retry deadline passes.
+    pub async fn repair(&self) -> Result<(), Error> {
+        let _guard = self.repair.lock().await;
+        let dead: usize = {
+            let mut links = self.links.lock().unwrap();
+            let before = links.len();
+            links.retain(|l| {
+                l.sessions.iter().any(|s| !s.is_dead())
+                    && l.conn.as_ref().is_none_or(|c| !c.is_closed())
+            });
+            before - links.len()
+        };
+        if dead == 0 && !self.sessions().is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + self.opts.retry_for;
+        let mut delay = Duration::from_millis(250);
+        let mut last = None;
+        while Instant::now() < deadline {
+            match self.open_link().await {
+                Ok(l) => {
+                    self.reconnects.fetch_add(1, Ordering::Relaxed);
+                    self.links.lock().unwrap().push(l);
+                    return Ok(());
+                }
+                // A key or host-key problem will not heal by retrying.
+                Err(e @ (Error::Refused { .. } | Error::Connect(_))) if !is_transient(&e) => {
+                    return Err(e)
+                }
+                Err(e) => last = Some(e),
+            }
+            // Jitter from the clock's low bits: enough to spread simultaneous retries.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .subsec_nanos() as u64;
+            let jitter = nanos % (delay.as_millis() as u64 / 2 + 1);
+            tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+        Err(last.unwrap_or_else(|| Error::ConnectionLost {
+            peer: self.target.peer(),
+            detail: "gave up reconnecting (--retry-for)".into(),
+        }))
+    }
+
+    pub async fn close(&self) {
+        let conns: Vec<_> = self
+            .links
+            .lock()
+            .unwrap()
+            .drain(..)
+            .filter_map(|l| l.conn)
+            .collect();
+        for c in conns {
+            c.close().await;
+        }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+}
+
+fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Connect(m) => {
+            m.starts_with("cannot connect")
+                || m.starts_with("SSH handshake")
+                || m.contains("timed out")
+        }
+        _ => e.is_connection(),
+    }
+}

@@ -1,0 +1,366 @@
+//! SFTP version 3 wire format (draft-ietf-secsh-filexfer-02 plus OpenSSH's
+//! extensions), with no I/O: bytes in, typed packets out, and back.
+//!
+//! Handles and names stay raw bytes end to end. russh-sftp decodes both as
+//! lossy UTF-8, which corrupts binary handles (OpenSSH's past 128 open files)
+//! and non-UTF-8 file names; a codec of our own is small and avoids both.
+
+use std::fmt;
+
+pub const VERSION: u32 = 3;
+
+// Packet types.
+pub const FXP_INIT: u8 = 1;
+pub const FXP_VERSION: u8 = 2;
+pub const FXP_OPEN: u8 = 3;
+pub const FXP_CLOSE: u8 = 4;
+pub const FXP_READ: u8 = 5;
+pub const FXP_WRITE: u8 = 6;
+pub const FXP_LSTAT: u8 = 7;
+pub const FXP_FSTAT: u8 = 8;
+pub const FXP_SETSTAT: u8 = 9;
+pub const FXP_FSETSTAT: u8 = 10;
+pub const FXP_OPENDIR: u8 = 11;
+pub const FXP_READDIR: u8 = 12;
+pub const FXP_REMOVE: u8 = 13;
+pub const FXP_MKDIR: u8 = 14;
+pub const FXP_RMDIR: u8 = 15;
+pub const FXP_REALPATH: u8 = 16;
+pub const FXP_STAT: u8 = 17;
+pub const FXP_RENAME: u8 = 18;
+pub const FXP_READLINK: u8 = 19;
+pub const FXP_SYMLINK: u8 = 20;
+pub const FXP_STATUS: u8 = 101;
+pub const FXP_HANDLE: u8 = 102;
+pub const FXP_DATA: u8 = 103;
+pub const FXP_NAME: u8 = 104;
+pub const FXP_ATTRS: u8 = 105;
+pub const FXP_EXTENDED: u8 = 200;
+pub const FXP_EXTENDED_REPLY: u8 = 201;
+
+// Open flags.
+pub const FXF_READ: u32 = 0x01;
+pub const FXF_WRITE: u32 = 0x02;
+pub const FXF_APPEND: u32 = 0x04;
+pub const FXF_CREAT: u32 = 0x08;
+pub const FXF_TRUNC: u32 = 0x10;
+pub const FXF_EXCL: u32 = 0x20;
+
+// Status codes.
+pub const FX_OK: u32 = 0;
+pub const FX_EOF: u32 = 1;
+pub const FX_NO_SUCH_FILE: u32 = 2;
+pub const FX_PERMISSION_DENIED: u32 = 3;
+pub const FX_FAILURE: u32 = 4;
+
+const ATTR_SIZE: u32 = 0x01;
+const ATTR_UIDGID: u32 = 0x02;
+const ATTR_PERMISSIONS: u32 = 0x04;
+const ATTR_ACMODTIME: u32 = 0x08;
+const ATTR_EXTENDED: u32 = 0x8000_0000;
+
+/// Largest packet we accept from a server; OpenSSH's own limit is 256 KiB.
+/// Anything bigger is a broken or hostile peer, not data.
+pub const MAX_INBOUND_PACKET: u32 = 1024 * 1024;
+
+/// File attributes; absent fields are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Attrs {
+    pub size: Option<u64>,
+    pub uid_gid: Option<(u32, u32)>,
+    /// Full st_mode, including the file type bits.
+    pub permissions: Option<u32>,
+    /// (atime, mtime) in whole seconds.
+    pub times: Option<(u32, u32)>,
+}
+
+pub const S_IFMT: u32 = 0o170000;
+pub const S_IFDIR: u32 = 0o040000;
+pub const S_IFREG: u32 = 0o100000;
+pub const S_IFLNK: u32 = 0o120000;
+
+impl Attrs {
+    pub fn file_type(&self) -> Option<u32> {
+        self.permissions.map(|p| p & S_IFMT)
+    }
+    pub fn is_dir(&self) -> bool {
+        self.file_type() == Some(S_IFDIR)
+    }
+    pub fn is_file(&self) -> bool {
+        self.file_type() == Some(S_IFREG)
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.file_type() == Some(S_IFLNK)
+    }
+    pub fn mtime(&self) -> Option<u32> {
+        self.times.map(|t| t.1)
+    }
+}
+
+/// One directory entry from READDIR (or the single name of REALPATH/READLINK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Name {
+    pub filename: Vec<u8>,
+    pub attrs: Attrs,
+}
+
+/// A decoded server reply, with its request id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Status { code: u32, message: String },
+    Handle(Vec<u8>),
+    Data(Vec<u8>),
+    Name(Vec<Name>),
+    Attrs(Attrs),
+    Extended(Vec<u8>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DecodeError(pub &'static str);
+
+impl fmt::Display for DecodeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "malformed SFTP packet: {}", self.0)
+    }
+}
+
+/// Builds one request packet: length prefix, type, id, then fields.
+pub struct Packet {
+    buf: Vec<u8>,
+}
+
+impl Packet {
+    pub fn new(kind: u8, id: u32) -> Packet {
+        let mut buf = Vec::with_capacity(64);
+        buf.extend_from_slice(&[0, 0, 0, 0, kind]);
+        buf.extend_from_slice(&id.to_be_bytes());
+        Packet { buf }
+    }
+    /// INIT carries a version instead of a request id.
+    pub fn init() -> Packet {
+        let mut buf = vec![0, 0, 0, 0, FXP_INIT];
+        buf.extend_from_slice(&VERSION.to_be_bytes());
+        Packet { buf }
+    }
+    pub fn u32(mut self, v: u32) -> Packet {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn u64(mut self, v: u64) -> Packet {
+        self.buf.extend_from_slice(&v.to_be_bytes());
+        self
+    }
+    pub fn bytes(mut self, v: &[u8]) -> Packet {
+        self.buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        self.buf.extend_from_slice(v);
+        self
+    }
+    pub fn attrs(mut self, a: &Attrs) -> Packet {
+        let mut flags = 0;
+        if a.size.is_some() {
+            flags |= ATTR_SIZE;
+        }
+        if a.uid_gid.is_some() {
+            flags |= ATTR_UIDGID;
+        }
+        if a.permissions.is_some() {
+            flags |= ATTR_PERMISSIONS;
+        }
+        if a.times.is_some() {
+            flags |= ATTR_ACMODTIME;
+        }
+        self = self.u32(flags);
+        if let Some(s) = a.size {
+            self = self.u64(s);
+        }
+        if let Some((u, g)) = a.uid_gid {
+            self = self.u32(u).u32(g);
+        }
+        if let Some(p) = a.permissions {
+            self = self.u32(p);
+        }
+        if let Some((at, mt)) = a.times {
+            self = self.u32(at).u32(mt);
+        }
+        self
+    }
+    pub fn finish(mut self) -> Vec<u8> {
+        let len = (self.buf.len() - 4) as u32;
+        self.buf[..4].copy_from_slice(&len.to_be_bytes());
+        self.buf
+    }
+}
+
+/// A cursor over a packet body.
+pub struct Reader<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    pub fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf }
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    pub fn u8(&mut self) -> Result<u8, DecodeError> {
+        let (&b, rest) = self.buf.split_first().ok_or(DecodeError("short"))?;
+        self.buf = rest;
+        Ok(b)
+    }
+    pub fn u32(&mut self) -> Result<u32, DecodeError> {
+        if self.buf.len() < 4 {
+            return Err(DecodeError("short u32"));
+        }
+        let (a, rest) = self.buf.split_at(4);
+        self.buf = rest;
+        Ok(u32::from_be_bytes(a.try_into().unwrap()))
+    }
+    pub fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(((self.u32()? as u64) << 32) | self.u32()? as u64)
+    }
+    pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
+        let n = self.u32()? as usize;
+        if self.buf.len() < n {
+            return Err(DecodeError("string longer than packet"));
+        }
+        let (a, rest) = self.buf.split_at(n);
+        self.buf = rest;
+        Ok(a)
+    }
+    pub fn attrs(&mut self) -> Result<Attrs, DecodeError> {
+        let flags = self.u32()?;
+        let mut a = Attrs::default();
+        if flags & ATTR_SIZE != 0 {
+            a.size = Some(self.u64()?);
+        }
+        if flags & ATTR_UIDGID != 0 {
+            a.uid_gid = Some((self.u32()?, self.u32()?));
+        }
+        if flags & ATTR_PERMISSIONS != 0 {
+            a.permissions = Some(self.u32()?);
+        }
+        if flags & ATTR_ACMODTIME != 0 {
+            a.times = Some((self.u32()?, self.u32()?));
+        }
+        if flags & ATTR_EXTENDED != 0 {
+            for _ in 0..self.u32()? {
+                self.bytes()?;
+                self.bytes()?;
+            }
+        }
+        Ok(a)
+    }
+    pub fn rest(&mut self) -> &'a [u8] {
+        std::mem::take(&mut self.buf)
+    }
+}
+
+/// Decodes a reply body (the bytes after the length prefix).
+pub fn decode_reply(body: &[u8]) -> Result<(u32, Reply), DecodeError> {
+    let mut r = Reader::new(body);
+    let kind = r.u8()?;
+    let id = r.u32()?;
+    let reply = match kind {
+        FXP_STATUS => {
+            let code = r.u32()?;
+            // Some servers omit the message; it is optional in practice.
+            let message = if r.is_empty() {
+                String::new()
+            } else {
+                String::from_utf8_lossy(r.bytes()?).into_owned()
+            };
+            Reply::Status { code, message }
+        }
+        FXP_HANDLE => Reply::Handle(r.bytes()?.to_vec()),
+        FXP_DATA => Reply::Data(r.bytes()?.to_vec()),
+        FXP_NAME => {
+            let count = r.u32()?;
+            // Each entry needs at least 12 bytes; refuse counts the packet cannot hold.
+            if count as usize > body.len() / 12 {
+                return Err(DecodeError("NAME count larger than packet"));
+            }
+            let mut names = Vec::with_capacity(count as usize);
+            for _ in 0..count {
+                let filename = r.bytes()?.to_vec();
+                let _longname = r.bytes()?;
+                let attrs = r.attrs()?;
+                names.push(Name { filename, attrs });
+            }
+            Reply::Name(names)
+        }
+        FXP_ATTRS => Reply::Attrs(r.attrs()?),
+        FXP_EXTENDED_REPLY => Reply::Extended(r.rest().to_vec()),
+        _ => return Err(DecodeError("unknown reply type")),
+    };
+    Ok((id, reply))
+}
+
+/// Decodes a VERSION body into (version, extensions).
+pub fn decode_version(body: &[u8]) -> Result<(u32, Vec<(String, Vec<u8>)>), DecodeError> {
+    let mut r = Reader::new(body);
+    if r.u8()? != FXP_VERSION {
+        return Err(DecodeError("expected VERSION"));
+    }
+    let version = r.u32()?;
+    let mut ext = Vec::new();
+    while !r.is_empty() {
+        let name = String::from_utf8_lossy(r.bytes()?).into_owned();
+        let data = r.bytes()?.to_vec();
+        ext.push((name, data));
+    }
+    Ok((version, ext))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attrs_round_trip() {
+        let a = Attrs {
+            size: Some(1 << 40),
+            uid_gid: None,
+            permissions: Some(S_IFREG | 0o640),
+            times: Some((1, 1_700_000_000)),
+        };
+        let pkt = Packet::new(FXP_ATTRS, 7).attrs(&a).finish();
+        let (id, reply) = decode_reply(&pkt[4..]).unwrap();
+        assert_eq!(id, 7);
+        assert_eq!(reply, Reply::Attrs(a));
+    }
+
+    #[test]
+    fn names_keep_raw_bytes() {
+        let pkt = Packet::new(FXP_NAME, 9)
+            .u32(1)
+            .bytes(b"caf\xe9")
+            .bytes(b"long")
+            .attrs(&Attrs::default())
+            .finish();
+        let (_, reply) = decode_reply(&pkt[4..]).unwrap();
+        match reply {
+            Reply::Name(n) => assert_eq!(n[0].filename, b"caf\xe9"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn truncated_packets_are_errors_not_panics() {
+        let pkt = Packet::new(FXP_NAME, 9)
+            .u32(2)
+            .bytes(b"a")
+            .bytes(b"b")
+            .attrs(&Attrs::default())
+            .finish();
+        for cut in 0..pkt.len() - 4 {
+            assert!(decode_reply(&pkt[4..4 + cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn absurd_name_count_is_refused() {
+        let pkt = Packet::new(FXP_NAME, 1).u32(u32::MAX).finish();
+        assert!(decode_reply(&pkt[4..]).is_err());
+    }
+}
