@@ -13,7 +13,7 @@
 //! All figures are with a warm page cache (each command runs once untimed
 //! first), so they compare CPU and syscall cost, not the disk. Peak RSS is
 //! measured by re-running this binary as a child (`--scan-child`) and reading
-//! its `ru_maxrss` from `wait4`.
+//! its high-water RSS (`VmHWM`).
 
 use std::fs;
 use std::io::Write;
@@ -167,9 +167,9 @@ fn main() {
 
     let empty = base.path().join("empty");
     fs::create_dir(&empty).unwrap();
-    let (_, baseline) = child_scan(&empty, &base.path().join("none"));
-    let (_, warm_rss) = child_scan(&tree_dir, &cache_path);
-    let (_, cold_rss) = child_scan(&tree_dir, &base.path().join("absent.statcache"));
+    let baseline = child_scan(&empty, &base.path().join("none"));
+    let warm_rss = child_scan(&tree_dir, &cache_path);
+    let cold_rss = child_scan(&tree_dir, &base.path().join("absent.statcache"));
     let entries = (tree_count + dir_count) as u64;
     for (what, rss) in [("warm", warm_rss), ("cold", cold_rss)] {
         rows.push(Row {
@@ -197,34 +197,41 @@ fn main() {
     );
 }
 
-/// `--scan-child ROOT CACHE`: one warm (or cold) scan, as the CLI would do it.
+/// `--scan-child ROOT CACHE`: one warm (or cold) scan, as the CLI would do it;
+/// prints the peak RSS in bytes. Read from `/proc/self/status` (`VmHWM`)
+/// because `ru_maxrss` after fork + exec still counts the parent's pages.
 fn scan_child(root: &Path, cache_path: &Path) {
     let mut cache = StatCache::load(cache_path);
     let snap = scan(root, &ScanOptions::default(), &mut cache).unwrap();
-    println!("{} {}", snap.entries.len(), snap.stats.files_hashed);
+    assert!(snap.errors.is_empty());
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/self/status");
+    println!("{}", kib * KIB);
 }
 
-/// Runs `--scan-child`; returns (wall time, peak RSS in bytes).
-fn child_scan(root: &Path, cache: &Path) -> (Duration, u64) {
+/// Runs `--scan-child`; returns its peak RSS in bytes.
+fn child_scan(root: &Path, cache: &Path) -> u64 {
     let exe = std::env::current_exe().unwrap();
-    let start = Instant::now();
-    let child = Command::new(exe)
+    let out = Command::new(exe)
         .arg("--scan-child")
         .arg(root)
         .arg(cache)
-        .stdout(Stdio::null())
-        .spawn()
+        .output()
         .unwrap();
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is a valid value; wait4 fills it in.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: the pid is our own unwaited child; the pointers are valid.
-    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
     assert!(
-        pid > 0 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "scan child failed"
+        out.status.success(),
+        "scan child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    (start.elapsed(), usage.ru_maxrss as u64 * KIB)
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 fn rescan_no_cache(root: &Path) {

@@ -68,11 +68,17 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
 
     // Drop the old cache before building the new one: peak memory is one cache.
     *cache = StatCache::default();
-    let mut cached = Vec::with_capacity(items.iter().filter(|i| i.cache_key.is_some()).count());
+    let mut cached = Vec::with_capacity(items.iter().filter(|i| i.cacheable).count());
     let entries = items
         .into_iter()
         .map(|item| {
-            if let (Some(key), Some(digest)) = (item.cache_key, &item.entry.digest) {
+            if let (true, Some(digest)) = (item.cacheable, &item.entry.digest) {
+                let key = StatKey {
+                    size: item.entry.size,
+                    mtime_ns: item.entry.mtime_ns,
+                    ctime_ns: item.ctime_ns,
+                    ino: item.ino,
+                };
                 cached.push(CachedFile {
                     path: item.entry.path.as_os_str().as_bytes().into(),
                     key,
@@ -94,8 +100,11 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
 
 struct Item {
     entry: Entry,
-    /// Set for files that may go into the stat cache (hashed and not racy).
-    cache_key: Option<StatKey>,
+    /// With `entry.size` and `entry.mtime_ns`, the file's stat cache key.
+    ctime_ns: i64,
+    ino: u64,
+    /// A file with a digest and an mtime outside the racy window.
+    cacheable: bool,
 }
 
 struct Walk<'a> {
@@ -120,7 +129,12 @@ impl<'a> Walk<'a> {
             let child = match child {
                 Ok(child) => child,
                 Err(e) => {
-                    self.error(rel.clone(), format!("list directory: {e}"));
+                    let dir = if rel.as_os_str().is_empty() {
+                        Path::new(".")
+                    } else {
+                        &rel
+                    };
+                    self.error(dir.to_owned(), format!("list directory: {e}"));
                     break;
                 }
             };
@@ -154,16 +168,13 @@ impl<'a> Walk<'a> {
                 }
             } else if file_type.is_file() {
                 let key = StatKey::of(&meta);
-                match self
-                    .cache
-                    .lookup(&path, key)
-                    .filter(|_| !self.opts.ignore_cache)
-                {
+                let cached = (!self.opts.ignore_cache).then(|| self.cache.lookup(&path, key));
+                match cached.flatten() {
                     Some(digest) => {
                         self.cache_hits.fetch_add(1, Relaxed);
                         let mut item = self.item(path, EntryKind::File, key.size, &meta);
                         item.entry.digest = Some(digest);
-                        item.cache_key = (key.mtime_ns < self.racy_from_ns).then_some(key);
+                        self.set_cache_key(&mut item, key);
                         items.push(item);
                     }
                     None => to_hash.push((path, meta)),
@@ -243,7 +254,7 @@ impl<'a> Walk<'a> {
         self.bytes_hashed.fetch_add(key.size, Relaxed);
         let mut item = self.item(path, EntryKind::File, key.size, &before);
         item.entry.digest = Some(digest);
-        item.cache_key = (key.mtime_ns < self.racy_from_ns).then_some(key);
+        self.set_cache_key(&mut item, key);
         Some(item)
     }
 
@@ -260,8 +271,16 @@ impl<'a> Walk<'a> {
         };
         Item {
             entry,
-            cache_key: None,
+            ctime_ns: 0,
+            ino: 0,
+            cacheable: false,
         }
+    }
+
+    fn set_cache_key(&self, item: &mut Item, key: StatKey) {
+        item.ctime_ns = key.ctime_ns;
+        item.ino = key.ino;
+        item.cacheable = key.mtime_ns < self.racy_from_ns;
     }
 
     fn io_error(&self, path: PathBuf, op: &str, e: io::Error) {
