@@ -1,1 +1,7 @@
+//! robosync's integration tests: the real binary against a real OpenSSH sshd
+//! set up like a robot node (see robosync-testbed). One test binary, one
+//! module per area.
 
+mod util;
+
+mod foundation;

@@ -39,7 +39,9 @@ impl Endpoint {
             if bytes.is_empty() {
                 return Err("empty path".into());
             }
-            return Ok(Endpoint::Local(PathBuf::from(OsString::from_vec(bytes.to_vec()))));
+            return Ok(Endpoint::Local(PathBuf::from(OsString::from_vec(
+                bytes.to_vec(),
+            ))));
         }
         let c = colon.unwrap();
         Self::remote(&bytes[..c], &bytes[c + 1..], false)

@@ -1,1 +1,203 @@
-fn main() {}
+//! robosync: resumable, parallel bulk transfers over SFTP alone, for HPC
+//! automation ("robot") nodes that allow nothing but sftp-server.
+//!
+//! This binary is thin: it parses arguments, wires the library crates
+//! (scanner → planner ← transport, manifest) together and reports. Exit
+//! codes: 0 everything landed; 1 usage or configuration error; 2 could not
+//! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
+//! safety guard (e.g. `--delete` on an empty source); 23 some entries failed;
+//! 30 connection lost and not recovered within `--retry-for`.
+
+mod endpoint;
+mod pull;
+mod push;
+mod remote;
+mod run;
+mod sync;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "robosync",
+    version,
+    about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push\n  robosync rorqual:/project/x ./data        pull\n  robosync -n --delete ./data robot:/scratch/data   show what a mirror would do"
+)]
+pub struct Args {
+    /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
+    pub src: OsString,
+    /// Destination: a local path or [user@]host:path.
+    pub dest: OsString,
+
+    /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
+    #[arg(short = 'F', value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Identity (private key) file, as ssh -i; may be repeated.
+    #[arg(short = 'i', value_name = "IDENTITY")]
+    pub identity: Vec<PathBuf>,
+    /// Port on the remote host (as scp -P).
+    #[arg(short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub options: Vec<String>,
+    /// Use IPv4 addresses only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 addresses only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Use this OpenSSH client for the connection (e.g. to share a ControlMaster login).
+    #[arg(long, value_name = "PROGRAM")]
+    pub ssh_program: Option<PathBuf>,
+
+    /// Show what would be done, one line per action, and change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Delete destination entries that the source does not have (after every transfer succeeded).
+    #[arg(long)]
+    pub delete: bool,
+    /// Refuse --delete if it would remove more than N entries (default: half the destination).
+    #[arg(long, value_name = "N")]
+    pub max_delete: Option<u64>,
+    /// With --delete, move entries into DIR (a destination path) instead of deleting them.
+    #[arg(long, value_name = "DIR")]
+    pub backup_dir: Option<PathBuf>,
+    /// Ignore the stat cache: rehash every source file.
+    #[arg(short = 'c', long)]
+    pub checksum: bool,
+    /// After landing, read files back and compare BLAKE3.
+    #[arg(long)]
+    pub verify: bool,
+    /// Update changed files in place, writing only changed blocks (when copy-data is missing).
+    #[arg(long)]
+    pub inplace: bool,
+    /// fsync each file on the destination before renaming it into place.
+    #[arg(long)]
+    pub fsync: bool,
+    /// Exclude paths matching PATTERN (rsync rules: first match wins).
+    #[arg(long, value_name = "PATTERN", action = ArgAction::Append)]
+    pub exclude: Vec<String>,
+    /// Include paths matching PATTERN (rsync rules: first match wins).
+    #[arg(long, value_name = "PATTERN", action = ArgAction::Append)]
+    pub include: Vec<String>,
+    /// Read exclude patterns from FILE.
+    #[arg(long, value_name = "FILE")]
+    pub exclude_from: Vec<PathBuf>,
+
+    /// SSH connections to open.
+    #[arg(long, default_value_t = 2, value_name = "N")]
+    pub connections: usize,
+    /// SFTP channels per connection.
+    #[arg(long, default_value_t = 4, value_name = "M")]
+    pub channels: usize,
+    /// Keep reconnecting this long after the link drops (e.g. 30s, 10m, 1h).
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
+    pub retry_for: Duration,
+    /// Command to run before connecting when the certificate is missing or about to expire.
+    #[arg(long, value_name = "CMD")]
+    pub auth_command: Option<String>,
+
+    /// Where robosync keeps its own state (manifests, journals, stat caches).
+    #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print one JSON summary object on stdout at the end.
+    #[arg(long)]
+    pub json: bool,
+    /// More output: -v itemises actions, -vv adds connection details.
+    #[arg(short = 'v', long, action = ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Never show progress bars (they only appear when stderr is a terminal).
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
+    let mult = match unit {
+        "ms" => 0.001,
+        "s" | "" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use s, m, h or d)")),
+    };
+    Ok(Duration::from_secs_f64(n * mult))
+}
+
+/// Include/exclude rules in command-line order (first match wins).
+fn filter_rules(
+    matches: &clap::ArgMatches,
+    args: &Args,
+) -> Result<Vec<robosync_scanner::Rule>, String> {
+    use robosync_scanner::Rule;
+    let mut rules: Vec<(usize, Rule)> = Vec::new();
+    if let Some(idx) = matches.indices_of("exclude") {
+        rules.extend(
+            idx.zip(&args.exclude)
+                .map(|(i, p)| (i, Rule::Exclude(p.clone()))),
+        );
+    }
+    if let Some(idx) = matches.indices_of("include") {
+        rules.extend(
+            idx.zip(&args.include)
+                .map(|(i, p)| (i, Rule::Include(p.clone()))),
+        );
+    }
+    if let Some(idx) = matches.indices_of("exclude_from") {
+        for (i, f) in idx.zip(&args.exclude_from) {
+            let r = Rule::read_exclude_from(f).map_err(|e| e.to_string())?;
+            rules.extend(r.into_iter().map(|r| (i, r)));
+        }
+    }
+    rules.sort_by_key(|(i, _)| *i);
+    Ok(rules.into_iter().map(|(_, r)| r).collect())
+}
+
+fn main() {
+    let matches = Args::command().get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let rules = match filter_rules(&matches, &args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("robosync: error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("cannot start the async runtime");
+    let code = rt.block_on(sync::main(args, rules));
+    // Don't wait for lingering tasks (e.g. a proxy child) on the way out.
+    rt.shutdown_timeout(Duration::from_millis(200));
+    std::process::exit(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("3 weeks").is_err());
+    }
+}

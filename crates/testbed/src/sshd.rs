@@ -110,7 +110,8 @@ impl Sshd {
             .prefix("robosync-sshd-")
             .tempdir()
             .unwrap();
-        let d = dir.path();
+        let d = dir.path().to_path_buf();
+        let d = d.as_path();
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         let host_key = d.join("host_ed25519");
         keygen(&host_key);
@@ -181,6 +182,10 @@ impl Sshd {
         .unwrap();
         fs::write(&s.ssh_config, s.config_stanza("robot")).unwrap();
 
+        // As root, sshd insists on its privilege-separation directory.
+        if unsafe { libc::geteuid() } == 0 {
+            let _ = fs::create_dir_all("/run/sshd");
+        }
         let sshd = ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/usr/bin/sshd"]
             .iter()
             .find(|p| Path::new(p).exists())

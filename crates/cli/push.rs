@@ -1,0 +1,807 @@
+//! Push: local tree → remote destination, executing a [`Plan`].
+//!
+//! Every file is written under a temp name in its target directory, its mode
+//! and mtime set, then renamed into place (posix-rename), so no final name
+//! ever holds a partial file. Each completed block is journaled; a rerun after
+//! a crash or a dropped link resumes from what the journal confirms.
+
+use std::collections::{BTreeSet, HashMap};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use futures::stream::{self, StreamExt, TryStreamExt};
+use robosync_manifest::{JournalRecord, Manifest, Record};
+use robosync_planner::{escape, Action, Kind, Node, Tree};
+use robosync_scanner::{Entry, BLOCK_SIZE};
+use robosync_transport::proto::{self, Attrs};
+use robosync_transport::{Error, Pool, Sftp};
+
+use crate::endpoint::join;
+use crate::run::{Run, Stats};
+
+/// What the journal says about an interrupted transfer of one file.
+#[derive(Debug, Clone, Default)]
+pub struct Partial {
+    pub temp: Vec<u8>,
+    pub whole: [u8; 32],
+    pub size: u64,
+    pub blocks: HashMap<u64, [u8; 32]>,
+}
+
+/// Collects interrupted transfers from pending journal records.
+pub fn partials(pending: &[JournalRecord]) -> HashMap<Vec<u8>, Partial> {
+    let mut out: HashMap<Vec<u8>, Partial> = HashMap::new();
+    for r in pending {
+        match r {
+            JournalRecord::TransferStarted {
+                path,
+                temp,
+                size,
+                whole,
+                ..
+            } => {
+                out.insert(
+                    path.clone(),
+                    Partial {
+                        temp: temp.clone(),
+                        whole: *whole,
+                        size: *size,
+                        blocks: HashMap::new(),
+                    },
+                );
+            }
+            JournalRecord::BlockDone {
+                path,
+                temp,
+                index,
+                hash,
+            } => {
+                if let Some(p) = out.get_mut(path) {
+                    if &p.temp == temp {
+                        p.blocks.insert(*index, *hash);
+                    }
+                }
+            }
+            JournalRecord::FileLanded { path, .. } => {
+                out.remove(path);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The temp name for `rel`: in the same directory, hidden, tied to the content.
+pub fn temp_for(rel: &[u8], whole: &[u8; 32]) -> Vec<u8> {
+    let (dir, name) = match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..i + 1], &rel[i + 1..]),
+        None => (&b""[..], rel),
+    };
+    let mut t = dir.to_vec();
+    t.push(b'.');
+    // Keep temp names within NAME_MAX even for long file names.
+    t.extend_from_slice(&name[..name.len().min(200)]);
+    t.extend_from_slice(b".rbs-");
+    for b in &whole[..4] {
+        t.extend_from_slice(format!("{b:02x}").as_bytes());
+    }
+    t.extend_from_slice(b".part");
+    t
+}
+
+fn block_len(size: u64, index: u64) -> u64 {
+    (size - index * BLOCK_SIZE).min(BLOCK_SIZE)
+}
+
+fn mtime_secs(e: &Entry) -> u32 {
+    e.mtime_ns
+        .div_euclid(1_000_000_000)
+        .clamp(0, u32::MAX as i64) as u32
+}
+
+fn final_attrs(e: &Entry) -> Attrs {
+    let t = mtime_secs(e);
+    Attrs {
+        permissions: Some(e.mode & 0o7777),
+        times: Some((t, t)),
+        ..Default::default()
+    }
+}
+
+pub struct Push {
+    pub run: Arc<Run>,
+    pub pool: Arc<Pool>,
+    pub local_root: PathBuf,
+    pub remote_root: Vec<u8>,
+    pub entries: HashMap<PathBuf, Entry>,
+    pub partials: Mutex<HashMap<Vec<u8>, Partial>>,
+    pub manifest: Mutex<Manifest>,
+}
+
+impl Push {
+    fn abs(&self, rel: &[u8]) -> Vec<u8> {
+        join(&self.remote_root, rel)
+    }
+
+    fn entry(&self, rel: &Path) -> &Entry {
+        &self.entries[rel]
+    }
+
+    /// Runs the plan's actions in order: deletions of wrong kinds, directories,
+    /// files and links (concurrently), then directory attributes.
+    pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) -> Vec<String> {
+        let mut errors = Vec::new();
+        let (mut pre, mut dirs, mut files, mut deletes) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut seen_content = false;
+        for a in actions {
+            match a {
+                Action::Delete { .. } if !seen_content => pre.push(a),
+                Action::Delete { .. } => deletes.push(a),
+                Action::Mkdir { .. } => dirs.push(a),
+                _ => {
+                    seen_content = true;
+                    files.push(a)
+                }
+            }
+        }
+        // --delete removals come last in a plan; a Delete after content is one.
+        let _ = &mut deletes;
+        for a in pre {
+            if let Err(e) = self
+                .delete(
+                    a.path(),
+                    matches!(a, Action::Delete { dir: true, .. }),
+                    None,
+                )
+                .await
+            {
+                errors.push(e);
+            }
+        }
+        // Directories: one depth level at a time, each level pipelined.
+        let mut by_depth: Vec<Vec<PathBuf>> = Vec::new();
+        for a in &dirs {
+            let depth = a.path().components().count();
+            if by_depth.len() < depth {
+                by_depth.resize(depth, Vec::new());
+            }
+            by_depth[depth - 1].push(a.path().to_path_buf());
+        }
+        for level in by_depth {
+            let results: Vec<Result<(), String>> = stream::iter(level)
+                .map(|p| async move { self.mkdir(&p).await })
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            errors.extend(results.into_iter().filter_map(Result::err));
+        }
+        let concurrency = (self.pool.sessions().len() * 16).max(16);
+        let results: Vec<Result<(), String>> = stream::iter(files)
+            .map(|a| async move { self.file_action(a).await })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        errors.extend(results.into_iter().filter_map(Result::err));
+        // Directory mtimes last: writing files inside changed them.
+        if errors.is_empty() {
+            let dirs: Vec<PathBuf> = self
+                .entries
+                .values()
+                .filter(|e| matches!(e.kind, robosync_scanner::EntryKind::Dir))
+                .map(|e| e.path.clone())
+                .collect();
+            let results: Vec<Result<(), String>> = stream::iter(dirs)
+                .map(|p| async move {
+                    let e = self.entry(&p);
+                    let abs = self.abs(p.as_os_str().as_bytes());
+                    self.with_session(|s| {
+                        let abs = abs.clone();
+                        async move { s.setstat(&abs, &final_attrs(e)).await }
+                    })
+                    .await
+                    .map_err(|err| format!("cannot set attributes of {}: {err}", escape(&p)))
+                })
+                .buffer_unordered(64)
+                .collect()
+                .await;
+            errors.extend(results.into_iter().filter_map(Result::err));
+        }
+        errors
+    }
+
+    /// Runs `f` on a session, retrying on another (or a reconnected) one when the link drops.
+    async fn with_session<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Arc<Sftp>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        loop {
+            let s = self.pool.session().await?;
+            match f(s.clone()).await {
+                Err(e) if e.is_connection() => {
+                    self.pool.repair().await?;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    async fn mkdir(&self, rel: &Path) -> Result<(), String> {
+        let abs = self.abs(rel.as_os_str().as_bytes());
+        let mode = self.entry(rel).mode & 0o7777;
+        self.with_session(|s| {
+            let abs = abs.clone();
+            async move {
+                let attrs = Attrs {
+                    permissions: Some(mode | 0o700),
+                    ..Default::default()
+                };
+                match s.mkdir(&abs, &attrs).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => match s.lstat(&abs).await {
+                        Ok(a) if a.is_dir() => Ok(()),
+                        _ => Err(e),
+                    },
+                }
+            }
+        })
+        .await
+        .map_err(|e| format!("cannot create directory {}: {e}", escape(rel)))?;
+        self.run.itemize(&format!("cd+++++++++ {}", escape(rel)));
+        Ok(())
+    }
+
+    async fn file_action(&self, a: Action) -> Result<(), String> {
+        let line = a.to_string();
+        let path = a.path().to_path_buf();
+        let result = match a {
+            Action::Copy { .. } => self.upload(&path, None).await,
+            Action::Delta { send, reuse, .. } => self.upload(&path, Some((send, reuse))).await,
+            Action::Symlink { target, .. } => self.symlink(&path, &target).await,
+            Action::SetAttrs { .. } => self.set_attrs(&path).await,
+            Action::Delete { dir, .. } => {
+                return self
+                    .delete(&path, dir, self.run.opts.backup_dir.as_deref())
+                    .await
+            }
+            Action::Mkdir { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.run.itemize(&line);
+                Ok(())
+            }
+            Err(e) => Err(format!("{}: {e}", escape(&path))),
+        }
+    }
+
+    async fn symlink(&self, rel: &Path, target: &Path) -> Result<(), Error> {
+        let abs = self.abs(rel.as_os_str().as_bytes());
+        self.with_session(|s| {
+            let abs = abs.clone();
+            async move { s.symlink(target.as_os_str().as_bytes(), &abs).await }
+        })
+        .await?;
+        self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    async fn set_attrs(&self, rel: &Path) -> Result<(), Error> {
+        let e = self.entry(rel);
+        let abs = self.abs(rel.as_os_str().as_bytes());
+        let stat = self
+            .with_session(|s| {
+                let abs = abs.clone();
+                async move {
+                    s.setstat(&abs, &final_attrs(e)).await?;
+                    s.lstat(&abs).await
+                }
+            })
+            .await?;
+        self.land(rel, e, &stat)
+    }
+
+    /// Records a landed file in the journal and the in-memory manifest.
+    fn land(&self, rel: &Path, e: &Entry, stat: &Attrs) -> Result<(), Error> {
+        let Some(d) = &e.digest else { return Ok(()) };
+        let record = Record {
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            mode: e.mode & 0o7777,
+            whole: d.whole,
+            blocks: d.blocks.clone(),
+            remote_size: stat.size.unwrap_or(e.size),
+            remote_mtime: stat.mtime().map(i64::from).unwrap_or(0),
+        };
+        let key = rel.as_os_str().as_bytes().to_vec();
+        self.run.journal(&JournalRecord::FileLanded {
+            path: key.clone(),
+            record: record.clone(),
+        });
+        self.manifest.lock().unwrap().files.insert(key, record);
+        Ok(())
+    }
+
+    /// Sends one file (whole, or only `delta.0` blocks when the old copy holds the rest).
+    async fn upload(&self, rel: &Path, delta: Option<(Vec<u64>, Vec<u64>)>) -> Result<(), Error> {
+        let e = self.entry(rel);
+        let Some(digest) = e.digest.clone() else {
+            return Err(Error::Connect("file has no digest (scan error)".into()));
+        };
+        let key = rel.as_os_str().as_bytes().to_vec();
+        let local = self.local_root.join(rel);
+        let file = std::fs::File::open(&local)
+            .map_err(|err| Error::Connect(format!("cannot open {}: {err}", local.display())))?;
+        let mut delta = delta;
+        loop {
+            let s = self.pool.session().await?;
+            let attempt = match &delta {
+                Some((send, reuse)) if self.run.opts.inplace => {
+                    self.send_inplace(&s, &key, e, &file, send).await
+                }
+                Some((send, reuse)) if s.extensions.copy_data => {
+                    self.send_delta(&s, &key, e, &file, send, reuse).await
+                }
+                _ => self.send_whole(&s, &key, e, &digest, &file).await,
+            };
+            match attempt {
+                Ok(stat) => {
+                    self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                    return self.land(rel, e, &stat);
+                }
+                Err(err) if err.is_connection() => {
+                    self.run
+                        .note_once(format!("connection lost ({err}); reconnecting"));
+                    self.pool.repair().await?;
+                }
+                Err(err) if delta.is_some() && err.status_code() == Some(8) => {
+                    // copy-data refused after all: fall back to a whole upload.
+                    delta = None;
+                }
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Reads block `index` of the local file and checks it still hashes as scanned.
+    fn read_block(&self, file: &std::fs::File, e: &Entry, index: u64) -> Result<Vec<u8>, Error> {
+        let len = block_len(e.size, index) as usize;
+        let mut buf = vec![0u8; len];
+        file.read_exact_at(&mut buf, index * BLOCK_SIZE)
+            .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
+        let expect = e.digest.as_ref().unwrap().block_hashes()[index as usize];
+        if *blake3::hash(&buf).as_bytes() != expect {
+            return Err(Error::Connect(format!(
+                "{} changed while robosync was sending it; rerun to send the new content",
+                escape(&e.path)
+            )));
+        }
+        Ok(buf)
+    }
+
+    /// Writes the given blocks to `handle`, many requests in flight; returns
+    /// as each block completes so it can be journaled.
+    async fn write_blocks(
+        &self,
+        s: &Sftp,
+        handle: &[u8],
+        file: &std::fs::File,
+        e: &Entry,
+        blocks: Vec<u64>,
+        journal: Option<(&[u8], &[u8])>,
+    ) -> Result<(), Error> {
+        let chunk = chunk_size(s);
+        let depth = (s.limits.max_write as usize).max(1);
+        let depth = (16 << 20) / depth.max(1);
+        stream::iter(blocks)
+            .map(|i| async move {
+                let buf = self.read_block(file, e, i)?;
+                let off = i * BLOCK_SIZE;
+                let writes = buf
+                    .chunks(chunk)
+                    .enumerate()
+                    .map(|(k, c)| s.write(handle, off + (k * chunk) as u64, c));
+                futures::future::try_join_all(writes).await?;
+                self.run.add_bytes(buf.len() as u64);
+                if let Some((path, temp)) = journal {
+                    self.run.journal_for(
+                        &JournalRecord::BlockDone {
+                            path: path.to_vec(),
+                            temp: temp.to_vec(),
+                            index: i,
+                            hash: *blake3::hash(&buf).as_bytes(),
+                        },
+                        buf.len() as u64,
+                    );
+                }
+                Ok::<_, Error>(())
+            })
+            .buffer_unordered(depth.clamp(4, 64))
+            .try_collect::<()>()
+            .await
+    }
+
+    async fn send_whole(
+        &self,
+        s: &Sftp,
+        key: &[u8],
+        e: &Entry,
+        digest: &robosync_scanner::Digest,
+        file: &std::fs::File,
+    ) -> Result<Attrs, Error> {
+        let temp_rel = temp_for(key, &digest.whole);
+        let temp = self.abs(&temp_rel);
+        let nblocks = e.size.div_ceil(BLOCK_SIZE);
+        // Resume: keep the blocks the journal confirms, re-verifying the last one.
+        let mut done: BTreeSet<u64> = BTreeSet::new();
+        let partial = self.partials.lock().unwrap().get(key).cloned();
+        if let Some(p) =
+            partial.filter(|p| p.temp == temp_rel && p.whole == digest.whole && p.size == e.size)
+        {
+            let hashes = digest.block_hashes();
+            done = p
+                .blocks
+                .iter()
+                .filter(|(i, h)| (**i as usize) < hashes.len() && hashes[**i as usize] == **h)
+                .map(|(i, _)| *i)
+                .collect();
+            if let Some(&last) = done.iter().next_back() {
+                if !self.verify_remote_block(s, &temp, e, last).await {
+                    done.clear();
+                } else {
+                    self.run.note(format!(
+                        "resuming {}: {} of {} blocks already there",
+                        escape(&e.path),
+                        done.len(),
+                        nblocks
+                    ));
+                }
+            }
+        }
+        let mut flags = proto::FXF_WRITE | proto::FXF_CREAT;
+        if done.is_empty() {
+            flags |= proto::FXF_TRUNC;
+            self.run.journal(&JournalRecord::TransferStarted {
+                path: key.to_vec(),
+                temp: temp_rel.clone(),
+                size: e.size,
+                mtime_ns: e.mtime_ns,
+                whole: digest.whole,
+            });
+        }
+        let create = Attrs {
+            permissions: Some(0o600),
+            ..Default::default()
+        };
+        let handle = s
+            .open(&temp, flags, &create)
+            .await
+            .map_err(|x| x.with_path("open", &temp))?;
+        let todo: Vec<u64> = (0..nblocks).filter(|i| !done.contains(i)).collect();
+        let written = self
+            .write_blocks(s, &handle, file, e, todo, Some((key, &temp_rel)))
+            .await;
+        self.finish(s, handle, written, &temp, key, e, true).await
+    }
+
+    /// Sets attributes, optionally fsyncs, closes, renames into place.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish(
+        &self,
+        s: &Sftp,
+        handle: Vec<u8>,
+        written: Result<(), Error>,
+        temp: &[u8],
+        key: &[u8],
+        e: &Entry,
+        rename: bool,
+    ) -> Result<Attrs, Error> {
+        let result = async {
+            written?;
+            if !rename {
+                s.fsetstat(
+                    &handle,
+                    &Attrs {
+                        size: Some(e.size),
+                        ..Default::default()
+                    },
+                )
+                .await?;
+            }
+            s.fsetstat(&handle, &final_attrs(e)).await?;
+            if self.run.opts.fsync && s.extensions.fsync {
+                s.fsync(&handle).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        let closed = s.close(&handle).await;
+        result?;
+        closed?;
+        let dest = self.abs(key);
+        if rename {
+            s.rename(temp, &dest)
+                .await
+                .map_err(|x| x.with_path("rename", &dest))?;
+        }
+        let stat = s.lstat(&dest).await?;
+        if self.run.opts.verify {
+            self.verify_remote_file(s, &dest, e).await?;
+        }
+        Ok(stat)
+    }
+
+    async fn verify_remote_block(&self, s: &Sftp, path: &[u8], e: &Entry, index: u64) -> bool {
+        let want = e.digest.as_ref().unwrap().block_hashes()[index as usize];
+        let len = block_len(e.size, index);
+        match read_range(s, path, index * BLOCK_SIZE, len).await {
+            Ok(buf) => *blake3::hash(&buf).as_bytes() == want,
+            Err(_) => false,
+        }
+    }
+
+    /// `--verify`: read the landed file back over SFTP and compare BLAKE3.
+    async fn verify_remote_file(&self, s: &Sftp, path: &[u8], e: &Entry) -> Result<(), Error> {
+        let buf = read_range(s, path, 0, e.size).await?;
+        if Some(*blake3::hash(&buf).as_bytes()) != e.digest.as_ref().map(|d| d.whole) {
+            return Err(Error::Connect(format!(
+                "verification failed: {} on the destination does not match the source (BLAKE3)",
+                escape(&e.path)
+            )));
+        }
+        self.run.stats.verified.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Builds the new version in a temp file from server-side copies of the
+    /// unchanged blocks (copy-data) plus writes of the changed ones.
+    async fn send_delta(
+        &self,
+        s: &Sftp,
+        key: &[u8],
+        e: &Entry,
+        file: &std::fs::File,
+        send: &[u64],
+        reuse: &[u64],
+    ) -> Result<Attrs, Error> {
+        let digest = e.digest.as_ref().unwrap();
+        let temp_rel = temp_for(key, &digest.whole);
+        let temp = self.abs(&temp_rel);
+        let dest = self.abs(key);
+        let old = s.open(&dest, proto::FXF_READ, &Attrs::default()).await?;
+        let create = Attrs {
+            permissions: Some(0o600),
+            ..Default::default()
+        };
+        let handle = match s
+            .open(
+                &temp,
+                proto::FXF_WRITE | proto::FXF_CREAT | proto::FXF_TRUNC,
+                &create,
+            )
+            .await
+        {
+            Ok(h) => h,
+            Err(err) => {
+                let _ = s.close(&old).await;
+                return Err(err);
+            }
+        };
+        let copies = async {
+            // Coalesce runs of reused blocks into single copy-data requests.
+            let mut runs: Vec<(u64, u64)> = Vec::new();
+            for &i in reuse {
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n == i => *n += 1,
+                    _ => runs.push((i, 1)),
+                }
+            }
+            let copies = runs.iter().map(|&(start, n)| {
+                let off = start * BLOCK_SIZE;
+                let len = (n * BLOCK_SIZE).min(e.size - off);
+                s.copy_data(&old, off, len, &handle, off)
+            });
+            futures::future::try_join_all(copies).await?;
+            Ok::<_, Error>(())
+        };
+        let written = async {
+            copies.await?;
+            self.write_blocks(s, &handle, file, e, send.to_vec(), None)
+                .await
+        }
+        .await;
+        let _ = s.close(&old).await;
+        let r = self.finish(s, handle, written, &temp, key, e, true).await;
+        if r.is_err() {
+            let _ = s.remove(&temp).await;
+        }
+        r
+    }
+
+    /// `--inplace`: write only the changed blocks into the existing file, with
+    /// the intent journaled so an interrupted update is redone next run.
+    async fn send_inplace(
+        &self,
+        s: &Sftp,
+        key: &[u8],
+        e: &Entry,
+        file: &std::fs::File,
+        send: &[u64],
+    ) -> Result<Attrs, Error> {
+        self.run.journal(&JournalRecord::InplaceIntent {
+            path: key.to_vec(),
+            blocks: send.to_vec(),
+        });
+        self.run.checkpoint();
+        // The manifest no longer describes this file until it lands again.
+        self.manifest.lock().unwrap().files.remove(key);
+        let dest = self.abs(key);
+        let handle = s.open(&dest, proto::FXF_WRITE, &Attrs::default()).await?;
+        let written = self
+            .write_blocks(s, &handle, file, e, send.to_vec(), None)
+            .await;
+        self.finish(s, handle, written, &dest, key, e, false).await
+    }
+
+    async fn delete(&self, rel: &Path, dir: bool, backup: Option<&Path>) -> Result<(), String> {
+        let key = rel.as_os_str().as_bytes();
+        let abs = self.abs(key);
+        let r = self
+            .with_session(|s| {
+                let abs = abs.clone();
+                async move {
+                    if let Some(b) = backup {
+                        let dest = join(b.as_os_str().as_bytes(), key);
+                        mkdir_p(&s, parent(&dest)).await?;
+                        return s.rename(&abs, &dest).await;
+                    }
+                    if dir {
+                        remove_tree(&s, &abs).await
+                    } else {
+                        s.remove(&abs).await
+                    }
+                }
+            })
+            .await;
+        match r {
+            Ok(()) => {
+                self.run
+                    .journal(&JournalRecord::Deleted { path: key.to_vec() });
+                self.manifest.lock().unwrap().files.remove(key);
+                self.run.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                self.run.itemize(&format!("*deleting   {}", escape(rel)));
+                Ok(())
+            }
+            Err(e) => Err(format!("cannot delete {}: {e}", escape(rel))),
+        }
+    }
+}
+
+fn parent(p: &[u8]) -> &[u8] {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/",
+        Some(i) => &p[..i],
+        None => b"",
+    }
+}
+
+/// Creates `dir` and its missing parents.
+pub async fn mkdir_p(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
+    if dir.is_empty() || dir == b"/" {
+        return Ok(());
+    }
+    match s.lstat(dir).await {
+        Ok(a) if a.is_dir() => return Ok(()),
+        Ok(_) => {
+            return Err(Error::Status {
+                op: "mkdir",
+                path: String::from_utf8_lossy(dir).into_owned(),
+                code: proto::FX_FAILURE,
+                message: "exists and is not a directory".into(),
+            })
+        }
+        Err(_) => {}
+    }
+    Box::pin(mkdir_p(s, parent(dir))).await?;
+    match s.mkdir(dir, &Attrs::default()).await {
+        Ok(()) => Ok(()),
+        Err(e) => match s.lstat(dir).await {
+            Ok(a) if a.is_dir() => Ok(()),
+            _ => Err(e),
+        },
+    }
+}
+
+/// Removes a remote directory and everything in it (lstat: links are not followed).
+async fn remove_tree(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
+    for n in s.list_dir(dir).await? {
+        if !crate::remote::safe_name(&n.filename) {
+            continue;
+        }
+        let p = join(dir, &n.filename);
+        if n.attrs.is_dir() {
+            Box::pin(remove_tree(s, &p)).await?;
+        } else {
+            s.remove(&p).await?;
+        }
+    }
+    s.rmdir(dir).await
+}
+
+/// Reads `len` bytes from `path` at `offset`, pipelined.
+pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<Vec<u8>, Error> {
+    let h = s.open(path, proto::FXF_READ, &Attrs::default()).await?;
+    let chunk = s.limits.max_read as u64;
+    let reads = (0..len.div_ceil(chunk)).map(|k| {
+        let off = offset + k * chunk;
+        let want = chunk.min(offset + len - off) as u32;
+        let h = &h;
+        async move { s.read(h, off, want).await }
+    });
+    let parts = stream::iter(reads)
+        .buffered(32)
+        .try_collect::<Vec<_>>()
+        .await;
+    let _ = s.close(&h).await;
+    let mut out = Vec::with_capacity(len as usize);
+    for p in parts? {
+        out.extend_from_slice(&p.unwrap_or_default());
+    }
+    Ok(out)
+}
+
+/// Largest write size that divides a block, within the server's limit.
+fn chunk_size(s: &Sftp) -> usize {
+    let max = s.limits.max_write as u64;
+    let mut c = BLOCK_SIZE;
+    while c > max {
+        c /= 2;
+    }
+    c as usize
+}
+
+/// Remote tree nodes as the planner sees them, for files the manifest lacks
+/// but the quick check found equal: their records are added so the next run
+/// can use block deltas.
+pub fn adopt_unchanged(push: &Push, dest: &Tree) {
+    let mut m = push.manifest.lock().unwrap();
+    for (p, e) in &push.entries {
+        let key = p.as_os_str().as_bytes();
+        if m.files.contains_key(key) {
+            continue;
+        }
+        let (
+            Some(d),
+            Some(Node {
+                kind: Kind::File,
+                size,
+                mtime,
+                ..
+            }),
+        ) = (&e.digest, dest.nodes.get(p))
+        else {
+            continue;
+        };
+        if *size == e.size && *mtime == e.mtime_ns.div_euclid(1_000_000_000) {
+            m.files.insert(
+                key.to_vec(),
+                Record {
+                    size: e.size,
+                    mtime_ns: e.mtime_ns,
+                    mode: e.mode & 0o7777,
+                    whole: d.whole,
+                    blocks: d.blocks.clone(),
+                    remote_size: *size,
+                    remote_mtime: *mtime,
+                },
+            );
+        }
+    }
+}
+
+#[allow(dead_code)]
+fn unused(_: &Stats) {}

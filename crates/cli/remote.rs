@@ -1,0 +1,176 @@
+//! Listing a remote tree over SFTP: many directories in flight, one linear
+//! READDIR loop each, lstat semantics (symlinks are not followed).
+//!
+//! Names from the server are not trusted: anything that is not a single plain
+//! path component is reported and skipped.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use robosync_planner::{escape, Kind, Node, Tree};
+use robosync_transport::{Error, Pool};
+use tokio::task::JoinSet;
+
+use crate::endpoint::{join, os};
+
+/// Name of robosync's own state directory at the destination root.
+pub const STATE_DIR: &[u8] = b".robosync";
+/// Temp files carry this marker: `.NAME.rbs-XXXXXXXX.part`.
+pub const TEMP_MARK: &[u8] = b".rbs-";
+
+/// Whether a server-supplied name is one safe path component.
+pub fn safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+pub fn is_temp_name(name: &[u8]) -> bool {
+    name.starts_with(b".")
+        && name.ends_with(b".part")
+        && name.windows(TEMP_MARK.len()).any(|w| w == TEMP_MARK)
+}
+
+#[derive(Default)]
+pub struct Listing {
+    pub tree: Tree,
+    /// Leftover temp files (relative paths).
+    pub temps: Vec<Vec<u8>>,
+    /// Names refused or entries that could not be read.
+    pub errors: Vec<String>,
+}
+
+/// Lists everything under `root` (remote path bytes). A missing root is an empty listing.
+pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<Listing, Error> {
+    let mut out = Listing::default();
+    let mut nodes: BTreeMap<PathBuf, Node> = BTreeMap::new();
+    let mut tasks: JoinSet<(Vec<u8>, Result<Vec<robosync_transport::proto::Name>, Error>)> =
+        JoinSet::new();
+    let mut queue: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut symlinks = Vec::new();
+    const IN_FLIGHT: usize = 32;
+    loop {
+        while tasks.len() < IN_FLIGHT {
+            let Some(rel) = queue.pop() else { break };
+            let pool = pool.clone();
+            let abs = join(root, &rel);
+            tasks.spawn(async move {
+                let r = async {
+                    let s = pool.session().await?;
+                    s.list_dir(&abs).await
+                }
+                .await;
+                (rel, r)
+            });
+        }
+        let Some(done) = tasks.join_next().await else {
+            break;
+        };
+        let (rel, result) = done.expect("listing task panicked");
+        let names = match result {
+            Ok(n) => n,
+            Err(e) if rel.is_empty() && e.status_code() == Some(2) => continue,
+            Err(e) if e.is_connection() => return Err(e),
+            Err(e) => {
+                out.errors.push(format!(
+                    "cannot list {}: {e}",
+                    escape(&os(&join(root, &rel)))
+                ));
+                continue;
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for n in names {
+            if !safe_name(&n.filename) || !seen.insert(n.filename.clone()) {
+                out.errors.push(format!(
+                    "server sent an unsafe or duplicate name {:?} in {}: skipped",
+                    escape(&os(&n.filename)),
+                    escape(&os(&join(root, &rel)))
+                ));
+                continue;
+            }
+            if rel.is_empty() && n.filename == STATE_DIR {
+                continue;
+            }
+            let path = join(&rel, &n.filename);
+            if is_temp_name(&n.filename) {
+                out.temps.push(path);
+                continue;
+            }
+            let a = &n.attrs;
+            let kind = if a.is_dir() {
+                queue.push(path.clone());
+                Kind::Dir
+            } else if a.is_file() {
+                Kind::File
+            } else if a.is_symlink() {
+                symlinks.push(path.clone());
+                Kind::Symlink(PathBuf::new())
+            } else {
+                continue;
+            };
+            nodes.insert(
+                os(&path),
+                Node {
+                    kind,
+                    size: a.size.unwrap_or(0),
+                    mtime: a.mtime().unwrap_or(0) as i64,
+                    mode: a.permissions.unwrap_or(0) & 0o7777,
+                    whole: None,
+                    blocks: Vec::new(),
+                },
+            );
+            if nodes.len() > max_entries {
+                return Err(Error::Protocol {
+                    peer: pool.target().peer(),
+                    detail: format!(
+                        "remote tree has more than {max_entries} entries; refusing to list further"
+                    ),
+                });
+            }
+        }
+    }
+    // Symlink targets, pipelined.
+    let mut links = JoinSet::new();
+    for rel in symlinks {
+        let pool = pool.clone();
+        let abs = join(root, &rel);
+        links.spawn(async move {
+            let r = async { pool.session().await?.readlink(&abs).await }.await;
+            (rel, r)
+        });
+    }
+    while let Some(done) = links.join_next().await {
+        let (rel, r) = done.expect("readlink task panicked");
+        match r {
+            Ok(t) => {
+                if let Some(n) = nodes.get_mut(&os(&rel)) {
+                    n.kind = Kind::Symlink(os(&t));
+                }
+            }
+            Err(e) => out
+                .errors
+                .push(format!("cannot read link {}: {e}", escape(&os(&rel)))),
+        }
+    }
+    out.tree = Tree { nodes };
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unsafe_names_are_refused() {
+        for bad in [&b""[..], b".", b"..", b"a/b", b"/etc", b"a\0b"] {
+            assert!(!safe_name(bad), "{bad:?}");
+        }
+        assert!(safe_name(b"ok name \xff"));
+    }
+
+    #[test]
+    fn temp_names_are_recognised() {
+        assert!(is_temp_name(b".data.bin.rbs-0123abcd.part"));
+        assert!(!is_temp_name(b"data.part"));
+    }
+}

@@ -1,0 +1,520 @@
+//! One run from start to end: resolve endpoints, scan, connect, list, plan,
+//! execute, record, report.
+
+use std::collections::HashMap;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use robosync_manifest::{compact, pick_newer, state_paths, Journal, JournalRecord, Manifest};
+use robosync_planner::{plan, Action, PlanOptions, Tree};
+use robosync_scanner::{Filter, Rule, ScanOptions, StatCache};
+use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
+use robosync_transport::{Error, Pool, PoolOptions, SessionOptions, Target};
+
+use crate::endpoint::{join, Endpoint};
+use crate::run::{Run, RunOptions};
+use crate::{push, remote, Args};
+
+pub const EXIT_USAGE: i32 = 1;
+pub const EXIT_CONNECT: i32 = 2;
+pub const EXIT_GUARD: i32 = 3;
+pub const EXIT_PARTIAL: i32 = 23;
+pub const EXIT_LOST: i32 = 30;
+
+/// The most entries a remote listing may hold before we call the server absurd.
+const MAX_REMOTE_ENTRIES: usize = 50_000_000;
+
+pub struct Failure {
+    pub code: i32,
+    pub message: String,
+}
+
+pub fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+fn transport_failure(e: Error) -> Failure {
+    let code = if e.is_connection() {
+        EXIT_LOST
+    } else {
+        EXIT_CONNECT
+    };
+    fail(code, e.to_string())
+}
+
+pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
+    let run = Arc::new(Run::new(RunOptions {
+        verbose: args.verbose,
+        quiet: args.quiet,
+        dry_run: args.dry_run,
+        fsync: args.fsync,
+        inplace: args.inplace,
+        verify: args.verify,
+        backup_dir: args.backup_dir.clone(),
+        progress: !args.no_progress && !args.json,
+    }));
+    let result = go(&args, rules, &run).await;
+    run.finish_progress();
+    let (code, errors) = match result {
+        Ok(errors) if errors.is_empty() => (0, errors),
+        Ok(errors) => {
+            for e in &errors {
+                run.error(e);
+            }
+            (EXIT_PARTIAL, errors)
+        }
+        Err(f) => {
+            run.error(&f.message);
+            (f.code, vec![f.message])
+        }
+    };
+    let s = &run.stats;
+    let elapsed = run.started.elapsed().as_secs_f64();
+    if args.json {
+        let summary = serde_json::json!({
+            "files_transferred": s.files.load(Ordering::Relaxed),
+            "bytes_transferred": s.bytes.load(Ordering::Relaxed),
+            "files_skipped": s.skipped.load(Ordering::Relaxed),
+            "deleted": s.deleted.load(Ordering::Relaxed),
+            "verified": s.verified.load(Ordering::Relaxed),
+            "errors": errors,
+            "dry_run": args.dry_run,
+            "elapsed_seconds": elapsed,
+            "exit_code": code,
+        });
+        println!("{summary}");
+    } else if args.verbose > 0 {
+        eprintln!(
+            "robosync: {} files ({} bytes) transferred, {} unchanged, {} deleted in {:.2} s",
+            s.files.load(Ordering::Relaxed),
+            s.bytes.load(Ordering::Relaxed),
+            s.skipped.load(Ordering::Relaxed),
+            s.deleted.load(Ordering::Relaxed),
+            elapsed
+        );
+    }
+    code
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("robosync");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/robosync"),
+        None => PathBuf::from(".robosync-state"),
+    }
+}
+
+async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
+    let src = Endpoint::parse(&args.src).map_err(|e| fail(EXIT_USAGE, format!("source: {e}")))?;
+    let dst =
+        Endpoint::parse(&args.dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
+    let filter = Filter::new(&rules).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    match (&src, &dst) {
+        (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
+            let target = target(args, user, host).await?;
+            push_run(args, run, filter, l, target, path, &dst.label()).await
+        }
+        (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
+            let target = target(args, user, host).await?;
+            crate::pull::pull_run(args, run, filter, path, target, l, &src.label()).await
+        }
+        (Endpoint::Local(_), Endpoint::Local(_)) => Err(fail(
+            EXIT_USAGE,
+            "both source and destination are local; one must be [user@]host:path (use a ./ prefix for local paths containing ':')",
+        )),
+        _ => Err(fail(
+            EXIT_USAGE,
+            "both source and destination are remote; robosync copies between this machine and one remote host",
+        )),
+    }
+}
+
+async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target, Failure> {
+    let request = ConfigRequest {
+        host: host.to_string(),
+        config_file: args.config_file.clone(),
+        options: args.options.clone(),
+        user: user.clone(),
+        port: args.port,
+        identity_files: args.identity.clone(),
+        family: if args.ipv4 {
+            Some(AddressFamily::Inet)
+        } else if args.ipv6 {
+            Some(AddressFamily::Inet6)
+        } else {
+            None
+        },
+    };
+    let req = request.clone();
+    let config = tokio::task::spawn_blocking(move || ssh_config::resolve(&req))
+        .await
+        .expect("config task panicked")
+        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    if let Some(cmd) = &args.auth_command {
+        crate::pull::run_auth_hook(cmd, &config).map_err(|e| fail(EXIT_CONNECT, e))?;
+    }
+    Ok(Target {
+        request,
+        config: Arc::new(config),
+        ssh_program: args.ssh_program.clone(),
+        session: SessionOptions::default(),
+    })
+}
+
+pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Pool>, Failure> {
+    let interactive_auth = false;
+    let connections = if interactive_auth {
+        1
+    } else {
+        args.connections.max(1)
+    };
+    let pool = Pool::open(
+        target,
+        PoolOptions {
+            connections,
+            channels: args.channels.max(1),
+            retry_for: args.retry_for,
+        },
+    )
+    .await
+    .map_err(transport_failure)?;
+    for n in pool.notes.lock().unwrap().drain(..) {
+        if n.starts_with("warning") {
+            run.warn(n.trim_start_matches("warning: "));
+        } else {
+            run.note(n);
+        }
+    }
+    Ok(Arc::new(pool))
+}
+
+/// Loads the best manifest: local (with its journal folded in) or the destination's copy.
+pub fn choose_manifest(
+    run: &Run,
+    manifest_path: &Path,
+    journal_path: &Path,
+    remote_copy: Option<Vec<u8>>,
+) -> (Manifest, Vec<JournalRecord>) {
+    let (local, pending) = match compact(manifest_path, journal_path) {
+        Ok(c) => {
+            if c.torn_tail {
+                run.note(format!(
+                    "journal {} ended in a torn record ({} bytes ignored)",
+                    journal_path.display(),
+                    c.dropped_bytes
+                ));
+            }
+            (
+                Some(c.manifest).filter(|m| !m.files.is_empty() || m.run_id > 0),
+                c.pending,
+            )
+        }
+        Err(e) => {
+            run.warn(&format!(
+                "{e}; ignoring robosync's records and comparing the whole destination"
+            ));
+            let _ = std::fs::remove_file(manifest_path);
+            let _ = std::fs::remove_file(journal_path);
+            (None, Vec::new())
+        }
+    };
+    let remote = remote_copy.and_then(|b| match Manifest::decode(&b) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            run.warn(&format!(
+                "the destination's manifest copy is unusable ({e}); comparing the whole destination"
+            ));
+            None
+        }
+    });
+    let (m, choice) = pick_newer(local, remote);
+    run.note(choice.to_string());
+    (m.unwrap_or_default(), pending)
+}
+
+async fn push_run(
+    args: &Args,
+    run: &Arc<Run>,
+    filter: Filter,
+    local_root: &Path,
+    target: Target,
+    remote_path: &[u8],
+    dest_label: &str,
+) -> Result<Vec<String>, Failure> {
+    let meta = std::fs::metadata(local_root)
+        .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
+    if !meta.is_dir() {
+        return Err(fail(
+            EXIT_USAGE,
+            format!(
+                "source {} is not a directory (robosync copies trees)",
+                local_root.display()
+            ),
+        ));
+    }
+    let abs_src = std::fs::canonicalize(local_root).unwrap_or_else(|_| local_root.to_path_buf());
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let paths = state_paths(&state_dir, &abs_src.to_string_lossy(), dest_label);
+
+    // Scan while we connect.
+    let scan_root = local_root.to_path_buf();
+    let cache_path = paths.stat_cache.clone();
+    let checksum = args.checksum;
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut cache = if checksum {
+            StatCache::default()
+        } else {
+            StatCache::load(&cache_path)
+        };
+        let opts = ScanOptions {
+            filter,
+            ignore_cache: checksum,
+        };
+        let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
+        (snap, cache)
+    });
+    let pool = open_pool(args, run, target).await?;
+    let (snap, cache) = scan.await.expect("scan task panicked");
+    let snap = snap.map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot scan {}: {e}", local_root.display()),
+        )
+    })?;
+    let mut errors: Vec<String> = snap
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message))
+        .collect();
+    for s in &snap.skipped {
+        run.warn(&format!(
+            "skipping {:?} {} (not a regular file, directory or symlink)",
+            s.kind,
+            robosync_planner::escape(&s.path)
+        ));
+    }
+    run.note(format!(
+        "scanned {} entries ({} hashed, {} from cache)",
+        snap.entries.len(),
+        snap.stats.files_hashed,
+        snap.stats.cache_hits
+    ));
+
+    let remote_root = if remote_path.is_empty() {
+        b".".to_vec()
+    } else {
+        remote_path.to_vec()
+    };
+    let session = pool.session().await.map_err(transport_failure)?;
+    if !args.dry_run {
+        push::mkdir_p(&session, &remote_root)
+            .await
+            .map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
+    }
+    let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
+        .await
+        .map_err(transport_failure)?;
+    errors.extend(listing.errors.iter().cloned());
+    let manifest_remote = join(&remote_root, b".robosync/manifest");
+    let remote_copy = read_small(&session, &manifest_remote).await;
+    let (mut manifest, pending) =
+        choose_manifest(run, &paths.manifest, &paths.journal, remote_copy);
+    // Records of files no longer at the destination mean nothing.
+    manifest
+        .files
+        .retain(|k, _| listing.tree.nodes.contains_key(&crate::endpoint::os(k)));
+
+    let source = Tree::from_snapshot(&snap);
+    let opts = PlanOptions {
+        delete: args.delete,
+        max_delete: args.max_delete,
+        delta: session.extensions.copy_data || args.inplace,
+        ..Default::default()
+    };
+    let plan = plan(
+        &source,
+        &listing.tree,
+        Some(&manifest),
+        &local_root.display().to_string(),
+        &opts,
+    )
+    .map_err(|e| fail(EXIT_GUARD, e.to_string()))?;
+    for w in &plan.warnings {
+        run.warn(w);
+    }
+    run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
+    if args.dry_run {
+        for a in &plan.actions {
+            println!("{a}");
+        }
+        pool.close().await;
+        return Ok(errors);
+    }
+    if !errors.is_empty() && args.delete {
+        // Scan errors mean the source view is incomplete: never delete on it.
+        run.warn("not deleting anything: the source could not be read completely");
+    }
+
+    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot create state dir {}: {e}", paths.dir.display()),
+        )
+    })?;
+    let journal = Journal::open(&paths.journal).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    run.set_journal(journal);
+    manifest.run_id += 1;
+    manifest.written_at_unix = now_unix();
+    manifest.block_size = robosync_scanner::BLOCK_SIZE;
+    run.journal(&JournalRecord::RunStarted {
+        run_id: manifest.run_id,
+        unix: manifest.written_at_unix,
+    });
+    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+
+    let entries: HashMap<PathBuf, _> = snap
+        .entries
+        .into_iter()
+        .map(|e| (e.path.clone(), e))
+        .collect();
+    let job = Arc::new(push::Push {
+        run: run.clone(),
+        pool: pool.clone(),
+        local_root: local_root.to_path_buf(),
+        remote_root: remote_root.clone(),
+        entries,
+        partials: Mutex::new(push::partials(&pending)),
+        manifest: Mutex::new(manifest),
+    });
+    push::adopt_unchanged(&job, &listing.tree);
+
+    // Timer checkpoints keep the journal durable while appends pause.
+    let ticker = {
+        let run = run.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                run.checkpoint();
+            }
+        })
+    };
+    let (content, deletes): (Vec<Action>, Vec<Action>) = split_deletes(plan.actions);
+    let mut run_errors = job.execute(content).await;
+    if run_errors.is_empty() && errors.is_empty() {
+        run_errors.extend(job.execute(deletes).await);
+    } else if !deletes.is_empty() {
+        run.warn(&format!(
+            "skipped {} deletion(s) because of errors above",
+            deletes.len()
+        ));
+    }
+    ticker.abort();
+    errors.extend(run_errors);
+    if let Some(e) = run.journal_error() {
+        errors.push(format!("journal: {e}"));
+    }
+
+    // Record what the destination now holds: locally, then on the destination.
+    drop(run.take_journal());
+    let manifest = job.manifest.lock().unwrap().clone();
+    if let Err(e) = manifest.save(&paths.manifest) {
+        errors.push(e.to_string());
+    } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
+        errors.push(e.to_string());
+    }
+    let session = pool.session().await.map_err(transport_failure)?;
+    if let Err(e) = write_small(&session, &manifest_remote, &manifest.encode()).await {
+        run.warn(&format!(
+            "could not store the manifest copy on the destination: {e}"
+        ));
+    }
+    if errors.is_empty() {
+        // Leftover temp files from interrupted runs are no longer needed.
+        for t in &listing.temps {
+            let _ = session.remove(&join(&remote_root, t)).await;
+        }
+    }
+    if let Err(e) = cache.save(&paths.stat_cache) {
+        run.warn(&format!(
+            "cannot save the stat cache {}: {e}",
+            paths.stat_cache.display()
+        ));
+    }
+    for n in pool.notes.lock().unwrap().drain(..) {
+        run.note(n);
+    }
+    pool.close().await;
+    Ok(errors)
+}
+
+/// The plan's trailing `--delete` removals, apart from everything else.
+pub fn split_deletes(actions: Vec<Action>) -> (Vec<Action>, Vec<Action>) {
+    let tail = actions
+        .iter()
+        .rposition(|a| !matches!(a, Action::Delete { .. }))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let mut content = actions;
+    let deletes = content.split_off(tail);
+    // A plan of only deletions: leading wrong-kind deletions can't exist without content.
+    (content, deletes)
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads a whole small remote file; `None` if missing or unreadable.
+pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec<u8>> {
+    let size = s.stat(path).await.ok()?.size?;
+    if size > (4u64 << 30) {
+        return None;
+    }
+    push::read_range(s, path, 0, size).await.ok()
+}
+
+/// Writes a small remote file atomically (temp + rename).
+pub async fn write_small(
+    s: &robosync_transport::Sftp,
+    path: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
+    let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+    push::mkdir_p(s, dir).await?;
+    let mut tmp = path.to_vec();
+    tmp.extend_from_slice(b".tmp");
+    let h = s
+        .open(
+            &tmp,
+            robosync_transport::proto::FXF_WRITE
+                | robosync_transport::proto::FXF_CREAT
+                | robosync_transport::proto::FXF_TRUNC,
+            &Default::default(),
+        )
+        .await?;
+    let chunk = s.limits.max_write as usize;
+    let writes = data
+        .chunks(chunk)
+        .enumerate()
+        .map(|(i, c)| s.write(&h, (i * chunk) as u64, c));
+    let r = futures::future::try_join_all(writes).await;
+    let c = s.close(&h).await;
+    r?;
+    c?;
+    s.rename(&tmp, path).await
+}
+
+#[allow(dead_code)]
+fn unused(p: &Path) -> &[u8] {
+    p.as_os_str().as_bytes()
+}

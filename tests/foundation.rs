@@ -1,0 +1,127 @@
+//! Issue 2: the first end-to-end push through a robot key.
+
+use std::fs;
+
+use crate::util::*;
+
+#[test]
+fn push_lands_tree_identically_and_rerun_transfers_nothing() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+
+    let first = run(robosync(&sshd, &state)
+        .arg("--json")
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert_same_tree(&src, &dest);
+    assert!(
+        first.json()["files_transferred"].as_u64().unwrap() >= 8,
+        "{}",
+        first.stdout()
+    );
+    assert!(temp_files(&dest).is_empty());
+
+    let second = run(robosync(&sshd, &state)
+        .arg("--json")
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert_eq!(second.json()["files_transferred"], 0, "{}", second.stdout());
+    assert_eq!(second.json()["bytes_transferred"], 0);
+
+    // Only the SFTP server was ever started: no exec, no shell.
+    let cmds = sshd.wrapper_commands();
+    assert!(!cmds.is_empty());
+    for c in &cmds {
+        assert_eq!(
+            c,
+            &sshd.sftp_server.display().to_string(),
+            "wrapper saw {cmds:?}"
+        );
+    }
+}
+
+#[test]
+fn refused_subsystem_is_reported_with_the_servers_words() {
+    let sshd = Sshd::builder().reject_sftp(true).start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"x");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(&src)
+        .arg(remote(&sshd.mkdir("d"))));
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(err.contains("the server refused SFTP"), "{err}");
+    assert!(
+        err.contains("Command rejected by transfer_commands.sh"),
+        "{err}"
+    );
+    assert!(!err.to_lowercase().contains("too long"), "{err}");
+}
+
+#[test]
+fn unknown_host_key_is_refused_and_named() {
+    let sshd = Sshd::start();
+    fs::write(&sshd.known_hosts, "").unwrap();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"x");
+    let dest = sshd.mkdir("d");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(&src)
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains("127.0.0.1"), "{}", r.stderr());
+    assert!(r.stderr().contains("accept-new"), "{}", r.stderr());
+    assert!(!dest.join("f").exists());
+
+    // accept-new records the key and connects.
+    run(robosync(&sshd, &t.path().join("state"))
+        .args(["-o", "StrictHostKeyChecking=accept-new"])
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert!(fs::read_to_string(&sshd.known_hosts)
+        .unwrap()
+        .contains("ssh-ed25519"));
+}
+
+#[test]
+fn changed_host_key_is_refused() {
+    let sshd = Sshd::start();
+    let other = t_key();
+    fs::write(
+        &sshd.known_hosts,
+        format!("[127.0.0.1]:{} {}\n", sshd.port, other.trim()),
+    )
+    .unwrap();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"x");
+    let dest = sshd.mkdir("d");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .arg(&src)
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("SHA256:"), "{err}");
+    assert!(
+        err.contains(&sshd.known_hosts.display().to_string()),
+        "{err}"
+    );
+    assert!(!dest.join("f").exists());
+}
+
+fn t_key() -> String {
+    let d = tempdir();
+    let k = d.path().join("k");
+    robosync_testbed::keygen(&k);
+    fs::read_to_string(k.with_extension("pub")).unwrap()
+}
