@@ -1,25 +1,1013 @@
-//! Pull: remote tree → local destination (work in progress).
+//! Pull: remote tree → local destination, executing a [`Plan`] the other way round.
+//!
+//! The server chooses names, sizes and contents, never where bytes land. Every
+//! local create, open, rename, symlink, mkdir and unlink goes through
+//! [`LocalRoot`], which resolves a relative path beneath an open directory
+//! handle of the destination one component at a time with
+//! `O_NOFOLLOW | O_DIRECTORY`: a hostile name, a symlink the server sent, or a
+//! directory swapped for a symlink between listing and writing cannot lead
+//! outside the root. Names were already checked by [`remote::safe_name`] while
+//! listing; [`LocalRoot`] checks every component again.
+//!
+//! Downloads stream in order with a bounded window of READs in flight, are
+//! hashed (BLAKE3, per block and whole) as the bytes arrive, written to a temp
+//! file beside the target, and renamed into place. Completed blocks are
+//! journaled, so a rerun re-hashes them locally and fetches only the rest.
 
-use std::path::Path;
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 
-use robosync_scanner::Filter;
+use futures::stream::{self, StreamExt};
+use robosync_manifest::{compact, state_paths, Journal, JournalRecord, Manifest, Record};
+use robosync_planner::{escape, plan, Action, Kind, Node, PlanOptions, Tree};
+use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
+use robosync_transport::proto::{self, Attrs};
 use robosync_transport::ssh_config::HostConfig;
-use robosync_transport::Target;
+use robosync_transport::{Error, Pool, Sftp, Target};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 
+use crate::endpoint::{join, os};
+use crate::push::{partials, temp_for, Partial};
+use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
-use crate::sync::{fail, Failure, EXIT_USAGE};
+use crate::sync::{
+    choose_manifest, fail, now_unix, open_pool, split_deletes, Failure, EXIT_CONNECT, EXIT_GUARD,
+    EXIT_LOST, EXIT_USAGE,
+};
 use crate::Args;
 
+/// The most entries a remote listing may hold before we call the server absurd.
+const MAX_REMOTE_ENTRIES: usize = 50_000_000;
+/// Blocks of one file in flight at once (each `BLOCK_SIZE`).
+const WINDOW_BLOCKS: usize = 16;
+/// Permission bits a pull sets: never setuid/setgid from a server.
+const MODE_MASK: u32 = 0o1777;
+
+fn transport_failure(e: Error) -> Failure {
+    let code = if e.is_connection() {
+        EXIT_LOST
+    } else {
+        EXIT_CONNECT
+    };
+    fail(code, e.to_string())
+}
+
+fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("robosync");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/robosync"),
+        None => PathBuf::from(".robosync-state"),
+    }
+}
+
 pub async fn pull_run(
-    _args: &Args,
-    _run: &std::sync::Arc<Run>,
-    _filter: Filter,
-    _remote: &[u8],
-    _target: Target,
-    _local: &Path,
-    _label: &str,
+    args: &Args,
+    run: &Arc<Run>,
+    filter: Filter,
+    remote_path: &[u8],
+    target: Target,
+    local_root: &Path,
+    label: &str,
 ) -> Result<Vec<String>, Failure> {
-    Err(fail(EXIT_USAGE, "pull is not implemented yet"))
+    let remote_root = if remote_path.is_empty() {
+        b".".to_vec()
+    } else {
+        remote_path.to_vec()
+    };
+    let exists = match std::fs::metadata(local_root) {
+        Ok(m) if m.is_dir() => true,
+        Ok(_) => {
+            return Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "destination {} is not a directory (robosync copies trees)",
+                    local_root.display()
+                ),
+            ))
+        }
+        Err(_) => false,
+    };
+    let abs_dest = std::fs::canonicalize(local_root).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(local_root))
+            .unwrap_or_else(|_| local_root.to_path_buf())
+    });
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let paths = state_paths(&state_dir, label, &abs_dest.to_string_lossy());
+
+    // Scan the destination while we connect.
+    let scan = {
+        let root = local_root.to_path_buf();
+        let cache_path = paths.stat_cache.clone();
+        let filter = filter.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cache = StatCache::load(&cache_path);
+            if !exists {
+                return (Ok(Snapshot::default()), cache);
+            }
+            let opts = ScanOptions {
+                filter,
+                ignore_cache: false,
+            };
+            (robosync_scanner::scan(&root, &opts, &mut cache), cache)
+        })
+    };
+    let pool = open_pool(args, run, target).await?;
+    let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
+        .await
+        .map_err(transport_failure)?;
+    let mut errors = listing.errors.clone();
+    let mut source = included(listing.tree, &filter);
+    let (snap, cache) = scan.await.expect("scan task panicked");
+    let snap = snap.map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot scan {}: {e}", local_root.display()),
+        )
+    })?;
+    errors.extend(
+        snap.errors
+            .iter()
+            .map(|e| format!("{}: {}", escape(&e.path), e.message)),
+    );
+    let mut dest = Tree::from_snapshot(&snap);
+    let mut stale_temps = Vec::new();
+    // robosync's own state and a --backup-dir inside the destination are not content.
+    let mut own: Vec<&Path> = vec![Path::new(std::ffi::OsStr::from_bytes(STATE_DIR))];
+    if let Some(b) = args.backup_dir.as_deref().filter(|b| b.is_relative()) {
+        own.push(b);
+    }
+    dest.nodes.retain(|p, _| {
+        let b = p.as_os_str().as_bytes();
+        if own.iter().any(|o| p.starts_with(o)) {
+            return false;
+        }
+        if p.file_name().is_some_and(|n| is_temp_name(n.as_bytes())) {
+            stale_temps.push(b.to_vec());
+            return false;
+        }
+        true
+    });
+
+    if !exists && !args.dry_run {
+        std::fs::create_dir_all(local_root).map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("cannot create destination {}: {e}", local_root.display()),
+            )
+        })?;
+    }
+    let root = if exists || !args.dry_run {
+        Some(LocalRoot::open(local_root).map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("cannot open destination {}: {e}", local_root.display()),
+            )
+        })?)
+    } else {
+        None
+    };
+    let local_copy = root
+        .as_ref()
+        .and_then(|r| r.read_small(&[STATE_DIR, b"/manifest"].concat()));
+    let (mut manifest, pending) = choose_manifest(run, &paths.manifest, &paths.journal, local_copy);
+    // Records of files no longer at the destination mean nothing.
+    manifest
+        .files
+        .retain(|k, _| dest.nodes.contains_key(&os(k)));
+    // A remote file whose stat still matches what robosync fetched last time
+    // has the content recorded then: the planner sees it as unchanged.
+    for (p, n) in source.nodes.iter_mut() {
+        if n.kind != Kind::File {
+            continue;
+        }
+        if let Some(r) = manifest.files.get(p.as_os_str().as_bytes()) {
+            if r.size == n.size && r.mtime_ns.div_euclid(1_000_000_000) == n.mtime {
+                n.whole = Some(r.whole);
+                n.blocks = r.blocks.clone();
+            }
+        }
+    }
+
+    let opts = PlanOptions {
+        delete: args.delete,
+        max_delete: args.max_delete,
+        // No remote hashes: a changed file is fetched whole.
+        delta: false,
+        ..Default::default()
+    };
+    let plan = plan(&source, &dest, Some(&manifest), label, &opts)
+        .map_err(|e| fail(EXIT_GUARD, e.to_string()))?;
+    for w in &plan.warnings {
+        run.warn(w);
+    }
+    run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
+    if args.dry_run {
+        for a in &plan.actions {
+            println!("{a}");
+        }
+        pool.close().await;
+        return Ok(errors);
+    }
+    let root = root.expect("destination opened");
+    if !errors.is_empty() && args.delete {
+        // An incomplete remote view must never decide deletions.
+        run.warn("not deleting anything: the source could not be read completely");
+    }
+    let backup = match &args.backup_dir {
+        Some(b) => Some(Backup::open(&root, b).map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("cannot use backup dir {}: {e}", b.display()),
+            )
+        })?),
+        None => None,
+    };
+
+    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot create state dir {}: {e}", paths.dir.display()),
+        )
+    })?;
+    let journal = Journal::open(&paths.journal).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    run.set_journal(journal);
+    manifest.run_id += 1;
+    manifest.written_at_unix = now_unix();
+    manifest.block_size = BLOCK_SIZE;
+    run.journal(&JournalRecord::RunStarted {
+        run_id: manifest.run_id,
+        unix: manifest.written_at_unix,
+    });
+    run.set_total(plan.bytes_to_send(BLOCK_SIZE));
+
+    source.nodes.retain(|p, _| !p.as_os_str().is_empty());
+    let job = Arc::new(Pull {
+        run: run.clone(),
+        pool: pool.clone(),
+        root,
+        backup,
+        remote_root,
+        source,
+        partials: Mutex::new(partials(&pending)),
+        manifest: Mutex::new(manifest),
+    });
+    let ticker = {
+        let run = run.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                run.checkpoint();
+            }
+        })
+    };
+    let (content, deletes) = split_deletes(plan.actions);
+    let mut run_errors = job.execute(content, false).await;
+    if run_errors.is_empty() && errors.is_empty() {
+        run_errors.extend(job.execute(deletes, true).await);
+    } else if !deletes.is_empty() {
+        run.warn(&format!(
+            "skipped {} deletion(s) because of errors above",
+            deletes.len()
+        ));
+    }
+    if run_errors.is_empty() {
+        // Directory attributes last: writing inside changed their mtimes.
+        run_errors.extend(job.set_dir_attrs());
+    }
+    ticker.abort();
+    errors.extend(run_errors);
+    if let Some(e) = run.journal_error() {
+        errors.push(format!("journal: {e}"));
+    }
+
+    drop(run.take_journal());
+    let manifest = job.manifest.lock().unwrap().clone();
+    if let Err(e) = manifest.save(&paths.manifest) {
+        errors.push(e.to_string());
+    } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
+        errors.push(e.to_string());
+    }
+    if let Err(e) = job
+        .root
+        .write_small(STATE_DIR, b"manifest", &manifest.encode())
+    {
+        run.warn(&format!(
+            "could not store the manifest copy in the destination: {e}"
+        ));
+    }
+    if errors.is_empty() {
+        // Temp files of interrupted runs that this run did not resume.
+        for t in &stale_temps {
+            let _ = job.root.remove(t);
+        }
+    }
+    if let Err(e) = cache.save(&paths.stat_cache) {
+        run.warn(&format!(
+            "cannot save the stat cache {}: {e}",
+            paths.stat_cache.display()
+        ));
+    }
+    for n in pool.notes.lock().unwrap().drain(..) {
+        run.note(n);
+    }
+    pool.close().await;
+    Ok(errors)
+}
+
+/// The remote tree without what the filter excludes (an excluded directory takes its children).
+fn included(tree: Tree, filter: &Filter) -> Tree {
+    if filter.is_empty() {
+        return tree;
+    }
+    let mut excluded: HashSet<PathBuf> = HashSet::new();
+    let mut nodes = std::collections::BTreeMap::new();
+    for (p, n) in tree.nodes {
+        if p.ancestors().skip(1).any(|a| excluded.contains(a)) {
+            continue;
+        }
+        if filter.includes(&p, n.kind == Kind::Dir) {
+            nodes.insert(p, n);
+        } else {
+            excluded.insert(p);
+        }
+    }
+    Tree { nodes }
+}
+
+/// Why one entry failed.
+#[derive(Debug)]
+enum PullError {
+    Remote(Error),
+    Local(String),
+}
+
+impl fmt::Display for PullError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PullError::Remote(e) => write!(f, "{e}"),
+            PullError::Local(m) => f.write_str(m),
+        }
+    }
+}
+
+impl From<Error> for PullError {
+    fn from(e: Error) -> PullError {
+        PullError::Remote(e)
+    }
+}
+
+fn local(what: &str) -> impl Fn(io::Error) -> PullError + '_ {
+    move |e| PullError::Local(format!("{what}: {e}"))
+}
+
+struct Pull {
+    run: Arc<Run>,
+    pool: Arc<Pool>,
+    root: LocalRoot,
+    backup: Option<Backup>,
+    remote_root: Vec<u8>,
+    source: Tree,
+    partials: Mutex<HashMap<Vec<u8>, Partial>>,
+    manifest: Mutex<Manifest>,
+}
+
+impl Pull {
+    /// Runs actions in plan order: wrong-kind deletions, directories (parents
+    /// first), then files and links concurrently. `removals`: these are the
+    /// `--delete` removals (`--backup-dir` applies).
+    async fn execute(self: &Arc<Self>, actions: Vec<Action>, removals: bool) -> Vec<String> {
+        let mut errors = Vec::new();
+        let mut files = Vec::new();
+        for a in actions {
+            match &a {
+                Action::Delete { path, .. } if files.is_empty() => {
+                    if let Err(e) = self.delete(path, removals) {
+                        errors.push(e);
+                    }
+                }
+                Action::Mkdir { path, mode } => {
+                    let key = path.as_os_str().as_bytes();
+                    match self.root.mkdir(key, mode & MODE_MASK) {
+                        Ok(()) => self.run.itemize(&a.to_string()),
+                        Err(e) => {
+                            errors.push(format!("cannot create directory {}: {e}", escape(path)))
+                        }
+                    }
+                }
+                _ => files.push(a),
+            }
+        }
+        let concurrency = (self.pool.sessions().len() * 8).max(16);
+        let results: Vec<Result<(), String>> = stream::iter(files)
+            .map(|a| async move { self.file_action(a, removals).await })
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        errors.extend(results.into_iter().filter_map(Result::err));
+        errors
+    }
+
+    async fn file_action(&self, a: Action, removals: bool) -> Result<(), String> {
+        let line = a.to_string();
+        let path = a.path().to_path_buf();
+        let result = match &a {
+            Action::Copy { .. } | Action::Delta { .. } => self.fetch(&path).await,
+            Action::Symlink { target, .. } => self.symlink(&path, target),
+            Action::SetAttrs { .. } => self.set_attrs(&path),
+            Action::Delete { .. } => return self.delete(&path, removals),
+            Action::Mkdir { .. } => Ok(()),
+        };
+        match result {
+            Ok(()) => {
+                self.run.itemize(&line);
+                Ok(())
+            }
+            Err(e) => Err(format!("{}: {e}", escape(&path))),
+        }
+    }
+
+    fn node(&self, rel: &Path) -> Result<&Node, PullError> {
+        self.source
+            .nodes
+            .get(rel)
+            .ok_or_else(|| PullError::Local("not in the remote listing".into()))
+    }
+
+    fn symlink(&self, rel: &Path, target: &Path) -> Result<(), PullError> {
+        let n = self.node(rel)?;
+        self.root
+            .symlink(
+                rel.as_os_str().as_bytes(),
+                target.as_os_str().as_bytes(),
+                n.mtime,
+            )
+            .map_err(local("cannot create symlink"))?;
+        self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn set_attrs(&self, rel: &Path) -> Result<(), PullError> {
+        let n = self.node(rel)?;
+        let key = rel.as_os_str().as_bytes();
+        let f = self.root.open_file(key).map_err(local("cannot open"))?;
+        set_file_attrs(&f, n).map_err(local("cannot set attributes"))?;
+        let st = rustix::fs::fstat(&f).map_err(|e| local("cannot stat")(e.into()))?;
+        let mut m = self.manifest.lock().unwrap();
+        if let Some(r) = m.files.get_mut(key) {
+            r.mode = n.mode & MODE_MASK;
+            r.mtime_ns = n.mtime * 1_000_000_000;
+            r.remote_size = st.st_size as u64;
+            r.remote_mtime = st.st_mtime;
+            self.run.journal(&JournalRecord::FileLanded {
+                path: key.to_vec(),
+                record: r.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn delete(&self, rel: &Path, removals: bool) -> Result<(), String> {
+        let key = rel.as_os_str().as_bytes();
+        let r = match (&self.backup, removals) {
+            (Some(b), true) => b.keep(&self.root, key),
+            _ => self.root.remove(key),
+        };
+        match r {
+            Ok(()) => {
+                self.run
+                    .journal(&JournalRecord::Deleted { path: key.to_vec() });
+                self.manifest.lock().unwrap().files.remove(key);
+                self.run.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                self.run.itemize(&format!("*deleting   {}", escape(rel)));
+                Ok(())
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(format!("cannot delete {}: {e}", escape(rel))),
+        }
+    }
+
+    fn set_dir_attrs(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (p, n) in self.source.nodes.iter().rev() {
+            if n.kind != Kind::Dir {
+                continue;
+            }
+            let r = self
+                .root
+                .dir(p.as_os_str().as_bytes())
+                .and_then(|d| set_file_attrs(&d, n));
+            if let Err(e) = r {
+                errors.push(format!("cannot set attributes of {}: {e}", escape(p)));
+            }
+        }
+        errors
+    }
+
+    /// Downloads one file, reconnecting and resuming when the link drops.
+    async fn fetch(&self, rel: &Path) -> Result<(), PullError> {
+        let node = self.node(rel)?;
+        let key = rel.as_os_str().as_bytes();
+        loop {
+            let s = self.pool.session().await?;
+            match self.fetch_once(&s, key, node).await {
+                Ok(()) => {
+                    self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Err(PullError::Remote(err)) if err.is_connection() => {
+                    self.run
+                        .note_once(format!("connection lost ({err}); reconnecting"));
+                    self.pool.repair().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn fetch_once(&self, s: &Sftp, key: &[u8], node: &Node) -> Result<(), PullError> {
+        let size = node.size;
+        let tag = transfer_tag(key, node);
+        let temp_rel = temp_for(key, &tag);
+        let (dir, name) = self.root.parent(key).map_err(local("cannot open parent"))?;
+        let temp_name = last_component(&temp_rel).to_vec();
+        let nblocks = size.div_ceil(BLOCK_SIZE);
+        let confirmed: HashMap<u64, [u8; 32]> = self
+            .partials
+            .lock()
+            .unwrap()
+            .get(key)
+            .filter(|p| p.temp == temp_rel && p.whole == tag && p.size == size)
+            .map(|p| p.blocks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(i, _)| *i < nblocks)
+            .collect();
+        let file = create_temp(&dir, &temp_name, confirmed.is_empty())
+            .map_err(local("cannot create temp file"))?;
+        self.run.journal(&JournalRecord::TransferStarted {
+            path: key.to_vec(),
+            temp: temp_rel.clone(),
+            size,
+            mtime_ns: node.mtime * 1_000_000_000,
+            whole: tag,
+        });
+        let abs = join(&self.remote_root, key);
+        let received = async {
+            let handle = s
+                .open(&abs, proto::FXF_READ, &Attrs::default())
+                .await
+                .map_err(|x| x.with_path("open", &abs))?;
+            let r = async {
+                let digest = self
+                    .receive(s, &handle, &file, key, &temp_rel, size, &confirmed)
+                    .await?;
+                let now = s.fstat(&handle).await?;
+                if now.size.unwrap_or(0) != size
+                    || now.mtime().map(i64::from).unwrap_or(0) != node.mtime
+                {
+                    return Err(PullError::Local(
+                        "changed on the server while robosync was reading it; rerun to fetch the new content".into(),
+                    ));
+                }
+                Ok(digest)
+            }
+            .await;
+            let _ = s.close(&handle).await;
+            r
+        }
+        .await;
+        let (whole, blocks) = match received {
+            Ok(d) => d,
+            Err(e) => {
+                if !matches!(&e, PullError::Remote(x) if x.is_connection()) {
+                    // Not resumable: the temp file is of no further use.
+                    let _ = rustix::fs::unlinkat(&dir, &temp_name[..], AtFlags::empty());
+                    self.partials.lock().unwrap().remove(key);
+                }
+                return Err(e);
+            }
+        };
+        file.set_len(size)
+            .map_err(local("cannot truncate temp file"))?;
+        set_file_attrs(&file, node).map_err(local("cannot set attributes"))?;
+        if self.run.opts.fsync {
+            file.sync_all().map_err(local("cannot fsync"))?;
+        }
+        rustix::fs::renameat(&dir, &temp_name[..], &dir, &name[..])
+            .map_err(|e| local("cannot rename into place")(e.into()))?;
+        if self.run.opts.fsync {
+            let _ = rustix::fs::fsync(&dir);
+        }
+        if self.run.opts.verify {
+            let mut h = blake3::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            let mut off = 0u64;
+            loop {
+                let n = file
+                    .read_at(&mut buf, off)
+                    .map_err(local("cannot read back"))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+            if *h.finalize().as_bytes() != whole {
+                return Err(PullError::Local(
+                    "verification failed: the landed file does not hash as received (BLAKE3)"
+                        .into(),
+                ));
+            }
+            self.run.stats.verified.fetch_add(1, Ordering::Relaxed);
+        }
+        let st = rustix::fs::fstat(&file).map_err(|e| local("cannot stat")(e.into()))?;
+        let record = Record {
+            size,
+            mtime_ns: node.mtime * 1_000_000_000,
+            mode: node.mode & MODE_MASK,
+            whole,
+            blocks: if nblocks > 1 { blocks } else { Vec::new() },
+            remote_size: st.st_size as u64,
+            remote_mtime: st.st_mtime,
+        };
+        self.run.journal(&JournalRecord::FileLanded {
+            path: key.to_vec(),
+            record: record.clone(),
+        });
+        self.manifest
+            .lock()
+            .unwrap()
+            .files
+            .insert(key.to_vec(), record);
+        Ok(())
+    }
+
+    /// Fills `file` with the remote file's `size` bytes, in order, keeping the
+    /// blocks the journal confirmed if they still hash the same locally.
+    /// Returns the whole-file and per-block BLAKE3.
+    #[allow(clippy::too_many_arguments)]
+    async fn receive(
+        &self,
+        s: &Sftp,
+        handle: &[u8],
+        file: &File,
+        key: &[u8],
+        temp_rel: &[u8],
+        size: u64,
+        confirmed: &HashMap<u64, [u8; 32]>,
+    ) -> Result<([u8; 32], Vec<[u8; 32]>), PullError> {
+        let nblocks = size.div_ceil(BLOCK_SIZE);
+        let chunk = read_chunk(s);
+        let jobs = (0..nblocks).map(|i| {
+            let off = i * BLOCK_SIZE;
+            let len = (size - off).min(BLOCK_SIZE);
+            let kept = confirmed.get(&i).copied();
+            async move {
+                if let Some(h) = kept {
+                    let mut buf = vec![0u8; len as usize];
+                    if file.read_exact_at(&mut buf, off).is_ok()
+                        && *blake3::hash(&buf).as_bytes() == h
+                    {
+                        return Ok::<_, PullError>((buf, false));
+                    }
+                }
+                Ok((fetch_block(s, handle, off, len, chunk, size).await?, true))
+            }
+        });
+        let mut whole = blake3::Hasher::new();
+        let mut hashes = Vec::with_capacity(nblocks as usize);
+        let mut kept = 0u64;
+        let mut blocks = stream::iter(jobs).buffered(WINDOW_BLOCKS);
+        while let Some(r) = blocks.next().await {
+            let (buf, fetched) = r?;
+            let i = hashes.len() as u64;
+            let h = *blake3::hash(&buf).as_bytes();
+            whole.update(&buf);
+            if fetched {
+                file.write_all_at(&buf, i * BLOCK_SIZE)
+                    .map_err(local("cannot write temp file"))?;
+                self.run.add_bytes(buf.len() as u64);
+            } else {
+                kept += 1;
+            }
+            self.run.journal_for(
+                &JournalRecord::BlockDone {
+                    path: key.to_vec(),
+                    temp: temp_rel.to_vec(),
+                    index: i,
+                    hash: h,
+                },
+                buf.len() as u64,
+            );
+            hashes.push(h);
+        }
+        if kept > 0 {
+            self.run.note(format!(
+                "resumed {}: {kept} of {nblocks} blocks were already here",
+                escape(&os(key))
+            ));
+        }
+        Ok((*whole.finalize().as_bytes(), hashes))
+    }
+}
+
+/// Names one download attempt: the same remote path, size and mtime give the
+/// same temp name, so a rerun finds what an interrupted run left.
+fn transfer_tag(key: &[u8], n: &Node) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"robosync pull\0");
+    h.update(&n.size.to_le_bytes());
+    h.update(&n.mtime.to_le_bytes());
+    h.update(key);
+    *h.finalize().as_bytes()
+}
+
+fn last_component(p: &[u8]) -> &[u8] {
+    match p.iter().rposition(|&b| b == b'/') {
+        Some(i) => &p[i + 1..],
+        None => p,
+    }
+}
+
+/// Largest READ size that divides a block, within the server's limit.
+fn read_chunk(s: &Sftp) -> u64 {
+    let max = u64::from(s.limits.max_read).max(1);
+    let mut c = BLOCK_SIZE;
+    while c > max {
+        c /= 2;
+    }
+    c
+}
+
+/// One block, its READs in flight together; short READs are continued.
+async fn fetch_block(
+    s: &Sftp,
+    handle: &[u8],
+    off: u64,
+    len: u64,
+    chunk: u64,
+    size: u64,
+) -> Result<Vec<u8>, PullError> {
+    let reads = (0..len.div_ceil(chunk)).map(|k| {
+        let o = off + k * chunk;
+        read_exact(s, handle, o, chunk.min(off + len - o), size)
+    });
+    let parts = futures::future::try_join_all(reads).await?;
+    Ok(parts.concat())
+}
+
+async fn read_exact(
+    s: &Sftp,
+    handle: &[u8],
+    off: u64,
+    want: u64,
+    size: u64,
+) -> Result<Vec<u8>, PullError> {
+    let mut buf = Vec::with_capacity(want as usize);
+    while (buf.len() as u64) < want {
+        let at = off + buf.len() as u64;
+        match s.read(handle, at, (want - buf.len() as u64) as u32).await? {
+            Some(d) if !d.is_empty() => buf.extend_from_slice(&d),
+            _ => {
+                return Err(PullError::Local(format!(
+                    "the server's file ended at byte {at} of the {size} it announced"
+                )))
+            }
+        }
+    }
+    Ok(buf)
+}
+
+fn timestamps(secs: i64) -> Timestamps {
+    let t = Timespec {
+        tv_sec: secs,
+        tv_nsec: 0,
+    };
+    Timestamps {
+        last_access: t,
+        last_modification: t,
+    }
+}
+
+fn set_file_attrs(fd: impl std::os::fd::AsFd, n: &Node) -> io::Result<()> {
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(n.mode & MODE_MASK))?;
+    rustix::fs::futimens(&fd, &timestamps(n.mtime))?;
+    Ok(())
+}
+
+/// Opens (creating) a temp file in `dir`, never through a symlink.
+fn create_temp(dir: &OwnedFd, name: &[u8], truncate: bool) -> io::Result<File> {
+    let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    if truncate {
+        flags |= OFlags::TRUNC;
+    }
+    let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))?;
+    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+        return Err(io::Error::other("temp name is taken by something else"));
+    }
+    Ok(File::from(fd))
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::NOFOLLOW)
+    .union(OFlags::CLOEXEC);
+
+/// The destination directory, as an open handle that every local operation
+/// resolves beneath.
+struct LocalRoot {
+    fd: OwnedFd,
+}
+
+impl LocalRoot {
+    fn open(path: &Path) -> io::Result<LocalRoot> {
+        // The root itself is the user's choice and may be reached through a symlink.
+        let fd = rustix::fs::openat(
+            CWD,
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        Ok(LocalRoot { fd })
+    }
+
+    /// The directory holding `rel` (opened without following any symlink) and
+    /// `rel`'s last component.
+    fn parent(&self, rel: &[u8]) -> io::Result<(OwnedFd, Vec<u8>)> {
+        let comps: Vec<&[u8]> = rel.split(|&b| b == b'/').collect();
+        if let Some(bad) = comps.iter().find(|c| !safe_name(c)) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("unsafe path component {:?}", escape(&os(bad))),
+            ));
+        }
+        let (last, dirs) = comps.split_last().expect("split yields one part");
+        let mut fd = rustix::fs::openat(&self.fd, ".", DIR_FLAGS, Mode::empty())?;
+        for c in dirs {
+            fd = rustix::fs::openat(&fd, *c, DIR_FLAGS, Mode::empty())?;
+        }
+        Ok((fd, last.to_vec()))
+    }
+
+    fn dir(&self, rel: &[u8]) -> io::Result<OwnedFd> {
+        let (p, n) = self.parent(rel)?;
+        Ok(rustix::fs::openat(&p, &n[..], DIR_FLAGS, Mode::empty())?)
+    }
+
+    /// A regular file, opened without following a symlink.
+    fn open_file(&self, rel: &[u8]) -> io::Result<File> {
+        let (p, n) = self.parent(rel)?;
+        let fd = rustix::fs::openat(
+            &p,
+            &n[..],
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+            return Err(io::Error::other("not a regular file"));
+        }
+        Ok(File::from(fd))
+    }
+
+    fn mkdir(&self, rel: &[u8], mode: u32) -> io::Result<()> {
+        let (p, n) = self.parent(rel)?;
+        match rustix::fs::mkdirat(&p, &n[..], Mode::from_raw_mode(mode | 0o700)) {
+            Ok(()) => Ok(()),
+            Err(rustix::io::Errno::EXIST) => {
+                let st = rustix::fs::statat(&p, &n[..], AtFlags::SYMLINK_NOFOLLOW)?;
+                if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
+                    Ok(())
+                } else {
+                    Err(io::Error::other("exists and is not a directory"))
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Creates `rel` and missing parents (already existing directories are fine).
+    fn mkdir_p(&self, rel: &[u8]) -> io::Result<()> {
+        for (i, _) in rel.iter().enumerate().filter(|(_, &b)| b == b'/') {
+            self.mkdir(&rel[..i], 0o700)?;
+        }
+        self.mkdir(rel, 0o700)
+    }
+
+    /// A symlink holding `target` verbatim, replacing a non-directory of that name.
+    fn symlink(&self, rel: &[u8], target: &[u8], mtime: i64) -> io::Result<()> {
+        let (p, n) = self.parent(rel)?;
+        match rustix::fs::symlinkat(target, &p, &n[..]) {
+            Err(rustix::io::Errno::EXIST) => {
+                rustix::fs::unlinkat(&p, &n[..], AtFlags::empty())?;
+                rustix::fs::symlinkat(target, &p, &n[..])?;
+            }
+            r => r?,
+        }
+        let _ = rustix::fs::utimensat(&p, &n[..], &timestamps(mtime), AtFlags::SYMLINK_NOFOLLOW);
+        Ok(())
+    }
+
+    /// Removes `rel`, a directory with everything in it; links are removed, not followed.
+    fn remove(&self, rel: &[u8]) -> io::Result<()> {
+        let (p, n) = self.parent(rel)?;
+        remove_at(&p, &n)
+    }
+
+    fn read_small(&self, rel: &[u8]) -> Option<Vec<u8>> {
+        let (p, n) = self.parent(rel).ok()?;
+        let fd = rustix::fs::openat(
+            &p,
+            &n[..],
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .ok()?;
+        let mut out = Vec::new();
+        File::from(fd).take(4 << 30).read_to_end(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// Writes `dir/name` atomically (temp + rename), creating `dir`.
+    fn write_small(&self, dir: &[u8], name: &[u8], data: &[u8]) -> io::Result<()> {
+        self.mkdir(dir, 0o700)?;
+        let d = self.dir(dir)?;
+        let tmp = [name, b".tmp"].concat();
+        let f = create_temp(&d, &tmp, true)?;
+        f.write_all_at(data, 0)?;
+        f.sync_all()?;
+        rustix::fs::renameat(&d, &tmp[..], &d, name)?;
+        Ok(())
+    }
+}
+
+fn remove_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) => return Ok(()),
+        Err(rustix::io::Errno::ISDIR | rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let d = rustix::fs::openat(dir, name, DIR_FLAGS, Mode::empty())?;
+    let mut names = Vec::new();
+    for e in rustix::fs::Dir::read_from(&d)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    for n in names {
+        remove_at(&d, &n)?;
+    }
+    Ok(rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
+}
+
+/// `--backup-dir` for a pull: a relative path is inside the destination, an
+/// absolute one is wherever the user said.
+struct Backup {
+    root: LocalRoot,
+    prefix: Vec<u8>,
+}
+
+impl Backup {
+    fn open(dest: &LocalRoot, dir: &Path) -> io::Result<Backup> {
+        if dir.is_absolute() {
+            std::fs::create_dir_all(dir)?;
+            return Ok(Backup {
+                root: LocalRoot::open(dir)?,
+                prefix: Vec::new(),
+            });
+        }
+        let prefix = dir.as_os_str().as_bytes().to_vec();
+        dest.mkdir_p(&prefix)?;
+        Ok(Backup {
+            root: LocalRoot {
+                fd: rustix::fs::openat(&dest.fd, ".", DIR_FLAGS, Mode::empty())?,
+            },
+            prefix,
+        })
+    }
+
+    /// Moves `rel` of the destination into the backup dir, keeping its relative path.
+    fn keep(&self, dest: &LocalRoot, rel: &[u8]) -> io::Result<()> {
+        let to = join(&self.prefix, rel);
+        if let Some(i) = to.iter().rposition(|&b| b == b'/') {
+            self.root.mkdir_p(&to[..i])?;
+        }
+        let (fp, fname) = dest.parent(rel)?;
+        let (tp, tname) = self.root.parent(&to)?;
+        Ok(rustix::fs::renameat(&fp, &fname[..], &tp, &tname[..])?)
+    }
 }
 
 pub fn run_auth_hook(_cmd: &str, _cfg: &HostConfig) -> Result<(), String> {

@@ -62,3 +62,29 @@ pub fn current_user() -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// Path of the hostile SFTP server (`src/bin/hostile_sftp.rs`), compiled with
+/// a bare `rustc` on first use: it is std-only, so this takes a second and
+/// works under any `cargo test` invocation, whichever packages it builds.
+pub fn hostile_sftp_server() -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let src = workspace_root().join("crates/testbed/src/bin/hostile_sftp.rs");
+    let text = std::fs::read(&src).expect("hostile_sftp.rs");
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    text.hash(&mut h);
+    let dir = std::env::temp_dir().join(format!("robosync-hostile-sftp-{}", unsafe {
+        libc::geteuid()
+    }));
+    std::fs::create_dir_all(&dir).unwrap();
+    let exe = dir.join(format!("hostile_sftp-{:016x}", h.finish()));
+    if !exe.exists() {
+        let tmp = dir.join(format!("build-{}", std::process::id()));
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        run(Command::new(rustc)
+            .args(["--edition", "2021", "-O", "-o"])
+            .arg(&tmp)
+            .arg(&src));
+        std::fs::rename(&tmp, &exe).unwrap();
+    }
+    exe
+}

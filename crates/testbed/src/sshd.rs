@@ -25,6 +25,7 @@ pub struct SshdBuilder {
     max_sessions: u32,
     listen: String,
     extra: Vec<String>,
+    sftp_server: Option<PathBuf>,
 }
 
 impl Default for SshdBuilder {
@@ -36,6 +37,7 @@ impl Default for SshdBuilder {
             max_sessions: 20,
             listen: "127.0.0.1".into(),
             extra: Vec::new(),
+            sftp_server: None,
         }
     }
 }
@@ -68,6 +70,13 @@ impl SshdBuilder {
     /// Extra sshd_config lines.
     pub fn config(mut self, line: &str) -> Self {
         self.extra.push(line.into());
+        self
+    }
+
+    /// Serve SFTP with this program instead of OpenSSH's sftp-server (e.g. a
+    /// hostile server from [`crate::hostile_sftp_server`]).
+    pub fn sftp_server(mut self, path: &Path) -> Self {
+        self.sftp_server = Some(path.to_path_buf());
         self
     }
 
@@ -117,11 +126,13 @@ impl Sshd {
         keygen(&host_key);
         let client_key = d.join("robot_ed25519");
         keygen(&client_key);
-        let sftp_server = SFTP_SERVER_CANDIDATES
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-            .expect("sftp-server not found: install openssh-sftp-server");
+        let sftp_server = b.sftp_server.clone().unwrap_or_else(|| {
+            SFTP_SERVER_CANDIDATES
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .expect("sftp-server not found: install openssh-sftp-server")
+        });
         let wrapper_log = d.join("wrapper.log");
         let wrapper_conf = d.join("robot.conf");
         fs::write(&wrapper_log, "").unwrap();
