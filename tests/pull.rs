@@ -118,7 +118,7 @@ fn interrupted_pull_resumes_and_completes() {
         c
     };
 
-    let mut child = pull("0s")
+    let child = pull("0s")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -246,4 +246,25 @@ fn hostile_server_cannot_write_outside_the_destination() {
     assert_ne!(r.code(), 0, "{}", r.stderr());
     assert_ne!(r.code(), 101, "panic: {}", r.stderr());
     assert_eq!(snapshot(&base.join("sentinel")), before);
+}
+
+#[test]
+fn pull_dry_run_itemises_and_changes_nothing() {
+    let sshd = Sshd::start();
+    let src = sshd.mkdir("src");
+    sample_tree(&src);
+    let t = tempdir();
+    let dest = t.path().join("not-yet");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg("-n")
+        .arg(remote(&src))
+        .arg(&dest))
+    .success();
+    assert!(r.stdout().contains(">f+++++++++ big.bin"), "{}", r.stdout());
+    assert!(
+        r.stdout().contains("cL+++++++++ link -> a/b/c/deep.txt"),
+        "{}",
+        r.stdout()
+    );
+    assert!(!dest.exists());
 }

@@ -5,4 +5,5 @@
 mod util;
 
 mod foundation;
+mod resume;
 mod pull;

@@ -215,3 +215,51 @@ pub fn tempdir() -> tempfile::TempDir {
         .tempdir()
         .unwrap()
 }
+
+/// An ssh_config whose `robot` alias goes through `proxy` (same host key).
+pub fn via_proxy(sshd: &Sshd, proxy: &Proxy) -> PathBuf {
+    let stanza = sshd.config_stanza("robot").replace(
+        &format!("Port {}", sshd.port),
+        &format!("Port {}", proxy.port),
+    );
+    let host_pub = fs::read_to_string(&sshd.host_key_pub).unwrap();
+    let mut kh = fs::read_to_string(&sshd.known_hosts).unwrap();
+    kh.push_str(&format!("[127.0.0.1]:{} {}\n", proxy.port, host_pub.trim()));
+    fs::write(&sshd.known_hosts, kh).unwrap();
+    let path = sshd
+        .dir
+        .path()
+        .join(format!("ssh_config.proxy{}", proxy.port));
+    fs::write(&path, stanza).unwrap();
+    path
+}
+
+/// A robosync command with an explicit ssh_config file.
+pub fn robosync_with(config: &Path, state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_robosync"));
+    c.arg("-F").arg(config).arg("--state-dir").arg(state);
+    c.env_remove("SSH_AUTH_SOCK");
+    c
+}
+
+/// Many small files under `root/small/dNN/`.
+pub fn small_files(root: &Path, n: usize) {
+    for i in 0..n {
+        let size = 512 + (i * 7919) % (16 << 10);
+        write(
+            &root.join(format!("small/d{:02}/f{i:05}", i % 20)),
+            &bytes(size, i as u64 + 7),
+        );
+    }
+}
+
+pub fn total_size(root: &Path) -> u64 {
+    snapshot(root)
+        .keys()
+        .map(|k| {
+            fs::symlink_metadata(root.join(k))
+                .map(|m| if m.is_file() { m.len() } else { 0 })
+                .unwrap_or(0)
+        })
+        .sum()
+}

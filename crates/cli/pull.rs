@@ -48,6 +48,10 @@ use crate::Args;
 const MAX_REMOTE_ENTRIES: usize = 50_000_000;
 /// Blocks of one file in flight at once (each `BLOCK_SIZE`).
 const WINDOW_BLOCKS: usize = 16;
+/// Files of at least this many blocks are striped over several sessions.
+const STRIPE_MIN_BLOCKS: u64 = 32;
+/// Sessions one striped file uses at most.
+const STRIPES: usize = 4;
 /// Permission bits a pull sets: never setuid/setgid from a server.
 const MODE_MASK: u32 = 0o1777;
 
@@ -535,7 +539,7 @@ impl Pull {
         }
     }
 
-    async fn fetch_once(&self, s: &Sftp, key: &[u8], node: &Node) -> Result<(), PullError> {
+    async fn fetch_once(&self, s: &Arc<Sftp>, key: &[u8], node: &Node) -> Result<(), PullError> {
         let size = node.size;
         let tag = transfer_tag(key, node);
         let temp_rel = temp_for(key, &tag);
@@ -563,16 +567,45 @@ impl Pull {
             whole: tag,
         });
         let abs = join(&self.remote_root, key);
+        // Big files are striped: blocks go round robin over several sessions.
+        let mut stripes: Vec<Arc<Sftp>> = vec![s.clone()];
+        if nblocks >= STRIPE_MIN_BLOCKS {
+            stripes.extend(
+                self.pool
+                    .sessions()
+                    .into_iter()
+                    .filter(|x| !Arc::ptr_eq(x, s))
+                    .take(STRIPES - 1),
+            );
+        }
         let received = async {
-            let handle = s
-                .open(&abs, proto::FXF_READ, &Attrs::default())
-                .await
-                .map_err(|x| x.with_path("open", &abs))?;
+            let opens = stripes.iter().map(|x| {
+                let abs = &abs;
+                async move {
+                    x.open(abs, proto::FXF_READ, &Attrs::default())
+                        .await
+                        .map_err(|e| e.with_path("open", abs))
+                }
+            });
+            let opened = futures::future::join_all(opens).await;
+            let mut handles = Vec::new();
+            let mut first_err = None;
+            for (x, h) in stripes.iter().zip(opened) {
+                match h {
+                    Ok(h) => handles.push((x.clone(), h)),
+                    Err(e) => {
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
             let r = async {
+                if let Some(e) = first_err {
+                    return Err(PullError::Remote(e));
+                }
                 let digest = self
-                    .receive(s, &handle, &file, key, &temp_rel, size, &confirmed)
+                    .receive(&handles, &file, key, &temp_rel, size, &confirmed)
                     .await?;
-                let now = s.fstat(&handle).await?;
+                let now = s.fstat(&handles[0].1).await?;
                 if now.size.unwrap_or(0) != size
                     || now.mtime().map(i64::from).unwrap_or(0) != node.mtime
                 {
@@ -583,7 +616,9 @@ impl Pull {
                 Ok(digest)
             }
             .await;
-            let _ = s.close(&handle).await;
+            for (x, h) in &handles {
+                let _ = x.close(h).await;
+            }
             r
         }
         .await;
@@ -659,8 +694,7 @@ impl Pull {
     #[allow(clippy::too_many_arguments)]
     async fn receive(
         &self,
-        s: &Sftp,
-        handle: &[u8],
+        stripes: &[(Arc<Sftp>, Vec<u8>)],
         file: &File,
         key: &[u8],
         temp_rel: &[u8],
@@ -668,8 +702,8 @@ impl Pull {
         confirmed: &HashMap<u64, [u8; 32]>,
     ) -> Result<([u8; 32], Vec<[u8; 32]>), PullError> {
         let nblocks = size.div_ceil(BLOCK_SIZE);
-        let chunk = read_chunk(s);
         let jobs = (0..nblocks).map(|i| {
+            let (s, handle) = &stripes[(i % stripes.len() as u64) as usize];
             let off = i * BLOCK_SIZE;
             let len = (size - off).min(BLOCK_SIZE);
             let kept = confirmed.get(&i).copied();
@@ -682,13 +716,16 @@ impl Pull {
                         return Ok::<_, PullError>((buf, false));
                     }
                 }
-                Ok((fetch_block(s, handle, off, len, chunk, size).await?, true))
+                Ok((
+                    fetch_block(s, handle, off, len, read_chunk(s), size).await?,
+                    true,
+                ))
             }
         });
         let mut whole = blake3::Hasher::new();
         let mut hashes = Vec::with_capacity(nblocks as usize);
         let mut kept = 0u64;
-        let mut blocks = stream::iter(jobs).buffered(WINDOW_BLOCKS);
+        let mut blocks = stream::iter(jobs).buffered(WINDOW_BLOCKS * stripes.len().min(2));
         while let Some(r) = blocks.next().await {
             let (buf, fetched) = r?;
             let i = hashes.len() as u64;
