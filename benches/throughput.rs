@@ -494,8 +494,14 @@ fn attempt(
     }
     let got = tally(&dst);
     if got != ctx.data.tally {
+        let extra = measure::strangers(&dst, &ctx.data.dir, 3);
+        let extra = if extra.is_empty() {
+            String::new()
+        } else {
+            format!(" (unexpected: {})", extra.join(", "))
+        };
         return Err(Outcome::Failed(format!(
-            "exit 0 but the destination holds {got}, expected {}",
+            "exit 0 but the destination holds {got}, expected {}{extra}",
             ctx.data.tally
         )));
     }

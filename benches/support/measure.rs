@@ -111,6 +111,10 @@ impl std::fmt::Display for Tally {
     }
 }
 
+/// robosync keeps a copy of its manifest at the destination, by design.
+const ROBOSYNC_META: &str = ".robosync";
+
+/// Payload under `root`: everything but robosync's own metadata directory.
 pub fn tally(root: &Path) -> Tally {
     let mut t = Tally::default();
     let mut stack = vec![root.to_path_buf()];
@@ -120,7 +124,7 @@ pub fn tally(root: &Path) -> Tally {
         };
         for e in entries.flatten() {
             let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
+            if ft.is_dir() && e.file_name() != ROBOSYNC_META {
                 stack.push(e.path());
             } else if ft.is_file() {
                 t.files += 1;
@@ -129,6 +133,39 @@ pub fn tally(root: &Path) -> Tally {
         }
     }
     t
+}
+
+/// Up to `max` files under `dst` whose name no file under `src` has (what a
+/// tool left behind besides the payload), relative to `dst`.
+pub fn strangers(dst: &Path, src: &Path, max: usize) -> Vec<String> {
+    let names: std::collections::HashSet<_> = files(src)
+        .iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_owned()))
+        .collect();
+    files(dst)
+        .into_iter()
+        .filter(|p| p.file_name().is_none_or(|n| !names.contains(n)))
+        .take(max)
+        .map(|p| p.strip_prefix(dst).unwrap_or(&p).display().to_string())
+        .collect()
+}
+
+fn files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            match e.file_type() {
+                Ok(ft) if ft.is_dir() && e.file_name() != ROBOSYNC_META => stack.push(e.path()),
+                Ok(ft) if ft.is_file() => out.push(e.path()),
+                _ => {}
+            }
+        }
+    }
+    out
 }
 
 /// Median of the samples (upper median for an even count).
