@@ -5,5 +5,5 @@
 mod util;
 
 mod foundation;
-mod resume;
 mod pull;
+mod resume;

@@ -134,31 +134,20 @@ impl Push {
     /// files and links (concurrently), then directory attributes.
     pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) -> Vec<String> {
         let mut errors = Vec::new();
-        let (mut pre, mut dirs, mut files, mut deletes) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut seen_content = false;
+        // Deletions before any directory are wrong-kind removals; the plan's
+        // trailing `--delete` removals arrive in their own call (all Deletes).
+        let (mut pre, mut dirs, mut files) = (Vec::new(), Vec::new(), Vec::new());
         for a in actions {
             match a {
-                Action::Delete { .. } if !seen_content => pre.push(a),
-                Action::Delete { .. } => deletes.push(a),
+                Action::Delete { .. } if dirs.is_empty() && files.is_empty() => pre.push(a),
                 Action::Mkdir { .. } => dirs.push(a),
-                _ => {
-                    seen_content = true;
-                    files.push(a)
-                }
+                _ => files.push(a),
             }
         }
-        // --delete removals come last in a plan; a Delete after content is one.
-        let _ = &mut deletes;
+        let backup = self.run.opts.backup_dir.as_deref();
         for a in pre {
-            if let Err(e) = self
-                .delete(
-                    a.path(),
-                    matches!(a, Action::Delete { dir: true, .. }),
-                    None,
-                )
-                .await
-            {
+            let dir = matches!(a, Action::Delete { dir: true, .. });
+            if let Err(e) = self.delete(a.path(), dir, backup).await {
                 errors.push(e);
             }
         }
@@ -655,7 +644,13 @@ impl Push {
                 let abs = abs.clone();
                 async move {
                     if let Some(b) = backup {
-                        let dest = join(b.as_os_str().as_bytes(), key);
+                        // A relative backup dir is inside the destination, as with rsync.
+                        let base = if b.is_absolute() {
+                            b.as_os_str().as_bytes().to_vec()
+                        } else {
+                            self.abs(b.as_os_str().as_bytes())
+                        };
+                        let dest = join(&base, key);
                         mkdir_p(&s, parent(&dest)).await?;
                         return s.rename(&abs, &dest).await;
                     }

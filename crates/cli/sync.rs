@@ -322,6 +322,11 @@ async fn push_run(
         .await
         .map_err(transport_failure)?;
     errors.extend(listing.errors.iter().cloned());
+    let mut listing = listing;
+    if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
+        // A backup dir inside the destination is not part of the mirror.
+        listing.tree.nodes.retain(|p, _| !p.starts_with(b));
+    }
     let manifest_remote = join(&remote_root, b".robosync/manifest");
     let remote_copy = read_small(&session, &manifest_remote).await;
     let (mut manifest, pending) =
