@@ -4,6 +4,7 @@
 
 mod util;
 
+mod connect;
 mod foundation;
 mod pull;
 mod resume;

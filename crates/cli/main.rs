@@ -8,6 +8,7 @@
 //! safety guard (e.g. `--delete` on an empty source); 23 some entries failed;
 //! 30 connection lost and not recovered within `--retry-for`.
 
+mod auth_hook;
 mod endpoint;
 mod pull;
 mod push;
@@ -102,6 +103,9 @@ pub struct Args {
     /// Command to run before connecting when the certificate is missing or about to expire.
     #[arg(long, value_name = "CMD")]
     pub auth_command: Option<String>,
+    /// Run the --auth-command when the certificate expires within this margin [default: 1h].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub auth_margin: Option<Duration>,
 
     /// Where robosync keeps its own state (manifests, journals, stat caches).
     #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR")]

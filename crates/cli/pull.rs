@@ -30,7 +30,6 @@ use robosync_manifest::{compact, state_paths, Journal, JournalRecord, Manifest, 
 use robosync_planner::{escape, plan, Action, Kind, Node, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
-use robosync_transport::ssh_config::HostConfig;
 use robosync_transport::{Error, Pool, Sftp, Target};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 
@@ -1045,8 +1044,4 @@ impl Backup {
         let (tp, tname) = self.root.parent(&to)?;
         Ok(rustix::fs::renameat(&fp, &fname[..], &tp, &tname[..])?)
     }
-}
-
-pub fn run_auth_hook(_cmd: &str, _cfg: &HostConfig) -> Result<(), String> {
-    Ok(())
 }

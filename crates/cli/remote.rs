@@ -30,6 +30,9 @@ pub fn is_temp_name(name: &[u8]) -> bool {
         && name.windows(TEMP_MARK.len()).any(|w| w == TEMP_MARK)
 }
 
+/// One directory's READDIR result, keyed by its relative path.
+type DirListing = (Vec<u8>, Result<Vec<robosync_transport::proto::Name>, Error>);
+
 #[derive(Default)]
 pub struct Listing {
     pub tree: Tree,
@@ -43,8 +46,7 @@ pub struct Listing {
 pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<Listing, Error> {
     let mut out = Listing::default();
     let mut nodes: BTreeMap<PathBuf, Node> = BTreeMap::new();
-    let mut tasks: JoinSet<(Vec<u8>, Result<Vec<robosync_transport::proto::Name>, Error>)> =
-        JoinSet::new();
+    let mut tasks: JoinSet<DirListing> = JoinSet::new();
     let mut queue: Vec<Vec<u8>> = vec![Vec::new()];
     let mut symlinks = Vec::new();
     const IN_FLIGHT: usize = 32;

@@ -13,7 +13,6 @@ use robosync_manifest::{Journal, JournalRecord};
 pub struct RunOptions {
     pub verbose: u8,
     pub quiet: bool,
-    pub dry_run: bool,
     pub fsync: bool,
     pub inplace: bool,
     pub verify: bool,

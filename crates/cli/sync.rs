@@ -51,7 +51,6 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
     let run = Arc::new(Run::new(RunOptions {
         verbose: args.verbose,
         quiet: args.quiet,
-        dry_run: args.dry_run,
         fsync: args.fsync,
         inplace: args.inplace,
         verify: args.verify,
@@ -101,7 +100,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
     code
 }
 
-fn default_state_dir() -> PathBuf {
+pub(crate) fn default_state_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
         return PathBuf::from(d).join("robosync");
     }
@@ -157,9 +156,7 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
         .await
         .expect("config task panicked")
         .map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    if let Some(cmd) = &args.auth_command {
-        crate::pull::run_auth_hook(cmd, &config).map_err(|e| fail(EXIT_CONNECT, e))?;
-    }
+    crate::auth_hook::before_connect(args, host, &config).await?;
     Ok(Target {
         request,
         config: Arc::new(config),
@@ -169,7 +166,9 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
 }
 
 pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Pool>, Failure> {
-    let interactive_auth = false;
+    // MFA hosts: one login, all channels on it (see connect::needs_interactive_auth).
+    let interactive_auth = target.ssh_program.is_none()
+        && robosync_transport::connect::needs_interactive_auth(&target.config);
     let connections = if interactive_auth {
         1
     } else {

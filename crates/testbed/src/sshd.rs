@@ -26,6 +26,7 @@ pub struct SshdBuilder {
     listen: String,
     extra: Vec<String>,
     sftp_server: Option<PathBuf>,
+    host_ca: Option<PathBuf>,
 }
 
 impl Default for SshdBuilder {
@@ -38,6 +39,7 @@ impl Default for SshdBuilder {
             listen: "127.0.0.1".into(),
             extra: Vec::new(),
             sftp_server: None,
+            host_ca: None,
         }
     }
 }
@@ -77,6 +79,13 @@ impl SshdBuilder {
     /// hostile server from [`crate::hostile_sftp_server`]).
     pub fn sftp_server(mut self, path: &Path) -> Self {
         self.sftp_server = Some(path.to_path_buf());
+        self
+    }
+
+    /// Present a host certificate for `127.0.0.1` signed by the CA private key
+    /// at `ca` (as `HostCertificate`), besides the plain host key.
+    pub fn host_certificate(mut self, ca: &Path) -> Self {
+        self.host_ca = Some(ca.to_path_buf());
         self
     }
 
@@ -124,6 +133,20 @@ impl Sshd {
         fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
         let host_key = d.join("host_ed25519");
         keygen(&host_key);
+        let mut extra = b.extra.clone();
+        if let Some(ca) = &b.host_ca {
+            crate::run(
+                Command::new("ssh-keygen")
+                    .args(["-q", "-s"])
+                    .arg(ca)
+                    .args(["-h", "-I", "robosync-test-host", "-n", "127.0.0.1"])
+                    .arg(host_key.with_extension("pub")),
+            );
+            extra.push(format!(
+                "HostCertificate {}",
+                d.join("host_ed25519-cert.pub").display()
+            ));
+        }
         let client_key = d.join("robot_ed25519");
         keygen(&client_key);
         let sftp_server = b.sftp_server.clone().unwrap_or_else(|| {
@@ -181,7 +204,7 @@ impl Sshd {
             ak = authorized_keys.display(),
             ms = b.max_sessions,
             sftp = s.sftp_server.display(),
-            extra = b.extra.join("\n"),
+            extra = extra.join("\n"),
         );
         let config_path = d.join("sshd_config");
         fs::write(&config_path, config).unwrap();

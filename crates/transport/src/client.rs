@@ -577,7 +577,7 @@ async fn read_first_packet<R: AsyncRead + Unpin>(rd: &mut R, peer: &str) -> Resu
     }
     let len = u32::from_be_bytes(head);
     // A VERSION packet is small; a "length" made of printable text is a message.
-    if len > 64 * 1024 || len < 5 {
+    if !(5..=64 * 1024).contains(&len) {
         let mut text = head.to_vec();
         let mut rest = Vec::new();
         let _ = tokio::time::timeout(Duration::from_secs(2), rd.take(4096).read_to_end(&mut rest))

@@ -149,11 +149,32 @@ fn preferred(cfg: &HostConfig) -> Preferred {
     if !cfg.ciphers.is_empty() {
         order.retain(|c| cfg.ciphers.iter().any(|u| u == c.as_ref()));
     }
+    // russh asks for host certificates only when told to; like OpenSSH, we
+    // want them first when a known_hosts file trusts a host CA (a certificate
+    // whose CA is not trusted still falls back to its plain key).
+    let host_key_certificates = if trusts_a_host_ca(cfg) {
+        Preferred::default().key
+    } else {
+        Vec::new().into()
+    };
     // The kex list (with ext-info and strict-kex markers) stays russh's default.
     Preferred {
         cipher: order.into(),
+        host_key_certificates,
         ..Preferred::default()
     }
+}
+
+/// Whether any known_hosts file has a `@cert-authority` line.
+fn trusts_a_host_ca(cfg: &HostConfig) -> bool {
+    cfg.user_known_hosts_files
+        .iter()
+        .chain(cfg.global_known_hosts_files.iter())
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .any(|text| {
+            text.lines()
+                .any(|l| l.trim_start().starts_with("@cert-authority"))
+        })
 }
 
 /// One authenticated SSH connection (russh carrier).
@@ -236,19 +257,24 @@ fn load_certificate(
 }
 
 /// Seconds until the first certificate among the identities expires (None if no certificate).
+///
+/// The earliest expiry counts, not the latest: [`Connection::open`] refuses to
+/// start while any of these certificates has expired.
 pub fn certificate_time_left(cfg: &HostConfig) -> Option<i64> {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .ok()?
         .as_secs() as i64;
-    cert_paths(cfg)
+    certificate_paths(cfg)
         .iter()
         .filter_map(|p| load_openssh_certificate(p).ok())
         .map(|c| c.valid_before() as i64 - now)
-        .max()
+        .min()
 }
 
-fn cert_paths(cfg: &HostConfig) -> Vec<PathBuf> {
+/// Where the identities' certificates are or would be: `CertificateFile`s, then
+/// `<IdentityFile>-cert.pub` for every identity (whether or not it exists).
+pub fn certificate_paths(cfg: &HostConfig) -> Vec<PathBuf> {
     let mut v = cfg.certificate_files.clone();
     for id in &cfg.identity_files {
         let mut s = id.clone().into_os_string();
@@ -285,6 +311,23 @@ fn unix_to_utc(secs: u64) -> String {
         rem / 3600,
         (rem % 3600) / 60
     )
+}
+
+/// Whether logging in to this host will need a human (keyboard-interactive,
+/// e.g. MFA): stdin is a terminal, BatchMode is off, no configured identity
+/// file exists and no agent is reachable. Such hosts get one connection with
+/// many channels, so the user answers the prompts once.
+pub fn needs_interactive_auth(cfg: &HostConfig) -> bool {
+    let agent = match cfg.identity_agent.as_deref() {
+        Some("none") => false,
+        Some("SSH_AUTH_SOCK") | None => std::env::var_os("SSH_AUTH_SOCK").is_some(),
+        Some(p) if p.starts_with('$') => std::env::var_os(&p[1..]).is_some(),
+        Some(_) => true,
+    };
+    std::io::stdin().is_terminal()
+        && !cfg.batch_mode
+        && !agent
+        && !cfg.identity_files.iter().any(|p| p.exists())
 }
 
 type Stream = Box<dyn AsyncStream>;

@@ -297,7 +297,10 @@ pub fn decode_reply(body: &[u8]) -> Result<(u32, Reply), DecodeError> {
 }
 
 /// Decodes a VERSION body into (version, extensions).
-pub fn decode_version(body: &[u8]) -> Result<(u32, Vec<(String, Vec<u8>)>), DecodeError> {
+/// Extension names and data from a VERSION packet.
+pub type ExtensionList = Vec<(String, Vec<u8>)>;
+
+pub fn decode_version(body: &[u8]) -> Result<(u32, ExtensionList), DecodeError> {
     let mut r = Reader::new(body);
     if r.u8()? != FXP_VERSION {
         return Err(DecodeError("expected VERSION"));

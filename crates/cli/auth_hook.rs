@@ -1,0 +1,276 @@
+//! The pre-connect hook: refresh a short-lived certificate before logging in.
+//!
+//! `--auth-command CMD` (or `AuthCommand` for the host in robosync's config
+//! file) runs through `/bin/sh -c` before the first connection when a
+//! certificate of the host's identities is missing or expires within the
+//! margin (`--auth-margin`, `AuthMargin`, default 1 h). With no certificate
+//! at all it runs every time. Concurrent runs serialise on an exclusive
+//! `flock` and re-check the certificate once they hold it, so one refreshes
+//! and the others use its result (the AiiDA pattern). A failing hook stops the
+//! run and shows its stderr.
+//!
+//! The config file is `$ROBOSYNC_CONFIG`, else `$XDG_CONFIG_HOME/robosync/config`
+//! (`~/.config/robosync/config`): `Host PATTERN...` stanzas (`*`, `?`, `!`
+//! negation, matched against the host as typed and its HostName) holding
+//! `AuthCommand CMD` and `AuthMargin DURATION`; the first value obtained wins,
+//! and the command line beats the file.
+
+use std::fs::{self, File};
+use std::io::{IsTerminal, Read};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use robosync_transport::connect::{certificate_paths, certificate_time_left};
+use robosync_transport::ssh_config::HostConfig;
+
+use crate::sync::{fail, Failure, EXIT_CONNECT, EXIT_USAGE};
+use crate::{parse_duration, Args};
+
+const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
+
+/// What to run for one host, and when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hook {
+    pub command: String,
+    pub margin: Duration,
+}
+
+/// Runs the host's hook if it has one and the certificate calls for it.
+pub async fn before_connect(args: &Args, host: &str, cfg: &HostConfig) -> Result<(), Failure> {
+    let file = config_path();
+    let from_file = match &file {
+        Some(p) if p.exists() => {
+            let text = fs::read_to_string(p).map_err(|e| {
+                fail(
+                    EXIT_USAGE,
+                    format!("cannot read robosync config {}: {e}", p.display()),
+                )
+            })?;
+            settings_for(&text, &[host, &cfg.hostname])
+                .map_err(|e| fail(EXIT_USAGE, format!("{}:{e}", p.display())))?
+        }
+        _ => (None, None),
+    };
+    let Some(command) = args.auth_command.clone().or(from_file.0) else {
+        return Ok(());
+    };
+    let hook = Hook {
+        command,
+        margin: args.auth_margin.or(from_file.1).unwrap_or(DEFAULT_MARGIN),
+    };
+    let state_dir = args
+        .state_dir
+        .clone()
+        .unwrap_or_else(crate::sync::default_state_dir);
+    let cfg = cfg.clone();
+    let host = host.to_string();
+    tokio::task::spawn_blocking(move || run_if_needed(&hook, &host, &cfg, &state_dir))
+        .await
+        .expect("auth hook task panicked")
+        .map_err(|e| fail(EXIT_CONNECT, e))
+}
+
+fn config_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("ROBOSYNC_CONFIG") {
+        return Some(p.into());
+    }
+    if let Some(d) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("robosync/config"));
+    }
+    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/robosync/config"))
+}
+
+/// `(AuthCommand, AuthMargin)` for a host whose names are `names`; errors are `LINE: message`.
+fn settings_for(text: &str, names: &[&str]) -> Result<(Option<String>, Option<Duration>), String> {
+    let (mut command, mut margin) = (None, None);
+    let mut active = true;
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once(|c: char| c.is_whitespace() || c == '=')
+            .map(|(k, v)| (k, v.trim_start_matches([' ', '\t', '=']).trim()))
+            .unwrap_or((line, ""));
+        let err = |m: String| format!("{}: {m}", i + 1);
+        match key.to_ascii_lowercase().as_str() {
+            "host" => {
+                let patterns: Vec<&str> = value.split_whitespace().collect();
+                if patterns.is_empty() {
+                    return Err(err("Host needs at least one pattern".into()));
+                }
+                active = host_matches(&patterns, names);
+            }
+            "authcommand" if value.is_empty() => {
+                return Err(err("AuthCommand needs a command".into()))
+            }
+            "authcommand" => {
+                if active && command.is_none() {
+                    command = Some(value.to_string());
+                }
+            }
+            "authmargin" => {
+                let d = parse_duration(value).map_err(err)?;
+                if active && margin.is_none() {
+                    margin = Some(d);
+                }
+            }
+            _ => return Err(err(format!(
+                "unknown setting {key:?} (robosync's config knows Host, AuthCommand, AuthMargin)"
+            ))),
+        }
+    }
+    Ok((command, margin))
+}
+
+/// ssh_config `Host` semantics: some positive pattern matches and no negated one does.
+fn host_matches(patterns: &[&str], names: &[&str]) -> bool {
+    let hit = |p: &str| names.iter().any(|n| glob(p.as_bytes(), n.as_bytes()));
+    !patterns
+        .iter()
+        .any(|p| p.strip_prefix('!').is_some_and(hit))
+        && patterns.iter().any(|p| !p.starts_with('!') && hit(p))
+}
+
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((c, rest)) => {
+            s.first().is_some_and(|b| b.eq_ignore_ascii_case(c)) && glob(rest, &s[1..])
+        }
+    }
+}
+
+/// Whether the certificate is missing or expires within the margin.
+fn needs_refresh(cfg: &HostConfig, margin: Duration) -> bool {
+    certificate_time_left(cfg).is_none_or(|left| left < margin.as_secs() as i64)
+}
+
+fn run_if_needed(
+    hook: &Hook,
+    host: &str,
+    cfg: &HostConfig,
+    state_dir: &Path,
+) -> Result<(), String> {
+    if !needs_refresh(cfg, hook.margin) {
+        return Ok(());
+    }
+    let _lock = lock(cfg, state_dir)?;
+    // Another run may have refreshed the certificate while we waited.
+    if !needs_refresh(cfg, hook.margin) {
+        return Ok(());
+    }
+    run(hook, host, cfg)
+}
+
+/// An exclusive lock, held until dropped: beside the certificate when there is
+/// one (so runs with different state dirs still agree), else in the state dir.
+fn lock(cfg: &HostConfig, state_dir: &Path) -> Result<File, String> {
+    let beside_cert = certificate_paths(cfg)
+        .first()
+        .and_then(|c| c.parent().map(|d| d.join(".robosync-auth.lock")));
+    let in_state = state_dir.join("auth-hook.lock");
+    let open = |p: &Path| {
+        fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(p)
+    };
+    let file = match beside_cert.as_deref().map(open) {
+        Some(Ok(f)) => f,
+        _ => fs::create_dir_all(state_dir)
+            .and_then(|()| open(&in_state))
+            .map_err(|e| {
+                format!(
+                    "cannot create the auth-hook lock {}: {e}",
+                    in_state.display()
+                )
+            })?,
+    };
+    loop {
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+            return Ok(file);
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(format!("cannot lock the auth-hook lock file: {e}"));
+        }
+    }
+}
+
+fn run(hook: &Hook, host: &str, cfg: &HostConfig) -> Result<(), String> {
+    // On a terminal the hook may prompt (MFA for the signing service): let it
+    // talk to the user. Otherwise keep its stderr for the error message.
+    let tty = std::io::stdin().is_terminal();
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg(&hook.command)
+        .env("ROBOSYNC_HOST", host)
+        .env("ROBOSYNC_HOSTNAME", &cfg.hostname)
+        .stdin(if tty { Stdio::inherit() } else { Stdio::null() })
+        // robosync's stdout is for results (--json): the hook's goes to stderr.
+        .stdout(std::io::stderr())
+        .stderr(if tty {
+            Stdio::inherit()
+        } else {
+            Stdio::piped()
+        });
+    if let Some(c) = certificate_paths(cfg).first() {
+        cmd.env("ROBOSYNC_CERTIFICATE", c);
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("cannot run --auth-command {:?}: {e}", hook.command))?;
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let status = child
+        .wait()
+        .map_err(|e| format!("--auth-command {:?}: {e}", hook.command))?;
+    if status.success() {
+        return Ok(());
+    }
+    let detail = stderr.trim();
+    Err(format!(
+        "--auth-command {:?} failed ({status}){}",
+        hook.command,
+        if detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {detail}")
+        }
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_file_first_value_wins_and_patterns_match() {
+        let text = "# site hooks\nHost cscs-* !cscs-old\n  AuthCommand cscs-keygen --refresh\n  AuthMargin 2h\n\
+                    Host *\n  AuthCommand other\n  AuthMargin=10m\n";
+        assert_eq!(
+            settings_for(text, &["cscs-daint", "daint.cscs.ch"]).unwrap(),
+            (
+                Some("cscs-keygen --refresh".into()),
+                Some(Duration::from_secs(7200))
+            )
+        );
+        assert_eq!(
+            settings_for(text, &["cscs-old", "x"]).unwrap(),
+            (Some("other".into()), Some(Duration::from_secs(600)))
+        );
+        assert!(settings_for("Host a\n  Frobnicate yes\n", &["a"])
+            .unwrap_err()
+            .starts_with("2: unknown setting"));
+        assert!(settings_for("AuthMargin soon\n", &["a"]).is_err());
+    }
+}
