@@ -8,3 +8,4 @@ mod connect;
 mod foundation;
 mod pull;
 mod resume;
+mod transport;

@@ -120,6 +120,17 @@ impl Proxy {
         cut(&self.shared);
     }
 
+    /// Cuts the oldest open connection only (both of its sockets).
+    pub fn cut_one(&self) {
+        let mut live = self.shared.live.lock().unwrap();
+        if live.len() >= 2 {
+            self.shared.cuts.fetch_add(1, Ordering::Relaxed);
+            for s in live.drain(..2) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+
     /// Cuts every open connection once total client→server bytes exceed `total_up`.
     pub fn cut_when_up_exceeds(&self, total_up: u64) {
         self.shared.cut_at_up.store(total_up, Ordering::Relaxed);

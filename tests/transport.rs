@@ -1,0 +1,156 @@
+//! Issue 5: the SFTP engine against a real sshd: many handles, byte names,
+//! huge directories, many connections and channels, server limits.
+
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use robosync_transport::proto::{self, Attrs};
+use robosync_transport::ssh_config::{self, ConfigRequest};
+use robosync_transport::{Pool, PoolOptions, SessionOptions, Target};
+
+use crate::util::*;
+
+fn pool(sshd: &Sshd, connections: usize, channels: usize) -> (tokio::runtime::Runtime, Arc<Pool>) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let request = ConfigRequest {
+        host: "robot".into(),
+        config_file: Some(sshd.ssh_config.clone()),
+        ..Default::default()
+    };
+    let config = ssh_config::resolve(&request).unwrap();
+    let target = Target {
+        request,
+        config: Arc::new(config),
+        ssh_program: None,
+        session: SessionOptions::default(),
+    };
+    let opts = PoolOptions {
+        connections,
+        channels,
+        retry_for: Duration::from_secs(5),
+    };
+    let pool = rt.block_on(Pool::open(target, opts)).unwrap();
+    (rt, Arc::new(pool))
+}
+
+#[test]
+fn three_hundred_files_open_at_once_on_one_session() {
+    let sshd = Sshd::start();
+    let dest = sshd.mkdir("many");
+    let (rt, pool) = pool(&sshd, 1, 1);
+    rt.block_on(async {
+        let s = pool.session().await.unwrap();
+        let mut handles = Vec::new();
+        for i in 0..300 {
+            let p = dest.join(format!("f{i}"));
+            let h = s
+                .open(
+                    p.as_os_str().as_bytes(),
+                    proto::FXF_WRITE | proto::FXF_CREAT,
+                    &Attrs::default(),
+                )
+                .await
+                .unwrap();
+            handles.push(h);
+        }
+        // All handles stay valid while open together (binary handles past 128).
+        let writes = handles
+            .iter()
+            .enumerate()
+            .map(|(i, h)| s.write(h, 0, format!("file {i}").into_bytes().leak()));
+        futures::future::try_join_all(writes).await.unwrap();
+        for h in &handles {
+            s.close(h).await.unwrap();
+        }
+    });
+    for i in 0..300 {
+        assert_eq!(
+            fs::read_to_string(dest.join(format!("f{i}"))).unwrap(),
+            format!("file {i}")
+        );
+    }
+}
+
+#[test]
+fn a_200000_entry_directory_lists_completely_with_byte_names() {
+    let sshd = Sshd::start();
+    let dir = sshd.mkdir("huge");
+    for i in 0..200_000 {
+        fs::File::create(dir.join(format!("entry-{i:06}"))).unwrap();
+    }
+    let odd = std::ffi::OsStr::from_bytes(b"caf\xe9-\x01");
+    fs::write(dir.join(odd), b"x").unwrap();
+    let (rt, pool) = pool(&sshd, 1, 1);
+    let names = rt.block_on(async {
+        let s = pool.session().await.unwrap();
+        s.list_dir(dir.as_os_str().as_bytes()).await.unwrap()
+    });
+    assert_eq!(names.len(), 200_001);
+    assert!(names.iter().any(|n| n.filename == b"caf\xe9-\x01"));
+    let unique: std::collections::HashSet<_> = names.iter().map(|n| &n.filename).collect();
+    assert_eq!(unique.len(), 200_001);
+}
+
+#[test]
+fn four_connections_by_four_channels_survive_losing_one_connection() {
+    let sshd = Sshd::start();
+    let proxy = Arc::new(Proxy::start(sshd.port));
+    let cfg = via_proxy(&sshd, &proxy);
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("big.bin"), &bytes(64 << 20, 11));
+    small_files(&src, 800);
+    let total = total_size(&src);
+    let dest = sshd.mkdir("dest");
+    let cutter = {
+        let proxy = proxy.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while proxy.stats().up < total / 2 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            proxy.cut_one();
+        })
+    };
+    let r = run(robosync_with(&cfg, &t.path().join("state"))
+        .args([
+            "--connections",
+            "4",
+            "--channels",
+            "4",
+            "--retry-for",
+            "60s",
+            "--json",
+        ])
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    cutter.join().unwrap();
+    assert_eq!(proxy.stats().cuts, 1);
+    assert!(proxy.stats().connections >= 4, "{:?}", proxy.stats());
+    assert_eq!(r.json()["errors"].as_array().unwrap().len(), 0);
+    assert_same_tree(&src, &dest);
+    assert!(temp_files(&dest).is_empty());
+}
+
+#[test]
+fn more_channels_than_max_sessions_falls_back() {
+    let sshd = Sshd::builder().max_sessions(2).start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    small_files(&src, 100);
+    let dest = sshd.mkdir("dest");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .args(["--connections", "1", "--channels", "8", "-v"])
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert!(
+        r.stderr().contains("allowed 2 SFTP channel"),
+        "{}",
+        r.stderr()
+    );
+    assert_same_tree(&src, &dest);
+}
