@@ -118,9 +118,11 @@ fn settings_for(text: &str, names: &[&str]) -> Result<(Option<String>, Option<Du
                     margin = Some(d);
                 }
             }
-            _ => return Err(err(format!(
+            _ => {
+                return Err(err(format!(
                 "unknown setting {key:?} (robosync's config knows Host, AuthCommand, AuthMargin)"
-            ))),
+            )))
+            }
         }
     }
     Ok((command, margin))
