@@ -98,13 +98,11 @@ fn dropped_connections_mid_run_are_survived_and_nothing_partial_is_visible() {
         std::thread::spawn(move || {
             let mut bad = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                for (k, item) in snapshot(&dest) {
-                    if let Item::File { .. } = item {
-                        let want = fs::metadata(src.join(&k)).map(|m| m.len()).ok();
-                        let got = fs::metadata(dest.join(&k)).map(|m| m.len()).ok();
-                        if want.is_some() && got.is_some() && want != got {
-                            bad.push(k.clone());
-                        }
+                for k in final_names(&dest, &dest) {
+                    let want = fs::metadata(src.join(&k)).map(|m| m.len()).ok();
+                    let got = fs::metadata(dest.join(&k)).map(|m| m.len()).ok();
+                    if want.is_some() && got.is_some() && want != got {
+                        bad.push(k.clone());
                     }
                 }
                 std::thread::sleep(Duration::from_millis(20));
@@ -112,13 +110,13 @@ fn dropped_connections_mid_run_are_survived_and_nothing_partial_is_visible() {
             bad
         })
     };
+    let run_done = Arc::new(AtomicBool::new(false));
     let cutter = {
-        let proxy = proxy.clone();
+        let (proxy, run_done) = (proxy.clone(), run_done.clone());
         std::thread::spawn(move || {
             for frac in [0.2, 0.5, 0.8] {
                 let at = (total as f64 * frac) as u64 + 12_345;
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while proxy.stats().up < at && Instant::now() < deadline {
+                while proxy.stats().up < at && !run_done.load(Ordering::Relaxed) {
                     std::thread::sleep(Duration::from_millis(2));
                 }
                 proxy.cut_all();
@@ -136,6 +134,7 @@ fn dropped_connections_mid_run_are_survived_and_nothing_partial_is_visible() {
         ])
         .arg(&src)
         .arg(remote(&dest)));
+    run_done.store(true, Ordering::Relaxed);
     cutter.join().unwrap();
     if first.code() != 0 {
         // Allowed, but it must say what happened.
@@ -292,4 +291,28 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Files under their final names right now (tolerates entries vanishing mid-walk).
+fn final_names(root: &std::path::Path, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        match e.file_type() {
+            Ok(t) if t.is_dir() => out.extend(final_names(root, &p)),
+            Ok(t) if t.is_file() && !is_temp(&e.file_name()) => {
+                out.push(p.strip_prefix(root).unwrap().to_path_buf())
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn is_temp(name: &std::ffi::OsStr) -> bool {
+    let n = name.to_string_lossy();
+    n.ends_with(".part") && n.contains(".rbs-")
 }

@@ -100,6 +100,9 @@ pub struct Args {
     /// Keep reconnecting this long after the link drops (e.g. 30s, 10m, 1h).
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
     pub retry_for: Duration,
+    /// Give up on a request the server has not answered in this long (e.g. 60s, 5m).
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Duration,
     /// Command to run before connecting when the certificate is missing or about to expire.
     #[arg(long, value_name = "CMD")]
     pub auth_command: Option<String>,

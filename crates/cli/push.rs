@@ -397,15 +397,20 @@ impl Push {
                 futures::future::try_join_all(writes).await?;
                 self.run.add_bytes(buf.len() as u64);
                 if let Some((path, temp)) = journal {
+                    let hash = *blake3::hash(&buf).as_bytes();
                     self.run.journal_for(
                         &JournalRecord::BlockDone {
                             path: path.to_vec(),
                             temp: temp.to_vec(),
                             index: i,
-                            hash: *blake3::hash(&buf).as_bytes(),
+                            hash,
                         },
                         buf.len() as u64,
                     );
+                    // Also in memory, so a retry within this run resumes too.
+                    if let Some(p) = self.partials.lock().unwrap().get_mut(path) {
+                        p.blocks.insert(i, hash);
+                    }
                 }
                 Ok::<_, Error>(())
             })
@@ -454,6 +459,15 @@ impl Push {
         let mut flags = proto::FXF_WRITE | proto::FXF_CREAT;
         if done.is_empty() {
             flags |= proto::FXF_TRUNC;
+            self.partials.lock().unwrap().insert(
+                key.to_vec(),
+                Partial {
+                    temp: temp_rel.clone(),
+                    whole: digest.whole,
+                    size: e.size,
+                    blocks: HashMap::new(),
+                },
+            );
             self.run.journal(&JournalRecord::TransferStarted {
                 path: key.to_vec(),
                 temp: temp_rel.clone(),
@@ -472,9 +486,62 @@ impl Push {
             .map_err(|x| x.with_path("open", &temp))?;
         let todo: Vec<u64> = (0..nblocks).filter(|i| !done.contains(i)).collect();
         let written = self
-            .write_blocks(s, &handle, file, e, todo, Some((key, &temp_rel)))
+            .write_striped(s, &handle, &temp, file, e, todo, (key, &temp_rel))
             .await;
         self.finish(s, handle, written, &temp, key, e, true).await
+    }
+
+    /// Writes a big file's blocks over several sessions at once: each SFTP
+    /// channel has its own flow-control window (2 MiB on OpenSSH), which caps
+    /// one channel's throughput across latency. Stripes are runs of blocks so
+    /// the server still sees mostly sequential writes.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_striped(
+        &self,
+        s: &Sftp,
+        handle: &[u8],
+        temp: &[u8],
+        file: &std::fs::File,
+        e: &Entry,
+        todo: Vec<u64>,
+        journal: (&[u8], &[u8]),
+    ) -> Result<(), Error> {
+        const STRIPE_MIN_BLOCKS: usize = 32;
+        const MAX_LANES: usize = 4;
+        const RUN: usize = 8;
+        let mut lanes: Vec<(Arc<Sftp>, Vec<u8>)> = Vec::new();
+        if todo.len() >= STRIPE_MIN_BLOCKS {
+            let others = self.pool.sessions();
+            for o in others.into_iter().filter(|o| !std::ptr::eq(o.as_ref(), s)) {
+                if lanes.len() + 1 >= MAX_LANES {
+                    break;
+                }
+                if let Ok(h) = o.open(temp, proto::FXF_WRITE, &Attrs::default()).await {
+                    lanes.push((o, h));
+                }
+            }
+        }
+        if lanes.is_empty() {
+            return self
+                .write_blocks(s, handle, file, e, todo, Some(journal))
+                .await;
+        }
+        let n = lanes.len() + 1;
+        let mut groups: Vec<Vec<u64>> = vec![Vec::new(); n];
+        for (k, i) in todo.into_iter().enumerate() {
+            groups[(k / RUN) % n].push(i);
+        }
+        let first = groups.remove(0);
+        let primary = self.write_blocks(s, handle, file, e, first, Some(journal));
+        let others = lanes
+            .iter()
+            .zip(groups)
+            .map(|((o, h), g)| self.write_blocks(o, h, file, e, g, Some(journal)));
+        let r = futures::future::try_join(primary, futures::future::try_join_all(others)).await;
+        for (o, h) in &lanes {
+            let _ = o.close(h).await;
+        }
+        r.map(|_| ())
     }
 
     /// Sets attributes, optionally fsyncs, closes, renames into place.

@@ -161,7 +161,10 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
         request,
         config: Arc::new(config),
         ssh_program: args.ssh_program.clone(),
-        session: SessionOptions::default(),
+        session: SessionOptions {
+            request_timeout: args.timeout,
+            ..SessionOptions::default()
+        },
     })
 }
 

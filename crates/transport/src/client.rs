@@ -59,7 +59,7 @@ impl Default for SessionOptions {
     fn default() -> SessionOptions {
         SessionOptions {
             budget_bytes: 16 << 20,
-            request_timeout: Duration::from_secs(120),
+            request_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -186,6 +186,18 @@ impl Sftp {
         cost: usize,
         build: impl FnOnce(Packet) -> Packet,
     ) -> Result<Reply, Error> {
+        self.call_within(kind, cost, self.timeout, build).await
+    }
+
+    /// As [`Sftp::call`], with its own reply timeout (server-side copies and
+    /// fsyncs of big files legitimately take longer than a read).
+    async fn call_within(
+        &self,
+        kind: u8,
+        cost: usize,
+        timeout: Duration,
+        build: impl FnOnce(Packet) -> Packet,
+    ) -> Result<Reply, Error> {
         let units = (cost / BUDGET_UNIT).clamp(1, self.budget_bytes / BUDGET_UNIT) as u32;
         let _permit = self
             .budget
@@ -202,26 +214,46 @@ impl Sftp {
             };
         }
         let bytes = build(Packet::new(kind, id)).finish();
-        {
+        // A dead link can leave a write waiting forever for window space:
+        // bound the write by the request timeout too.
+        let sent = tokio::time::timeout(self.timeout, async {
             let mut wr = self.writer.lock().await;
-            if let Err(e) = wr.write_all(&bytes).await {
+            wr.write_all(&bytes).await
+        })
+        .await;
+        match sent {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
                 self.mark_dead(e.to_string());
                 return Err(self.lost());
             }
+            Err(_) => {
+                self.mark_dead(format!("could not send for {:?}", self.timeout));
+                return Err(self.lost());
+            }
         }
-        match tokio::time::timeout(self.timeout, rx).await {
+        match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(reply)) => Ok(reply),
             Ok(Err(_)) => Err(self.lost()),
             Err(_) => {
                 if let Some(map) = self.waiters.lock().unwrap().as_mut() {
                     map.remove(&id);
                 }
+                // A server that stops answering is as good as gone: retire the session.
+                self.mark_dead(format!("no reply within {timeout:?}"));
                 Err(Error::Timeout {
                     peer: self.peer.clone(),
-                    after: self.timeout,
+                    after: timeout,
                 })
             }
         }
+    }
+
+    /// Ends the session now: every request in flight fails with "connection
+    /// lost" (used when the carrying SSH connection is known to be gone).
+    pub fn kill(&self, why: &str) {
+        self.mark_dead(why.to_string());
+        self.waiters.lock().unwrap().take();
     }
 
     fn mark_dead(&self, why: String) {
@@ -491,8 +523,13 @@ impl Sftp {
         build: impl FnOnce(Packet) -> Packet,
         cost: usize,
     ) -> Result<Vec<u8>, Error> {
+        // Server-side work (copy-data, fsync) may run long on big files.
+        let timeout = match name {
+            "copy-data" | "fsync@openssh.com" => self.timeout * 10,
+            _ => self.timeout,
+        };
         match self
-            .call(proto::FXP_EXTENDED, cost, |p| {
+            .call_within(proto::FXP_EXTENDED, cost, timeout, |p| {
                 build(p.bytes(name.as_bytes()))
             })
             .await?

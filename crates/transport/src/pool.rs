@@ -72,7 +72,25 @@ impl Pool {
         self.notes.lock().unwrap().push(s);
     }
 
+    /// Opens one connection and its channels, bounded in time: a handshake
+    /// through a link that died mid-way must not hang the run.
     async fn open_link(&self) -> Result<Link, Error> {
+        let limit = self
+            .target
+            .config
+            .connect_timeout
+            .unwrap_or(Duration::from_secs(30))
+            + Duration::from_secs(30);
+        match tokio::time::timeout(limit, self.open_link_inner()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout {
+                peer: self.target.peer(),
+                after: limit,
+            }),
+        }
+    }
+
+    async fn open_link_inner(&self) -> Result<Link, Error> {
         let session = self.target.session.clone();
         if self.target.ssh_program.is_some() {
             // One ssh process per channel; with ControlMaster they share one login.
@@ -105,6 +123,18 @@ impl Pool {
                 }
             }
         }
+        // Requests in flight on a connection that died must fail at once, not
+        // wait out their timeout: watch the connection and retire its sessions.
+        let watched = (conn.clone(), sessions.clone());
+        tokio::spawn(async move {
+            let (conn, sessions) = watched;
+            while !conn.is_closed() && sessions.iter().any(|s| !s.is_dead()) {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            for s in &sessions {
+                s.kill("the SSH connection closed");
+            }
+        });
         Ok(Link {
             conn: Some(conn),
             sessions,
@@ -117,6 +147,7 @@ impl Pool {
             .lock()
             .unwrap()
             .iter()
+            .filter(|l| l.conn.as_ref().is_none_or(|c| !c.is_closed()))
             .flat_map(|l| l.sessions.iter().filter(|s| !s.is_dead()).cloned())
             .collect()
     }
