@@ -32,7 +32,7 @@ fn pool(sshd: &Sshd, connections: usize, channels: usize) -> (tokio::runtime::Ru
         retry_for: Duration::from_secs(5),
     };
     let pool = rt.block_on(Pool::open(target, opts)).unwrap();
-    (rt, Arc::new(pool))
+    (rt, pool)
 }
 
 #[test]

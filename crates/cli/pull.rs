@@ -411,7 +411,7 @@ impl Pull {
                 _ => files.push(a),
             }
         }
-        let concurrency = (self.pool.sessions().len() * 8).max(16);
+        let concurrency = 8 * self.pool.capacity();
         let results: Vec<Result<(), String>> = stream::iter(files)
             .map(|a| async move { self.file_action(a, removals).await })
             .buffer_unordered(concurrency)

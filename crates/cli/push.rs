@@ -168,7 +168,8 @@ impl Push {
                 .await;
             errors.extend(results.into_iter().filter_map(Result::err));
         }
-        let concurrency = (self.pool.sessions().len() * 16).max(16);
+        // Sized for the whole pool: sessions keep joining while work starts.
+        let concurrency = 16 * self.pool.capacity();
         let results: Vec<Result<(), String>> = stream::iter(files)
             .map(|a| async move { self.file_action(a).await })
             .buffer_unordered(concurrency)

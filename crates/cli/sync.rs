@@ -194,7 +194,7 @@ pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Poo
             run.note(n);
         }
     }
-    Ok(Arc::new(pool))
+    Ok(pool)
 }
 
 /// Loads the best manifest: local (with its journal folded in) or the destination's copy.

@@ -39,10 +39,13 @@ pub struct Pool {
 }
 
 impl Pool {
-    /// Opens the first connection (errors here are final: auth, host key,
-    /// refused SFTP), then the rest, falling back to fewer when refused.
-    pub async fn open(target: Target, opts: PoolOptions) -> Result<Pool, Error> {
-        let pool = Pool {
+    /// Opens the first connection with one SFTP channel (errors here are
+    /// final: auth, host key, refused SFTP) and returns at once; the other
+    /// channels and connections open in the background and join as they come
+    /// (each channel costs the server a fork and an sftp-server start, so a
+    /// small run should not wait for all of them). Refusals mean fewer.
+    pub async fn open(target: Target, opts: PoolOptions) -> Result<Arc<Pool>, Error> {
+        let pool = Arc::new(Pool {
             target,
             opts,
             links: Mutex::new(Vec::new()),
@@ -50,22 +53,50 @@ impl Pool {
             repair: tokio::sync::Mutex::new(()),
             notes: Mutex::new(Vec::new()),
             reconnects: AtomicUsize::new(0),
-        };
-        let first = pool.open_link().await?;
+        });
+        let first = pool.open_link(1).await?;
+        let conn = first.conn.clone();
         pool.links.lock().unwrap().push(first);
-        for i in 1..pool.opts.connections.max(1) {
-            match pool.open_link().await {
-                Ok(l) => pool.links.lock().unwrap().push(l),
-                Err(e) => {
-                    pool.note(format!(
-                        "using {i} connection(s) instead of {}: {e}",
-                        pool.opts.connections
-                    ));
-                    break;
-                }
+        let grower = pool.clone();
+        tokio::spawn(async move { grower.grow(conn).await });
+        Ok(pool)
+    }
+
+    async fn grow(self: Arc<Self>, conn: Option<Arc<Connection>>) {
+        let channels = self.opts.channels.max(1);
+        if channels > 1 {
+            match self.extend_link(conn, channels - 1, 1).await {
+                Ok(l) => self.links.lock().unwrap().push(l),
+                Err(e) => self.note(format!(
+                    "server allowed 1 SFTP channel per connection, not {channels} ({e})"
+                )),
             }
         }
-        Ok(pool)
+        // Further logins in small concurrent batches, well under sshd's
+        // MaxStartups (10 unauthenticated connections by default).
+        let wanted = self.opts.connections.max(1);
+        let mut have = 1;
+        while have < wanted {
+            let batch = (wanted - have).min(4);
+            let opened =
+                futures::future::join_all((0..batch).map(|_| self.open_link(channels))).await;
+            let mut failed = None;
+            for r in opened {
+                match r {
+                    Ok(l) => {
+                        self.links.lock().unwrap().push(l);
+                        have += 1;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                self.note(format!(
+                    "using {have} connection(s) instead of {wanted}: {e}"
+                ));
+                break;
+            }
+        }
     }
 
     fn note(&self, s: String) {
@@ -74,14 +105,26 @@ impl Pool {
 
     /// Opens one connection and its channels, bounded in time: a handshake
     /// through a link that died mid-way must not hang the run.
-    async fn open_link(&self) -> Result<Link, Error> {
+    async fn open_link(&self, channels: usize) -> Result<Link, Error> {
         let limit = self
             .target
             .config
             .connect_timeout
             .unwrap_or(Duration::from_secs(30))
             + Duration::from_secs(30);
-        match tokio::time::timeout(limit, self.open_link_inner()).await {
+        let opened = async {
+            let conn = if self.target.ssh_program.is_some() {
+                None
+            } else {
+                let c = Arc::new(Connection::open(&self.target).await?);
+                for n in c.notes.iter() {
+                    self.note(n.clone());
+                }
+                Some(c)
+            };
+            self.extend_link(conn, channels, 0).await
+        };
+        match tokio::time::timeout(limit, opened).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
                 peer: self.target.peer(),
@@ -90,55 +133,63 @@ impl Pool {
         }
     }
 
-    async fn open_link_inner(&self) -> Result<Link, Error> {
-        let session = self.target.session.clone();
-        if self.target.ssh_program.is_some() {
-            // One ssh process per channel; with ControlMaster they share one login.
-            let mut sessions = vec![Arc::new(open_sftp_via_ssh(&self.target).await?)];
-            for _ in 1..self.opts.channels.max(1) {
-                match open_sftp_via_ssh(&self.target).await {
-                    Ok(s) => sessions.push(Arc::new(s)),
-                    Err(_) => break,
-                }
+    /// Opens `n` SFTP sessions on `conn` (or `n` `ssh -s sftp` processes);
+    /// fails only if none opens. `already` counts sessions on it elsewhere.
+    async fn extend_link(
+        &self,
+        conn: Option<Arc<Connection>>,
+        n: usize,
+        already: usize,
+    ) -> Result<Link, Error> {
+        let opts = self.target.session.clone();
+        // Concurrently: each costs a few round trips and a server-side fork.
+        let opened = futures::future::join_all((0..n.max(1)).map(|_| async {
+            match &conn {
+                Some(c) => c.open_sftp(opts.clone()).await,
+                None => open_sftp_via_ssh(&self.target).await,
             }
-            return Ok(Link {
-                conn: None,
-                sessions,
+        }))
+        .await;
+        let mut sessions = Vec::new();
+        let mut refused = None;
+        for r in opened {
+            match r {
+                Ok(s) => sessions.push(Arc::new(s)),
+                Err(e) => refused = Some(e),
+            }
+        }
+        if let Some(e) = refused {
+            if sessions.is_empty() && already == 0 {
+                return Err(e);
+            }
+            self.note(format!(
+                "server allowed {} SFTP channel(s) per connection, not {} ({e})",
+                sessions.len() + already,
+                self.opts.channels
+            ));
+            if sessions.is_empty() {
+                return Err(Error::Connect("no further channels".into()));
+            }
+        }
+        if let Some(conn) = &conn {
+            // Requests in flight on a connection that died must fail at once,
+            // not wait out their timeout: watch it and retire its sessions.
+            let (conn, watched) = (conn.clone(), sessions.clone());
+            tokio::spawn(async move {
+                while !conn.is_closed() && watched.iter().any(|s| !s.is_dead()) {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                for s in &watched {
+                    s.kill("the SSH connection closed");
+                }
             });
         }
-        let conn = Arc::new(Connection::open(&self.target).await?);
-        for n in conn.notes.iter() {
-            self.note(n.clone());
-        }
-        let mut sessions = vec![Arc::new(conn.open_sftp(session.clone()).await?)];
-        for i in 1..self.opts.channels.max(1) {
-            match conn.open_sftp(session.clone()).await {
-                Ok(s) => sessions.push(Arc::new(s)),
-                Err(e) => {
-                    self.note(format!(
-                        "server allowed {i} SFTP channel(s) per connection, not {} ({e})",
-                        self.opts.channels
-                    ));
-                    break;
-                }
-            }
-        }
-        // Requests in flight on a connection that died must fail at once, not
-        // wait out their timeout: watch the connection and retire its sessions.
-        let watched = (conn.clone(), sessions.clone());
-        tokio::spawn(async move {
-            let (conn, sessions) = watched;
-            while !conn.is_closed() && sessions.iter().any(|s| !s.is_dead()) {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            for s in &sessions {
-                s.kill("the SSH connection closed");
-            }
-        });
-        Ok(Link {
-            conn: Some(conn),
-            sessions,
-        })
+        Ok(Link { conn, sessions })
+    }
+
+    /// Sessions the pool aims for (connections × channels).
+    pub fn capacity(&self) -> usize {
+        self.opts.connections.max(1) * self.opts.channels.max(1)
     }
 
     /// All live sessions now.
@@ -183,7 +234,7 @@ impl Pool {
         let mut delay = Duration::from_millis(250);
         let mut last = None;
         while Instant::now() < deadline {
-            match self.open_link().await {
+            match self.open_link(self.opts.channels.max(1)).await {
                 Ok(l) => {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.links.lock().unwrap().push(l);
