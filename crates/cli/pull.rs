@@ -321,6 +321,7 @@ pub async fn pull_run(
             paths.stat_cache.display()
         ));
     }
+    pool.settle(args.verbose > 0).await;
     for n in pool.notes.lock().unwrap().drain(..) {
         run.note(n);
     }

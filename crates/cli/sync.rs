@@ -454,6 +454,7 @@ async fn push_run(
             paths.stat_cache.display()
         ));
     }
+    pool.settle(args.verbose > 0).await;
     for n in pool.notes.lock().unwrap().drain(..) {
         run.note(n);
     }

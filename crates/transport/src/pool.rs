@@ -36,6 +36,8 @@ pub struct Pool {
     /// Messages worth showing once (fallbacks, warnings from connecting).
     pub notes: Mutex<Vec<String>>,
     pub reconnects: AtomicUsize,
+    /// The background task adding channels and connections.
+    grower: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -53,12 +55,14 @@ impl Pool {
             repair: tokio::sync::Mutex::new(()),
             notes: Mutex::new(Vec::new()),
             reconnects: AtomicUsize::new(0),
+            grower: Mutex::new(None),
         });
         let first = pool.open_link(1).await?;
         let conn = first.conn.clone();
         pool.links.lock().unwrap().push(first);
         let grower = pool.clone();
-        tokio::spawn(async move { grower.grow(conn).await });
+        let task = tokio::spawn(async move { grower.grow(conn).await });
+        *pool.grower.lock().unwrap() = Some(task);
         Ok(pool)
     }
 
@@ -185,6 +189,19 @@ impl Pool {
             });
         }
         Ok(Link { conn, sessions })
+    }
+
+    /// Ends the background growth: waits for it (so its notes are complete)
+    /// or, when nobody will read them, stops it.
+    pub async fn settle(&self, wait: bool) {
+        let Some(task) = self.grower.lock().unwrap().take() else {
+            return;
+        };
+        if wait {
+            let _ = tokio::time::timeout(Duration::from_secs(60), task).await;
+        } else {
+            task.abort();
+        }
     }
 
     /// Sessions the pool aims for (connections × channels).
