@@ -38,13 +38,11 @@ use crate::push::{partials, temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
-    choose_manifest, fail, now_unix, open_pool, split_deletes, Failure, EXIT_CONNECT, EXIT_GUARD,
-    EXIT_LOST, EXIT_USAGE,
+    choose_manifest, default_state_dir, fail, now_unix, open_pool, split_deletes,
+    transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
 };
 use crate::Args;
 
-/// The most entries a remote listing may hold before we call the server absurd.
-const MAX_REMOTE_ENTRIES: usize = 50_000_000;
 /// Blocks of one file in flight at once (each `BLOCK_SIZE`).
 const WINDOW_BLOCKS: usize = 16;
 /// Files of at least this many blocks are striped over several sessions.
@@ -53,25 +51,6 @@ const STRIPE_MIN_BLOCKS: u64 = 32;
 const STRIPES: usize = 4;
 /// Permission bits a pull sets: never setuid/setgid from a server.
 const MODE_MASK: u32 = 0o1777;
-
-fn transport_failure(e: Error) -> Failure {
-    let code = if e.is_connection() {
-        EXIT_LOST
-    } else {
-        EXIT_CONNECT
-    };
-    fail(code, e.to_string())
-}
-
-fn default_state_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
-        return PathBuf::from(d).join("robosync");
-    }
-    match std::env::var_os("HOME") {
-        Some(h) => PathBuf::from(h).join(".local/state/robosync"),
-        None => PathBuf::from(".robosync-state"),
-    }
-}
 
 pub async fn pull_run(
     args: &Args,

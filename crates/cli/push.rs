@@ -363,14 +363,26 @@ impl Push {
         let mut buf = vec![0u8; len];
         file.read_exact_at(&mut buf, index * BLOCK_SIZE)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
-        let expect = e.digest.as_ref().unwrap().block_hashes()[index as usize];
-        if *blake3::hash(&buf).as_bytes() != expect {
+        Ok(buf)
+    }
+
+    /// Refuses to land a file that changed since it was scanned: its bytes on
+    /// the wire may mix two versions, and its recorded hashes would lie.
+    /// (A stat check, not a rehash: hashing every block again cost a third
+    /// BLAKE3 pass over the data, on the CPU the ciphers need.)
+    fn unchanged_since_scan(&self, e: &Entry) -> Result<(), Error> {
+        use std::os::unix::fs::MetadataExt;
+        let path = self.local_root.join(&e.path);
+        let m = std::fs::symlink_metadata(&path)
+            .map_err(|err| Error::Connect(format!("cannot stat {}: {err}", path.display())))?;
+        let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
+        if m.len() != e.size || mtime_ns != e.mtime_ns {
             return Err(Error::Connect(format!(
-                "{} changed while robosync was sending it; rerun to send the new content",
+                "{} changed while robosync was sending it; not landed, rerun to send the new content",
                 escape(&e.path)
             )));
         }
-        Ok(buf)
+        Ok(())
     }
 
     /// Writes the given blocks to `handle`, many requests in flight; returns
@@ -398,7 +410,7 @@ impl Push {
                 futures::future::try_join_all(writes).await?;
                 self.run.add_bytes(buf.len() as u64);
                 if let Some((path, temp)) = journal {
-                    let hash = *blake3::hash(&buf).as_bytes();
+                    let hash = e.digest.as_ref().unwrap().block_hashes()[i as usize];
                     self.run.journal_for(
                         &JournalRecord::BlockDone {
                             path: path.to_vec(),
@@ -559,6 +571,7 @@ impl Push {
     ) -> Result<Attrs, Error> {
         let result = async {
             written?;
+            self.unchanged_since_scan(e)?;
             if !rename {
                 s.fsetstat(
                     &handle,

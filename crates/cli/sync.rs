@@ -2,7 +2,6 @@
 //! execute, record, report.
 
 use std::collections::HashMap;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -24,7 +23,7 @@ pub const EXIT_PARTIAL: i32 = 23;
 pub const EXIT_LOST: i32 = 30;
 
 /// The most entries a remote listing may hold before we call the server absurd.
-const MAX_REMOTE_ENTRIES: usize = 50_000_000;
+pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
 
 pub struct Failure {
     pub code: i32,
@@ -38,7 +37,7 @@ pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     }
 }
 
-fn transport_failure(e: Error) -> Failure {
+pub fn transport_failure(e: Error) -> Failure {
     let code = if e.is_connection() {
         EXIT_LOST
     } else {
@@ -520,9 +519,4 @@ pub async fn write_small(
     r?;
     c?;
     s.rename(&tmp, path).await
-}
-
-#[allow(dead_code)]
-fn unused(p: &Path) -> &[u8] {
-    p.as_os_str().as_bytes()
 }
