@@ -470,8 +470,10 @@ impl Push {
             }
         }
         let mut flags = proto::FXF_WRITE | proto::FXF_CREAT;
-        if done.is_empty() {
-            flags |= proto::FXF_TRUNC;
+        // A one-block file restarts from scratch anyway: journaling its
+        // progress would only cost a write per record.
+        let resumable = nblocks > 1;
+        if done.is_empty() && resumable {
             self.partials.lock().unwrap().insert(
                 key.to_vec(),
                 Partial {
@@ -488,6 +490,9 @@ impl Push {
                 mtime_ns: e.mtime_ns,
                 whole: digest.whole,
             });
+        }
+        if done.is_empty() {
+            flags |= proto::FXF_TRUNC;
         }
         let create = Attrs {
             permissions: Some(0o600),
@@ -535,9 +540,8 @@ impl Push {
             }
         }
         if lanes.is_empty() {
-            return self
-                .write_blocks(s, handle, file, e, todo, Some(journal))
-                .await;
+            let journal = (e.size > BLOCK_SIZE).then_some(journal);
+            return self.write_blocks(s, handle, file, e, todo, journal).await;
         }
         let n = lanes.len() + 1;
         let mut groups: Vec<Vec<u64>> = vec![Vec::new(); n];
