@@ -68,7 +68,9 @@ type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Reply>>>>>;
 
 /// A connected SFTP session. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Sftp {
-    writer: tokio::sync::Mutex<Box<dyn AsyncWrite + Send + Unpin>>,
+    /// Whole packets to the writer task. A packet is handed over entire or not
+    /// at all, so a cancelled request can never leave half a packet on the wire.
+    writer: tokio::sync::mpsc::Sender<Vec<u8>>,
     waiters: Waiters,
     next_id: AtomicU32,
     budget: Arc<Semaphore>,
@@ -121,14 +123,27 @@ impl Sftp {
             }
         }
         let units = (opts.budget_bytes / BUDGET_UNIT).max(1);
+        let dead = Arc::new(Mutex::new(None));
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        {
+            let dead = dead.clone();
+            tokio::spawn(async move {
+                while let Some(pkt) = rx.recv().await {
+                    if let Err(e) = wr.write_all(&pkt).await {
+                        dead.lock().unwrap().get_or_insert(e.to_string());
+                        break;
+                    }
+                }
+            });
+        }
         let mut sftp = Sftp {
-            writer: tokio::sync::Mutex::new(Box::new(wr)),
+            writer: tx,
             waiters: Arc::new(Mutex::new(Some(HashMap::new()))),
             next_id: AtomicU32::new(1),
             budget: Arc::new(Semaphore::new(units)),
             budget_bytes: units * BUDGET_UNIT,
             timeout: opts.request_timeout,
-            dead: Arc::new(Mutex::new(None)),
+            dead,
             limits: Limits::default(),
             extensions,
             peer: peer.to_string(),
@@ -216,15 +231,11 @@ impl Sftp {
         let bytes = build(Packet::new(kind, id)).finish();
         // A dead link can leave a write waiting forever for window space:
         // bound the write by the request timeout too.
-        let sent = tokio::time::timeout(self.timeout, async {
-            let mut wr = self.writer.lock().await;
-            wr.write_all(&bytes).await
-        })
-        .await;
+        let sent = tokio::time::timeout(self.timeout, self.writer.send(bytes)).await;
         match sent {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                self.mark_dead(e.to_string());
+            Ok(Err(_)) => {
+                self.mark_dead("the SFTP stream closed".into());
                 return Err(self.lost());
             }
             Err(_) => {
