@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
-use robosync_manifest::{compact, state_paths, Journal, JournalRecord, Manifest, Record};
+use robosync_manifest::{state_paths, Journal, JournalRecord, Manifest, Record};
 use robosync_planner::{escape, plan, Action, Kind, Node, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
@@ -38,7 +38,7 @@ use crate::push::{partials, temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
-    choose_manifest, default_state_dir, fail, now_unix, open_pool, split_deletes,
+    choose_manifest, default_state_dir, fail, now_unix, open_pool, record_locally, split_deletes,
     transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
 };
 use crate::Args;
@@ -269,17 +269,8 @@ pub async fn pull_run(
     }
     ticker.abort();
     errors.extend(run_errors);
-    if let Some(e) = run.journal_error() {
-        errors.push(format!("journal: {e}"));
-    }
-
-    drop(run.take_journal());
     let manifest = job.manifest.lock().unwrap().clone();
-    if let Err(e) = manifest.save(&paths.manifest) {
-        errors.push(e.to_string());
-    } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
-        errors.push(e.to_string());
-    }
+    record_locally(run, &manifest, &paths, &mut errors);
     if let Err(e) = job
         .root
         .write_small(STATE_DIR, b"manifest", &manifest.encode())

@@ -423,18 +423,9 @@ async fn push_run(
     }
     ticker.abort();
     errors.extend(run_errors);
-    if let Some(e) = run.journal_error() {
-        errors.push(format!("journal: {e}"));
-    }
-
     // Record what the destination now holds: locally, then on the destination.
-    drop(run.take_journal());
     let manifest = job.manifest.lock().unwrap().clone();
-    if let Err(e) = manifest.save(&paths.manifest) {
-        errors.push(e.to_string());
-    } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
-        errors.push(e.to_string());
-    }
+    record_locally(run, &manifest, &paths, &mut errors);
     let session = pool.session().await.map_err(transport_failure)?;
     if let Err(e) = write_small(&session, &manifest_remote, &manifest.encode()).await {
         run.warn(&format!(
@@ -459,6 +450,25 @@ async fn push_run(
     }
     pool.close().await;
     Ok(errors)
+}
+
+/// Ends the run's journal and records locally what the destination now
+/// holds: the manifest saved, the journal compacted to what is still pending.
+pub fn record_locally(
+    run: &Run,
+    manifest: &Manifest,
+    paths: &robosync_manifest::StatePaths,
+    errors: &mut Vec<String>,
+) {
+    if let Some(e) = run.journal_error() {
+        errors.push(format!("journal: {e}"));
+    }
+    drop(run.take_journal());
+    if let Err(e) = manifest.save(&paths.manifest) {
+        errors.push(e.to_string());
+    } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
+        errors.push(e.to_string());
+    }
 }
 
 /// The plan's trailing `--delete` removals, apart from everything else.
