@@ -681,7 +681,7 @@ impl Pull {
                 if let Some(h) = kept {
                     let mut buf = vec![0u8; len as usize];
                     if file.read_exact_at(&mut buf, off).is_ok()
-                        && *blake3::hash(&buf).as_bytes() == h
+                        && robosync_scanner::hash_block(&buf, i, size) == h
                     {
                         return Ok::<_, PullError>((buf, false));
                     }
@@ -692,15 +692,15 @@ impl Pull {
                 ))
             }
         });
-        let mut whole = blake3::Hasher::new();
         let mut hashes = Vec::with_capacity(nblocks as usize);
         let mut kept = 0u64;
         let mut blocks = stream::iter(jobs).buffered(WINDOW_BLOCKS * stripes.len().min(2));
         while let Some(r) = blocks.next().await {
             let (buf, fetched) = r?;
             let i = hashes.len() as u64;
-            let h = *blake3::hash(&buf).as_bytes();
-            whole.update(&buf);
+            // One BLAKE3 pass: block hashes are subtree chaining values and
+            // the whole-file hash is merged from them, as the scanner does.
+            let h = robosync_scanner::hash_block(&buf, i, size);
             if fetched {
                 file.write_all_at(&buf, i * BLOCK_SIZE)
                     .map_err(local("cannot write temp file"))?;
@@ -725,7 +725,16 @@ impl Pull {
                 escape(&os(key))
             ));
         }
-        Ok((*whole.finalize().as_bytes(), hashes))
+        let whole = if nblocks <= 1 {
+            // The one block's hash is the plain hash (an empty file has none).
+            hashes
+                .first()
+                .copied()
+                .unwrap_or(*blake3::hash(b"").as_bytes())
+        } else {
+            robosync_scanner::whole_from_blocks(&hashes)
+        };
+        Ok((whole, hashes))
     }
 }
 

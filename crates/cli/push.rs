@@ -327,6 +327,7 @@ impl Push {
         let file = std::fs::File::open(&local)
             .map_err(|err| Error::Connect(format!("cannot open {}: {err}", local.display())))?;
         let mut delta = delta;
+        let mut pipelined = true;
         loop {
             let s = self.pool.session().await?;
             let attempt = match &delta {
@@ -336,7 +337,10 @@ impl Push {
                 Some((send, reuse)) if s.extensions.copy_data => {
                     self.send_delta(&s, &key, e, &file, send, reuse).await
                 }
-                _ => self.send_whole(&s, &key, e, &digest, &file).await,
+                _ => {
+                    self.send_whole(&s, &key, e, &digest, &file, pipelined)
+                        .await
+                }
             };
             match attempt {
                 Ok(stat) => {
@@ -347,6 +351,14 @@ impl Push {
                     self.run
                         .note_once(format!("connection lost ({err}); reconnecting"));
                     self.pool.repair().await?;
+                }
+                Err(err) if pipelined && delta.is_none() && err.status_code().is_some() => {
+                    // Seen once right after a reconnect: the pipelined small-file
+                    // path got a FAILURE status from a handle request. Redo the
+                    // file one request at a time before calling it an error.
+                    pipelined = false;
+                    self.run
+                        .note(format!("{}: {err}; retrying step by step", escape(rel)));
                 }
                 Err(err) if delta.is_some() && err.status_code() == Some(8) => {
                     // copy-data refused after all: fall back to a whole upload.
@@ -439,6 +451,7 @@ impl Push {
         e: &Entry,
         digest: &robosync_scanner::Digest,
         file: &std::fs::File,
+        pipelined: bool,
     ) -> Result<Attrs, Error> {
         let temp_rel = temp_for(key, &digest.whole);
         let temp = self.abs(&temp_rel);
@@ -502,7 +515,7 @@ impl Push {
             .open(&temp, flags, &create)
             .await
             .map_err(|x| x.with_path("open", &temp))?;
-        if e.size <= chunk_size(s) as u64 && !self.run.opts.fsync {
+        if pipelined && e.size <= chunk_size(s) as u64 && !self.run.opts.fsync {
             return self.send_small(s, handle, file, e, &temp, key).await;
         }
         let todo: Vec<u64> = (0..nblocks).filter(|i| !done.contains(i)).collect();
@@ -700,7 +713,7 @@ impl Push {
         let want = e.digest.as_ref().unwrap().block_hashes()[index as usize];
         let len = block_len(e.size, index);
         match read_range(s, path, index * BLOCK_SIZE, len).await {
-            Ok(buf) => *blake3::hash(&buf).as_bytes() == want,
+            Ok(buf) => robosync_scanner::hash_block(&buf, index, e.size) == want,
             Err(_) => false,
         }
     }

@@ -1,12 +1,12 @@
-//! BLAKE3 of whole files and of their [`BLOCK_SIZE`] blocks, in one read.
+//! BLAKE3 of whole files and of their [`BLOCK_SIZE`] blocks, in one pass.
 //!
 //! A multi-block file is read block by block with `pread`, blocks in parallel on
-//! the rayon pool. Each block is hashed twice while it sits in cache: once as a
-//! standalone BLAKE3 hash (the block hash the planner compares) and once as the
-//! chaining value of the subtree it forms inside the whole file's BLAKE3 tree
-//! (`blake3::hazmat`). The chaining values are then merged into the whole-file
-//! hash. No mmap: a file truncated under an mmap kills the process with SIGBUS,
-//! while a short `pread` is an ordinary error.
+//! the rayon pool. Each block is hashed once, as the chaining value of the
+//! subtree it forms inside the whole file's BLAKE3 tree (`blake3::hazmat`); that
+//! chaining value is the block hash the planner compares, and the chaining
+//! values merge into the whole-file hash. One BLAKE3 pass per byte, as b3sum.
+//! No mmap: a file truncated under an mmap kills the process with SIGBUS, while
+//! a short `pread` is an ordinary error.
 
 use std::cell::RefCell;
 use std::fs::{File, Metadata};
@@ -26,20 +26,43 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; BLOCK]);
 }
 
-/// The plain BLAKE3 hash of one block's bytes, as stored in [`Digest::blocks`].
-pub fn hash_block(bytes: &[u8]) -> [u8; 32] {
-    *blake3::hash(bytes).as_bytes()
+/// The hash of block `index` of a file of `file_size` bytes, as stored in
+/// [`Digest::blocks`]: the chaining value of the block's subtree in the file's
+/// BLAKE3 tree (it depends on the block's offset). For a file of at most one
+/// block it is the plain BLAKE3 hash, equal to [`Digest::whole`].
+pub fn hash_block(bytes: &[u8], index: u64, file_size: u64) -> [u8; 32] {
+    if file_size <= BLOCK_SIZE {
+        return *blake3::hash(bytes).as_bytes();
+    }
+    blake3::Hasher::new()
+        .set_input_offset(index * BLOCK_SIZE)
+        .update(bytes)
+        .finalize_non_root()
+}
+
+/// The whole-file hash of a multi-block file, from its block hashes in order.
+pub fn whole_from_blocks(blocks: &[[u8; 32]]) -> [u8; 32] {
+    root_hash(blocks)
 }
 
 /// The [`Digest`] the scanner would record for a file holding `data`.
 pub fn hash_bytes(data: &[u8]) -> Digest {
-    let whole = hash_block(data);
-    let blocks = if data.len() <= BLOCK {
-        Vec::new()
-    } else {
-        data.chunks(BLOCK).map(hash_block).collect()
-    };
-    Digest { whole, blocks }
+    let size = data.len() as u64;
+    if data.len() <= BLOCK {
+        return Digest {
+            whole: hash_block(data, 0, size),
+            blocks: Vec::new(),
+        };
+    }
+    let blocks: Vec<[u8; 32]> = data
+        .chunks(BLOCK)
+        .enumerate()
+        .map(|(i, c)| hash_block(c, i as u64, size))
+        .collect();
+    Digest {
+        whole: root_hash(&blocks),
+        blocks,
+    }
 }
 
 /// Hashes `size` bytes of `file`. A short read (the file shrank) is an
@@ -50,13 +73,13 @@ pub(crate) fn hash_file(file: &File, size: u64) -> io::Result<Digest> {
             let buf = &mut buf.borrow_mut()[..size as usize];
             file.read_exact_at(buf, 0)?;
             Ok(Digest {
-                whole: hash_block(buf),
+                whole: hash_block(buf, 0, size),
                 blocks: Vec::new(),
             })
         });
     }
     let count = size.div_ceil(BLOCK_SIZE);
-    let per_block: Vec<([u8; 32], ChainingValue)> = (0..count)
+    let blocks: Vec<ChainingValue> = (0..count)
         .into_par_iter()
         .map(|i| {
             let offset = i * BLOCK_SIZE;
@@ -64,17 +87,12 @@ pub(crate) fn hash_file(file: &File, size: u64) -> io::Result<Digest> {
             BUF.with(|buf| {
                 let buf = &mut buf.borrow_mut()[..len];
                 file.read_exact_at(buf, offset)?;
-                let cv = blake3::Hasher::new()
-                    .set_input_offset(offset)
-                    .update(buf)
-                    .finalize_non_root();
-                Ok((hash_block(buf), cv))
+                Ok(hash_block(buf, i, size))
             })
         })
         .collect::<io::Result<_>>()?;
-    let (blocks, cvs): (Vec<_>, Vec<_>) = per_block.into_iter().unzip();
     Ok(Digest {
-        whole: root_hash(&cvs),
+        whole: root_hash(&blocks),
         blocks,
     })
 }
@@ -149,6 +167,13 @@ mod tests {
         let d = hash_bytes(&data);
         assert_eq!(d.whole, *blake3::hash(&data).as_bytes());
         assert_eq!(d.blocks.len(), 4);
-        assert_eq!(d.blocks[3], *blake3::hash(&data[3 * BLOCK..]).as_bytes());
+        let last = blake3::Hasher::new()
+            .set_input_offset(3 * BLOCK_SIZE)
+            .update(&data[3 * BLOCK..])
+            .finalize_non_root();
+        assert_eq!(d.blocks[3], last);
+        assert_eq!(whole_from_blocks(&d.blocks), d.whole);
+        // One block or less: the block hash is the plain hash.
+        assert_eq!(hash_block(b"abc", 0, 3), *blake3::hash(b"abc").as_bytes());
     }
 }

@@ -49,7 +49,7 @@ mod tests;
 
 pub use cache::{StatCache, RACY_WINDOW_NS};
 pub use filter::{Filter, FilterError, Rule};
-pub use hash::{hash_block, hash_bytes};
+pub use hash::{hash_block, hash_bytes, whole_from_blocks};
 pub use walk::scan;
 
 /// Size of the fixed blocks whose hashes the delta planner compares.
@@ -85,9 +85,11 @@ pub enum EntryKind {
 /// BLAKE3 of a whole file and of each [`BLOCK_SIZE`] block (the last may be short).
 ///
 /// Block `i` covers bytes `[i * BLOCK_SIZE, min((i + 1) * BLOCK_SIZE, size))`, and
-/// its hash is the plain BLAKE3 hash of those bytes ([`hash_block`]), so it does
-/// not depend on the block's position: a block that moved to another aligned
-/// offset still matches.
+/// its hash is the chaining value of that block's subtree in the file's BLAKE3
+/// tree ([`hash_block`]): the whole-file hash is built from the block hashes, so
+/// a file is hashed in one pass. Block hashes depend on the block's offset,
+/// which costs nothing here: the delta planner only compares a block with the
+/// old file's block at the same index (server-side copy-data at equal offsets).
 ///
 /// **A file of at most one block (`size <= BLOCK_SIZE`, including the empty file)
 /// stores no block list: `blocks` is empty and `whole` is its only block hash.**
