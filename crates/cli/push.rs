@@ -20,7 +20,7 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp};
 
 use crate::endpoint::join;
-use crate::run::{Run, Stats};
+use crate::run::Run;
 
 /// What the journal says about an interrupted transfer of one file.
 #[derive(Debug, Clone, Default)]
@@ -982,6 +982,3 @@ pub fn adopt_unchanged(push: &Push, dest: &Tree) {
         }
     }
 }
-
-#[allow(dead_code)]
-fn unused(_: &Stats) {}

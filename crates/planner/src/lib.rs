@@ -273,12 +273,12 @@ pub fn plan(
         match (&s.kind, d) {
             (Kind::Dir, Some(d)) if d.kind == Kind::Dir => {}
             (Kind::Dir, d) => {
-                if let Some(d) = d {
+                // Something else stands where the directory goes.
+                if d.is_some() {
                     replace.push(Action::Delete {
                         path: path.clone(),
                         dir: false,
                     });
-                    let _ = d;
                 }
                 dirs.push(Action::Mkdir {
                     path: path.clone(),
