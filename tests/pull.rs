@@ -275,8 +275,6 @@ fn pull_dry_run_itemises_and_changes_nothing() {
 /// within the data plus framing plus one in-flight window per kill.
 #[test]
 fn sigkill_during_pull_then_rerun_fetches_the_rest_once() {
-    use std::process::Stdio;
-    use std::time::{Duration, Instant};
     let sshd = Sshd::start();
     let proxy = Proxy::start(sshd.port);
     let cfg = via_proxy(&sshd, &proxy);
@@ -291,30 +289,13 @@ fn sigkill_during_pull_then_rerun_fetches_the_rest_once() {
 
     let mut kills = 0;
     for frac in [0.2, 0.5, 0.8] {
-        let mut child = robosync_with(&cfg, &state)
-            .args(args)
-            .arg(remote(&src))
-            .arg(&dest)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let at = (total as f64 * frac) as u64;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut finished = false;
-        while proxy.stats().down < at {
-            if child.try_wait().unwrap().is_some() {
-                finished = true;
-                break;
-            }
-            assert!(Instant::now() < deadline, "pull stalled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if !finished {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+        let mut cmd = robosync_with(&cfg, &state);
+        cmd.args(args).arg(remote(&src)).arg(&dest);
+        kills += kill_when(
+            &mut cmd,
+            || proxy.stats().down,
+            (total as f64 * frac) as u64,
+        ) as u64;
     }
     assert!(kills >= 2, "the pull finished before it could be killed");
     run(robosync_with(&cfg, &state)

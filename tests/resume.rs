@@ -2,10 +2,9 @@
 
 use std::fs;
 use std::os::unix::fs::FileExt;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::util::*;
 
@@ -31,30 +30,9 @@ fn sigkill_at_several_points_then_rerun_lands_everything_once() {
     // Kill at roughly 15%, 45% and 75% of the payload, as seen on the wire.
     let mut kills = 0;
     for frac in [0.15, 0.45, 0.75] {
-        let mut child = robosync_with(&cfg, &state)
-            .args(args)
-            .arg(&src)
-            .arg(remote(&dest))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let at = (total as f64 * frac) as u64;
-        let deadline = Instant::now() + Duration::from_secs(300);
-        let mut finished = false;
-        while proxy.stats().up < at {
-            if child.try_wait().unwrap().is_some() {
-                finished = true;
-                break;
-            }
-            assert!(Instant::now() < deadline, "transfer stalled");
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        if !finished {
-            child.kill().unwrap();
-            kills += 1;
-        }
-        child.wait().unwrap();
+        let mut cmd = robosync_with(&cfg, &state);
+        cmd.args(args).arg(&src).arg(remote(&dest));
+        kills += kill_when(&mut cmd, || proxy.stats().up, (total as f64 * frac) as u64) as u64;
     }
     assert!(
         kills >= 2,

@@ -263,3 +263,27 @@ pub fn total_size(root: &Path) -> u64 {
         })
         .sum()
 }
+
+/// Starts `cmd` (output discarded) and SIGKILLs it once `wire()` — a byte
+/// count at the proxy — reaches `at`. Returns whether it was killed (false:
+/// it finished first).
+pub fn kill_when(cmd: &mut Command, wire: impl Fn() -> u64, at: u64) -> bool {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while wire() < at {
+        if child.try_wait().unwrap().is_some() {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "transfer stalled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    true
+}

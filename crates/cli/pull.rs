@@ -38,8 +38,8 @@ use crate::push::{partials, temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
-    choose_manifest, default_state_dir, fail, now_unix, open_pool, record_locally, split_deletes,
-    transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
+    choose_manifest, close_run, default_state_dir, fail, now_unix, open_pool, record_locally,
+    split_deletes, transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
 };
 use crate::Args;
 
@@ -285,17 +285,7 @@ pub async fn pull_run(
             let _ = job.root.remove(t);
         }
     }
-    if let Err(e) = cache.save(&paths.stat_cache) {
-        run.warn(&format!(
-            "cannot save the stat cache {}: {e}",
-            paths.stat_cache.display()
-        ));
-    }
-    pool.settle(args.verbose > 0).await;
-    for n in pool.notes.lock().unwrap().drain(..) {
-        run.note(n);
-    }
-    pool.close().await;
+    close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
     Ok(errors)
 }
 

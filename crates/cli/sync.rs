@@ -438,18 +438,30 @@ async fn push_run(
             let _ = session.remove(&join(&remote_root, t)).await;
         }
     }
+    close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
+    Ok(errors)
+}
+
+/// The end of every run: keep the stat cache, report the pool's notes
+/// (waiting for its growth only when someone reads them), log out.
+pub async fn close_run(
+    run: &Run,
+    pool: &Pool,
+    cache: &StatCache,
+    paths: &robosync_manifest::StatePaths,
+    verbose: bool,
+) {
     if let Err(e) = cache.save(&paths.stat_cache) {
         run.warn(&format!(
             "cannot save the stat cache {}: {e}",
             paths.stat_cache.display()
         ));
     }
-    pool.settle(args.verbose > 0).await;
+    pool.settle(verbose).await;
     for n in pool.notes.lock().unwrap().drain(..) {
         run.note(n);
     }
     pool.close().await;
-    Ok(errors)
 }
 
 /// Ends the run's journal and records locally what the destination now
