@@ -5,7 +5,8 @@
 //! ever holds a partial file. Each completed block is journaled; a rerun after
 //! a crash or a dropped link resumes from what the journal confirms.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -92,6 +93,51 @@ pub fn temp_for(rel: &[u8], whole: &[u8; 32]) -> Vec<u8> {
     t
 }
 
+/// Blocks per run: the unit a lane reads, writes and journals at once (1 MiB).
+const RUN_BLOCKS: u64 = 4;
+/// Runs in flight per lane: 4 MiB, twice OpenSSH's 2 MiB channel window, so
+/// a window update always finds data ready to go.
+const LANE_DEPTH: usize = 4;
+
+/// Groups block indices into runs of at most `max` consecutive blocks.
+fn runs(blocks: &[u64], max: u64) -> VecDeque<Range<u64>> {
+    let mut out: VecDeque<Range<u64>> = VecDeque::new();
+    for &i in blocks {
+        match out.back_mut() {
+            Some(r) if r.end == i && r.end - r.start < max => r.end += 1,
+            _ => out.push_back(i..i + 1),
+        }
+    }
+    out
+}
+
+/// Bytes read from local files and not yet acknowledged by the server.
+/// Bounded, so many big files in flight at once cannot balloon memory.
+pub struct ReadAhead {
+    units: tokio::sync::Semaphore,
+    total: u32,
+}
+
+impl ReadAhead {
+    const UNIT: u64 = 64 << 10;
+
+    pub fn new(bytes: u64) -> ReadAhead {
+        let total = (bytes / Self::UNIT).clamp(1, u32::MAX as u64) as u32;
+        ReadAhead {
+            units: tokio::sync::Semaphore::new(total as usize),
+            total,
+        }
+    }
+
+    async fn acquire(&self, len: u64) -> tokio::sync::SemaphorePermit<'_> {
+        let n = len.div_ceil(Self::UNIT).clamp(1, self.total as u64) as u32;
+        self.units
+            .acquire_many(n)
+            .await
+            .expect("the read-ahead semaphore is never closed")
+    }
+}
+
 fn block_len(size: u64, index: u64) -> u64 {
     (size - index * BLOCK_SIZE).min(BLOCK_SIZE)
 }
@@ -119,6 +165,7 @@ pub struct Push {
     pub entries: HashMap<PathBuf, Entry>,
     pub partials: Mutex<HashMap<Vec<u8>, Partial>>,
     pub manifest: Mutex<Manifest>,
+    pub data: ReadAhead,
 }
 
 impl Push {
@@ -369,15 +416,6 @@ impl Push {
         }
     }
 
-    /// Reads block `index` of the local file and checks it still hashes as scanned.
-    fn read_block(&self, file: &std::fs::File, e: &Entry, index: u64) -> Result<Vec<u8>, Error> {
-        let len = block_len(e.size, index) as usize;
-        let mut buf = vec![0u8; len];
-        file.read_exact_at(&mut buf, index * BLOCK_SIZE)
-            .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
-        Ok(buf)
-    }
-
     /// Refuses to land a file that changed since it was scanned: its bytes on
     /// the wire may mix two versions, and its recorded hashes would lie.
     /// (A stat check, not a rehash: hashing every block again cost a third
@@ -399,6 +437,7 @@ impl Push {
 
     /// Writes the given blocks to `handle`, many requests in flight; returns
     /// as each block completes so it can be journaled.
+    /// Writes `blocks` through one session, as one lane (see [`Push::drain`]).
     async fn write_blocks(
         &self,
         s: &Sftp,
@@ -408,38 +447,77 @@ impl Push {
         blocks: Vec<u64>,
         journal: Option<(&[u8], &[u8])>,
     ) -> Result<(), Error> {
-        let chunk = chunk_size(s);
-        let depth = (s.limits.max_write as usize).max(1);
-        let depth = (16 << 20) / depth.max(1);
-        stream::iter(blocks)
-            .map(|i| async move {
-                let buf = self.read_block(file, e, i)?;
-                let off = i * BLOCK_SIZE;
-                let writes = buf
-                    .chunks(chunk)
-                    .enumerate()
-                    .map(|(k, c)| s.write(handle, off + (k * chunk) as u64, c));
-                futures::future::try_join_all(writes).await?;
-                self.run.add_bytes(buf.len() as u64);
-                if let Some((path, temp)) = journal {
-                    let hash = e.digest.as_ref().unwrap().block_hashes()[i as usize];
-                    self.run.journal_for(
-                        &JournalRecord::BlockDone {
-                            path: path.to_vec(),
-                            temp: temp.to_vec(),
-                            index: i,
-                            hash,
-                        },
-                        buf.len() as u64,
-                    );
-                    // Also in memory, so a retry within this run resumes too.
-                    if let Some(p) = self.partials.lock().unwrap().get_mut(path) {
-                        p.blocks.insert(i, hash);
-                    }
+        let queue = Mutex::new(runs(&blocks, RUN_BLOCKS));
+        self.drain(&queue, s, handle, file, e, journal).await
+    }
+
+    /// Reads a run of consecutive blocks in one go and writes it in the
+    /// largest requests the server allows (not block by block: a 256 KiB
+    /// block would cost two writes under OpenSSH's 255 KiB limit), then
+    /// journals the run's blocks once all of its writes are acknowledged.
+    async fn write_run(
+        &self,
+        s: &Sftp,
+        handle: &[u8],
+        file: &std::fs::File,
+        e: &Entry,
+        run: Range<u64>,
+        journal: Option<(&[u8], &[u8])>,
+    ) -> Result<(), Error> {
+        let start = run.start * BLOCK_SIZE;
+        let len = (run.end * BLOCK_SIZE).min(e.size) - start;
+        // Bounded read-ahead: the bytes are held from the read until acked.
+        let _held = self.data.acquire(len).await;
+        let mut buf = vec![0u8; len as usize];
+        file.read_exact_at(&mut buf, start)
+            .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
+        let chunk = (s.limits.max_write as usize).max(1);
+        let writes = buf
+            .chunks(chunk)
+            .enumerate()
+            .map(|(k, c)| s.write(handle, start + (k * chunk) as u64, c));
+        futures::future::try_join_all(writes).await?;
+        self.run.add_bytes(len);
+        if let Some((path, temp)) = journal {
+            let hashes = e.digest.as_ref().unwrap().block_hashes();
+            for i in run {
+                let hash = hashes[i as usize];
+                self.run.journal_for(
+                    &JournalRecord::BlockDone {
+                        path: path.to_vec(),
+                        temp: temp.to_vec(),
+                        index: i,
+                        hash,
+                    },
+                    block_len(e.size, i),
+                );
+                // Also in memory, so a retry within this run resumes too.
+                if let Some(p) = self.partials.lock().unwrap().get_mut(path) {
+                    p.blocks.insert(i, hash);
                 }
-                Ok::<_, Error>(())
-            })
-            .buffer_unordered(depth.clamp(4, 64))
+            }
+        }
+        Ok(())
+    }
+
+    /// One lane: keeps up to [`LANE_DEPTH`] runs in flight on session `s`,
+    /// taking the next run from the shared queue as soon as one completes
+    /// (no bubble between runs: across latency a lane must never wait for
+    /// its last request before sending the next).
+    #[allow(clippy::too_many_arguments)]
+    async fn drain(
+        &self,
+        queue: &Mutex<VecDeque<Range<u64>>>,
+        s: &Sftp,
+        handle: &[u8],
+        file: &std::fs::File,
+        e: &Entry,
+        journal: Option<(&[u8], &[u8])>,
+    ) -> Result<(), Error> {
+        let next = std::iter::from_fn(|| queue.lock().unwrap().pop_front());
+        stream::iter(next)
+            .map(|run| self.write_run(s, handle, file, e, run, journal))
+            .buffer_unordered(LANE_DEPTH)
             .try_collect::<()>()
             .await
     }
@@ -515,7 +593,7 @@ impl Push {
             .open(&temp, flags, &create)
             .await
             .map_err(|x| x.with_path("open", &temp))?;
-        if pipelined && e.size <= chunk_size(s) as u64 && !self.run.opts.fsync {
+        if pipelined && e.size <= s.limits.max_write as u64 && !self.run.opts.fsync {
             return self.send_small(s, handle, file, e, &temp, key).await;
         }
         let todo: Vec<u64> = (0..nblocks).filter(|i| !done.contains(i)).collect();
@@ -539,11 +617,10 @@ impl Push {
         temp: &[u8],
         key: &[u8],
     ) -> Result<Attrs, Error> {
-        let data = if e.size == 0 {
-            Vec::new()
-        } else {
-            self.read_block(file, e, 0)?
-        };
+        let _held = self.data.acquire(e.size).await;
+        let mut data = vec![0u8; e.size as usize];
+        file.read_exact_at(&mut data, 0)
+            .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
         let attrs = final_attrs(e);
         let write = async {
             if data.is_empty() {
@@ -573,25 +650,6 @@ impl Push {
         Ok(stat)
     }
 
-    /// One stripe lane: writes runs of blocks until the queue is empty.
-    #[allow(clippy::too_many_arguments)]
-    async fn drain_runs(
-        &self,
-        queue: &Mutex<std::collections::VecDeque<Vec<u64>>>,
-        s: &Sftp,
-        handle: &[u8],
-        file: &std::fs::File,
-        e: &Entry,
-        journal: Option<(&[u8], &[u8])>,
-    ) -> Result<(), Error> {
-        loop {
-            let Some(run) = queue.lock().unwrap().pop_front() else {
-                return Ok(());
-            };
-            self.write_blocks(s, handle, file, e, run, journal).await?;
-        }
-    }
-
     /// Writes a big file's blocks over several sessions at once: each SFTP
     /// channel has its own flow-control window (2 MiB on OpenSSH), which caps
     /// one channel's throughput across latency. Lanes pull runs of blocks from
@@ -608,55 +666,57 @@ impl Push {
         todo: Vec<u64>,
         journal: (&[u8], &[u8]),
     ) -> Result<(), Error> {
-        const STRIPE_MIN_BLOCKS: usize = 32;
-        const MAX_LANES: usize = 4;
-        const RUN: usize = 8;
+        // Below this a second lane costs more (an OPEN and a CLOSE) than it saves.
+        const STRIPE_MIN_BLOCKS: usize = 4 * RUN_BLOCKS as usize;
         let journal = (e.size > BLOCK_SIZE).then_some(journal);
         if todo.len() < STRIPE_MIN_BLOCKS {
             return self.write_blocks(s, handle, file, e, todo, journal).await;
         }
-        let queue: Mutex<std::collections::VecDeque<Vec<u64>>> =
-            Mutex::new(todo.chunks(RUN).map(<[u64]>::to_vec).collect());
+        let queue = Mutex::new(runs(&todo, RUN_BLOCKS));
         let queue = &queue;
-        let mut opened: Vec<(Arc<Sftp>, Vec<u8>)> = Vec::new();
         let mut used: Vec<*const Sftp> = vec![s as *const Sftp];
         let mut lanes = futures::stream::FuturesUnordered::new();
         lanes.push(futures::future::Either::Left(
-            self.drain_runs(queue, s, handle, file, e, journal),
+            self.drain(queue, s, handle, file, e, journal),
         ));
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
+        // New sessions are looked for often at first (the pool is still
+        // growing), and every one found becomes a lane at once.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(25));
         let mut result = Ok(());
         loop {
             tokio::select! {
                 done = lanes.next() => match done {
                     None => break,
                     Some(Err(err)) => {
-                        result = Err(err);
-                        break;
+                        // Let the other lanes finish what they sent and
+                        // close their handles; the caller retries or resumes.
+                        queue.lock().unwrap().clear();
+                        if result.is_ok() {
+                            result = Err(err);
+                        }
                     }
                     Some(Ok(())) => {}
                 },
-                _ = tick.tick(), if lanes.len() < MAX_LANES && !queue.lock().unwrap().is_empty() => {
-                    let fresh = self
-                        .pool
-                        .sessions()
-                        .into_iter()
-                        .find(|o| !used.contains(&Arc::as_ptr(o)));
-                    if let Some(o) = fresh {
-                        used.push(Arc::as_ptr(&o));
-                        if let Ok(h) = o.open(temp, proto::FXF_WRITE, &Attrs::default()).await {
-                            opened.push((o.clone(), h.clone()));
-                            lanes.push(futures::future::Either::Right(async move {
-                                self.drain_runs(queue, &o, &h, file, e, journal).await
-                            }));
+                _ = tick.tick(), if !queue.lock().unwrap().is_empty() => {
+                    for o in self.pool.sessions() {
+                        if used.contains(&Arc::as_ptr(&o)) {
+                            continue;
                         }
+                        used.push(Arc::as_ptr(&o));
+                        lanes.push(futures::future::Either::Right(async move {
+                            // A lane that cannot open the file just leaves
+                            // its share to the others.
+                            let Ok(h) = o.open(temp, proto::FXF_WRITE, &Attrs::default()).await
+                            else {
+                                return Ok(());
+                            };
+                            let r = self.drain(queue, &o, &h, file, e, journal).await;
+                            let _ = o.close(&h).await;
+                            r
+                        }));
                     }
                 }
             }
-        }
-        drop(lanes);
-        for (o, h) in &opened {
-            let _ = o.close(h).await;
         }
         result
     }
@@ -926,22 +986,12 @@ pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<
         .buffered(32)
         .try_collect::<Vec<_>>()
         .await;
-    let _ = s.close(&h).await;
+    s.close_detached(&h);
     let mut out = Vec::with_capacity(len as usize);
     for p in parts? {
         out.extend_from_slice(&p.unwrap_or_default());
     }
     Ok(out)
-}
-
-/// Largest write size that divides a block, within the server's limit.
-fn chunk_size(s: &Sftp) -> usize {
-    let max = s.limits.max_write as u64;
-    let mut c = BLOCK_SIZE;
-    while c > max {
-        c /= 2;
-    }
-    c as usize
 }
 
 /// Remote tree nodes as the planner sees them, for files the manifest lacks

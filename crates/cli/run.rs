@@ -123,6 +123,16 @@ impl Run {
     }
 
     /// A message for `-v` users, on stderr.
+    /// `-vv`: when each phase of the run ended, to see where the time goes.
+    pub fn phase(&self, what: &str) {
+        if self.opts.verbose > 1 {
+            self.eprintln(&format!(
+                "[{:7.3} s] {what}",
+                self.started.elapsed().as_secs_f64()
+            ));
+        }
+    }
+
     pub fn note(&self, msg: String) {
         if self.opts.verbose > 0 {
             self.eprintln(&msg);

@@ -282,7 +282,9 @@ async fn push_run(
         (snap, cache)
     });
     let pool = open_pool(args, run, target).await?;
+    run.phase("connected");
     let (snap, cache) = scan.await.expect("scan task panicked");
+    run.phase("scanned");
     let snap = snap.map_err(|e| {
         fail(
             EXIT_USAGE,
@@ -314,22 +316,43 @@ async fn push_run(
         remote_path.to_vec()
     };
     let session = pool.session().await.map_err(transport_failure)?;
-    if !args.dry_run {
-        push::mkdir_p(&session, &remote_root)
-            .await
-            .map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
-    }
-    let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
-        .await
-        .map_err(transport_failure)?;
+    let manifest_remote = join(&remote_root, b".robosync/manifest");
+    // Destination, listing and manifest copy at once: each is a few round
+    // trips, and a missing destination just lists empty.
+    let (made, listing, remote_copy) = futures::join!(
+        async {
+            if args.dry_run {
+                return Ok::<(), Error>(());
+            }
+            // One flight: the destination, robosync's state directory in it
+            // (where the manifest copy goes), and a check of what is there.
+            // MKDIRs fail harmlessly when the directories exist.
+            let state = join(&remote_root, remote::STATE_DIR);
+            let plain = Default::default();
+            let (_, _, there) = futures::join!(
+                session.mkdir(&remote_root, &plain),
+                session.mkdir(&state, &plain),
+                session.lstat(&remote_root)
+            );
+            if !there.is_ok_and(|a| a.is_dir()) {
+                // Missing parents, or not a directory: the careful way, with its errors.
+                push::mkdir_p(&session, &remote_root).await?;
+                let _ = session.mkdir(&state, &plain).await;
+            }
+            Ok(())
+        },
+        remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES),
+        read_small(&session, &manifest_remote)
+    );
+    made.map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
+    let listing = listing.map_err(transport_failure)?;
+    run.phase("listed the destination");
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
     if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
         // A backup dir inside the destination is not part of the mirror.
         listing.tree.nodes.retain(|p, _| !p.starts_with(b));
     }
-    let manifest_remote = join(&remote_root, b".robosync/manifest");
-    let remote_copy = read_small(&session, &manifest_remote).await;
     let (mut manifest, pending) =
         choose_manifest(run, &paths.manifest, &paths.journal, remote_copy);
     // Records of files no longer at the destination mean nothing.
@@ -355,6 +378,7 @@ async fn push_run(
     for w in &plan.warnings {
         run.warn(w);
     }
+    run.phase("planned");
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
         for a in &plan.actions {
@@ -398,6 +422,8 @@ async fn push_run(
         entries,
         partials: Mutex::new(push::partials(&pending)),
         manifest: Mutex::new(manifest),
+        // 8 MiB per session: two lanes' worth of runs in flight.
+        data: push::ReadAhead::new((pool.capacity() as u64 * (8 << 20)).clamp(32 << 20, 256 << 20)),
     });
     push::adopt_unchanged(&job, &listing.tree);
 
@@ -422,16 +448,19 @@ async fn push_run(
         ));
     }
     ticker.abort();
+    run.phase("transferred");
     errors.extend(run_errors);
     // Record what the destination now holds: locally, then on the destination.
     let manifest = job.manifest.lock().unwrap().clone();
     record_locally(run, &manifest, &paths, &mut errors);
+    run.phase("recorded locally");
     let session = pool.session().await.map_err(transport_failure)?;
     if let Err(e) = write_small(&session, &manifest_remote, &manifest.encode()).await {
         run.warn(&format!(
             "could not store the manifest copy on the destination: {e}"
         ));
     }
+    run.phase("stored the manifest copy");
     if errors.is_empty() {
         // Leftover temp files from interrupted runs are no longer needed.
         for t in &listing.temps {
@@ -439,6 +468,7 @@ async fn push_run(
         }
     }
     close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
+    run.phase("closed");
     Ok(errors)
 }
 
@@ -503,41 +533,75 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
-/// Reads a whole small remote file; `None` if missing or unreadable.
+/// Reads a small remote file, or `None` if it cannot be read. Two round
+/// trips: OPEN, then FSTAT and reads of the first 4 MiB in one flight
+/// (reads past the end just answer EOF); a bigger file costs one more pass.
 pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec<u8>> {
-    let size = s.stat(path).await.ok()?.size?;
+    const AHEAD: u64 = 4 << 20;
+    let h = s
+        .open(
+            path,
+            robosync_transport::proto::FXF_READ,
+            &Default::default(),
+        )
+        .await
+        .ok()?;
+    let chunk = s.limits.max_read.max(1) as u64;
+    let reads = (0..AHEAD.div_ceil(chunk)).map(|k| s.read(&h, k * chunk, chunk as u32));
+    let (attrs, parts) = futures::join!(s.fstat(&h), futures::future::join_all(reads));
+    s.close_detached(&h);
+    let size = attrs.ok()?.size?;
     if size > (4u64 << 30) {
         return None;
     }
-    push::read_range(s, path, 0, size).await.ok()
+    let mut out = Vec::with_capacity(size as usize);
+    for p in parts {
+        // A short read ends what the speculative reads can be trusted for.
+        match p.ok()? {
+            Some(bytes) if bytes.len() as u64 == chunk => out.extend_from_slice(&bytes),
+            Some(bytes) => {
+                out.extend_from_slice(&bytes);
+                break;
+            }
+            None => break,
+        }
+    }
+    if (out.len() as u64) < size {
+        let rest = push::read_range(s, path, out.len() as u64, size - out.len() as u64)
+            .await
+            .ok()?;
+        out.extend_from_slice(&rest);
+    }
+    (out.len() as u64 == size).then_some(out)
 }
 
-/// Writes a small remote file atomically (temp + rename).
+/// Writes a small remote file atomically (temp + rename) in three round
+/// trips: OPEN (creating the directory only if that fails), WRITEs with the
+/// CLOSE in one flight, RENAME.
 pub async fn write_small(
     s: &robosync_transport::Sftp,
     path: &[u8],
     data: &[u8],
 ) -> Result<(), Error> {
+    use robosync_transport::proto::{FXF_CREAT, FXF_TRUNC, FXF_WRITE};
     let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
-    push::mkdir_p(s, dir).await?;
     let mut tmp = path.to_vec();
     tmp.extend_from_slice(b".tmp");
-    let h = s
-        .open(
-            &tmp,
-            robosync_transport::proto::FXF_WRITE
-                | robosync_transport::proto::FXF_CREAT
-                | robosync_transport::proto::FXF_TRUNC,
-            &Default::default(),
-        )
-        .await?;
+    let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
+    let h = match s.open(&tmp, flags, &Default::default()).await {
+        Ok(h) => h,
+        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+            push::mkdir_p(s, dir).await?;
+            s.open(&tmp, flags, &Default::default()).await?
+        }
+        Err(e) => return Err(e),
+    };
     let chunk = s.limits.max_write as usize;
     let writes = data
         .chunks(chunk)
         .enumerate()
         .map(|(i, c)| s.write(&h, (i * chunk) as u64, c));
-    let r = futures::future::try_join_all(writes).await;
-    let c = s.close(&h).await;
+    let (r, c) = futures::join!(futures::future::try_join_all(writes), s.close(&h));
     r?;
     c?;
     s.rename(&tmp, path).await

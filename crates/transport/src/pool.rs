@@ -67,40 +67,48 @@ impl Pool {
     }
 
     async fn grow(self: Arc<Self>, conn: Option<Arc<Connection>>) {
+        // The first connection's other channels and the other connections
+        // open at the same time: across latency each costs several round
+        // trips, and a run should not wait for them one after another.
         let channels = self.opts.channels.max(1);
-        if channels > 1 {
-            match self.extend_link(conn, channels - 1, 1).await {
-                Ok(l) => self.links.lock().unwrap().push(l),
-                Err(e) => self.note(format!(
-                    "server allowed 1 SFTP channel per connection, not {channels} ({e})"
-                )),
-            }
-        }
-        // Further logins in small concurrent batches, well under sshd's
-        // MaxStartups (10 unauthenticated connections by default).
-        let wanted = self.opts.connections.max(1);
-        let mut have = 1;
-        while have < wanted {
-            let batch = (wanted - have).min(4);
-            let opened =
-                futures::future::join_all((0..batch).map(|_| self.open_link(channels))).await;
-            let mut failed = None;
-            for r in opened {
-                match r {
-                    Ok(l) => {
-                        self.links.lock().unwrap().push(l);
-                        have += 1;
-                    }
-                    Err(e) => failed = Some(e),
+        let more_channels = async {
+            if channels > 1 {
+                match self.extend_link(conn, channels - 1, 1).await {
+                    Ok(l) => self.links.lock().unwrap().push(l),
+                    Err(e) => self.note(format!(
+                        "server allowed 1 SFTP channel per connection, not {channels} ({e})"
+                    )),
                 }
             }
-            if let Some(e) = failed {
-                self.note(format!(
-                    "using {have} connection(s) instead of {wanted}: {e}"
-                ));
-                break;
+        };
+        // Further logins in small concurrent batches, well under sshd's
+        // MaxStartups (10 unauthenticated connections by default).
+        let more_connections = async {
+            let wanted = self.opts.connections.max(1);
+            let mut have = 1;
+            while have < wanted {
+                let batch = (wanted - have).min(4);
+                let opened =
+                    futures::future::join_all((0..batch).map(|_| self.open_link(channels))).await;
+                let mut failed = None;
+                for r in opened {
+                    match r {
+                        Ok(l) => {
+                            self.links.lock().unwrap().push(l);
+                            have += 1;
+                        }
+                        Err(e) => failed = Some(e),
+                    }
+                }
+                if let Some(e) = failed {
+                    self.note(format!(
+                        "using {have} connection(s) instead of {wanted}: {e}"
+                    ));
+                    break;
+                }
             }
-        }
+        };
+        futures::join!(more_channels, more_connections);
     }
 
     fn note(&self, s: String) {
