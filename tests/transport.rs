@@ -30,8 +30,13 @@ fn pool(sshd: &Sshd, connections: usize, channels: usize) -> (tokio::runtime::Ru
         connections,
         channels,
         retry_for: Duration::from_secs(5),
+        one_connection_when_near: false,
     };
     let pool = rt.block_on(Pool::open(target, opts)).unwrap();
+    {
+        let _in_runtime = rt.enter();
+        pool.expand();
+    }
     (rt, pool)
 }
 

@@ -201,6 +201,9 @@ pub async fn pull_run(
         pool.close().await;
         return Ok(errors);
     }
+    if crate::sync::worth_more_sessions(&plan) {
+        pool.expand();
+    }
     let root = root.expect("destination opened");
     if !errors.is_empty() && args.delete {
         // An incomplete remote view must never decide deletions.

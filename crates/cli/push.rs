@@ -99,6 +99,29 @@ const RUN_BLOCKS: u64 = 4;
 /// a window update always finds data ready to go.
 const LANE_DEPTH: usize = 4;
 
+/// Files in flight per session (see [`Push::slot`]).
+#[derive(Default)]
+pub struct Slots {
+    per_session: std::sync::atomic::AtomicUsize,
+    load: Mutex<HashMap<usize, usize>>,
+    freed: tokio::sync::Notify,
+}
+
+/// One file's place on a session; given back on drop.
+struct Slot<'a> {
+    slots: &'a Slots,
+    key: usize,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        if let Some(n) = self.slots.load.lock().unwrap().get_mut(&self.key) {
+            *n = n.saturating_sub(1);
+        }
+        self.slots.freed.notify_one();
+    }
+}
+
 /// Groups block indices into runs of at most `max` consecutive blocks.
 fn runs(blocks: &[u64], max: u64) -> VecDeque<Range<u64>> {
     let mut out: VecDeque<Range<u64>> = VecDeque::new();
@@ -138,6 +161,33 @@ impl ReadAhead {
     }
 }
 
+/// Reorders file actions round-robin across their directories. Creating a
+/// file takes its directory's lock on the server, and a filesystem's inode
+/// allocator works per directory group: files in flight together should land
+/// in different directories, not queue on one (measured on ext4: sftp-servers
+/// spinning on the directory lock took a third of the server's CPU).
+fn across_directories(files: Vec<Action>) -> Vec<Action> {
+    let mut by_dir: Vec<(PathBuf, VecDeque<Action>)> = Vec::new();
+    let mut index: HashMap<PathBuf, usize> = HashMap::new();
+    for a in files {
+        let dir = a.path().parent().map(Path::to_path_buf).unwrap_or_default();
+        let i = *index.entry(dir.clone()).or_insert_with(|| {
+            by_dir.push((dir, VecDeque::new()));
+            by_dir.len() - 1
+        });
+        by_dir[i].1.push_back(a);
+    }
+    let mut out = Vec::with_capacity(by_dir.iter().map(|(_, q)| q.len()).sum());
+    // Each round takes one action from every directory that still has some.
+    while !by_dir.is_empty() {
+        for (_, q) in by_dir.iter_mut() {
+            out.extend(q.pop_front());
+        }
+        by_dir.retain(|(_, q)| !q.is_empty());
+    }
+    out
+}
+
 fn block_len(size: u64, index: u64) -> u64 {
     (size - index * BLOCK_SIZE).min(BLOCK_SIZE)
 }
@@ -166,6 +216,7 @@ pub struct Push {
     pub partials: Mutex<HashMap<Vec<u8>, Partial>>,
     pub manifest: Mutex<Manifest>,
     pub data: ReadAhead,
+    pub slots: Slots,
 }
 
 impl Push {
@@ -215,8 +266,23 @@ impl Push {
                 .await;
             errors.extend(results.into_iter().filter_map(Result::err));
         }
-        // Sized for the whole pool: sessions keep joining while work starts.
-        let concurrency = 16 * self.pool.capacity();
+        let files = across_directories(files);
+        // Sized for the whole pool (sessions keep joining while work starts):
+        // a small file costs three round trips, so across latency only many
+        // files in flight keep the link busy. Bounded by the server's handle
+        // limit; the bytes they hold are bounded by the read-ahead budget.
+        let handles = self
+            .pool
+            .session()
+            .await
+            .map_or(0, |s| s.limits.max_open_handles);
+        let per_session = if handles > 0 {
+            (handles / 2).clamp(8, 64) as usize
+        } else {
+            16
+        };
+        self.slots.per_session.store(per_session, Ordering::Relaxed);
+        let concurrency = per_session * self.pool.capacity();
         let results: Vec<Result<(), String>> = stream::iter(files)
             .map(|a| async move { self.file_action(a).await })
             .buffer_unordered(concurrency)
@@ -248,6 +314,41 @@ impl Push {
             errors.extend(results.into_iter().filter_map(Result::err));
         }
         errors
+    }
+
+    /// A session for one file: the least loaded, once it has a free slot.
+    /// The file stays on it: a session answers in order, so a file queued
+    /// behind many others waits for all of them while sessions that joined
+    /// later sit idle (measured: 512 small files dealt round-robin while only
+    /// the first session was up stalled for five seconds).
+    async fn slot(&self) -> Result<(Arc<Sftp>, Slot<'_>), Error> {
+        loop {
+            let live = self.pool.sessions();
+            if live.is_empty() {
+                self.pool.repair().await?;
+                continue;
+            }
+            {
+                let mut load = self.slots.load.lock().unwrap();
+                let key = |s: &Arc<Sftp>| Arc::as_ptr(s) as usize;
+                let best = live
+                    .iter()
+                    .min_by_key(|s| load.get(&key(s)).copied().unwrap_or(0))
+                    .expect("sessions are not empty");
+                let n = load.entry(key(best)).or_insert(0);
+                if *n < self.slots.per_session.load(Ordering::Relaxed).max(1) {
+                    *n += 1;
+                    let slot = Slot {
+                        slots: &self.slots,
+                        key: key(best),
+                    };
+                    return Ok((best.clone(), slot));
+                }
+            }
+            // All full: wait for a file to finish (or a session to join).
+            let wait = self.slots.freed.notified();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), wait).await;
+        }
     }
 
     /// Runs `f` on a session, retrying on another (or a reconnected) one when the link drops.
@@ -376,7 +477,7 @@ impl Push {
         let mut delta = delta;
         let mut pipelined = true;
         loop {
-            let s = self.pool.session().await?;
+            let (s, _slot) = self.slot().await?;
             let attempt = match &delta {
                 Some((send, reuse)) if self.run.opts.inplace => {
                     self.send_inplace(&s, &key, e, &file, send).await

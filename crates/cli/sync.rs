@@ -174,7 +174,7 @@ pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Poo
     let connections = if interactive_auth {
         1
     } else {
-        args.connections.max(1)
+        args.connections.unwrap_or(2).max(1)
     };
     let pool = Pool::open(
         target,
@@ -182,6 +182,7 @@ pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Poo
             connections,
             channels: args.channels.max(1),
             retry_for: args.retry_for,
+            one_connection_when_near: args.connections.is_none(),
         },
     )
     .await
@@ -387,6 +388,9 @@ async fn push_run(
         pool.close().await;
         return Ok(errors);
     }
+    if worth_more_sessions(&plan) {
+        pool.expand();
+    }
     if !errors.is_empty() && args.delete {
         // Scan errors mean the source view is incomplete: never delete on it.
         run.warn("not deleting anything: the source could not be read completely");
@@ -424,6 +428,7 @@ async fn push_run(
         manifest: Mutex::new(manifest),
         // 8 MiB per session: two lanes' worth of runs in flight.
         data: push::ReadAhead::new((pool.capacity() as u64 * (8 << 20)).clamp(32 << 20, 256 << 20)),
+        slots: Default::default(),
     });
     push::adopt_unchanged(&job, &listing.tree);
 
@@ -470,6 +475,20 @@ async fn push_run(
     close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
     run.phase("closed");
     Ok(errors)
+}
+
+/// Whether a plan has enough work to repay opening the pool's other
+/// channels and connections (see [`Pool::expand`]): a few files go at once
+/// over the first session.
+pub fn worth_more_sessions(plan: &robosync_planner::Plan) -> bool {
+    const BYTES: u64 = 8 << 20;
+    const FILES: usize = 16;
+    let files = plan
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Mkdir { .. }))
+        .count();
+    files >= FILES || plan.bytes_to_send(robosync_scanner::BLOCK_SIZE) >= BYTES
 }
 
 /// The end of every run: keep the stat cache, report the pool's notes

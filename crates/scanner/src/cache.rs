@@ -35,7 +35,12 @@ const MIN_RECORD: u64 = 4 + 32 + 32 + 4;
 #[derive(Debug, Clone, Default)]
 pub struct StatCache {
     /// Sorted by path bytes, unique.
-    files: Vec<CachedFile>,
+    records: Vec<CachedFile>,
+    /// Every record's path, back to back (one allocation, not one per file:
+    /// this is most of the scanner's memory on a million-file tree).
+    paths: Vec<u8>,
+    /// Block hashes of files over one block, back to back.
+    blocks: Vec<[u8; 32]>,
 }
 
 /// How close to the scan's start an mtime makes a file "racy" (not cached).
@@ -44,12 +49,56 @@ pub struct StatCache {
 /// kernel's coarse clock, which stamps files up to a tick behind the real time.
 pub const RACY_WINDOW_NS: i64 = 2_000_000_000;
 
+/// One file: its paths and blocks end where the next file's begin.
 #[derive(Debug, Clone)]
-pub(crate) struct CachedFile {
-    pub path: Box<[u8]>,
-    pub key: StatKey,
-    pub whole: [u8; 32],
-    pub blocks: Box<[[u8; 32]]>,
+struct CachedFile {
+    key: StatKey,
+    whole: [u8; 32],
+    path_end: u64,
+    blocks_end: u64,
+}
+
+/// Builds a [`StatCache`] from files given in path order.
+#[derive(Debug, Default)]
+pub(crate) struct CacheBuilder {
+    cache: StatCache,
+}
+
+impl CacheBuilder {
+    pub(crate) fn with_capacity(files: usize) -> CacheBuilder {
+        CacheBuilder {
+            cache: StatCache {
+                records: Vec::with_capacity(files),
+                ..StatCache::default()
+            },
+        }
+    }
+
+    /// Whether `path` sorts after every path pushed so far.
+    pub(crate) fn is_next(&self, path: &[u8]) -> bool {
+        let c = &self.cache;
+        c.records.is_empty() || c.path(c.records.len() - 1) < path
+    }
+
+    /// `path` must sort after every path pushed before ([`Self::is_next`]).
+    pub(crate) fn push(&mut self, path: &[u8], key: StatKey, whole: [u8; 32], blocks: &[[u8; 32]]) {
+        debug_assert!(self.is_next(path));
+        let c = &mut self.cache;
+        c.paths.extend_from_slice(path);
+        c.blocks.extend_from_slice(blocks);
+        c.records.push(CachedFile {
+            key,
+            whole,
+            path_end: c.paths.len() as u64,
+            blocks_end: c.blocks.len() as u64,
+        });
+    }
+
+    pub(crate) fn finish(mut self) -> StatCache {
+        self.cache.paths.shrink_to_fit();
+        self.cache.blocks.shrink_to_fit();
+        self.cache
+    }
 }
 
 impl StatCache {
@@ -93,43 +142,68 @@ impl StatCache {
 
     /// Number of files remembered.
     pub fn len(&self) -> usize {
-        self.files.len()
+        self.records.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
+        self.records.is_empty()
+    }
+
+    fn path(&self, i: usize) -> &[u8] {
+        let start = if i == 0 {
+            0
+        } else {
+            self.records[i - 1].path_end
+        };
+        &self.paths[start as usize..self.records[i].path_end as usize]
+    }
+
+    fn blocks(&self, i: usize) -> &[[u8; 32]] {
+        let start = if i == 0 {
+            0
+        } else {
+            self.records[i - 1].blocks_end
+        };
+        &self.blocks[start as usize..self.records[i].blocks_end as usize]
     }
 
     pub(crate) fn lookup(&self, path: &Path, key: StatKey) -> Option<Digest> {
         let path = path.as_os_str().as_bytes();
-        let index = self.files.binary_search_by(|f| (*f.path).cmp(path)).ok()?;
-        let file = &self.files[index];
-        (file.key == key).then(|| Digest {
-            whole: file.whole,
-            blocks: file.blocks.to_vec(),
-        })
-    }
-
-    /// `files` must be sorted by path and unique.
-    pub(crate) fn from_sorted(files: Vec<CachedFile>) -> StatCache {
-        debug_assert!(files.windows(2).all(|w| w[0].path < w[1].path));
-        StatCache { files }
+        let mut lo = 0;
+        let mut hi = self.records.len();
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            match self.path(mid).cmp(path) {
+                std::cmp::Ordering::Less => lo = mid + 1,
+                std::cmp::Ordering::Greater => hi = mid,
+                std::cmp::Ordering::Equal => {
+                    let file = &self.records[mid];
+                    return (file.key == key).then(|| Digest {
+                        whole: file.whole,
+                        blocks: self.blocks(mid).to_vec(),
+                    });
+                }
+            }
+        }
+        None
     }
 
     fn write_records(&self, out: &mut impl Write) -> io::Result<()> {
         out.write_all(MAGIC)?;
         out.write_all(&BLOCK_SIZE.to_le_bytes())?;
-        out.write_all(&(self.files.len() as u64).to_le_bytes())?;
-        for file in &self.files {
-            out.write_all(&(file.path.len() as u32).to_le_bytes())?;
-            out.write_all(&file.path)?;
+        out.write_all(&(self.records.len() as u64).to_le_bytes())?;
+        for (i, file) in self.records.iter().enumerate() {
+            let path = self.path(i);
+            out.write_all(&(path.len() as u32).to_le_bytes())?;
+            out.write_all(path)?;
             out.write_all(&file.key.size.to_le_bytes())?;
             out.write_all(&file.key.mtime_ns.to_le_bytes())?;
             out.write_all(&file.key.ctime_ns.to_le_bytes())?;
             out.write_all(&file.key.ino.to_le_bytes())?;
             out.write_all(&file.whole)?;
-            out.write_all(&(file.blocks.len() as u32).to_le_bytes())?;
-            for block in file.blocks.iter() {
+            let blocks = self.blocks(i);
+            out.write_all(&(blocks.len() as u32).to_le_bytes())?;
+            for block in blocks {
                 out.write_all(block)?;
             }
         }
@@ -151,13 +225,14 @@ fn read_cache<R: Read>(mut input: HashingReader<R>, file_len: u64) -> io::Result
     if count > file_len / MIN_RECORD {
         return Err(corrupt());
     }
-    let mut files: Vec<CachedFile> = Vec::with_capacity(count as usize);
+    let mut files = CacheBuilder::with_capacity(count as usize);
+    let mut path = Vec::new();
     for _ in 0..count {
         let path_len = input.u32()? as u64;
         if path_len > file_len {
             return Err(corrupt());
         }
-        let mut path = vec![0; path_len as usize].into_boxed_slice();
+        path.resize(path_len as usize, 0);
         input.read_exact(&mut path)?;
         let key = StatKey {
             size: input.u64()?,
@@ -177,16 +252,11 @@ fn read_cache<R: Read>(mut input: HashingReader<R>, file_len: u64) -> io::Result
         }
         let blocks = (0..block_count)
             .map(|_| input.hash())
-            .collect::<io::Result<_>>()?;
-        if files.last().is_some_and(|last| last.path >= path) {
+            .collect::<io::Result<Vec<_>>>()?;
+        if !files.is_next(&path) {
             return Err(corrupt());
         }
-        files.push(CachedFile {
-            path,
-            key,
-            whole,
-            blocks,
-        });
+        files.push(&path, key, whole, &blocks);
     }
     let computed = input.hasher.finalize();
     let mut stored = [0; 32];
@@ -195,7 +265,7 @@ fn read_cache<R: Read>(mut input: HashingReader<R>, file_len: u64) -> io::Result
     if computed != stored || input.inner.read(&mut trailing)? != 0 {
         return Err(corrupt());
     }
-    Ok(StatCache { files })
+    Ok(files.finish())
 }
 
 struct HashingReader<R> {

@@ -11,7 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use rayon::prelude::*;
 
-use crate::cache::{CachedFile, RACY_WINDOW_NS};
+use crate::cache::{CacheBuilder, RACY_WINDOW_NS};
 use crate::hash::{hash_file, StatKey};
 use crate::{
     cmp_paths, Entry, EntryKind, ScanError, ScanOptions, ScanStats, Skipped, Snapshot, SpecialKind,
@@ -45,6 +45,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
     };
     rayon::scope(|s| walk.walk_dir(s, PathBuf::new(), root_dir));
 
+    let racy_from_ns = walk.racy_from_ns;
     let stats = ScanStats {
         files_hashed: walk.files_hashed.into_inner(),
         bytes_hashed: walk.bytes_hashed.into_inner(),
@@ -68,28 +69,26 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
 
     // Drop the old cache before building the new one: peak memory is one cache.
     *cache = StatCache::default();
-    let mut cached = Vec::with_capacity(items.iter().filter(|i| i.cacheable).count());
-    let entries = items
-        .into_iter()
-        .map(|item| {
-            if let (true, Some(digest)) = (item.cacheable, &item.entry.digest) {
-                let key = StatKey {
-                    size: item.entry.size,
-                    mtime_ns: item.entry.mtime_ns,
-                    ctime_ns: item.ctime_ns,
-                    ino: item.ino,
-                };
-                cached.push(CachedFile {
-                    path: item.entry.path.as_os_str().as_bytes().into(),
-                    key,
-                    whole: digest.whole,
-                    blocks: digest.blocks.as_slice().into(),
-                });
-            }
-            item.entry
-        })
-        .collect();
-    *cache = StatCache::from_sorted(cached);
+    let cacheable = |i: &Item| i.entry.digest.is_some() && i.entry.mtime_ns < racy_from_ns;
+    let mut cached = CacheBuilder::with_capacity(items.iter().filter(|i| cacheable(i)).count());
+    for item in items.iter().filter(|i| cacheable(i)) {
+        let digest = item
+            .entry
+            .digest
+            .as_ref()
+            .expect("cacheable files have digests");
+        let key = StatKey {
+            size: item.entry.size,
+            mtime_ns: item.entry.mtime_ns,
+            ctime_ns: item.ctime_ns,
+            ino: item.ino,
+        };
+        let path = item.entry.path.as_os_str().as_bytes();
+        cached.push(path, key, digest.whole, &digest.blocks);
+    }
+    *cache = cached.finish();
+    // In place: the items' buffer becomes the entries' (same allocation).
+    let entries = items.into_iter().map(|item| item.entry).collect();
     Ok(Snapshot {
         entries,
         errors,
@@ -100,11 +99,9 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
 
 struct Item {
     entry: Entry,
-    /// With `entry.size` and `entry.mtime_ns`, the file's stat cache key.
+    /// With `entry.size` and `entry.mtime_ns`, a file's stat cache key.
     ctime_ns: i64,
     ino: u64,
-    /// A file with a digest and an mtime outside the racy window.
-    cacheable: bool,
 }
 
 struct Walk<'a> {
@@ -273,14 +270,12 @@ impl<'a> Walk<'a> {
             entry,
             ctime_ns: 0,
             ino: 0,
-            cacheable: false,
         }
     }
 
     fn set_cache_key(&self, item: &mut Item, key: StatKey) {
         item.ctime_ns = key.ctime_ns;
         item.ino = key.ino;
-        item.cacheable = key.mtime_ns < self.racy_from_ns;
     }
 
     fn io_error(&self, path: PathBuf, op: &str, e: io::Error) {

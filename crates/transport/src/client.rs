@@ -82,6 +82,8 @@ pub struct Sftp {
     pub extensions: Extensions,
     /// Who we talk to, for error messages.
     pub peer: String,
+    /// One request's round trip, timed when the session opened.
+    pub rtt: Duration,
 }
 
 const BUDGET_UNIT: usize = 1024;
@@ -147,6 +149,7 @@ impl Sftp {
             limits: Limits::default(),
             extensions,
             peer: peer.to_string(),
+            rtt: Duration::ZERO,
         };
         tokio::spawn(read_replies(
             rd,
@@ -154,9 +157,14 @@ impl Sftp {
             sftp.dead.clone(),
             peer.to_string(),
         ));
+        let asked = std::time::Instant::now();
         if sftp.extensions.limits {
             sftp.limits = sftp.query_limits().await?;
+        } else {
+            // Any cheap request times the link; its answer does not matter.
+            let _ = sftp.stat(b".").await;
         }
+        sftp.rtt = asked.elapsed();
         Ok(sftp)
     }
 

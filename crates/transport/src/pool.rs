@@ -20,7 +20,14 @@ pub struct PoolOptions {
     pub channels: usize,
     /// Keep reconnecting this long after a drop before giving up.
     pub retry_for: Duration,
+    /// Open only one connection when the server is near (round trip under
+    /// [`NEAR`]): there one connection's channels already outrun the
+    /// windows, and every extra login costs the server a shell and CPU.
+    pub one_connection_when_near: bool,
 }
+
+/// A round trip shorter than this means a LAN or the same host.
+pub const NEAR: Duration = Duration::from_millis(2);
 
 struct Link {
     conn: Option<Arc<Connection>>,
@@ -58,22 +65,38 @@ impl Pool {
             grower: Mutex::new(None),
         });
         let first = pool.open_link(1).await?;
-        let conn = first.conn.clone();
         pool.links.lock().unwrap().push(first);
-        let grower = pool.clone();
-        let task = tokio::spawn(async move { grower.grow(conn).await });
-        *pool.grower.lock().unwrap() = Some(task);
         Ok(pool)
     }
 
-    async fn grow(self: Arc<Self>, conn: Option<Arc<Connection>>) {
+    /// Opens the other channels and connections in the background; they join
+    /// as they come. Called once a run knows it has work for them: each costs
+    /// the server a fork, a login shell (where the site's wrapper runs) and an
+    /// sftp-server, which a no-change rerun or a handful of files never repays.
+    /// Only the first call does anything.
+    pub fn expand(self: &Arc<Self>) {
+        let mut grower = self.grower.lock().unwrap();
+        if grower.is_some() {
+            return;
+        }
+        let (conn, on_first) = match self.links.lock().unwrap().first() {
+            Some(l) => (l.conn.clone(), l.sessions.len()),
+            None => (None, 0),
+        };
+        let pool = self.clone();
+        *grower = Some(tokio::spawn(async move { pool.grow(conn, on_first).await }));
+    }
+
+    async fn grow(self: Arc<Self>, conn: Option<Arc<Connection>>, on_first: usize) {
         // The first connection's other channels and the other connections
         // open at the same time: across latency each costs several round
         // trips, and a run should not wait for them one after another.
         let channels = self.opts.channels.max(1);
+        // Counted before anything is added (extra channels form links of their own).
+        let connected = self.links.lock().unwrap().len().max(1);
         let more_channels = async {
-            if channels > 1 {
-                match self.extend_link(conn, channels - 1, 1).await {
+            if channels > on_first && on_first > 0 {
+                match self.extend_link(conn, channels - on_first, on_first).await {
                     Ok(l) => self.links.lock().unwrap().push(l),
                     Err(e) => self.note(format!(
                         "server allowed 1 SFTP channel per connection, not {channels} ({e})"
@@ -84,8 +107,13 @@ impl Pool {
         // Further logins in small concurrent batches, well under sshd's
         // MaxStartups (10 unauthenticated connections by default).
         let more_connections = async {
-            let wanted = self.opts.connections.max(1);
-            let mut have = 1;
+            let near = self.sessions().first().is_some_and(|s| s.rtt < NEAR);
+            let wanted = if near && self.opts.one_connection_when_near {
+                1
+            } else {
+                self.opts.connections.max(1)
+            };
+            let mut have = connected;
             while have < wanted {
                 let batch = (wanted - have).min(4);
                 let opened =
