@@ -98,16 +98,28 @@ pub fn run(cmd: &mut Command, scratch: &Path, timeout: Duration) -> Ran {
     }
 }
 
-/// Regular files and their total size under `root` (0, 0 if it does not exist).
+/// Regular files under `root`, their total size, and a digest of every
+/// (path, content) pair, so a run that put the right bytes under the wrong
+/// names, or the wrong bytes in files of the right sizes, does not count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Tally {
     pub files: u64,
     pub bytes: u64,
+    pub content: [u8; 32],
 }
 
 impl std::fmt::Display for Tally {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} files, {} bytes", self.files, self.bytes)
+        write!(
+            f,
+            "{} files, {} bytes, content digest {:02x}{:02x}{:02x}{:02x}…",
+            self.files,
+            self.bytes,
+            self.content[0],
+            self.content[1],
+            self.content[2],
+            self.content[3]
+        )
     }
 }
 
@@ -128,7 +140,18 @@ pub fn tally(root: &Path) -> Tally {
                 stack.push(e.path());
             } else if ft.is_file() {
                 t.files += 1;
-                t.bytes += e.metadata().map_or(0, |m| m.len());
+                let data = fs::read(e.path()).unwrap_or_default();
+                t.bytes += data.len() as u64;
+                // Order-free: XOR of BLAKE3(relative path, BLAKE3(content)).
+                let rel = e.path();
+                let rel = rel.strip_prefix(root).unwrap_or(&rel);
+                let mut pair = rel.as_os_str().as_encoded_bytes().to_vec();
+                pair.push(0);
+                pair.extend_from_slice(&robosync_scanner::hash_bytes(&data).whole);
+                let h = robosync_scanner::hash_bytes(&pair).whole;
+                for (acc, b) in t.content.iter_mut().zip(h) {
+                    *acc ^= b;
+                }
             }
         }
     }

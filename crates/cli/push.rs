@@ -704,11 +704,12 @@ impl Push {
         self.finish(s, handle, written, &temp, key, e, true).await
     }
 
-    /// A file that fits in one WRITE: write, set attributes and close are sent
-    /// back to back, then rename and lstat, so a small file costs three round
-    /// trips instead of six (what matters across a WAN). Requests issued from
-    /// one task in a `join!` go out in order: the byte budget and the writer
-    /// queue are both FIFO, and SFTP servers answer a channel's requests in order.
+    /// A file that fits in one WRITE: write, set attributes and close go out
+    /// as one ordered batch, then rename and lstat as another, so a small file
+    /// costs three round trips instead of six (what matters across a WAN).
+    /// Batches, not concurrent futures: only a batch guarantees the order on
+    /// the wire, and a CLOSE that overtakes its WRITE frees the handle for the
+    /// server to give to another file (see `Sftp::batch`).
     async fn send_small(
         &self,
         s: &Sftp,
@@ -723,28 +724,16 @@ impl Push {
         file.read_exact_at(&mut data, 0)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
         let attrs = final_attrs(e);
-        let write = async {
-            if data.is_empty() {
-                Ok(())
-            } else {
-                s.write(&handle, 0, &data).await
-            }
-        };
-        let (w, a, c) = futures::join!(write, s.fsetstat(&handle, &attrs), s.close(&handle));
-        w.and(a).and(c)?;
+        s.write_and_close(&handle, 0, &data, Some(&attrs))
+            .await
+            .map_err(|x| x.at_path(temp))?;
         self.run.add_bytes(data.len() as u64);
         self.unchanged_since_scan(e)?;
         let dest = self.abs(key);
-        let stat = if s.extensions.posix_rename {
-            let (r, st) = futures::join!(s.rename(temp, &dest), s.lstat(&dest));
-            r.map_err(|x| x.with_path("rename", &dest))?;
-            st?
-        } else {
-            s.rename(temp, &dest)
-                .await
-                .map_err(|x| x.with_path("rename", &dest))?;
-            s.lstat(&dest).await?
-        };
+        let stat = s
+            .rename_and_lstat(temp, &dest)
+            .await
+            .map_err(|x| x.with_path("rename", &dest))?;
         if self.run.opts.verify {
             self.verify_remote_file(s, &dest, e).await?;
         }

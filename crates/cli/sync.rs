@@ -595,8 +595,8 @@ pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec
 }
 
 /// Writes a small remote file atomically (temp + rename) in three round
-/// trips: OPEN (creating the directory only if that fails), WRITEs with the
-/// CLOSE in one flight, RENAME.
+/// trips: OPEN (creating the directory only if that fails), WRITEs and CLOSE
+/// as one ordered batch, RENAME.
 pub async fn write_small(
     s: &robosync_transport::Sftp,
     path: &[u8],
@@ -615,13 +615,6 @@ pub async fn write_small(
         }
         Err(e) => return Err(e),
     };
-    let chunk = s.limits.max_write as usize;
-    let writes = data
-        .chunks(chunk)
-        .enumerate()
-        .map(|(i, c)| s.write(&h, (i * chunk) as u64, c));
-    let (r, c) = futures::join!(futures::future::try_join_all(writes), s.close(&h));
-    r?;
-    c?;
+    s.write_and_close(&h, 0, data, None).await?;
     s.rename(&tmp, path).await
 }
