@@ -149,11 +149,18 @@ impl Peer {
                     Side::Local(_) => "put",
                     Side::Remote(_) => "get",
                 };
+                // A pull fetches the directory's entries (the glob, outside
+                // the quotes) into `dst`: `get -r DIR DST` with an existing
+                // DST would nest the tree one level down, in DST/DIR.
+                let glob = match from {
+                    Side::Local(_) => "",
+                    Side::Remote(_) => "/*",
+                };
                 let batch = job.scratch.join("sftp.batch");
                 fs::write(
                     &batch,
                     format!(
-                        "{verb} -r \"{}\" \"{}\"\n",
+                        "{verb} -r \"{}\"{glob} \"{}\"\n",
                         from.path().display(),
                         to.path().display()
                     ),
