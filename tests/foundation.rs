@@ -125,3 +125,55 @@ fn t_key() -> String {
     robosync_testbed::keygen(&k);
     fs::read_to_string(k.with_extension("pub")).unwrap()
 }
+
+/// Directory mtimes end as the source's: after a first push, after a file
+/// is added inside one directory, and after someone changed one at the
+/// destination; a directory nothing touched keeps its time through reruns.
+#[test]
+fn directory_mtimes_follow_the_source() {
+    use std::os::unix::fs::MetadataExt;
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("a/one"), b"1");
+    write(&src.join("b/two"), b"2");
+    set_mtime(&src.join("a"), 1_600_000_000);
+    set_mtime(&src.join("b"), 1_600_000_100);
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+    let mtime = |p: &std::path::Path| fs::metadata(p).unwrap().mtime();
+    let push = || {
+        run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    };
+
+    push();
+    assert_eq!(mtime(&dest.join("a")), 1_600_000_000);
+    assert_eq!(mtime(&dest.join("b")), 1_600_000_100);
+
+    write(&src.join("a/three"), b"3");
+    set_mtime(&src.join("a"), 1_600_000_200);
+    push();
+    assert_eq!(mtime(&dest.join("a")), 1_600_000_200, "a file landed in a/");
+    assert_eq!(mtime(&dest.join("b")), 1_600_000_100);
+
+    // A changed file lands by rename, which moves its directory's mtime at
+    // the destination though the source directory's did not change.
+    write(&src.join("b/two"), b"two, longer");
+    set_mtime(&src.join("b"), 1_600_000_100);
+    push();
+    assert_eq!(
+        mtime(&dest.join("b")),
+        1_600_000_100,
+        "a file was replaced in b/"
+    );
+
+    set_mtime(&dest.join("b"), 1_700_000_000);
+    push();
+    assert_eq!(
+        mtime(&dest.join("b")),
+        1_600_000_100,
+        "changed at the destination"
+    );
+    assert_eq!(mtime(&dest.join("a")), 1_600_000_200);
+    assert_same_tree(&src, &dest);
+}

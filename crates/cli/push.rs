@@ -217,6 +217,8 @@ pub struct Push {
     pub manifest: Mutex<Manifest>,
     pub data: ReadAhead,
     pub slots: Slots,
+    /// Directories the listing showed with the source's mode and mtime.
+    pub dirs_in_place: std::collections::HashSet<PathBuf>,
 }
 
 impl Push {
@@ -232,6 +234,16 @@ impl Push {
     /// files and links (concurrently), then directory attributes.
     pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) -> Vec<String> {
         let mut errors = Vec::new();
+        // Directories whose attributes this call may disturb: new ones, and
+        // those where something is created, renamed or removed.
+        let touched: std::collections::HashSet<PathBuf> = actions
+            .iter()
+            .flat_map(|a| {
+                let here = matches!(a, Action::Mkdir { .. }).then(|| a.path().to_path_buf());
+                let parent = a.path().parent().map(Path::to_path_buf);
+                here.into_iter().chain(parent)
+            })
+            .collect();
         // Deletions before any directory are wrong-kind removals; the plan's
         // trailing `--delete` removals arrive in their own call (all Deletes).
         let (mut pre, mut dirs, mut files) = (Vec::new(), Vec::new(), Vec::new());
@@ -289,12 +301,15 @@ impl Push {
             .collect()
             .await;
         errors.extend(results.into_iter().filter_map(Result::err));
-        // Directory mtimes last: writing files inside changed them.
+        // Directory mtimes last: writing files inside changed them. Those the
+        // listing showed right and nothing touched are left alone (a rerun
+        // of a big tree would otherwise re-set every directory).
         if errors.is_empty() {
             let dirs: Vec<PathBuf> = self
                 .entries
                 .values()
                 .filter(|e| matches!(e.kind, robosync_scanner::EntryKind::Dir))
+                .filter(|e| touched.contains(&e.path) || !self.dirs_in_place.contains(&e.path))
                 .map(|e| e.path.clone())
                 .collect();
             let results: Vec<Result<(), String>> = stream::iter(dirs)
@@ -1082,6 +1097,26 @@ pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<
         out.extend_from_slice(&p.unwrap_or_default());
     }
     Ok(out)
+}
+
+/// Directories the destination already holds with the source's mode and
+/// mtime (whole seconds, as SFTP v3 carries them).
+pub fn dirs_in_place(
+    entries: &HashMap<PathBuf, Entry>,
+    dest: &Tree,
+) -> std::collections::HashSet<PathBuf> {
+    entries
+        .values()
+        .filter(|e| matches!(e.kind, robosync_scanner::EntryKind::Dir))
+        .filter(|e| {
+            dest.nodes.get(&e.path).is_some_and(|n| {
+                n.kind == Kind::Dir
+                    && n.mode == e.mode & 0o7777
+                    && n.mtime == i64::from(mtime_secs(e))
+            })
+        })
+        .map(|e| e.path.clone())
+        .collect()
 }
 
 /// Remote tree nodes as the planner sees them, for files the manifest lacks

@@ -418,6 +418,7 @@ async fn push_run(
         .into_iter()
         .map(|e| (e.path.clone(), e))
         .collect();
+    let dirs_in_place = push::dirs_in_place(&entries, &listing.tree);
     let job = Arc::new(push::Push {
         run: run.clone(),
         pool: pool.clone(),
@@ -429,6 +430,7 @@ async fn push_run(
         // 8 MiB per session: two lanes' worth of runs in flight.
         data: push::ReadAhead::new((pool.capacity() as u64 * (8 << 20)).clamp(32 << 20, 256 << 20)),
         slots: Default::default(),
+        dirs_in_place,
     });
     push::adopt_unchanged(&job, &listing.tree);
 
