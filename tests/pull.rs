@@ -315,3 +315,56 @@ fn sigkill_during_pull_then_rerun_fetches_the_rest_once() {
         "received {received} bytes for {total} bytes of data (allowed {allowed})"
     );
 }
+
+/// A local file whose bytes changed under the same size and mtime is
+/// fetched again: the destination's content hash must match what robosync
+/// wrote, not just its stat. (Here the edit moves the ctime, so the stat cache
+/// rehashes it even without `--checksum`; `--checksum` rehashes every local
+/// file, which is what catches rot that leaves every timestamp alone.)
+#[test]
+fn pull_refetches_a_local_file_changed_under_the_same_size_and_mtime() {
+    let sshd = Sshd::start();
+    let src = sshd.mkdir("src");
+    write(&src.join("data/a.bin"), &bytes(100_000, 1));
+    write(&src.join("data/b.bin"), &bytes(50_000, 2));
+    let t = tempdir();
+    let dest = t.path().join("dest");
+    let state = t.path().join("state");
+    let pull = |extra: &[&str]| {
+        run(robosync(&sshd, &state)
+            .args(extra)
+            .arg("--json")
+            .arg(remote(&src))
+            .arg(&dest))
+        .success()
+    };
+    let victim = dest.join("data/a.bin");
+    let rot = || {
+        use std::os::unix::fs::MetadataExt;
+        let mtime = fs::metadata(&victim).unwrap().mtime();
+        let mut rotten = fs::read(&victim).unwrap();
+        rotten[500] ^= 0xff;
+        fs::write(&victim, &rotten).unwrap();
+        set_mtime(&victim, mtime);
+    };
+    pull(&[]);
+    assert_same_tree(&src, &dest);
+
+    rot();
+    let plain = pull(&[]);
+    assert_eq!(plain.json()["files_transferred"], 1, "{}", plain.stdout());
+    assert_same_tree(&src, &dest);
+
+    let intact = pull(&["--checksum"]);
+    assert_eq!(intact.json()["files_transferred"], 0, "{}", intact.stdout());
+
+    rot();
+    let checked = pull(&["--checksum"]);
+    assert_eq!(
+        checked.json()["files_transferred"],
+        1,
+        "{}",
+        checked.stdout()
+    );
+    assert_same_tree(&src, &dest);
+}

@@ -69,7 +69,8 @@ pub struct Args {
     /// With --delete, move entries into DIR (a destination path) instead of deleting them.
     #[arg(long, value_name = "DIR")]
     pub backup_dir: Option<PathBuf>,
-    /// Ignore the stat cache: rehash every source file.
+    /// Ignore the stat cache: rehash every local file (a push's source, a
+    /// pull's destination) instead of trusting unchanged size and times.
     #[arg(short = 'c', long)]
     pub checksum: bool,
     /// After landing, read files back and compare BLAKE3.

@@ -92,14 +92,21 @@ pub async fn pull_run(
         let root = local_root.to_path_buf();
         let cache_path = paths.stat_cache.clone();
         let filter = filter.clone();
+        let checksum = args.checksum;
         tokio::task::spawn_blocking(move || {
-            let mut cache = StatCache::load(&cache_path);
+            // --checksum: re-read every local file, so one whose bytes
+            // changed under an unchanged stat is noticed and fetched again.
+            let mut cache = if checksum {
+                StatCache::default()
+            } else {
+                StatCache::load(&cache_path)
+            };
             if !exists {
                 return (Ok(Snapshot::default()), cache);
             }
             let opts = ScanOptions {
                 filter,
-                ignore_cache: false,
+                ignore_cache: checksum,
             };
             (robosync_scanner::scan(&root, &opts, &mut cache), cache)
         })

@@ -246,9 +246,14 @@ fn key(p: &Path) -> Vec<u8> {
     p.as_os_str().as_bytes().to_vec()
 }
 
-/// Whether the destination still holds what the record says robosync wrote.
+/// Whether the destination still holds what the record says robosync wrote:
+/// same stat and, where the destination's content hash is known (a pull's
+/// local files), same content.
 fn dest_matches_record(d: &Node, r: &Record) -> bool {
-    d.kind == Kind::File && d.size == r.remote_size && d.mtime == r.remote_mtime
+    d.kind == Kind::File
+        && d.size == r.remote_size
+        && d.mtime == r.remote_mtime
+        && d.whole.is_none_or(|w| w == r.whole)
 }
 
 /// Compares `source` with `dest` (and what `manifest` says robosync wrote there).
