@@ -171,6 +171,44 @@ fn drifted_remote_is_copied_whole_with_a_warning() {
 }
 
 #[test]
+fn destination_with_other_content_under_the_recorded_stat_is_copied_whole() {
+    // A pull's destination is local and hashed: same size and mtime as
+    // recorded, other bytes. Without hashes (a push's remote) it would pass.
+    let old = file(4, 5, &[1, 2]);
+    let mut local = old.clone();
+    local.whole = Some([9; 32]);
+    let m = manifest(&[("f", record_of(&old, 5))]);
+    let p = plan(
+        &tree(&[("f", old.clone())]),
+        &tree(&[("f", local)]),
+        Some(&m),
+        "src",
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        p.actions[0],
+        Action::Copy {
+            reason: Reason::Drifted,
+            ..
+        }
+    ));
+
+    let mut unhashed = old.clone();
+    unhashed.whole = None;
+    let p = plan(
+        &tree(&[("f", old.clone())]),
+        &tree(&[("f", unhashed)]),
+        Some(&m),
+        "src",
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(p.actions.is_empty());
+    assert_eq!(p.unchanged, 1);
+}
+
+#[test]
 fn mode_only_change_sets_attributes() {
     let s = file(10, 5, &[1]);
     let mut d = s.clone();
