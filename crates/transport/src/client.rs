@@ -221,7 +221,11 @@ impl Sftp {
     /// overtook the WRITE and FSETSTAT before it, the server reused the
     /// handle, and the WRITE landed in another file). Dependent requests go
     /// through here.
-    async fn batch(&self, requests: Vec<Request<'_>>) -> Result<Vec<Reply>, Error> {
+    async fn batch(
+        &self,
+        requests: Vec<Request<'_>>,
+        timeout: Duration,
+    ) -> Result<Vec<Reply>, Error> {
         let max_units = self.budget_bytes / BUDGET_UNIT;
         let units: usize = requests
             .iter()
@@ -248,6 +252,8 @@ impl Sftp {
                 pending.push((id, rx));
             }
         }
+        // A dead link can leave a write waiting forever for window space:
+        // bound the write by the request timeout too.
         match tokio::time::timeout(self.timeout, self.writer.send(bytes)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
@@ -261,17 +267,18 @@ impl Sftp {
         }
         let mut replies = Vec::with_capacity(pending.len());
         for (id, rx) in pending {
-            match tokio::time::timeout(self.timeout, rx).await {
+            match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => replies.push(reply),
                 Ok(Err(_)) => return Err(self.lost()),
                 Err(_) => {
                     if let Some(map) = self.waiters.lock().unwrap().as_mut() {
                         map.remove(&id);
                     }
-                    self.mark_dead(format!("no reply within {:?}", self.timeout));
+                    // A server that stops answering is as good as gone: retire the session.
+                    self.mark_dead(format!("no reply within {timeout:?}"));
                     return Err(Error::Timeout {
                         peer: self.peer.clone(),
-                        after: self.timeout,
+                        after: timeout,
                     });
                 }
             }
@@ -308,7 +315,7 @@ impl Sftp {
         }
         requests.push(Request::new(proto::FXP_CLOSE, 0, move |p| p.bytes(handle)));
         ops.push("close");
-        let replies = self.batch(requests).await?;
+        let replies = self.batch(requests, self.timeout).await?;
         for (op, reply) in ops.into_iter().zip(replies) {
             match reply {
                 Reply::Status { code: 0, .. } => {}
@@ -330,12 +337,15 @@ impl Sftp {
         }
         let name = "posix-rename@openssh.com";
         let replies = self
-            .batch(vec![
-                Request::new(proto::FXP_EXTENDED, 0, move |p| {
-                    p.bytes(name.as_bytes()).bytes(from).bytes(to)
-                }),
-                Request::new(proto::FXP_LSTAT, 0, move |p| p.bytes(to)),
-            ])
+            .batch(
+                vec![
+                    Request::new(proto::FXP_EXTENDED, 0, move |p| {
+                        p.bytes(name.as_bytes()).bytes(from).bytes(to)
+                    }),
+                    Request::new(proto::FXP_LSTAT, 0, move |p| p.bytes(to)),
+                ],
+                self.timeout,
+            )
             .await?;
         let mut replies = replies.into_iter();
         match replies.next() {
@@ -365,7 +375,7 @@ impl Sftp {
         &self,
         kind: u8,
         cost: usize,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<Reply, Error> {
         self.call_within(kind, cost, self.timeout, build).await
     }
@@ -377,53 +387,12 @@ impl Sftp {
         kind: u8,
         cost: usize,
         timeout: Duration,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<Reply, Error> {
-        let units = (cost / BUDGET_UNIT).clamp(1, self.budget_bytes / BUDGET_UNIT) as u32;
-        let _permit = self
-            .budget
-            .acquire_many(units)
-            .await
-            .expect("budget semaphore is never closed");
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut w = self.waiters.lock().unwrap();
-            match w.as_mut() {
-                Some(map) => map.insert(id, tx),
-                None => return Err(self.lost()),
-            };
-        }
-        let bytes = build(Packet::new(kind, id)).finish();
-        // A dead link can leave a write waiting forever for window space:
-        // bound the write by the request timeout too.
-        let sent = tokio::time::timeout(self.timeout, self.writer.send(bytes)).await;
-        match sent {
-            Ok(Ok(())) => {}
-            Ok(Err(_)) => {
-                self.mark_dead("the SFTP stream closed".into());
-                return Err(self.lost());
-            }
-            Err(_) => {
-                self.mark_dead(format!("could not send for {:?}", self.timeout));
-                return Err(self.lost());
-            }
-        }
-        match tokio::time::timeout(timeout, rx).await {
-            Ok(Ok(reply)) => Ok(reply),
-            Ok(Err(_)) => Err(self.lost()),
-            Err(_) => {
-                if let Some(map) = self.waiters.lock().unwrap().as_mut() {
-                    map.remove(&id);
-                }
-                // A server that stops answering is as good as gone: retire the session.
-                self.mark_dead(format!("no reply within {timeout:?}"));
-                Err(Error::Timeout {
-                    peer: self.peer.clone(),
-                    after: timeout,
-                })
-            }
-        }
+        let mut replies = self
+            .batch(vec![Request::new(kind, cost, build)], timeout)
+            .await?;
+        Ok(replies.pop().expect("one reply per request"))
     }
 
     /// Ends the session now: every request in flight fails with "connection
@@ -466,7 +435,7 @@ impl Sftp {
         op: &'static str,
         path: &[u8],
         kind: u8,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<(), Error> {
         match self.call(kind, 0, build).await? {
             Reply::Status { code: 0, .. } => Ok(()),
@@ -480,7 +449,7 @@ impl Sftp {
         op: &'static str,
         path: &[u8],
         kind: u8,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<Vec<u8>, Error> {
         match self.call(kind, 0, build).await? {
             Reply::Handle(h) => Ok(h),
@@ -494,7 +463,7 @@ impl Sftp {
         op: &'static str,
         path: &[u8],
         kind: u8,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<Attrs, Error> {
         match self.call(kind, 0, build).await? {
             Reply::Attrs(a) => Ok(a),
@@ -508,7 +477,7 @@ impl Sftp {
         op: &'static str,
         path: &[u8],
         kind: u8,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<Vec<u8>, Error> {
         match self.call(kind, 0, build).await? {
             Reply::Name(mut n) if n.len() == 1 => Ok(n.pop().unwrap().filename),
@@ -697,7 +666,7 @@ impl Sftp {
     async fn extended(
         &self,
         name: &'static str,
-        build: impl FnOnce(Packet) -> Packet,
+        build: impl FnOnce(Packet) -> Packet + Send,
         cost: usize,
     ) -> Result<Vec<u8>, Error> {
         // Server-side work (copy-data, fsync) may run long on big files.
