@@ -26,7 +26,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
-use robosync_manifest::{state_paths, Journal, JournalRecord, Manifest, Record};
+use robosync_manifest::{state_paths, JournalRecord, Manifest, Record};
 use robosync_planner::{escape, plan, Action, Kind, Node, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
@@ -38,8 +38,8 @@ use crate::push::{partials, temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
-    choose_manifest, close_run, default_state_dir, fail, now_unix, open_pool, record_locally,
-    split_deletes, transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
+    choose_manifest, close_run, default_state_dir, fail, open_pool, record_locally, split_deletes,
+    transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
 };
 use crate::Args;
 
@@ -226,22 +226,7 @@ pub async fn pull_run(
         None => None,
     };
 
-    std::fs::create_dir_all(&paths.dir).map_err(|e| {
-        fail(
-            EXIT_USAGE,
-            format!("cannot create state dir {}: {e}", paths.dir.display()),
-        )
-    })?;
-    let journal = Journal::open(&paths.journal).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    run.set_journal(journal);
-    manifest.run_id += 1;
-    manifest.written_at_unix = now_unix();
-    manifest.block_size = BLOCK_SIZE;
-    run.journal(&JournalRecord::RunStarted {
-        run_id: manifest.run_id,
-        unix: manifest.written_at_unix,
-    });
-    run.set_total(plan.bytes_to_send(BLOCK_SIZE));
+    crate::sync::start_journal(run, &paths, &mut manifest, &plan)?;
 
     source.nodes.retain(|p, _| !p.as_os_str().is_empty());
     let job = Arc::new(Pull {

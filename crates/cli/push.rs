@@ -735,7 +735,7 @@ impl Push {
         temp: &[u8],
         key: &[u8],
     ) -> Result<Attrs, Error> {
-        let _held = self.data.acquire(e.size).await;
+        let held = self.data.acquire(e.size).await;
         let mut data = vec![0u8; e.size as usize];
         file.read_exact_at(&mut data, 0)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
@@ -744,6 +744,8 @@ impl Push {
             .await
             .map_err(|x| x.at_path(temp))?;
         self.run.add_bytes(data.len() as u64);
+        // The bytes are on the server: free the read-ahead before the rename's round trip.
+        drop((data, held));
         self.unchanged_since_scan(e)?;
         let dest = self.abs(key);
         let stat = s

@@ -396,22 +396,7 @@ async fn push_run(
         run.warn("not deleting anything: the source could not be read completely");
     }
 
-    std::fs::create_dir_all(&paths.dir).map_err(|e| {
-        fail(
-            EXIT_USAGE,
-            format!("cannot create state dir {}: {e}", paths.dir.display()),
-        )
-    })?;
-    let journal = Journal::open(&paths.journal).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    run.set_journal(journal);
-    manifest.run_id += 1;
-    manifest.written_at_unix = now_unix();
-    manifest.block_size = robosync_scanner::BLOCK_SIZE;
-    run.journal(&JournalRecord::RunStarted {
-        run_id: manifest.run_id,
-        unix: manifest.written_at_unix,
-    });
-    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+    start_journal(run, &paths, &mut manifest, &plan)?;
 
     let entries: HashMap<PathBuf, _> = snap
         .entries
@@ -477,6 +462,33 @@ async fn push_run(
     close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
     run.phase("closed");
     Ok(errors)
+}
+
+/// Opens the run's journal (creating the state directory), numbers the run
+/// in `manifest` and records its start; the progress total comes from `plan`.
+pub fn start_journal(
+    run: &Run,
+    paths: &robosync_manifest::StatePaths,
+    manifest: &mut Manifest,
+    plan: &robosync_planner::Plan,
+) -> Result<(), Failure> {
+    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot create state dir {}: {e}", paths.dir.display()),
+        )
+    })?;
+    let journal = Journal::open(&paths.journal).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    run.set_journal(journal);
+    manifest.run_id += 1;
+    manifest.written_at_unix = now_unix();
+    manifest.block_size = robosync_scanner::BLOCK_SIZE;
+    run.journal(&JournalRecord::RunStarted {
+        run_id: manifest.run_id,
+        unix: manifest.written_at_unix,
+    });
+    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+    Ok(())
 }
 
 /// Whether a plan has enough work to repay opening the pool's other

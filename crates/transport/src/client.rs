@@ -248,7 +248,13 @@ impl Sftp {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 map.insert(id, tx);
-                bytes.extend_from_slice(&(r.build)(Packet::new(r.kind, id)).finish());
+                let packet = (r.build)(Packet::new(r.kind, id)).finish();
+                // The common single request moves its packet, not copies it.
+                if bytes.is_empty() {
+                    bytes = packet;
+                } else {
+                    bytes.extend_from_slice(&packet);
+                }
                 pending.push((id, rx));
             }
         }

@@ -57,10 +57,7 @@ impl Error {
     /// Attaches a path to a status error that lacked one, keeping its operation.
     pub fn at_path(self, path: &[u8]) -> Error {
         match self {
-            Error::Status { op, .. } => {
-                let op: &'static str = op;
-                self.with_path(op, path)
-            }
+            Error::Status { op, .. } => self.with_path(op, path),
             e => e,
         }
     }
