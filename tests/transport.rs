@@ -30,7 +30,7 @@ fn pool(sshd: &Sshd, connections: usize, channels: usize) -> (tokio::runtime::Ru
         connections,
         channels,
         retry_for: Duration::from_secs(5),
-        one_connection_when_near: false,
+        when_near: None,
     };
     let pool = rt.block_on(Pool::open(target, opts)).unwrap();
     {

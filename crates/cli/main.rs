@@ -95,9 +95,9 @@ pub struct Args {
     /// SSH connections to open [default: 2; 1 to a host under 2 ms away].
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
-    /// SFTP channels per connection.
-    #[arg(long, default_value_t = 4, value_name = "M")]
-    pub channels: usize,
+    /// SFTP channels per connection [default: 8; 4 to a host under 2 ms away].
+    #[arg(long, value_name = "M")]
+    pub channels: Option<usize>,
     /// Keep reconnecting this long after the link drops (e.g. 30s, 10m, 1h).
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
     pub retry_for: Duration,

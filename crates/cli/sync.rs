@@ -180,9 +180,19 @@ pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Poo
         target,
         PoolOptions {
             connections,
-            channels: args.channels.max(1),
+            channels: args.channels.unwrap_or(8).max(1),
             retry_for: args.retry_for,
-            one_connection_when_near: args.connections.is_none(),
+            // Measured (README, "Choosing connections and channels"): across
+            // 50 ms, 2 × 8 channels moved 256 MiB 1.2× faster than 2 × 4;
+            // on loopback 1 × 4 is as fast as anything, for less server load.
+            when_near: (args.connections.is_none() || args.channels.is_none()).then(|| {
+                let near_connections = if args.connections.is_some() {
+                    connections
+                } else {
+                    1
+                };
+                (near_connections, args.channels.unwrap_or(4))
+            }),
         },
     )
     .await
@@ -355,7 +365,7 @@ async fn push_run(
         listing.tree.nodes.retain(|p, _| !p.starts_with(b));
     }
     let (mut manifest, pending) =
-        choose_manifest(run, &paths.manifest, &paths.journal, remote_copy);
+        choose_manifest(run, &paths.manifest, &paths.journal, remote_copy.clone());
     // Records of files no longer at the destination mean nothing.
     manifest
         .files
@@ -446,11 +456,15 @@ async fn push_run(
     let manifest = job.manifest.lock().unwrap().clone();
     record_locally(run, &manifest, &paths, &mut errors);
     run.phase("recorded locally");
-    let session = pool.session().await.map_err(transport_failure)?;
-    if let Err(e) = write_small(&session, &manifest_remote, &manifest.encode()).await {
-        run.warn(&format!(
-            "could not store the manifest copy on the destination: {e}"
-        ));
+    if copy_is_current(&manifest, remote_copy.as_deref()) {
+        run.note("the destination's manifest copy is current".into());
+    } else {
+        let session = pool.session().await.map_err(transport_failure)?;
+        if let Err(e) = write_small(&session, &manifest_remote, &manifest.encode()).await {
+            run.warn(&format!(
+                "could not store the manifest copy on the destination: {e}"
+            ));
+        }
     }
     run.phase("stored the manifest copy");
     if errors.is_empty() {
@@ -608,6 +622,14 @@ pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec
     (out.len() as u64 == size).then_some(out)
 }
 
+/// Whether the destination's manifest copy, as read at the start of the run,
+/// already holds exactly `manifest`'s records (a no-change rerun): storing it
+/// again would cost three round trips and change nothing but its date.
+fn copy_is_current(manifest: &Manifest, copy: Option<&[u8]>) -> bool {
+    copy.and_then(|b| Manifest::decode(b).ok())
+        .is_some_and(|old| old.block_size == manifest.block_size && old.files == manifest.files)
+}
+
 /// Writes a small remote file atomically (temp + rename) in three round
 /// trips: OPEN (creating the directory only if that fails), WRITEs and CLOSE
 /// as one ordered batch, RENAME.
@@ -631,4 +653,40 @@ pub async fn write_small(
     };
     s.write_and_close(&h, 0, data, None).await?;
     s.rename(&tmp, path).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use robosync_manifest::Record;
+
+    fn manifest(size: u64, run_id: u64) -> Manifest {
+        let mut m = Manifest {
+            block_size: 256 << 10,
+            written_at_unix: 1_700_000_000 + run_id as i64,
+            run_id,
+            ..Default::default()
+        };
+        let record = Record {
+            size,
+            mtime_ns: 1,
+            mode: 0o644,
+            whole: [7; 32],
+            blocks: vec![[7; 32]],
+            remote_size: size,
+            remote_mtime: 1,
+        };
+        m.files.insert(b"a/b".to_vec(), record);
+        m
+    }
+
+    #[test]
+    fn a_copy_with_the_same_records_is_current_whatever_its_date() {
+        let copy = manifest(10, 1).encode();
+        assert!(copy_is_current(&manifest(10, 2), Some(&copy)));
+        assert!(!copy_is_current(&manifest(11, 2), Some(&copy)));
+        assert!(!copy_is_current(&Manifest::default(), Some(&copy)));
+        assert!(!copy_is_current(&manifest(10, 2), None));
+        assert!(!copy_is_current(&manifest(10, 2), Some(b"not a manifest")));
+    }
 }

@@ -194,17 +194,25 @@ impl Sshd {
             .split_whitespace()
             .map(|a| format!("ListenAddress {a}\n"))
             .collect();
+        // The forced command runs as `$SHELL -c …`; Debian's bash then sources
+        // the login user's ~/.bashrc (SSH_SOURCE_BASHRC). Here that is the
+        // build machine's root dotfiles (measured: pyenv init, 121 ms of CPU
+        // per channel), not a robot node's: bash skips ~/.bashrc when it is
+        // not a top-level shell, which SHLVL=1 says. RHEL-family bash, as on
+        // the Alliance's robot nodes, never sources it for ssh commands.
+        const HERMETIC_SHELL: &str = "SetEnv SHLVL=1\n";
         let config = format!(
             "Port {port}\n{listen}HostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
              StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
              PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel DEBUG1\n\
-             MaxSessions {ms}\nMaxStartups 100:30:200\nSubsystem sftp {sftp}\n{extra}\n",
+             MaxSessions {ms}\nMaxStartups 100:30:200\nSubsystem sftp {sftp}\n{hermetic}{extra}\n",
             hk = host_key.display(),
             pid = d.join("sshd.pid").display(),
             ak = authorized_keys.display(),
             ms = b.max_sessions,
             sftp = s.sftp_server.display(),
             extra = extra.join("\n"),
+            hermetic = HERMETIC_SHELL,
         );
         let config_path = d.join("sshd_config");
         fs::write(&config_path, config).unwrap();

@@ -108,17 +108,37 @@ const BUDGET_UNIT: usize = 1024;
 
 impl Sftp {
     /// Runs the SFTP handshake on `stream` and starts the reply reader.
-    pub async fn start<S>(stream: S, peer: &str, opts: SessionOptions) -> Result<Sftp, Error>
+    pub async fn start<S>(mut stream: S, peer: &str, opts: SessionOptions) -> Result<Sftp, Error>
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut rd, mut wr) = tokio::io::split(stream);
         let io = |e: std::io::Error| Error::ConnectionLost {
             peer: peer.to_string(),
             detail: e.to_string(),
         };
-        wr.write_all(&Packet::init().finish()).await.map_err(io)?;
-        wr.flush().await.map_err(io)?;
+        stream.write_all(&Self::init()).await.map_err(io)?;
+        stream.flush().await.map_err(io)?;
+        Self::after_init(stream, Vec::new(), peer, opts).await
+    }
+
+    /// The INIT packet that opens every session.
+    pub fn init() -> Vec<u8> {
+        Packet::init().finish()
+    }
+
+    /// Finishes the handshake on a stream whose INIT is already sent (and
+    /// whose first `early` bytes were already read off it).
+    pub async fn after_init<S>(
+        stream: S,
+        early: Vec<u8>,
+        peer: &str,
+        opts: SessionOptions,
+    ) -> Result<Sftp, Error>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let (rd, mut wr) = tokio::io::split(stream);
+        let mut rd = std::io::Cursor::new(early).chain(rd);
         let body = read_first_packet(&mut rd, peer).await?;
         let (version, ext) = proto::decode_version(&body).map_err(|e| Error::Protocol {
             peer: peer.to_string(),

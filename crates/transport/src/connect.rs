@@ -731,10 +731,19 @@ impl Connection {
             .request_subsystem(true, "sftp")
             .await
             .map_err(|e| Error::Connect(format!("subsystem request failed: {e}")))?;
+        // INIT follows the request at once, as `ssh -s` does (sshd holds it
+        // for the server process): the version comes a round trip sooner.
+        channel
+            .data_bytes(Sftp::init())
+            .await
+            .map_err(|e| Error::Connect(format!("cannot start SFTP: {e}")))?;
         // The reply to want_reply comes as a message; a refusal is Failure.
+        // Output that overtakes it (a wrapper's message) is kept for the handshake.
+        let mut early = Vec::new();
         loop {
             match channel.wait().await {
                 Some(ChannelMsg::Success) => break,
+                Some(ChannelMsg::Data { data }) => early.extend_from_slice(&data),
                 Some(ChannelMsg::Failure) => {
                     return Err(Error::Refused {
                         peer: self.peer.clone(),
@@ -751,7 +760,7 @@ impl Connection {
                 }
             }
         }
-        Sftp::start(channel.into_stream(), &self.peer, opts).await
+        Sftp::after_init(channel.into_stream(), early, &self.peer, opts).await
     }
 
     pub fn is_closed(&self) -> bool {

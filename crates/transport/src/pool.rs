@@ -20,10 +20,11 @@ pub struct PoolOptions {
     pub channels: usize,
     /// Keep reconnecting this long after a drop before giving up.
     pub retry_for: Duration,
-    /// Open only one connection when the server is near (round trip under
-    /// [`NEAR`]): there one connection's channels already outrun the
-    /// windows, and every extra login costs the server a shell and CPU.
-    pub one_connection_when_near: bool,
+    /// Connections and channels per connection to use instead when the
+    /// server is near (round trip under [`NEAR`]): there the CPU, not the
+    /// 2 MiB channel windows, limits throughput, and every extra login or
+    /// channel costs the server a shell and an sftp-server.
+    pub when_near: Option<(usize, usize)>,
 }
 
 /// A round trip shorter than this means a LAN or the same host.
@@ -45,6 +46,8 @@ pub struct Pool {
     pub reconnects: AtomicUsize,
     /// The background task adding channels and connections.
     grower: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Whether the first session found the server near (see [`NEAR`]).
+    near: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -63,10 +66,22 @@ impl Pool {
             notes: Mutex::new(Vec::new()),
             reconnects: AtomicUsize::new(0),
             grower: Mutex::new(None),
+            near: Default::default(),
         });
         let first = pool.open_link(1).await?;
+        let near = first.sessions.first().is_some_and(|s| s.rtt < NEAR);
+        pool.near.store(near, Ordering::Relaxed);
         pool.links.lock().unwrap().push(first);
         Ok(pool)
+    }
+
+    /// (connections, channels per connection) this pool aims for.
+    fn shape(&self) -> (usize, usize) {
+        let (c, m) = match self.opts.when_near {
+            Some(s) if self.near.load(Ordering::Relaxed) => s,
+            _ => (self.opts.connections, self.opts.channels),
+        };
+        (c.max(1), m.max(1))
     }
 
     /// Opens the other channels and connections in the background; they join
@@ -91,7 +106,7 @@ impl Pool {
         // The first connection's other channels and the other connections
         // open at the same time: across latency each costs several round
         // trips, and a run should not wait for them one after another.
-        let channels = self.opts.channels.max(1);
+        let (wanted, channels) = self.shape();
         // Counted before anything is added (extra channels form links of their own).
         let connected = self.links.lock().unwrap().len().max(1);
         let more_channels = async {
@@ -107,12 +122,6 @@ impl Pool {
         // Further logins in small concurrent batches, well under sshd's
         // MaxStartups (10 unauthenticated connections by default).
         let more_connections = async {
-            let near = self.sessions().first().is_some_and(|s| s.rtt < NEAR);
-            let wanted = if near && self.opts.one_connection_when_near {
-                1
-            } else {
-                self.opts.connections.max(1)
-            };
             let mut have = connected;
             while have < wanted {
                 let batch = (wanted - have).min(4);
@@ -205,7 +214,7 @@ impl Pool {
             self.note(format!(
                 "server allowed {} SFTP channel(s) per connection, not {} ({e})",
                 sessions.len() + already,
-                self.opts.channels
+                self.shape().1
             ));
             if sessions.is_empty() {
                 return Err(Error::Connect("no further channels".into()));
@@ -242,7 +251,8 @@ impl Pool {
 
     /// Sessions the pool aims for (connections × channels).
     pub fn capacity(&self) -> usize {
-        self.opts.connections.max(1) * self.opts.channels.max(1)
+        let (c, m) = self.shape();
+        c * m
     }
 
     /// All live sessions now.
@@ -287,7 +297,7 @@ impl Pool {
         let mut delay = Duration::from_millis(250);
         let mut last = None;
         while Instant::now() < deadline {
-            match self.open_link(self.opts.channels.max(1)).await {
+            match self.open_link(self.shape().1).await {
                 Ok(l) => {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.links.lock().unwrap().push(l);
