@@ -206,3 +206,34 @@ fn more_channels_than_max_sessions_falls_back() {
     );
     assert_same_tree(&src, &dest);
 }
+
+/// Across latency the second connection logs in alongside the first (see
+/// `Pool::open_expecting`); the pool must still end with exactly the
+/// connections asked for, and a no-change rerun must open no extra one.
+#[test]
+fn a_distant_push_opens_each_connection_once() {
+    let sshd = Sshd::start();
+    let shaping = robosync_testbed::Shaping {
+        one_way_delay: Duration::from_millis(40),
+        rate: 0,
+    };
+    let proxy = Proxy::with_shaping(sshd.port, shaping);
+    let cfg = via_proxy(&sshd, &proxy);
+    let t = tempdir();
+    let src = t.path().join("src");
+    small_files(&src, 200);
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+    let push = || {
+        run(robosync_with(&cfg, &state)
+            .args(["--connections", "2", "--channels", "2"])
+            .arg(&src)
+            .arg(remote(&dest)))
+        .success()
+    };
+    push();
+    assert_eq!(proxy.stats().connections, 2, "{:?}", proxy.stats());
+    assert_same_tree(&src, &dest);
+    push();
+    assert_eq!(proxy.stats().connections, 3, "{:?}", proxy.stats());
+}

@@ -111,7 +111,8 @@ pub async fn pull_run(
             (robosync_scanner::scan(&root, &opts, &mut cache), cache)
         })
     };
-    let pool = open_pool(args, run, target).await?;
+    // What a pull has to do is known only from the listing.
+    let pool = open_pool(args, run, target, async { false }).await?;
     let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
         .await
         .map_err(transport_failure)?;

@@ -167,7 +167,14 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
     })
 }
 
-pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Pool>, Failure> {
+/// Opens the pool; `work` says (once the scan knows) whether the run will
+/// likely have enough to do for more connections (see [`Pool::open_expecting`]).
+pub async fn open_pool(
+    args: &Args,
+    run: &Run,
+    target: Target,
+    work: impl std::future::Future<Output = bool> + Send + 'static,
+) -> Result<Arc<Pool>, Failure> {
     // MFA hosts: one login, all channels on it (see connect::needs_interactive_auth).
     let interactive_auth = target.ssh_program.is_none()
         && robosync_transport::connect::needs_interactive_auth(&target.config);
@@ -176,7 +183,7 @@ pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Poo
     } else {
         args.connections.unwrap_or(2).max(1)
     };
-    let pool = Pool::open(
+    let pool = Pool::open_expecting(
         target,
         PoolOptions {
             connections,
@@ -194,6 +201,7 @@ pub async fn open_pool(args: &Args, run: &Run, target: Target) -> Result<Arc<Poo
                 (near_connections, args.channels.unwrap_or(4))
             }),
         },
+        work,
     )
     .await
     .map_err(transport_failure)?;
@@ -279,6 +287,8 @@ async fn push_run(
     let scan_root = local_root.to_path_buf();
     let cache_path = paths.stat_cache.clone();
     let checksum = args.checksum;
+    let (predict, work) = tokio::sync::oneshot::channel();
+    let manifest_path = paths.manifest.clone();
     let scan = tokio::task::spawn_blocking(move || {
         let mut cache = if checksum {
             StatCache::default()
@@ -290,9 +300,12 @@ async fn push_run(
             ignore_cache: checksum,
         };
         let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
+        if let Ok(snap) = &snap {
+            let _ = predict.send(likely_work(snap, &manifest_path));
+        }
         (snap, cache)
     });
-    let pool = open_pool(args, run, target).await?;
+    let pool = open_pool(args, run, target, async { work.await.unwrap_or(false) }).await?;
     run.phase("connected");
     let (snap, cache) = scan.await.expect("scan task panicked");
     run.phase("scanned");
@@ -509,14 +522,39 @@ pub fn start_journal(
 /// channels and connections (see [`Pool::expand`]): a few files go at once
 /// over the first session.
 pub fn worth_more_sessions(plan: &robosync_planner::Plan) -> bool {
-    const BYTES: u64 = 8 << 20;
-    const FILES: usize = 16;
     let files = plan
         .actions
         .iter()
         .filter(|a| !matches!(a, Action::Mkdir { .. }))
         .count();
-    files >= FILES || plan.bytes_to_send(robosync_scanner::BLOCK_SIZE) >= BYTES
+    enough_work(files, plan.bytes_to_send(robosync_scanner::BLOCK_SIZE))
+}
+
+fn enough_work(files: usize, bytes: u64) -> bool {
+    files >= 16 || bytes >= 8 << 20
+}
+
+/// A guess, before anything is listed, at whether a push will have enough to
+/// do for [`worth_more_sessions`]: the files the local manifest does not
+/// record as already at the destination with this size and mtime. No
+/// manifest (a first push) means everything.
+fn likely_work(snap: &robosync_scanner::Snapshot, manifest: &Path) -> bool {
+    let known = Manifest::load(manifest).ok().flatten().unwrap_or_default();
+    let (mut files, mut bytes) = (0, 0);
+    for e in &snap.entries {
+        if !matches!(e.kind, robosync_scanner::EntryKind::File) {
+            continue;
+        }
+        let same = known
+            .files
+            .get(std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str()))
+            .is_some_and(|r| r.size == e.size && r.mtime_ns == e.mtime_ns);
+        if !same {
+            files += 1;
+            bytes += e.size;
+        }
+    }
+    enough_work(files, bytes)
 }
 
 /// The end of every run: keep the stat cache, report the pool's notes

@@ -436,8 +436,13 @@ async fn resolve_addrs(cfg: &HostConfig) -> Result<Vec<SocketAddr>, Error> {
 }
 
 impl Connection {
-    /// Connects and authenticates as `ssh host` would.
-    pub async fn open(target: &Target) -> Result<Connection, Error> {
+    /// Connects and authenticates as `ssh host` would. `handshake` learns
+    /// how long connecting and the key exchange took, before authentication
+    /// starts: a hint of the server's distance (see `Pool::open`).
+    pub async fn open(
+        target: &Target,
+        mut handshake: Option<tokio::sync::oneshot::Sender<Duration>>,
+    ) -> Result<Connection, Error> {
         let cfg = target.config.clone();
         let peer = target.peer();
         let mut notes = cfg.warnings.clone();
@@ -468,6 +473,7 @@ impl Connection {
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            let started = std::time::Instant::now();
             match Self::dial(target, &cfg).await {
                 Ok((stream, addr)) => {
                     let refusal = Arc::new(Mutex::new(None));
@@ -493,6 +499,9 @@ impl Connection {
                                 continue;
                             }
                         };
+                    if let Some(tx) = handshake.take() {
+                        let _ = tx.send(started.elapsed());
+                    }
                     notes.extend(key_notes.lock().unwrap().drain(..));
                     let mut conn = Connection {
                         handle,

@@ -30,6 +30,11 @@ pub struct PoolOptions {
 /// A round trip shorter than this means a LAN or the same host.
 pub const NEAR: Duration = Duration::from_millis(2);
 
+/// Connecting plus the key exchange (two round trips and the crypto) taking
+/// longer than this means a distant server: about 20 ms away or more
+/// (measured: 16 ms on loopback, 112 ms across a 50 ms round trip).
+pub const FAR_HANDSHAKE: Duration = Duration::from_millis(50);
+
 struct Link {
     conn: Option<Arc<Connection>>,
     sessions: Vec<Arc<Sftp>>,
@@ -48,6 +53,8 @@ pub struct Pool {
     grower: Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Whether the first session found the server near (see [`NEAR`]).
     near: std::sync::atomic::AtomicBool,
+    /// Connections opened early, alongside the first (see [`Pool::open_expecting`]).
+    early: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Pool {
@@ -57,6 +64,20 @@ impl Pool {
     /// (each channel costs the server a fork and an sftp-server start, so a
     /// small run should not wait for all of them). Refusals mean fewer.
     pub async fn open(target: Target, opts: PoolOptions) -> Result<Arc<Pool>, Error> {
+        Self::open_expecting(target, opts, async { false }).await
+    }
+
+    /// [`Pool::open`], and when the first key exchange shows a distant
+    /// server ([`FAR_HANDSHAKE`]) and `work` says the run has enough to do,
+    /// the other connections log in at once, alongside the first one's
+    /// authentication, rather than after the plan: across 50 ms they join
+    /// about half a second sooner (measured: 256 MiB pushed in 1.93 s
+    /// instead of 2.15 s).
+    pub async fn open_expecting(
+        target: Target,
+        opts: PoolOptions,
+        work: impl std::future::Future<Output = bool> + Send + 'static,
+    ) -> Result<Arc<Pool>, Error> {
         let pool = Arc::new(Pool {
             target,
             opts,
@@ -67,8 +88,29 @@ impl Pool {
             reconnects: AtomicUsize::new(0),
             grower: Mutex::new(None),
             near: Default::default(),
+            early: Mutex::new(None),
         });
-        let first = pool.open_link(1).await?;
+        let (handshake, took) = tokio::sync::oneshot::channel();
+        let early = pool.clone();
+        // (An `ssh` program per session reports no handshake: nothing early.)
+        *pool.early.lock().unwrap() = pool.target.ssh_program.is_none().then(|| {
+            tokio::spawn(async move {
+                let Ok(took) = took.await else { return };
+                if took < FAR_HANDSHAKE || early.opts.connections < 2 || !work.await {
+                    return;
+                }
+                // The first connection is still authenticating: it counts.
+                let (wanted, channels) = (early.opts.connections, early.opts.channels.max(1));
+                early.more_connections(1, wanted, channels).await;
+            })
+        });
+        let first = match pool.open_link(1, Some(handshake)).await {
+            Ok(l) => l,
+            Err(e) => {
+                pool.stop_early();
+                return Err(e);
+            }
+        };
         let near = first.sessions.first().is_some_and(|s| s.rtt < NEAR);
         pool.near.store(near, Ordering::Relaxed);
         pool.links.lock().unwrap().push(first);
@@ -119,33 +161,65 @@ impl Pool {
                 }
             }
         };
-        // Further logins in small concurrent batches, well under sshd's
-        // MaxStartups (10 unauthenticated connections by default).
+        // Further logins, after any opened early (counted once they are in).
         let more_connections = async {
-            let mut have = connected;
-            while have < wanted {
-                let batch = (wanted - have).min(4);
-                let opened =
-                    futures::future::join_all((0..batch).map(|_| self.open_link(channels))).await;
-                let mut failed = None;
-                for r in opened {
-                    match r {
-                        Ok(l) => {
-                            self.links.lock().unwrap().push(l);
-                            have += 1;
-                        }
-                        Err(e) => failed = Some(e),
-                    }
+            let early = self.early.lock().unwrap().take();
+            let have = match early {
+                Some(task) => {
+                    let _ = task.await;
+                    self.connections().max(1)
                 }
-                if let Some(e) = failed {
-                    self.note(format!(
-                        "using {have} connection(s) instead of {wanted}: {e}"
-                    ));
-                    break;
-                }
-            }
+                None => connected,
+            };
+            self.more_connections(have, wanted, channels).await;
         };
         futures::join!(more_channels, more_connections);
+    }
+
+    /// Logs in until there are `wanted` connections, counting `have`, in
+    /// small concurrent batches well under sshd's MaxStartups (10
+    /// unauthenticated connections by default); stops at the first refusal.
+    async fn more_connections(&self, mut have: usize, wanted: usize, channels: usize) {
+        while have < wanted {
+            let batch = (wanted - have).min(4);
+            let opened =
+                futures::future::join_all((0..batch).map(|_| self.open_link(channels, None))).await;
+            let mut failed = None;
+            for r in opened {
+                match r {
+                    Ok(l) => {
+                        self.links.lock().unwrap().push(l);
+                        have += 1;
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+            if let Some(e) = failed {
+                self.note(format!(
+                    "using {have} connection(s) instead of {wanted}: {e}"
+                ));
+                break;
+            }
+        }
+    }
+
+    /// Distinct SSH connections now (extra channels form links of their own).
+    fn connections(&self) -> usize {
+        let mut seen: Vec<*const Connection> = Vec::new();
+        for l in self.links.lock().unwrap().iter() {
+            if let Some(c) = &l.conn {
+                if !seen.contains(&Arc::as_ptr(c)) {
+                    seen.push(Arc::as_ptr(c));
+                }
+            }
+        }
+        seen.len()
+    }
+
+    fn stop_early(&self) {
+        if let Some(task) = self.early.lock().unwrap().take() {
+            task.abort();
+        }
     }
 
     fn note(&self, s: String) {
@@ -154,7 +228,11 @@ impl Pool {
 
     /// Opens one connection and its channels, bounded in time: a handshake
     /// through a link that died mid-way must not hang the run.
-    async fn open_link(&self, channels: usize) -> Result<Link, Error> {
+    async fn open_link(
+        &self,
+        channels: usize,
+        handshake: Option<tokio::sync::oneshot::Sender<Duration>>,
+    ) -> Result<Link, Error> {
         let limit = self
             .target
             .config
@@ -165,7 +243,7 @@ impl Pool {
             let conn = if self.target.ssh_program.is_some() {
                 None
             } else {
-                let c = Arc::new(Connection::open(&self.target).await?);
+                let c = Arc::new(Connection::open(&self.target, handshake).await?);
                 for n in c.notes.iter() {
                     self.note(n.clone());
                 }
@@ -239,6 +317,7 @@ impl Pool {
     /// Ends the background growth: waits for it (so its notes are complete)
     /// or, when nobody will read them, stops it.
     pub async fn settle(&self, wait: bool) {
+        self.stop_early();
         let Some(task) = self.grower.lock().unwrap().take() else {
             return;
         };
@@ -297,7 +376,7 @@ impl Pool {
         let mut delay = Duration::from_millis(250);
         let mut last = None;
         while Instant::now() < deadline {
-            match self.open_link(self.shape().1).await {
+            match self.open_link(self.shape().1, None).await {
                 Ok(l) => {
                     self.reconnects.fetch_add(1, Ordering::Relaxed);
                     self.links.lock().unwrap().push(l);
@@ -325,6 +404,7 @@ impl Pool {
     }
 
     pub async fn close(&self) {
+        self.stop_early();
         let conns: Vec<_> = self
             .links
             .lock()
