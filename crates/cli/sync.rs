@@ -189,7 +189,7 @@ pub async fn open_pool(
             connections,
             channels: args.channels.unwrap_or(8).max(1),
             retry_for: args.retry_for,
-            // Measured (README, "Choosing connections and channels"): across
+            // Measured (README, Benchmarks): across
             // 50 ms, 2 × 8 channels moved 256 MiB 1.2× faster than 2 × 4;
             // on loopback 1 × 4 is as fast as anything, for less server load.
             when_near: (args.connections.is_none() || args.channels.is_none()).then(|| {

@@ -55,6 +55,8 @@ pub struct Pool {
     near: std::sync::atomic::AtomicBool,
     /// Connections opened early, alongside the first (see [`Pool::open_expecting`]).
     early: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The server refused a further login: asking again would only repeat that.
+    refused_more: std::sync::atomic::AtomicBool,
 }
 
 impl Pool {
@@ -89,6 +91,7 @@ impl Pool {
             grower: Mutex::new(None),
             near: Default::default(),
             early: Mutex::new(None),
+            refused_more: Default::default(),
         });
         let (handshake, took) = tokio::sync::oneshot::channel();
         let early = pool.clone();
@@ -180,7 +183,7 @@ impl Pool {
     /// small concurrent batches well under sshd's MaxStartups (10
     /// unauthenticated connections by default); stops at the first refusal.
     async fn more_connections(&self, mut have: usize, wanted: usize, channels: usize) {
-        while have < wanted {
+        while have < wanted && !self.refused_more.load(Ordering::Relaxed) {
             let batch = (wanted - have).min(4);
             let opened =
                 futures::future::join_all((0..batch).map(|_| self.open_link(channels, None))).await;
@@ -195,10 +198,10 @@ impl Pool {
                 }
             }
             if let Some(e) = failed {
+                self.refused_more.store(true, Ordering::Relaxed);
                 self.note(format!(
                     "using {have} connection(s) instead of {wanted}: {e}"
                 ));
-                break;
             }
         }
     }
