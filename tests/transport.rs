@@ -207,17 +207,21 @@ fn more_channels_than_max_sessions_falls_back() {
     assert_same_tree(&src, &dest);
 }
 
+fn distant(sshd: &Sshd) -> Proxy {
+    let shaping = robosync_testbed::Shaping {
+        one_way_delay: Duration::from_millis(40),
+        rate: 0,
+    };
+    Proxy::with_shaping(sshd.port, shaping)
+}
+
 /// Across latency the second connection logs in alongside the first (see
 /// `Pool::open_expecting`); the pool must still end with exactly the
 /// connections asked for, and a no-change rerun must open no extra one.
 #[test]
 fn a_distant_push_opens_each_connection_once() {
     let sshd = Sshd::start();
-    let shaping = robosync_testbed::Shaping {
-        one_way_delay: Duration::from_millis(40),
-        rate: 0,
-    };
-    let proxy = Proxy::with_shaping(sshd.port, shaping);
+    let proxy = distant(&sshd);
     let cfg = via_proxy(&sshd, &proxy);
     let t = tempdir();
     let src = t.path().join("src");
@@ -236,4 +240,31 @@ fn a_distant_push_opens_each_connection_once() {
     assert_same_tree(&src, &dest);
     push();
     assert_eq!(proxy.stats().connections, 3, "{:?}", proxy.stats());
+}
+
+/// The early logins wait for the first to succeed: a refused key is offered
+/// once per run, not once per connection (sites count failed logins).
+#[test]
+fn a_refused_key_is_not_tried_again_by_early_connections() {
+    let sshd = Sshd::start();
+    let proxy = distant(&sshd);
+    let t = tempdir();
+    let stranger = t.path().join("stranger_ed25519");
+    robosync_testbed::keygen(&stranger);
+    let cfg = via_proxy(&sshd, &proxy);
+    let text = fs::read_to_string(&cfg).unwrap().replace(
+        &sshd.client_key.display().to_string(),
+        &stranger.display().to_string(),
+    );
+    fs::write(&cfg, text).unwrap();
+    let src = t.path().join("src");
+    small_files(&src, 200);
+    let dest = sshd.mkdir("dest");
+    let r = run(robosync_with(&cfg, &t.path().join("state"))
+        .args(["--connections", "4", "--retry-for", "0s"])
+        .arg(&src)
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
+    assert_eq!(proxy.stats().connections, 1, "{:?}", proxy.stats());
 }

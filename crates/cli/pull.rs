@@ -170,7 +170,8 @@ pub async fn pull_run(
     let local_copy = root
         .as_ref()
         .and_then(|r| r.read_small(&[STATE_DIR, b"/manifest"].concat()));
-    let (mut manifest, pending) = choose_manifest(run, &paths.manifest, &paths.journal, local_copy);
+    let local = robosync_manifest::compact(&paths.manifest, &paths.journal);
+    let (mut manifest, pending) = choose_manifest(run, local, &paths, local_copy);
     // Records of files no longer at the destination mean nothing.
     manifest
         .files

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
-use robosync_manifest::{compact, pick_newer, state_paths, Journal, JournalRecord, Manifest};
+use robosync_manifest::{
+    compact, pick_newer, state_paths, Compacted, Journal, JournalRecord, Manifest, ManifestError,
+};
 use robosync_planner::{plan, Action, PlanOptions, Tree};
 use robosync_scanner::{Filter, Rule, ScanOptions, StatCache};
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
@@ -216,13 +218,15 @@ pub async fn open_pool(
 }
 
 /// Loads the best manifest: local (with its journal folded in) or the destination's copy.
+/// `local` is [`compact`]'s result on this pair's state files.
 pub fn choose_manifest(
     run: &Run,
-    manifest_path: &Path,
-    journal_path: &Path,
+    local: Result<Compacted, ManifestError>,
+    paths: &robosync_manifest::StatePaths,
     remote_copy: Option<Vec<u8>>,
 ) -> (Manifest, Vec<JournalRecord>) {
-    let (local, pending) = match compact(manifest_path, journal_path) {
+    let (manifest_path, journal_path) = (&paths.manifest, &paths.journal);
+    let (local, pending) = match local {
         Ok(c) => {
             if c.torn_tail {
                 run.note(format!(
@@ -288,7 +292,7 @@ async fn push_run(
     let cache_path = paths.stat_cache.clone();
     let checksum = args.checksum;
     let (predict, work) = tokio::sync::oneshot::channel();
-    let manifest_path = paths.manifest.clone();
+    let state = paths.clone();
     let scan = tokio::task::spawn_blocking(move || {
         let mut cache = if checksum {
             StatCache::default()
@@ -300,14 +304,17 @@ async fn push_run(
             ignore_cache: checksum,
         };
         let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
+        // Last run's journal folded in now, off the critical path.
+        let local = compact(&state.manifest, &state.journal);
         if let Ok(snap) = &snap {
-            let _ = predict.send(likely_work(snap, &manifest_path));
+            let known = local.as_ref().ok().map(|c| &c.manifest);
+            let _ = predict.send(likely_work(snap, known));
         }
-        (snap, cache)
+        (snap, cache, local)
     });
     let pool = open_pool(args, run, target, async { work.await.unwrap_or(false) }).await?;
     run.phase("connected");
-    let (snap, cache) = scan.await.expect("scan task panicked");
+    let (snap, cache, local) = scan.await.expect("scan task panicked");
     run.phase("scanned");
     let snap = snap.map_err(|e| {
         fail(
@@ -377,8 +384,7 @@ async fn push_run(
         // A backup dir inside the destination is not part of the mirror.
         listing.tree.nodes.retain(|p, _| !p.starts_with(b));
     }
-    let (mut manifest, pending) =
-        choose_manifest(run, &paths.manifest, &paths.journal, remote_copy.clone());
+    let (mut manifest, pending) = choose_manifest(run, local, &paths, remote_copy.clone());
     // Records of files no longer at the destination mean nothing.
     manifest
         .files
@@ -538,16 +544,17 @@ fn enough_work(files: usize, bytes: u64) -> bool {
 /// do for [`worth_more_sessions`]: the files the local manifest does not
 /// record as already at the destination with this size and mtime. No
 /// manifest (a first push) means everything.
-fn likely_work(snap: &robosync_scanner::Snapshot, manifest: &Path) -> bool {
-    let known = Manifest::load(manifest).ok().flatten().unwrap_or_default();
+fn likely_work(snap: &robosync_scanner::Snapshot, known: Option<&Manifest>) -> bool {
     let (mut files, mut bytes) = (0, 0);
     for e in &snap.entries {
         if !matches!(e.kind, robosync_scanner::EntryKind::File) {
             continue;
         }
         let same = known
-            .files
-            .get(std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str()))
+            .and_then(|m| {
+                m.files
+                    .get(std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str()))
+            })
             .is_some_and(|r| r.size == e.size && r.mtime_ns == e.mtime_ns);
         if !same {
             files += 1;

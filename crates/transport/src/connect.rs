@@ -436,9 +436,9 @@ async fn resolve_addrs(cfg: &HostConfig) -> Result<Vec<SocketAddr>, Error> {
 }
 
 impl Connection {
-    /// Connects and authenticates as `ssh host` would. `handshake` learns
-    /// how long connecting and the key exchange took, before authentication
-    /// starts: a hint of the server's distance (see `Pool::open`).
+    /// Connects and authenticates as `ssh host` would. `handshake` learns,
+    /// as soon as authentication succeeds, how long connecting and the key
+    /// exchange took: a hint of the server's distance (see `Pool::open_expecting`).
     pub async fn open(
         target: &Target,
         mut handshake: Option<tokio::sync::oneshot::Sender<Duration>>,
@@ -499,9 +499,7 @@ impl Connection {
                                 continue;
                             }
                         };
-                    if let Some(tx) = handshake.take() {
-                        let _ = tx.send(started.elapsed());
-                    }
+                    let took = started.elapsed();
                     notes.extend(key_notes.lock().unwrap().drain(..));
                     let mut conn = Connection {
                         handle,
@@ -510,6 +508,9 @@ impl Connection {
                     };
                     conn.authenticate(&cfg, &identities, interactive, addr)
                         .await?;
+                    if let Some(tx) = handshake.take() {
+                        let _ = tx.send(took);
+                    }
                     return Ok(conn);
                 }
                 Err(e) => last_err = Some(e),

@@ -71,10 +71,9 @@ impl Pool {
 
     /// [`Pool::open`], and when the first key exchange shows a distant
     /// server ([`FAR_HANDSHAKE`]) and `work` says the run has enough to do,
-    /// the other connections log in at once, alongside the first one's
-    /// authentication, rather than after the plan: across 50 ms they join
-    /// about half a second sooner (measured: 256 MiB pushed in 1.93 s
-    /// instead of 2.15 s).
+    /// the other connections log in as soon as the first has authenticated
+    /// (never before: a refused key must not be tried twice), alongside its
+    /// channel and the listing, rather than after the plan.
     pub async fn open_expecting(
         target: Target,
         opts: PoolOptions,
@@ -102,7 +101,7 @@ impl Pool {
                 if took < FAR_HANDSHAKE || early.opts.connections < 2 || !work.await {
                     return;
                 }
-                // The first connection is still authenticating: it counts.
+                // The first connection is still opening its channel: it counts.
                 let (wanted, channels) = (early.opts.connections, early.opts.channels.max(1));
                 early.more_connections(1, wanted, channels).await;
             })
