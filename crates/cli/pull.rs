@@ -173,9 +173,7 @@ pub async fn pull_run(
     let local = robosync_manifest::compact(&paths.manifest, &paths.journal);
     let (mut manifest, pending) = choose_manifest(run, local, &paths, local_copy);
     // Records of files no longer at the destination mean nothing.
-    manifest
-        .files
-        .retain(|k, _| dest.nodes.contains_key(&os(k)));
+    dest.forget_missing(&mut manifest);
     // A remote file whose stat still matches what robosync fetched last time
     // has the content recorded then: the planner sees it as unchanged.
     for (p, n) in source.nodes.iter_mut() {

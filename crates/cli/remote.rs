@@ -4,7 +4,6 @@
 //! Names from the server are not trusted: anything that is not a single plain
 //! path component is reported and skipped.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -45,7 +44,8 @@ pub struct Listing {
 /// Lists everything under `root` (remote path bytes). A missing root is an empty listing.
 pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<Listing, Error> {
     let mut out = Listing::default();
-    let mut nodes: BTreeMap<PathBuf, Node> = BTreeMap::new();
+    // Collected, then built in one pass (see Tree::from_unsorted).
+    let mut nodes: Vec<(PathBuf, Node)> = Vec::new();
     let mut tasks: JoinSet<DirListing> = JoinSet::new();
     let mut queue: Vec<Vec<u8>> = vec![Vec::new()];
     let mut symlinks = Vec::new();
@@ -110,7 +110,7 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
             } else {
                 continue;
             };
-            nodes.insert(
+            nodes.push((
                 os(&path),
                 Node {
                     kind,
@@ -120,7 +120,7 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
                     whole: None,
                     blocks: Vec::new(),
                 },
-            );
+            ));
             if nodes.len() > max_entries {
                 return Err(Error::Protocol {
                     peer: pool.target().peer(),
@@ -141,11 +141,12 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
             (rel, r)
         });
     }
+    let mut tree = Tree::from_unsorted(nodes);
     while let Some(done) = links.join_next().await {
         let (rel, r) = done.expect("readlink task panicked");
         match r {
             Ok(t) => {
-                if let Some(n) = nodes.get_mut(&os(&rel)) {
+                if let Some(n) = tree.nodes.get_mut(&os(&rel)) {
                     n.kind = Kind::Symlink(os(&t));
                 }
             }
@@ -154,7 +155,7 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
                 .push(format!("cannot read link {}: {e}", escape(&os(&rel)))),
         }
     }
-    out.tree = Tree { nodes };
+    out.tree = tree;
     Ok(out)
 }
 

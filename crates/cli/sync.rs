@@ -386,9 +386,7 @@ async fn push_run(
     }
     let (mut manifest, pending) = choose_manifest(run, local, &paths, remote_copy.clone());
     // Records of files no longer at the destination mean nothing.
-    manifest
-        .files
-        .retain(|k, _| listing.tree.nodes.contains_key(&crate::endpoint::os(k)));
+    listing.tree.forget_missing(&mut manifest);
 
     let source = Tree::from_snapshot(&snap);
     let opts = PlanOptions {

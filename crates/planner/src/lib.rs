@@ -43,10 +43,21 @@ pub struct Tree {
     pub nodes: BTreeMap<PathBuf, Node>,
 }
 
+/// `Path`'s order for relative paths without `.`, `..`, empty components or
+/// a trailing `/` (all robosync builds): bytes compared with `/` below every
+/// other byte, so that a component sorts before its extensions (`a/b` < `a-b`).
+pub fn path_order(a: &[u8], b: &[u8]) -> std::cmp::Ordering {
+    let rank = |c: u8| if c == b'/' { 0 } else { u16::from(c) + 1 };
+    match a.iter().zip(b).position(|(x, y)| x != y) {
+        Some(i) => rank(a[i]).cmp(&rank(b[i])),
+        None => a.len().cmp(&b.len()),
+    }
+}
+
 impl Tree {
     /// The tree a local scan saw.
     pub fn from_snapshot(s: &Snapshot) -> Tree {
-        let mut nodes = BTreeMap::new();
+        let mut nodes = Vec::with_capacity(s.entries.len());
         for e in &s.entries {
             let kind = match &e.kind {
                 EntryKind::File => Kind::File,
@@ -57,7 +68,7 @@ impl Tree {
                 Some(d) => (Some(d.whole), d.block_hashes().to_vec()),
                 None => (None, Vec::new()),
             };
-            nodes.insert(
+            nodes.push((
                 e.path.clone(),
                 Node {
                     kind,
@@ -67,9 +78,33 @@ impl Tree {
                     whole,
                     blocks,
                 },
-            );
+            ));
         }
-        Tree { nodes }
+        Tree::from_unsorted(nodes)
+    }
+
+    /// Builds a tree in one pass: sorted first by [`path_order`] (cheap byte
+    /// compares, where `Path`'s own order walks components), so the map's
+    /// own sort finds one run and bulk-builds. Measured: inserting 10,000
+    /// paths one by one spent 6% of a no-change rerun's client CPU in
+    /// `std::path` comparisons. Later duplicates win, as with `insert`.
+    pub fn from_unsorted(mut nodes: Vec<(PathBuf, Node)>) -> Tree {
+        nodes.sort_by(|a, b| path_order(a.0.as_os_str().as_bytes(), b.0.as_os_str().as_bytes()));
+        Tree {
+            nodes: nodes.into_iter().collect(),
+        }
+    }
+
+    /// Drops the manifest's records of paths this (destination) tree does
+    /// not hold: they mean nothing any more. A hash set rather than a lookup
+    /// per record: the map's `Path` order costs a component walk per compare.
+    pub fn forget_missing(&self, manifest: &mut Manifest) {
+        let here: std::collections::HashSet<&[u8]> = self
+            .nodes
+            .keys()
+            .map(|p| p.as_os_str().as_bytes())
+            .collect();
+        manifest.files.retain(|k, _| here.contains(k.as_slice()));
     }
 
     pub fn files(&self) -> usize {

@@ -314,3 +314,48 @@ fn escape_shows_invalid_utf8_and_controls() {
     let p = Path::new(OsStr::from_bytes(b"a\xffb\nc"));
     assert_eq!(escape(p), "a\\xffb\\x0ac");
 }
+
+#[test]
+fn path_order_is_paths_own_order() {
+    use std::os::unix::ffi::OsStrExt;
+    let names: &[&[u8]] = &[
+        b"a", b"a-b", b"a.b", b"a0", b"a/b", b"a/b/c", b"a/b-c", b"a/b.c", b"a/bc", b"ab", b"a b",
+        b"b", b"\xff", b"a/\xff", b"a\xff", b"A", b"a/-", b"a/.x", b"z/a", b"z-",
+    ];
+    for x in names {
+        for y in names {
+            let paths = Path::new(std::ffi::OsStr::from_bytes(x))
+                .cmp(Path::new(std::ffi::OsStr::from_bytes(y)));
+            assert_eq!(
+                path_order(x, y),
+                paths,
+                "{:?} vs {:?}",
+                escape_bytes(x),
+                escape_bytes(y)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_tree_built_from_unsorted_entries_keeps_the_last_duplicate() {
+    let t = Tree::from_unsorted(vec![
+        ("b".into(), file(1, 0, &[1])),
+        ("a/b".into(), file(2, 0, &[1])),
+        ("a-b".into(), file(3, 0, &[1])),
+        ("b".into(), file(4, 0, &[1])),
+    ]);
+    let sizes: Vec<(String, u64)> = t
+        .nodes
+        .iter()
+        .map(|(p, n)| (p.display().to_string(), n.size))
+        .collect();
+    assert_eq!(
+        sizes,
+        [("a/b".into(), 2), ("a-b".into(), 3), ("b".into(), 4)]
+    );
+}
+
+fn escape_bytes(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
