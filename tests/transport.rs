@@ -217,7 +217,8 @@ fn distant(sshd: &Sshd) -> Proxy {
 
 /// Across latency the second connection logs in alongside the first (see
 /// `Pool::open_expecting`); the pool must still end with exactly the
-/// connections asked for, and a no-change rerun must open no extra one.
+/// connections asked for, and a dry run or a no-change rerun must open no
+/// extra one.
 #[test]
 fn a_distant_push_opens_each_connection_once() {
     let sshd = Sshd::start();
@@ -228,18 +229,22 @@ fn a_distant_push_opens_each_connection_once() {
     small_files(&src, 200);
     let dest = sshd.mkdir("dest");
     let state = t.path().join("state");
-    let push = || {
+    let push = |extra: &[&str]| {
         run(robosync_with(&cfg, &state)
             .args(["--connections", "2", "--channels", "2"])
+            .args(extra)
             .arg(&src)
             .arg(remote(&dest)))
         .success()
     };
-    push();
-    assert_eq!(proxy.stats().connections, 2, "{:?}", proxy.stats());
-    assert_same_tree(&src, &dest);
-    push();
+    // A dry run logs in once: it transfers nothing.
+    push(&["--dry-run"]);
+    assert_eq!(proxy.stats().connections, 1, "{:?}", proxy.stats());
+    push(&[]);
     assert_eq!(proxy.stats().connections, 3, "{:?}", proxy.stats());
+    assert_same_tree(&src, &dest);
+    push(&[]);
+    assert_eq!(proxy.stats().connections, 4, "{:?}", proxy.stats());
 }
 
 /// The early logins wait for the first to succeed: a refused key is offered

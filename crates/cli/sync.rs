@@ -312,7 +312,10 @@ async fn push_run(
         }
         (snap, cache, local)
     });
-    let pool = open_pool(args, run, target, async { work.await.unwrap_or(false) }).await?;
+    // A dry run transfers nothing: no logins ahead of need.
+    let dry_run = args.dry_run;
+    let work = async move { !dry_run && work.await.unwrap_or(false) };
+    let pool = open_pool(args, run, target, work).await?;
     run.phase("connected");
     let (snap, cache, local) = scan.await.expect("scan task panicked");
     run.phase("scanned");
