@@ -177,3 +177,38 @@ fn directory_mtimes_follow_the_source() {
     assert_eq!(mtime(&dest.join("a")), 1_600_000_200);
     assert_same_tree(&src, &dest);
 }
+
+/// Two runs of one source and destination (an overlapping cron job) would
+/// share one journal: the second is refused at once, touching nothing, and
+/// the pair is free again as soon as the first ends.
+#[test]
+fn an_overlapping_run_of_the_same_pair_is_refused() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    small_files(&src, 20);
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+    let push = || run(robosync(&sshd, &state).arg(&src).arg(remote(&dest)));
+    push().success();
+    let pair = fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("lock").exists())
+        .expect("the pair's state directory has a lock file");
+    let journal = fs::read(pair.join("journal")).unwrap_or_default();
+    let held = fs::File::open(pair.join("lock")).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&held);
+    // SAFETY: flock on a descriptor the test owns.
+    assert_eq!(unsafe { libc::flock(fd, libc::LOCK_EX) }, 0);
+    let r = push();
+    assert_eq!(r.code(), 3, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("another robosync run"),
+        "{}",
+        r.stderr()
+    );
+    assert_eq!(fs::read(pair.join("journal")).unwrap_or_default(), journal);
+    drop(held);
+    push().success();
+}

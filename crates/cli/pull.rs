@@ -86,6 +86,7 @@ pub async fn pull_run(
     });
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let paths = state_paths(&state_dir, label, &abs_dest.to_string_lossy());
+    let _held = crate::sync::hold_state(&paths)?;
 
     // Scan the destination while we connect.
     let scan = {

@@ -286,6 +286,7 @@ async fn push_run(
     let abs_src = std::fs::canonicalize(local_root).unwrap_or_else(|_| local_root.to_path_buf());
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let paths = state_paths(&state_dir, &abs_src.to_string_lossy(), dest_label);
+    let _held = hold_state(&paths)?;
 
     // Scan while we connect.
     let scan_root = local_root.to_path_buf();
@@ -666,6 +667,40 @@ pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec
         out.extend_from_slice(&rest);
     }
     (out.len() as u64 == size).then_some(out)
+}
+
+/// Holds this source and destination's state directory for the run: two
+/// runs of one pair (an overlapping cron job, a manual run) would interleave
+/// one journal and race on one manifest. `flock`, so the lock ends with the
+/// process however it ends; there is never a stale lock to clear.
+pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File, Failure> {
+    let cannot = |what: &str, p: &Path, e: std::io::Error| {
+        fail(EXIT_USAGE, format!("cannot {what} {}: {e}", p.display()))
+    };
+    std::fs::create_dir_all(&paths.dir).map_err(|e| cannot("create state dir", &paths.dir, e))?;
+    let path = paths.dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| cannot("open", &path, e))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(file);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
+            EXIT_GUARD,
+            format!(
+                "another robosync run is syncing this source and destination (it holds {}); \
+                 this run did nothing: try again when that one has finished",
+                path.display()
+            ),
+        )),
+        e => Err(cannot("lock", &path, e)),
+    }
 }
 
 /// Whether the destination's manifest copy, as read at the start of the run,
