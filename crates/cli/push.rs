@@ -134,8 +134,9 @@ fn runs(blocks: &[u64], max: u64) -> VecDeque<Range<u64>> {
     out
 }
 
-/// Bytes read from local files and not yet acknowledged by the server.
-/// Bounded, so many big files in flight at once cannot balloon memory.
+/// Bytes read from local files and not yet acknowledged by the server (a
+/// pull: bytes asked of the server and not yet written locally). Bounded, so
+/// many big files in flight at once cannot balloon memory.
 pub struct ReadAhead {
     units: tokio::sync::Semaphore,
     total: u32,
@@ -152,7 +153,7 @@ impl ReadAhead {
         }
     }
 
-    async fn acquire(&self, len: u64) -> tokio::sync::SemaphorePermit<'_> {
+    pub async fn acquire(&self, len: u64) -> tokio::sync::SemaphorePermit<'_> {
         let n = len.div_ceil(Self::UNIT).clamp(1, self.total as u64) as u32;
         self.units
             .acquire_many(n)
