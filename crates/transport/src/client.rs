@@ -548,6 +548,45 @@ impl Sftp {
         }
     }
 
+    /// READ, then FSTAT of the same handle, in one flight and in this order:
+    /// a small file's bytes and the attributes it had right after they were
+    /// read (to catch a change during the transfer) in one round trip.
+    pub async fn read_and_fstat(
+        &self,
+        handle: &[u8],
+        offset: u64,
+        len: u32,
+    ) -> Result<(Option<Vec<u8>>, Attrs), Error> {
+        let requests = vec![
+            Request::new(proto::FXP_READ, len as usize, move |p| {
+                p.bytes(handle).u64(offset).u32(len)
+            }),
+            Request::new(proto::FXP_FSTAT, 0, move |p| p.bytes(handle)),
+        ];
+        let mut replies = self.batch(requests, self.timeout).await?.into_iter();
+        let data = match replies.next() {
+            Some(Reply::Data(d)) if d.len() <= len as usize => Some(d),
+            Some(Reply::Data(_)) => {
+                return Err(self.protocol("READ returned more than asked".into()))
+            }
+            Some(Reply::Status {
+                code: proto::FX_EOF,
+                ..
+            }) => None,
+            Some(Reply::Status { code, message }) => {
+                return Err(self.status_error("read", b"", code, message))
+            }
+            other => return Err(self.protocol(format!("read: unexpected reply {other:?}"))),
+        };
+        match replies.next() {
+            Some(Reply::Attrs(a)) => Ok((data, a)),
+            Some(Reply::Status { code, message }) => {
+                Err(self.status_error("fstat", b"", code, message))
+            }
+            other => Err(self.protocol(format!("fstat: unexpected reply {other:?}"))),
+        }
+    }
+
     pub async fn write(&self, handle: &[u8], offset: u64, data: &[u8]) -> Result<(), Error> {
         match self
             .call(proto::FXP_WRITE, data.len(), |p| {
