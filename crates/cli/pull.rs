@@ -175,7 +175,7 @@ pub async fn pull_run(
         .as_ref()
         .and_then(|r| r.read_small(&[STATE_DIR, b"/manifest"].concat()));
     let local = robosync_manifest::compact(&paths.manifest, &paths.journal);
-    let (mut manifest, pending) = choose_manifest(run, local, &paths, local_copy);
+    let (mut manifest, pending) = choose_manifest(run, local, &paths, local_copy.as_deref());
     // Records of files no longer at the destination mean nothing.
     dest.forget_missing(&mut manifest);
     // A remote file whose stat still matches what robosync fetched last time

@@ -553,8 +553,6 @@ impl Push {
         Ok(())
     }
 
-    /// Writes the given blocks to `handle`, many requests in flight; returns
-    /// as each block completes so it can be journaled.
     /// Writes `blocks` through one session, as one lane (see [`Push::drain`]).
     async fn write_blocks(
         &self,

@@ -2,6 +2,8 @@
 //! execute, record, report.
 
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -223,7 +225,7 @@ pub fn choose_manifest(
     run: &Run,
     local: Result<Compacted, ManifestError>,
     paths: &robosync_manifest::StatePaths,
-    remote_copy: Option<Vec<u8>>,
+    remote_copy: Option<&[u8]>,
 ) -> (Manifest, Vec<JournalRecord>) {
     let (manifest_path, journal_path) = (&paths.manifest, &paths.journal);
     let (local, pending) = match local {
@@ -249,7 +251,7 @@ pub fn choose_manifest(
             (None, Vec::new())
         }
     };
-    let remote = remote_copy.and_then(|b| match Manifest::decode(&b) {
+    let remote = remote_copy.and_then(|b| match Manifest::decode(b) {
         Ok(m) => Some(m),
         Err(e) => {
             run.warn(&format!(
@@ -388,7 +390,7 @@ async fn push_run(
         // A backup dir inside the destination is not part of the mirror.
         listing.tree.nodes.retain(|p, _| !p.starts_with(b));
     }
-    let (mut manifest, pending) = choose_manifest(run, local, &paths, remote_copy.clone());
+    let (mut manifest, pending) = choose_manifest(run, local, &paths, remote_copy.as_deref());
     // Records of files no longer at the destination mean nothing.
     listing.tree.forget_missing(&mut manifest);
 
@@ -553,10 +555,7 @@ fn likely_work(snap: &robosync_scanner::Snapshot, known: Option<&Manifest>) -> b
             continue;
         }
         let same = known
-            .and_then(|m| {
-                m.files
-                    .get(std::os::unix::ffi::OsStrExt::as_bytes(e.path.as_os_str()))
-            })
+            .and_then(|m| m.files.get(e.path.as_os_str().as_bytes()))
             .is_some_and(|r| r.size == e.size && r.mtime_ns == e.mtime_ns);
         if !same {
             files += 1;
@@ -685,7 +684,6 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
         .write(true)
         .open(&path)
         .map_err(|e| cannot("open", &path, e))?;
-    use std::os::fd::AsRawFd;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(file);
