@@ -535,7 +535,7 @@ impl Connection {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    return Ok((Box::new(s), Some(addr)));
+                    return Ok((Box::new(crate::quickack::QuickAck::new(s)), Some(addr)));
                 }
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
                 Err(_) => errors.push(format!("{addr}: timed out after {timeout:?}")),

@@ -16,6 +16,7 @@ pub mod error;
 pub mod known_hosts;
 pub mod pool;
 pub mod proto;
+mod quickack;
 pub mod ssh_config;
 
 pub use client::{Extensions, Limits, SessionOptions, Sftp};

@@ -1,0 +1,92 @@
+//! A TCP stream that acknowledges what it reads at once.
+//!
+//! sshd leaves Nagle's algorithm on until a session starts. After
+//! authentication it sends two messages back to back (EXT_INFO and the
+//! host-keys announcement); if the client's next request overtakes the
+//! second, that segment stays unacknowledged, Nagle holds sshd's reply to the
+//! channel open behind it, and the client's delayed ACK releases it only
+//! after 40 ms. Measured on loopback: the first SFTP channel took 42 ms to
+//! open instead of 2 ms. Asking for a quick ACK after every read removes the
+//! stall wherever the client owns the socket (not behind a ProxyCommand).
+
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+pub struct QuickAck(TcpStream);
+
+impl QuickAck {
+    pub fn new(stream: TcpStream) -> QuickAck {
+        QuickAck(stream)
+    }
+
+    /// TCP_QUICKACK is not sticky: the kernel drops back to delayed ACKs on
+    /// its own, so it is asked for again after each read.
+    #[cfg(target_os = "linux")]
+    fn ack_now(&self) {
+        use std::os::fd::AsRawFd;
+        let one: libc::c_int = 1;
+        // SAFETY: a valid socket, a pointer to a live c_int and its size.
+        // Failure only means ACKs stay delayed, so the result is ignored.
+        unsafe {
+            libc::setsockopt(
+                self.0.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_QUICKACK,
+                (&one as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn ack_now(&self) {}
+}
+
+impl AsyncRead for QuickAck {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.0).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.ack_now();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for QuickAck {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
