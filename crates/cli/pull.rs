@@ -135,6 +135,7 @@ pub async fn pull_run(
             .map(|e| format!("{}: {}", escape(&e.path), e.message)),
     );
     let mut dest = Tree::from_snapshot(&snap);
+    let snap_cache_unchanged = snap.stats.cache_unchanged;
     let mut stale_temps = Vec::new();
     // robosync's own state and a --backup-dir inside the destination are not content.
     let mut own: Vec<&Path> = vec![Path::new(std::ffi::OsStr::from_bytes(STATE_DIR))];
@@ -288,7 +289,8 @@ pub async fn pull_run(
             let _ = job.root.remove(t);
         }
     }
-    close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
+    let cache = (!snap_cache_unchanged).then_some(&cache);
+    close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     Ok(errors)
 }
 

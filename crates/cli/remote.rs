@@ -49,9 +49,16 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
     let mut tasks: JoinSet<DirListing> = JoinSet::new();
     let mut queue: Vec<Vec<u8>> = vec![Vec::new()];
     let mut symlinks = Vec::new();
-    const IN_FLIGHT: usize = 32;
     loop {
-        while tasks.len() < IN_FLIGHT {
+        // Across latency, many directories in flight hide the round trips.
+        // Near, the server's CPU is the limit: a few per session keep each
+        // busy, and leave the rest for sessions that join meanwhile.
+        let in_flight = if pool.is_near() {
+            8 * pool.sessions().len().max(1)
+        } else {
+            32
+        };
+        while tasks.len() < in_flight {
             let Some(rel) = queue.pop() else { break };
             let pool = pool.clone();
             let abs = join(root, &rel);

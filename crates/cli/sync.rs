@@ -322,6 +322,10 @@ async fn push_run(
     run.phase("connected");
     let (snap, cache, local) = scan.await.expect("scan task panicked");
     run.phase("scanned");
+    if let Ok(snap) = &snap {
+        // The destination will hold about as many entries as the source.
+        pool.widen_for_listing(snap.entries.len());
+    }
     let snap = snap.map_err(|e| {
         fail(
             EXIT_USAGE,
@@ -346,6 +350,18 @@ async fn push_run(
         snap.stats.files_hashed,
         snap.stats.cache_hits
     ));
+    let cache_unchanged = snap.stats.cache_unchanged;
+    // The source's tree and entry index need nothing from the server: they
+    // are built while it lists the destination.
+    let source = tokio::task::spawn_blocking(move || {
+        let tree = Tree::from_snapshot(&snap);
+        let entries: HashMap<PathBuf, _> = snap
+            .entries
+            .into_iter()
+            .map(|e| (e.path.clone(), e))
+            .collect();
+        (tree, entries)
+    });
 
     let remote_root = if remote_path.is_empty() {
         b".".to_vec()
@@ -394,7 +410,7 @@ async fn push_run(
     // Records of files no longer at the destination mean nothing.
     listing.tree.forget_missing(&mut manifest);
 
-    let source = Tree::from_snapshot(&snap);
+    let (source, entries) = source.await.expect("indexing the source panicked");
     let opts = PlanOptions {
         delete: args.delete,
         max_delete: args.max_delete,
@@ -431,11 +447,6 @@ async fn push_run(
 
     start_journal(run, &paths, &mut manifest, &plan)?;
 
-    let entries: HashMap<PathBuf, _> = snap
-        .entries
-        .into_iter()
-        .map(|e| (e.path.clone(), e))
-        .collect();
     let dirs_in_place = push::dirs_in_place(&entries, &listing.tree);
     let job = Arc::new(push::Push {
         run: run.clone(),
@@ -476,9 +487,17 @@ async fn push_run(
     run.phase("transferred");
     errors.extend(run_errors);
     // Record what the destination now holds: locally, then on the destination.
-    let manifest = job.manifest.lock().unwrap().clone();
-    record_locally(run, &manifest, &paths, &mut errors);
-    run.phase("recorded locally");
+    // Locally and on the destination at once: both record the same state,
+    // so whichever lands first, the next run starts from what is there.
+    let manifest = Arc::new(job.manifest.lock().unwrap().clone());
+    let recorded = {
+        let (run, manifest, paths) = (run.clone(), manifest.clone(), paths.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut errors = Vec::new();
+            record_locally(&run, &manifest, &paths, &mut errors);
+            errors
+        })
+    };
     if copy_is_current(&manifest, remote_copy.as_deref()) {
         run.note("the destination's manifest copy is current".into());
     } else {
@@ -489,14 +508,16 @@ async fn push_run(
             ));
         }
     }
-    run.phase("stored the manifest copy");
+    errors.extend(recorded.await.expect("recording the manifest panicked"));
+    run.phase("recorded the manifest");
     if errors.is_empty() {
         // Leftover temp files from interrupted runs are no longer needed.
         for t in &listing.temps {
             let _ = session.remove(&join(&remote_root, t)).await;
         }
     }
-    close_run(run, &pool, &cache, &paths, args.verbose > 0).await;
+    let cache = (!cache_unchanged).then_some(&cache);
+    close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
     Ok(errors)
 }
@@ -570,11 +591,12 @@ fn likely_work(snap: &robosync_scanner::Snapshot, known: Option<&Manifest>) -> b
 pub async fn close_run(
     run: &Run,
     pool: &Pool,
-    cache: &StatCache,
+    cache: Option<&StatCache>,
     paths: &robosync_manifest::StatePaths,
     verbose: bool,
 ) {
-    if let Err(e) = cache.save(&paths.stat_cache) {
+    // None: the scan left it as loaded, and rewriting it would only cost a sync.
+    if let Some(Err(e)) = cache.map(|c| c.save(&paths.stat_cache)) {
         run.warn(&format!(
             "cannot save the stat cache {}: {e}",
             paths.stat_cache.display()

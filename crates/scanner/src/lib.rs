@@ -168,6 +168,9 @@ pub struct ScanStats {
     pub bytes_hashed: u64,
     /// Files whose digest came from the [`StatCache`] without opening them.
     pub cache_hits: u64,
+    /// The scan left the [`StatCache`] as it found it: saving it again
+    /// would only rewrite (and sync) the same bytes.
+    pub cache_unchanged: bool,
 }
 
 #[derive(Debug, Clone, Default)]

@@ -181,6 +181,11 @@ fn second_scan_with_cache_reads_nothing() {
     assert_eq!(second.stats.bytes_hashed, 0);
     assert_eq!(second.stats.cache_hits, 11);
     assert_eq!(second.entries, first.entries);
+    assert!(
+        !first.stats.cache_unchanged,
+        "the first scan filled the cache"
+    );
+    assert!(second.stats.cache_unchanged);
 
     let forced = scan(
         dir.path(),
@@ -241,8 +246,17 @@ fn touching_one_file_rehashes_only_that_file() {
     );
     assert_ne!(e.digest, entry(&first, "d1/f4").digest);
 
+    assert!(!second.stats.cache_unchanged, "a record was replaced");
     let third = scan_plain(dir.path(), &mut cache);
     assert_eq!(third.stats.files_hashed, 0);
+    assert!(third.stats.cache_unchanged);
+
+    // A removal alone hashes nothing, yet leaves one record fewer.
+    fs::remove_file(dir.path().join("d2/f5")).unwrap();
+    let fourth = scan_plain(dir.path(), &mut cache);
+    assert_eq!(fourth.stats.files_hashed, 0);
+    assert!(!fourth.stats.cache_unchanged, "a record was dropped");
+    assert_eq!(cache.len(), 10);
 }
 
 #[test]

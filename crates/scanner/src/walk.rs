@@ -46,10 +46,12 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
     rayon::scope(|s| walk.walk_dir(s, PathBuf::new(), root_dir));
 
     let racy_from_ns = walk.racy_from_ns;
-    let stats = ScanStats {
+    let old_len = walk.cache.len();
+    let mut stats = ScanStats {
         files_hashed: walk.files_hashed.into_inner(),
         bytes_hashed: walk.bytes_hashed.into_inner(),
         cache_hits: walk.cache_hits.into_inner(),
+        cache_unchanged: false,
     };
     let mut items = walk
         .items
@@ -87,6 +89,9 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
         cached.push(path, key, digest.whole, &digest.blocks);
     }
     *cache = cached.finish();
+    // Nothing hashed means every cached record came from the old cache as it
+    // was; the same count means none was dropped either.
+    stats.cache_unchanged = stats.files_hashed == 0 && cache.len() == old_len;
     // In place: the items' buffer becomes the entries' (same allocation).
     let entries = items.into_iter().map(|item| item.entry).collect();
     Ok(Snapshot {

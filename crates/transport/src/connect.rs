@@ -10,6 +10,7 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -22,6 +23,7 @@ use tokio::process::Command;
 use crate::client::{SessionOptions, Sftp};
 use crate::error::Error;
 use crate::known_hosts::{self, HostKeyQuery, Verdict};
+use crate::quickack::QuickAck;
 use crate::ssh_config::{AddressFamily, ConfigRequest, HostConfig, StrictHostKeyChecking};
 
 /// Host-key decisions, made during key exchange and reported afterwards.
@@ -182,6 +184,8 @@ pub struct Connection {
     handle: Handle<HostKeyCheck>,
     pub peer: String,
     pub notes: Vec<String>,
+    /// Switches off the socket's quick ACKs once a session runs (see `quickack`).
+    quick_ack: Option<Arc<AtomicBool>>,
 }
 
 /// How to reach a host: the resolved config plus the user's original request.
@@ -331,6 +335,7 @@ pub fn needs_interactive_auth(cfg: &HostConfig) -> bool {
 }
 
 type Stream = Box<dyn AsyncStream>;
+type QuickAckSwitch = Option<Arc<AtomicBool>>;
 /// A byte stream a connection can run over.
 pub trait AsyncStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> AsyncStream for T {}
@@ -475,7 +480,7 @@ impl Connection {
             }
             let started = std::time::Instant::now();
             match Self::dial(target, &cfg).await {
-                Ok((stream, addr)) => {
+                Ok((stream, addr, quick_ack)) => {
                     let refusal = Arc::new(Mutex::new(None));
                     let key_notes = Arc::new(Mutex::new(Vec::new()));
                     let handler = HostKeyCheck {
@@ -505,6 +510,7 @@ impl Connection {
                         handle,
                         peer: peer.clone(),
                         notes,
+                        quick_ack,
                     };
                     conn.authenticate(&cfg, &identities, interactive, addr)
                         .await?;
@@ -522,12 +528,12 @@ impl Connection {
     async fn dial(
         target: &Target,
         cfg: &HostConfig,
-    ) -> Result<(Stream, Option<SocketAddr>), Error> {
+    ) -> Result<(Stream, Option<SocketAddr>, QuickAckSwitch), Error> {
         if let Some(cmd) = &cfg.proxy_command {
-            return Ok((proxy_stream(cmd)?, None));
+            return Ok((proxy_stream(cmd)?, None, None));
         }
         if !cfg.proxy_jump.is_empty() {
-            return Ok((proxy_stream(&jump_command(target))?, None));
+            return Ok((proxy_stream(&jump_command(target))?, None, None));
         }
         let timeout = cfg.connect_timeout.unwrap_or(Duration::from_secs(30));
         let mut errors = Vec::new();
@@ -535,7 +541,8 @@ impl Connection {
             match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
                 Ok(Ok(s)) => {
                     let _ = s.set_nodelay(true);
-                    return Ok((Box::new(crate::quickack::QuickAck::new(s)), Some(addr)));
+                    let (s, switch) = QuickAck::new(s);
+                    return Ok((Box::new(s), Some(addr), Some(switch)));
                 }
                 Ok(Err(e)) => errors.push(format!("{addr}: {e}")),
                 Err(_) => errors.push(format!("{addr}: timed out after {timeout:?}")),
@@ -770,7 +777,11 @@ impl Connection {
                 }
             }
         }
-        Sftp::after_init(channel.into_stream(), early, &self.peer, opts).await
+        let sftp = Sftp::after_init(channel.into_stream(), early, &self.peer, opts).await?;
+        if let Some(switch) = &self.quick_ack {
+            switch.store(false, Ordering::Relaxed);
+        }
+        Ok(sftp)
     }
 
     pub fn is_closed(&self) -> bool {
