@@ -273,3 +273,44 @@ fn a_refused_key_is_not_tried_again_by_early_connections() {
     assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
     assert_eq!(proxy.stats().connections, 1, "{:?}", proxy.stats());
 }
+
+/// A no-change rerun costs the server one SFTP channel, or two when a large
+/// tree's listing is worth splitting (near servers only); either way the
+/// listing is complete: nothing is sent again.
+#[test]
+fn a_no_change_rerun_lists_on_at_most_two_channels() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let channels_for = |src: &std::path::Path, dest: &std::path::Path| {
+        let before = sshd.wrapper_commands().len();
+        let r = run(robosync(&sshd, &state)
+            .arg("--json")
+            .arg(src)
+            .arg(remote(dest)))
+        .success();
+        (sshd.wrapper_commands().len() - before, r)
+    };
+
+    let small = t.path().join("small");
+    small_files(&small, 200);
+    let small_dest = sshd.mkdir("small-dest");
+    channels_for(&small, &small_dest);
+    let (opened, r) = channels_for(&small, &small_dest);
+    assert_eq!(r.json()["files_transferred"], 0, "{}", r.stdout());
+    assert_eq!(opened, 1, "a small rerun needs one channel");
+
+    let large = t.path().join("large");
+    for i in 0..6_000 {
+        write(
+            &large.join(format!("d{:02}/f{i:05}", i % 60)),
+            &bytes(16, i as u64),
+        );
+    }
+    let large_dest = sshd.mkdir("large-dest");
+    channels_for(&large, &large_dest);
+    let (opened, r) = channels_for(&large, &large_dest);
+    assert_eq!(r.json()["files_transferred"], 0, "{}", r.stdout());
+    assert!((1..=2).contains(&opened), "{opened} channels for a rerun");
+    assert_same_tree(&large, &large_dest);
+}
