@@ -450,10 +450,12 @@ fn run_scenario(
         .collect()
 }
 
-/// Copies the data set once, untimed, and deletes the copy. On a VM the
-/// first touch of fresh memory is slow (the host backs it page by page):
-/// measured, the first 1 GiB push of a session took 2.64 s and the next
-/// ones 1.71 and 1.77 s. Without this the first peer timed pays for all.
+/// Copies the data set once, untimed, and deletes the copy, so the first
+/// timed run does not also pay for first touches of memory and caches.
+/// Measured without it, the first 1 GiB push of a run took 2.64 s and the
+/// next ones 1.71 and 1.77 s. With it the first run can still be slow
+/// (3.49 s, then 2.17–2.76 s, in a later run): the cause is not only this,
+/// which is why results are medians and peers are interleaved.
 fn warm_up(ctx: &Ctx) {
     let copy = ctx.work.join("warm-up");
     let _ = fs::create_dir_all(&ctx.work);
