@@ -276,7 +276,7 @@ fn a_refused_key_is_not_tried_again_by_early_connections() {
 
 /// A no-change rerun costs the server one SFTP channel, or two when a large
 /// tree's listing is worth splitting (near servers only); either way the
-/// listing is complete: nothing is sent again.
+/// listing is complete: nothing is sent or fetched again.
 #[test]
 fn a_no_change_rerun_lists_on_at_most_two_channels() {
     let sshd = Sshd::start();
@@ -313,4 +313,24 @@ fn a_no_change_rerun_lists_on_at_most_two_channels() {
     assert_eq!(r.json()["files_transferred"], 0, "{}", r.stdout());
     assert!((1..=2).contains(&opened), "{opened} channels for a rerun");
     assert_same_tree(&large, &large_dest);
+
+    // The same for a pull: its local destination predicts the listing.
+    let back = t.path().join("back");
+    let pull = || {
+        let before = sshd.wrapper_commands().len();
+        let r = run(robosync(&sshd, &state)
+            .arg("--json")
+            .arg(remote(&large_dest))
+            .arg(&back))
+        .success();
+        (sshd.wrapper_commands().len() - before, r)
+    };
+    pull();
+    let (opened, r) = pull();
+    assert_eq!(r.json()["files_transferred"], 0, "{}", r.stdout());
+    assert!(
+        (1..=2).contains(&opened),
+        "{opened} channels for a pull rerun"
+    );
+    assert_same_tree(&large, &back);
 }

@@ -92,6 +92,7 @@ pub async fn pull_run(
     let _held = crate::sync::hold_state(&paths)?;
 
     // Scan the destination while we connect.
+    let (count, counted) = tokio::sync::oneshot::channel();
     let scan = {
         let root = local_root.to_path_buf();
         let cache_path = paths.stat_cache.clone();
@@ -112,11 +113,24 @@ pub async fn pull_run(
                 filter,
                 ignore_cache: checksum,
             };
-            (robosync_scanner::scan(&root, &opts, &mut cache), cache)
+            let snap = robosync_scanner::scan(&root, &opts, &mut cache);
+            if let Ok(snap) = &snap {
+                let _ = count.send(snap.entries.len());
+            }
+            (snap, cache)
         })
     };
     // What a pull has to do is known only from the listing.
     let pool = open_pool(args, run, target, async { false }).await?;
+    {
+        // A rerun's source holds about as many entries as its destination.
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            if let Ok(n) = counted.await {
+                pool.widen_for_listing(n);
+            }
+        });
+    }
     let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
         .await
         .map_err(transport_failure)?;
