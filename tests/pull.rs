@@ -220,6 +220,13 @@ fn hostile_server_cannot_write_outside_the_destination() {
     }
     assert!(err.contains("greedy"), "{err}");
     assert!(err.contains("short"), "{err}");
+    // Changed on the server while read: reported, never landed.
+    assert!(
+        err.contains("moving")
+            && err.contains("changed on the server while robosync was reading it"),
+        "{err}"
+    );
+    assert!(!dest.join("moving").exists());
     assert_eq!(snapshot(&base.join("sentinel")), before);
     assert!(!base.join("escape").exists());
     assert!(!t.path().join("escape2").exists());

@@ -5,7 +5,8 @@
 //! path ending in `hostile-root` whose listings carry the names of the scp
 //! CVE-2019-6111 class (`../escape`, absolute paths, `a/b`, NUL, empty,
 //! duplicates, a symlink out of the tree then a "directory" of the same name),
-//! files that are shorter than announced or whose READs return more than asked;
+//! files that are shorter than announced or whose READs return more than asked,
+//! a file that changes while it is read (its FSTAT disagrees with the listing);
 //! under `absurd-root` a READDIR announces u32::MAX names.
 
 use std::collections::HashMap;
@@ -70,6 +71,7 @@ const ROOT: &[Entry] = &[
     dir(b"sub"),
     file(b"greedy", 100),
     file(b"short", 1 << 20),
+    file(b"moving", 5),
 ];
 
 const SUB: &[Entry] = &[file(b"deep.txt", 5), file(b"../../../escape2", 5)];
@@ -225,6 +227,16 @@ fn main() {
                     }
                     None => status(id, 1),
                 }
+            }
+            // Rewritten on the server between the listing and the read.
+            FXP_FSTAT if rel(&first).is_some_and(|(_, r)| r == b"moving") => {
+                let mut v = head(105, id);
+                v.extend(0x0du32.to_be_bytes());
+                v.extend(5u64.to_be_bytes());
+                v.extend((S_IFREG | 0o644).to_be_bytes());
+                v.extend((MTIME + 60).to_be_bytes());
+                v.extend((MTIME + 60).to_be_bytes());
+                v
             }
             FXP_LSTAT | FXP_STAT | FXP_FSTAT => match rel(&first).and_then(|(_, r)| lookup(&r)) {
                 Some(e) => {
