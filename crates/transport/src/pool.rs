@@ -163,8 +163,9 @@ impl Pool {
         };
         let pool = self.clone();
         *widening = Some(tokio::spawn(async move {
-            // A refusal here is not news: `expand` would meet and report it.
-            if let Ok(l) = pool.extend_link(Some(conn), 1, 1).await {
+            // Counting none elsewhere keeps a refusal quiet here: it is not
+            // news until `expand` meets it, and reports it, for the transfers.
+            if let Ok(l) = pool.extend_link(Some(conn), 1, 0).await {
                 pool.links.lock().unwrap().push(l);
             }
         }));
