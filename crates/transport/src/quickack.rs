@@ -108,3 +108,31 @@ impl AsyncWrite for QuickAck {
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Bytes pass both ways unchanged, with quick ACKs on and after the switch.
+    #[tokio::test]
+    async fn passes_bytes_through_either_way() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut ours, switch) = QuickAck::new(client.unwrap());
+        let mut theirs = accepted.unwrap().0;
+        for round in 0..2u8 {
+            let sent: Vec<u8> = (0..100_000u32).map(|i| (i as u8) ^ round).collect();
+            theirs.write_all(&sent).await.unwrap();
+            let mut got = vec![0u8; sent.len()];
+            ours.read_exact(&mut got).await.unwrap();
+            assert_eq!(got, sent);
+            ours.write_all(&sent[..1000]).await.unwrap();
+            let mut back = vec![0u8; 1000];
+            theirs.read_exact(&mut back).await.unwrap();
+            assert_eq!(back, sent[..1000]);
+            switch.store(false, Ordering::Relaxed);
+        }
+    }
+}
