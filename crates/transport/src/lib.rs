@@ -1,8 +1,9 @@
 //! robosync-transport: everything between robosync and a remote SFTP server.
 //!
 //! Brief overview: [`ssh_config`] resolves a destination the way `ssh` would;
-//! [`connect::Connection`] authenticates (russh) and checks host keys with our
-//! own [`known_hosts`] policy; [`client::Sftp`] runs an SFTP v3 session
+//! [`connect::Connection`] authenticates (russh, over a socket that asks for
+//! quick ACKs until its first session runs: see `quickack`) and checks host
+//! keys with our own [`known_hosts`] policy; [`client::Sftp`] runs an SFTP v3 session
 //! ([`proto`] is its I/O-free codec) over a russh channel or an `ssh -s sftp`
 //! child, with many requests in flight; [`pool::Pool`] spreads sessions over
 //! several connections and reconnects.
