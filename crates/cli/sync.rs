@@ -486,9 +486,9 @@ async fn push_run(
     ticker.abort();
     run.phase("transferred");
     errors.extend(run_errors);
-    // Record what the destination now holds: locally, then on the destination.
-    // Locally and on the destination at once: both record the same state,
-    // so whichever lands first, the next run starts from what is there.
+    // Record what the destination now holds, locally and on the destination
+    // at once: both record the same state, so whichever lands first, the
+    // next run starts from what is there.
     let manifest = Arc::new(job.manifest.lock().unwrap().clone());
     let recorded = {
         let (run, manifest, paths) = (run.clone(), manifest.clone(), paths.clone());

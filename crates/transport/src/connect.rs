@@ -185,7 +185,7 @@ pub struct Connection {
     pub peer: String,
     pub notes: Vec<String>,
     /// Switches off the socket's quick ACKs once a session runs (see `quickack`).
-    quick_ack: Option<Arc<AtomicBool>>,
+    quick_ack: QuickAckSwitch,
 }
 
 /// How to reach a host: the resolved config plus the user's original request.
