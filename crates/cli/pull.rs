@@ -257,10 +257,7 @@ pub async fn pull_run(
         source,
         partials: Mutex::new(partials(&pending)),
         manifest: Mutex::new(manifest),
-        // As a push's: 8 MiB per session.
-        data: crate::push::ReadAhead::new(
-            (pool.capacity() as u64 * (8 << 20)).clamp(32 << 20, 256 << 20),
-        ),
+        data: crate::push::ReadAhead::for_sessions(pool.capacity()),
     });
     let ticker = {
         let run = run.clone();

@@ -145,7 +145,13 @@ pub struct ReadAhead {
 impl ReadAhead {
     const UNIT: u64 = 64 << 10;
 
-    pub fn new(bytes: u64) -> ReadAhead {
+    /// The budget for a pool of `sessions`: 8 MiB each (two lanes' worth of
+    /// runs in flight), 32 to 256 MiB in all.
+    pub fn for_sessions(sessions: usize) -> ReadAhead {
+        ReadAhead::new((sessions as u64 * (8 << 20)).clamp(32 << 20, 256 << 20))
+    }
+
+    fn new(bytes: u64) -> ReadAhead {
         let total = (bytes / Self::UNIT).clamp(1, u32::MAX as u64) as u32;
         ReadAhead {
             units: tokio::sync::Semaphore::new(total as usize),

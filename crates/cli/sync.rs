@@ -456,8 +456,7 @@ async fn push_run(
         entries,
         partials: Mutex::new(push::partials(&pending)),
         manifest: Mutex::new(manifest),
-        // 8 MiB per session: two lanes' worth of runs in flight.
-        data: push::ReadAhead::new((pool.capacity() as u64 * (8 << 20)).clamp(32 << 20, 256 << 20)),
+        data: push::ReadAhead::for_sessions(pool.capacity()),
         slots: Default::default(),
         dirs_in_place,
     });

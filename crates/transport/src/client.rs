@@ -373,21 +373,22 @@ impl Sftp {
                 self.timeout,
             )
             .await?;
-        let mut replies = replies.into_iter();
-        match replies.next() {
-            Some(Reply::Status { code: 0, .. } | Reply::Extended(_)) => {}
-            Some(Reply::Status { code, message }) => {
+        let [renamed, stat] = self.pair(replies)?;
+        match renamed {
+            Reply::Status { code: 0, .. } | Reply::Extended(_) => {}
+            Reply::Status { code, message } => {
                 return Err(self.status_error("rename", to, code, message))
             }
             other => return Err(self.protocol(format!("rename: unexpected reply {other:?}"))),
         }
-        match replies.next() {
-            Some(Reply::Attrs(a)) => Ok(a),
-            Some(Reply::Status { code, message }) => {
-                Err(self.status_error("lstat", to, code, message))
-            }
-            other => Err(self.protocol(format!("lstat: unexpected reply {other:?}"))),
-        }
+        self.attrs_reply("lstat", to, stat)
+    }
+
+    /// The two replies of a two-request batch.
+    fn pair(&self, replies: Vec<Reply>) -> Result<[Reply; 2], Error> {
+        replies
+            .try_into()
+            .map_err(|r: Vec<Reply>| self.protocol(format!("{} replies to 2 requests", r.len())))
     }
 
     /// Whether the session has ended (connection lost or closed).
@@ -491,10 +492,30 @@ impl Sftp {
         kind: u8,
         build: impl FnOnce(Packet) -> Packet + Send,
     ) -> Result<Attrs, Error> {
-        match self.call(kind, 0, build).await? {
+        let reply = self.call(kind, 0, build).await?;
+        self.attrs_reply(op, path, reply)
+    }
+
+    /// A reply that must carry attributes.
+    fn attrs_reply(&self, op: &'static str, path: &[u8], reply: Reply) -> Result<Attrs, Error> {
+        match reply {
             Reply::Attrs(a) => Ok(a),
             Reply::Status { code, message } => Err(self.status_error(op, path, code, message)),
             other => Err(self.protocol(format!("{op}: unexpected reply {other:?}"))),
+        }
+    }
+
+    /// A READ's reply: at most `len` bytes, or `None` at the end of the file.
+    fn data_reply(&self, len: u32, reply: Reply) -> Result<Option<Vec<u8>>, Error> {
+        match reply {
+            Reply::Data(d) if d.len() <= len as usize => Ok(Some(d)),
+            Reply::Data(_) => Err(self.protocol("READ returned more than asked".into())),
+            Reply::Status {
+                code: proto::FX_EOF,
+                ..
+            } => Ok(None),
+            Reply::Status { code, message } => Err(self.status_error("read", b"", code, message)),
+            other => Err(self.protocol(format!("read: unexpected reply {other:?}"))),
         }
     }
 
@@ -531,21 +552,12 @@ impl Sftp {
         offset: u64,
         len: u32,
     ) -> Result<Option<Vec<u8>>, Error> {
-        match self
+        let reply = self
             .call(proto::FXP_READ, len as usize, |p| {
                 p.bytes(handle).u64(offset).u32(len)
             })
-            .await?
-        {
-            Reply::Data(d) if d.len() <= len as usize => Ok(Some(d)),
-            Reply::Data(_) => Err(self.protocol("READ returned more than asked".into())),
-            Reply::Status {
-                code: proto::FX_EOF,
-                ..
-            } => Ok(None),
-            Reply::Status { code, message } => Err(self.status_error("read", b"", code, message)),
-            other => Err(self.protocol(format!("read: unexpected reply {other:?}"))),
-        }
+            .await?;
+        self.data_reply(len, reply)
     }
 
     /// READ, then FSTAT of the same handle, in one flight and in this order:
@@ -563,28 +575,9 @@ impl Sftp {
             }),
             Request::new(proto::FXP_FSTAT, 0, move |p| p.bytes(handle)),
         ];
-        let mut replies = self.batch(requests, self.timeout).await?.into_iter();
-        let data = match replies.next() {
-            Some(Reply::Data(d)) if d.len() <= len as usize => Some(d),
-            Some(Reply::Data(_)) => {
-                return Err(self.protocol("READ returned more than asked".into()))
-            }
-            Some(Reply::Status {
-                code: proto::FX_EOF,
-                ..
-            }) => None,
-            Some(Reply::Status { code, message }) => {
-                return Err(self.status_error("read", b"", code, message))
-            }
-            other => return Err(self.protocol(format!("read: unexpected reply {other:?}"))),
-        };
-        match replies.next() {
-            Some(Reply::Attrs(a)) => Ok((data, a)),
-            Some(Reply::Status { code, message }) => {
-                Err(self.status_error("fstat", b"", code, message))
-            }
-            other => Err(self.protocol(format!("fstat: unexpected reply {other:?}"))),
-        }
+        let [read, stat] = self.pair(self.batch(requests, self.timeout).await?)?;
+        let data = self.data_reply(len, read)?;
+        Ok((data, self.attrs_reply("fstat", b"", stat)?))
     }
 
     pub async fn write(&self, handle: &[u8], offset: u64, data: &[u8]) -> Result<(), Error> {
