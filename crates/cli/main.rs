@@ -92,10 +92,10 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
 
-    /// SSH connections to open [default: 2; 1 to a host under 2 ms away].
+    /// SSH connections to open [default: 2].
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
-    /// SFTP channels per connection [default: 8; 4 to a host under 2 ms away].
+    /// SFTP channels per connection [default: 8; 2 to a host under 2 ms away].
     #[arg(long, value_name = "M")]
     pub channels: Option<usize>,
     /// Keep reconnecting this long after the link drops (e.g. 30s, 10m, 1h).
