@@ -64,7 +64,7 @@ fn three_hundred_files_open_at_once_on_one_session() {
         let writes = handles
             .iter()
             .enumerate()
-            .map(|(i, h)| s.write(h, 0, format!("file {i}").into_bytes().leak()));
+            .map(|(i, h)| s.write(h, 0, format!("file {i}").into_bytes().into()));
         futures::future::try_join_all(writes).await.unwrap();
         for h in &handles {
             s.close(h).await.unwrap();

@@ -8,7 +8,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -590,14 +589,15 @@ impl Push {
         let len = (run.end * BLOCK_SIZE).min(e.size) - start;
         // Bounded read-ahead: the bytes are held from the read until acked.
         let _held = self.data.acquire(len).await;
-        let mut buf = vec![0u8; len as usize];
-        file.read_exact_at(&mut buf, start)
+        let buf = read_at(file, start, len as usize)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
+        // One buffer, shared by the writes' slices: no copy until russh's.
+        let buf = bytes::Bytes::from(buf);
         let chunk = (s.limits.max_write as usize).max(1);
-        let writes = buf
-            .chunks(chunk)
-            .enumerate()
-            .map(|(k, c)| s.write(handle, start + (k * chunk) as u64, c));
+        let writes = (0..buf.len()).step_by(chunk).map(|at| {
+            let c = buf.slice(at..(at + chunk).min(buf.len()));
+            s.write(handle, start + at as u64, c)
+        });
         futures::future::try_join_all(writes).await?;
         self.run.add_bytes(len);
         if let Some((path, temp)) = journal {
@@ -741,8 +741,7 @@ impl Push {
         key: &[u8],
     ) -> Result<Attrs, Error> {
         let held = self.data.acquire(e.size).await;
-        let mut data = vec![0u8; e.size as usize];
-        file.read_exact_at(&mut data, 0)
+        let data = read_at(file, 0, e.size as usize)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
         let attrs = final_attrs(e);
         s.write_and_close(&handle, 0, &data, Some(&attrs))
@@ -1164,4 +1163,21 @@ pub fn adopt_unchanged(push: &Push, dest: &Tree) {
             );
         }
     }
+}
+
+/// Reads exactly `len` bytes at `offset` into a new buffer, without zeroing
+/// it first: every pushed byte passes through one of these, and the memset
+/// was 2% of a 1 GiB push's CPU. A file that ends early is an error.
+fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(_) => {}
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(buf)
 }

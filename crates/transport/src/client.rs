@@ -10,9 +10,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Semaphore};
 
+use crate::channel_io::Outbound;
 use crate::error::Error;
 use crate::proto::{self, Attrs, Name, Packet, Reply};
 
@@ -67,11 +69,13 @@ impl Default for SessionOptions {
 type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Reply>>>>>;
 
 /// One request of a [`Sftp::batch`]: its kind, its payload size (charged to
-/// the byte budget) and how to fill in its body once it has an id.
+/// the byte budget), how to fill in its body once it has an id, and bytes
+/// that end the body but travel as they are (see [`Sftp::write`]).
 struct Request<'a> {
     kind: u8,
     cost: usize,
     build: Box<dyn FnOnce(Packet) -> Packet + Send + 'a>,
+    tail: Option<Bytes>,
 }
 
 impl<'a> Request<'a> {
@@ -80,15 +84,20 @@ impl<'a> Request<'a> {
             kind,
             cost,
             build: Box::new(build),
+            tail: None,
         }
     }
 }
+
+/// WRITE data at least this long is sent as it is rather than copied into
+/// its packet; below it, one contiguous piece is cheaper for the SSH layer.
+const UNCOPIED_WRITE: usize = 32 * 1024;
 
 /// A connected SFTP session. Cheap to share behind an `Arc`; all methods take `&self`.
 pub struct Sftp {
     /// Whole packets to the writer task. A packet is handed over entire or not
     /// at all, so a cancelled request can never leave half a packet on the wire.
-    writer: tokio::sync::mpsc::Sender<Vec<u8>>,
+    writer: tokio::sync::mpsc::Sender<Vec<Bytes>>,
     waiters: Waiters,
     next_id: AtomicU32,
     budget: Arc<Semaphore>,
@@ -118,7 +127,8 @@ impl Sftp {
         };
         stream.write_all(&Self::init()).await.map_err(io)?;
         stream.flush().await.map_err(io)?;
-        Self::after_init(stream, Vec::new(), peer, opts).await
+        let (rd, wr) = tokio::io::split(stream);
+        Self::after_init(rd, Outbound::Stream(Box::new(wr)), Vec::new(), peer, opts).await
     }
 
     /// The INIT packet that opens every session.
@@ -126,18 +136,18 @@ impl Sftp {
         Packet::init().finish()
     }
 
-    /// Finishes the handshake on a stream whose INIT is already sent (and
-    /// whose first `early` bytes were already read off it).
-    pub async fn after_init<S>(
-        stream: S,
+    /// Finishes the handshake on a link whose INIT is already sent (and
+    /// whose first `early` bytes were already read off `rd`).
+    pub async fn after_init<R>(
+        rd: R,
+        mut out: Outbound,
         early: Vec<u8>,
         peer: &str,
         opts: SessionOptions,
     ) -> Result<Sftp, Error>
     where
-        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        R: AsyncRead + Send + Unpin + 'static,
     {
-        let (rd, mut wr) = tokio::io::split(stream);
         let mut rd = std::io::Cursor::new(early).chain(rd);
         let body = read_first_packet(&mut rd, peer).await?;
         let (version, ext) = proto::decode_version(&body).map_err(|e| Error::Protocol {
@@ -164,16 +174,18 @@ impl Sftp {
         }
         let units = (opts.budget_bytes / BUDGET_UNIT).max(1);
         let dead = Arc::new(Mutex::new(None));
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
         {
             let dead = dead.clone();
             tokio::spawn(async move {
                 while let Some(pkt) = rx.recv().await {
-                    if let Err(e) = wr.write_all(&pkt).await {
+                    if let Err(e) = out.send(pkt).await {
                         dead.lock().unwrap().get_or_insert(e.to_string());
                         break;
                     }
                 }
+                // Every handle to the session is gone: end it on the server too.
+                out.close().await;
             });
         }
         let mut sftp = Sftp {
@@ -256,6 +268,7 @@ impl Sftp {
             .acquire_many(units.min(max_units) as u32)
             .await
             .expect("budget semaphore is never closed");
+        let mut parts: Vec<Bytes> = Vec::new();
         let mut bytes = Vec::new();
         let mut pending = Vec::with_capacity(requests.len());
         {
@@ -268,19 +281,27 @@ impl Sftp {
                 let id = self.next_id.fetch_add(1, Ordering::Relaxed);
                 let (tx, rx) = oneshot::channel();
                 map.insert(id, tx);
-                let packet = (r.build)(Packet::new(r.kind, id)).finish();
+                let tail_len = r.tail.as_ref().map_or(0, |t| t.len());
+                let packet = (r.build)(Packet::new(r.kind, id)).finish_before(tail_len);
                 // The common single request moves its packet, not copies it.
                 if bytes.is_empty() {
                     bytes = packet;
                 } else {
                     bytes.extend_from_slice(&packet);
                 }
+                if let Some(tail) = r.tail {
+                    parts.push(std::mem::take(&mut bytes).into());
+                    parts.push(tail);
+                }
                 pending.push((id, rx));
             }
         }
+        if !bytes.is_empty() {
+            parts.push(bytes.into());
+        }
         // A dead link can leave a write waiting forever for window space:
         // bound the write by the request timeout too.
-        match tokio::time::timeout(self.timeout, self.writer.send(bytes)).await {
+        match tokio::time::timeout(self.timeout, self.writer.send(parts)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 self.mark_dead("the SFTP stream closed".into());
@@ -580,13 +601,23 @@ impl Sftp {
         Ok((data, self.attrs_reply("fstat", b"", stat)?))
     }
 
-    pub async fn write(&self, handle: &[u8], offset: u64, data: &[u8]) -> Result<(), Error> {
-        match self
-            .call(proto::FXP_WRITE, data.len(), |p| {
-                p.bytes(handle).u64(offset).bytes(data)
+    /// Writes `data` at `offset`. Long data goes to the wire as it is, not
+    /// copied into the packet (a copy per byte was 3% of a 1 GiB push's CPU).
+    pub async fn write(&self, handle: &[u8], offset: u64, data: Bytes) -> Result<(), Error> {
+        let len = data.len();
+        let request = if len >= UNCOPIED_WRITE {
+            let mut r = Request::new(proto::FXP_WRITE, len, move |p| {
+                p.bytes(handle).u64(offset).u32(len as u32)
+            });
+            r.tail = Some(data);
+            r
+        } else {
+            Request::new(proto::FXP_WRITE, len, move |p| {
+                p.bytes(handle).u64(offset).bytes(&data)
             })
-            .await?
-        {
+        };
+        let mut replies = self.batch(vec![request], self.timeout).await?;
+        match replies.pop().expect("one reply per request") {
             Reply::Status { code: 0, .. } => Ok(()),
             Reply::Status { code, message } => Err(self.status_error("write", b"", code, message)),
             other => Err(self.protocol(format!("write: unexpected reply {other:?}"))),
@@ -773,7 +804,10 @@ impl Sftp {
     /// for it would cost a round trip. (Replies nobody waits for are dropped.)
     pub fn close_detached(&self, handle: &[u8]) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let bytes = Packet::new(proto::FXP_CLOSE, id).bytes(handle).finish();
+        let bytes = vec![Packet::new(proto::FXP_CLOSE, id)
+            .bytes(handle)
+            .finish()
+            .into()];
         if let Err(tokio::sync::mpsc::error::TrySendError::Full(bytes)) =
             self.writer.try_send(bytes)
         {

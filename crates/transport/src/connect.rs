@@ -20,6 +20,7 @@ use russh::keys::{load_openssh_certificate, load_secret_key, PrivateKeyWithHashA
 use russh::{cipher, ChannelMsg, Preferred};
 use tokio::process::Command;
 
+use crate::channel_io::{ChannelReader, Outbound};
 use crate::client::{SessionOptions, Sftp};
 use crate::error::Error;
 use crate::known_hosts::{self, HostKeyQuery, Verdict};
@@ -777,7 +778,15 @@ impl Connection {
                 }
             }
         }
-        let sftp = Sftp::after_init(channel.into_stream(), early, &self.peer, opts).await?;
+        let (read_half, write_half) = channel.split();
+        let sftp = Sftp::after_init(
+            ChannelReader::new(read_half),
+            Outbound::Channel(write_half),
+            early,
+            &self.peer,
+            opts,
+        )
+        .await?;
         if let Some(switch) = &self.quick_ack {
             switch.store(false, Ordering::Relaxed);
         }

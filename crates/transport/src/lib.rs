@@ -11,6 +11,7 @@
 //! Must not: run remote commands (no `exec`, no PTY), decide what to transfer
 //! (the planner does), or touch local files.
 
+pub mod channel_io;
 pub mod client;
 pub mod connect;
 pub mod error;

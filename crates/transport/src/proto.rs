@@ -184,8 +184,13 @@ impl Packet {
         }
         self
     }
-    pub fn finish(mut self) -> Vec<u8> {
-        let len = (self.buf.len() - 4) as u32;
+    pub fn finish(self) -> Vec<u8> {
+        self.finish_before(0)
+    }
+    /// The packet's head, when its last `tail` bytes follow separately
+    /// (a WRITE's data, sent without being copied in).
+    pub fn finish_before(mut self, tail: usize) -> Vec<u8> {
+        let len = (self.buf.len() - 4 + tail) as u32;
         self.buf[..4].copy_from_slice(&len.to_be_bytes());
         self.buf
     }
