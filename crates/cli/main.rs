@@ -191,7 +191,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    let code = rt.block_on(sync::main(args, rules));
+    // On a worker, not this thread: replies then wake the run's futures on
+    // the worker that read them, instead of across threads to this one.
+    let run = rt.spawn(sync::main(args, rules));
+    let code = rt.block_on(run).expect("the run panicked");
     // Don't wait for lingering tasks (e.g. a proxy child) on the way out.
     rt.shutdown_timeout(Duration::from_millis(200));
     std::process::exit(code);

@@ -786,7 +786,8 @@ impl Push {
         }
         let queue = Mutex::new(runs(&todo, RUN_BLOCKS));
         let queue = &queue;
-        let mut used: Vec<*const Sftp> = vec![s as *const Sftp];
+        // Sessions already lanes, by address (an address, unlike a pointer, is Send).
+        let mut used: Vec<usize> = vec![s as *const Sftp as usize];
         let mut lanes = futures::stream::FuturesUnordered::new();
         lanes.push(futures::future::Either::Left(
             self.drain(queue, s, handle, file, e, journal),
@@ -811,10 +812,10 @@ impl Push {
                 },
                 _ = tick.tick(), if !queue.lock().unwrap().is_empty() => {
                     for o in self.pool.sessions() {
-                        if used.contains(&Arc::as_ptr(&o)) {
+                        if used.contains(&(Arc::as_ptr(&o) as usize)) {
                             continue;
                         }
-                        used.push(Arc::as_ptr(&o));
+                        used.push(Arc::as_ptr(&o) as usize);
                         lanes.push(futures::future::Either::Right(async move {
                             // A lane that cannot open the file just leaves
                             // its share to the others.
