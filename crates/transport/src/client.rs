@@ -269,7 +269,17 @@ impl Sftp {
             .await
             .expect("budget semaphore is never closed");
         let mut parts: Vec<Bytes> = Vec::new();
-        let mut bytes = Vec::new();
+        // Sized for the whole batch (a small file's WRITE, FSETSTAT and CLOSE)
+        // so that it is built in one buffer without growing.
+        let inline: usize = requests
+            .iter()
+            .map(|r| match (r.kind, &r.tail) {
+                // A WRITE's cost is its data; a READ's is its reply's.
+                (proto::FXP_WRITE, None) => 64 + r.cost,
+                _ => 64,
+            })
+            .sum();
+        let mut bytes = Vec::with_capacity(inline);
         let mut pending = Vec::with_capacity(requests.len());
         {
             let mut w = self.waiters.lock().unwrap();
@@ -282,13 +292,7 @@ impl Sftp {
                 let (tx, rx) = oneshot::channel();
                 map.insert(id, tx);
                 let tail_len = r.tail.as_ref().map_or(0, |t| t.len());
-                let packet = (r.build)(Packet::new(r.kind, id)).finish_before(tail_len);
-                // The common single request moves its packet, not copies it.
-                if bytes.is_empty() {
-                    bytes = packet;
-                } else {
-                    bytes.extend_from_slice(&packet);
-                }
+                bytes = (r.build)(Packet::after(bytes, r.kind, id)).finish_before(tail_len);
                 if let Some(tail) = r.tail {
                     parts.push(std::mem::take(&mut bytes).into());
                     parts.push(tail);

@@ -127,20 +127,27 @@ impl fmt::Display for DecodeError {
 /// Builds one request packet: length prefix, type, id, then fields.
 pub struct Packet {
     buf: Vec<u8>,
+    /// Where this packet starts in `buf` (packets can follow one another in it).
+    start: usize,
 }
 
 impl Packet {
     pub fn new(kind: u8, id: u32) -> Packet {
-        let mut buf = Vec::with_capacity(64);
+        Packet::after(Vec::with_capacity(64), kind, id)
+    }
+    /// A packet appended to `buf`, which keeps what it holds: several
+    /// requests sent as one piece are built in place, not copied together.
+    pub fn after(mut buf: Vec<u8>, kind: u8, id: u32) -> Packet {
+        let start = buf.len();
         buf.extend_from_slice(&[0, 0, 0, 0, kind]);
         buf.extend_from_slice(&id.to_be_bytes());
-        Packet { buf }
+        Packet { buf, start }
     }
     /// INIT carries a version instead of a request id.
     pub fn init() -> Packet {
         let mut buf = vec![0, 0, 0, 0, FXP_INIT];
         buf.extend_from_slice(&VERSION.to_be_bytes());
-        Packet { buf }
+        Packet { buf, start: 0 }
     }
     pub fn u32(mut self, v: u32) -> Packet {
         self.buf.extend_from_slice(&v.to_be_bytes());
@@ -190,8 +197,9 @@ impl Packet {
     /// The packet's head, when its last `tail` bytes follow separately
     /// (a WRITE's data, sent without being copied in).
     pub fn finish_before(mut self, tail: usize) -> Vec<u8> {
-        let len = (self.buf.len() - 4 + tail) as u32;
-        self.buf[..4].copy_from_slice(&len.to_be_bytes());
+        let at = self.start;
+        let len = (self.buf.len() - at - 4 + tail) as u32;
+        self.buf[at..at + 4].copy_from_slice(&len.to_be_bytes());
         self.buf
     }
 }
