@@ -379,4 +379,32 @@ mod tests {
         let pkt = Packet::new(FXP_NAME, 1).u32(u32::MAX).finish();
         assert!(decode_reply(&pkt[4..]).is_err());
     }
+
+    #[test]
+    fn packets_built_back_to_back_and_with_a_separate_tail() {
+        // Two packets in one buffer: each length prefix covers its own packet.
+        let first = Packet::new(FXP_CLOSE, 1).bytes(b"h").finish();
+        let both = Packet::after(first.clone(), FXP_CLOSE, 2)
+            .bytes(b"hh")
+            .finish();
+        assert_eq!(&both[..first.len()], &first[..]);
+        let second = &both[first.len()..];
+        let len = u32::from_be_bytes(second[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, second.len() - 4);
+        assert_eq!(second[4], FXP_CLOSE);
+        // A WRITE whose data travels apart: head + tail = the inline packet.
+        let data = b"0123456789";
+        let inline = Packet::new(FXP_WRITE, 3)
+            .bytes(b"h")
+            .u64(0)
+            .bytes(data)
+            .finish();
+        let mut split = Packet::new(FXP_WRITE, 3)
+            .bytes(b"h")
+            .u64(0)
+            .u32(data.len() as u32)
+            .finish_before(data.len());
+        split.extend_from_slice(data);
+        assert_eq!(split, inline);
+    }
 }
