@@ -5,7 +5,8 @@
 //! quick ACKs until its first session runs: see `quickack`) and checks host
 //! keys with our own [`known_hosts`] policy; [`client::Sftp`] runs an SFTP v3 session
 //! ([`proto`] is its I/O-free codec) over a russh channel or an `ssh -s sftp`
-//! child, with many requests in flight; [`pool::Pool`] spreads sessions over
+//! child ([`channel_io`]: packets go to russh owned, not copied), with many
+//! requests in flight; [`pool::Pool`] spreads sessions over
 //! several connections and reconnects.
 //!
 //! Must not: run remote commands (no `exec`, no PTY), decide what to transfer
