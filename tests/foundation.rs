@@ -65,6 +65,29 @@ fn refused_subsystem_is_reported_with_the_servers_words() {
     assert!(!err.to_lowercase().contains("too long"), "{err}");
 }
 
+/// A wrapper that refuses on stderr and exits: sshd discards a subsystem's
+/// stderr, so all robosync can see is a channel closing unanswered. It must
+/// say so, and where the reason is, rather than print an empty quote.
+#[test]
+fn a_refusal_on_stderr_is_reported_as_a_silent_refusal() {
+    let sshd = Sshd::start();
+    sshd.set_reject_sftp_on_stderr();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"x");
+    let dest = sshd.mkdir("d");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(&src)
+        .arg(remote(&dest)));
+    assert_ne!(r.code(), 0);
+    let err = r.stderr();
+    assert!(err.contains("the server refused SFTP"), "{err}");
+    assert!(err.contains("closed without a word"), "{err}");
+    assert!(err.contains("server's logs"), "{err}");
+    assert!(!err.contains("\"\""), "{err}");
+    assert_eq!(fs::read_dir(&dest).unwrap().count(), 0, "nothing may land");
+}
+
 #[test]
 fn unknown_host_key_is_refused_and_named() {
     let sshd = Sshd::start();

@@ -291,15 +291,25 @@ impl Sshd {
         )
     }
 
-    /// Toggles whether the wrapper refuses the SFTP server.
+    /// Toggles whether the wrapper refuses the SFTP server (on stdout, and
+    /// exiting 0, as the Alliance's wrapper does).
     pub fn set_reject_sftp(&self, yes: bool) {
+        self.write_wrapper_conf(if yes { "REJECT_SFTP=1\n" } else { "" });
+    }
+
+    /// Makes the wrapper refuse the SFTP server on stderr and exit 1, as
+    /// other sites' wrappers do.
+    pub fn set_reject_sftp_on_stderr(&self) {
+        self.write_wrapper_conf("REJECT_SFTP=1\nREJECT_TO_STDERR=1\n");
+    }
+
+    fn write_wrapper_conf(&self, extra: &str) {
         fs::write(
             &self.wrapper_conf,
             format!(
-                "SFTP_SERVER={}\nLOG={}\nREJECT_SFTP={}\n",
+                "SFTP_SERVER={}\nLOG={}\n{extra}",
                 self.sftp_server.display(),
                 self.wrapper_log.display(),
-                if yes { 1 } else { 0 }
             ),
         )
         .unwrap();

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the server refused SFTP: {text:?} (from {peer}). The forced command on the key (e.g. a site's transfer_commands.sh) did not start the SFTP server: check that the key is registered for transfers and that the site allows the sftp subsystem")]
+    #[error("the server refused SFTP: {} (from {peer}). The forced command on the key (e.g. a site's transfer_commands.sh) did not start the SFTP server: check that the key is registered for transfers and that the site allows the sftp subsystem", said(text))]
     Refused { peer: String, text: String },
     #[error("connection to {peer} lost: {detail}")]
     ConnectionLost { peer: String, detail: String },
@@ -21,6 +21,19 @@ pub enum Error {
     },
     #[error("{0}")]
     Connect(String),
+}
+
+/// What a refusing server said; OpenSSH drops a subsystem's stderr, so a
+/// wrapper that refuses there (or exits without a word) leaves nothing.
+fn said(text: &str) -> String {
+    if text.trim().is_empty() {
+        "the channel closed without a word (a wrapper's message on stderr \
+         never reaches the client: OpenSSH discards a subsystem's stderr; \
+         the server's logs have it)"
+            .to_string()
+    } else {
+        format!("{text:?}")
+    }
 }
 
 fn status_text(code: u32, message: &str) -> String {
