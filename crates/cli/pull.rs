@@ -824,7 +824,10 @@ async fn fetch_block(
         let o = off + k * chunk;
         read_exact(s, handle, o, chunk.min(off + len - o), size)
     });
-    let parts = futures::future::try_join_all(reads).await?;
+    let mut parts = futures::future::try_join_all(reads).await?;
+    if parts.len() == 1 {
+        return Ok(parts.pop().expect("one part"));
+    }
     Ok(parts.concat())
 }
 
@@ -835,11 +838,16 @@ async fn read_exact(
     want: u64,
     size: u64,
 ) -> Result<Vec<u8>, PullError> {
-    let mut buf = Vec::with_capacity(want as usize);
+    let mut buf = Vec::new();
     while (buf.len() as u64) < want {
         let at = off + buf.len() as u64;
         match s.read(handle, at, (want - buf.len() as u64) as u32).await? {
-            Some(d) if !d.is_empty() => buf.extend_from_slice(&d),
+            // The usual whole answer is kept as it came, not copied.
+            Some(d) if buf.is_empty() && d.len() as u64 == want => return Ok(d),
+            Some(d) if !d.is_empty() => {
+                buf.reserve_exact(want as usize - buf.len());
+                buf.extend_from_slice(&d)
+            }
             _ => {
                 return Err(PullError::Local(format!(
                     "the server's file ended at byte {at} of the {size} it announced"

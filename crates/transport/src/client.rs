@@ -906,6 +906,49 @@ async fn read_first_packet<R: AsyncRead + Unpin>(rd: &mut R, peer: &str) -> Resu
     Ok(body)
 }
 
+/// Reads and decodes one reply body of `len` bytes. A DATA reply's bytes
+/// are read straight into a buffer of their own: pulled data is neither
+/// zeroed first nor copied out of the packet.
+async fn read_reply<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    len: usize,
+) -> std::io::Result<Result<(u32, Reply), proto::DecodeError>> {
+    // Type, request id and, for DATA, the data's length.
+    const DATA_HEAD: usize = 9;
+    let mut body = Vec::with_capacity(len.min(DATA_HEAD));
+    read_to_len(rd, &mut body, len.min(DATA_HEAD)).await?;
+    if body.len() == DATA_HEAD && body[0] == proto::FXP_DATA {
+        let id = u32::from_be_bytes(body[1..5].try_into().unwrap());
+        let n = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+        if n <= len - DATA_HEAD {
+            let mut data = Vec::with_capacity(n);
+            read_to_len(rd, &mut data, n).await?;
+            // Bytes past the data (none from a sane server) are dropped.
+            let mut rest = Vec::with_capacity(len - DATA_HEAD - n);
+            read_to_len(rd, &mut rest, len - DATA_HEAD - n).await?;
+            return Ok(Ok((id, Reply::Data(data))));
+        }
+    }
+    body.reserve_exact(len - body.len());
+    read_to_len(rd, &mut body, len).await?;
+    Ok(proto::decode_reply(&body))
+}
+
+/// Reads until `buf` holds `len` bytes, into its spare capacity (not zeroed).
+async fn read_to_len<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    len: usize,
+) -> std::io::Result<()> {
+    while buf.len() < len {
+        let want = (len - buf.len()) as u64;
+        if (&mut *rd).take(want).read_buf(buf).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(())
+}
+
 async fn read_replies<R: AsyncRead + Unpin>(
     mut rd: R,
     waiters: Waiters,
@@ -924,11 +967,11 @@ async fn read_replies<R: AsyncRead + Unpin>(
                 proto::MAX_INBOUND_PACKET
             );
         }
-        let mut body = vec![0u8; len as usize];
-        if let Err(e) = rd.read_exact(&mut body).await {
-            break format!("connection closed mid-packet ({e})");
-        }
-        match proto::decode_reply(&body) {
+        let decoded = match read_reply(&mut rd, len as usize).await {
+            Ok(decoded) => decoded,
+            Err(e) => break format!("connection closed mid-packet ({e})"),
+        };
+        match decoded {
             Ok((id, reply)) => {
                 let tx = waiters.lock().unwrap().as_mut().and_then(|m| m.remove(&id));
                 if let Some(tx) = tx {
@@ -941,4 +984,56 @@ async fn read_replies<R: AsyncRead + Unpin>(
     *dead.lock().unwrap() = Some(why);
     // Dropping the senders wakes every waiter with "connection lost".
     waiters.lock().unwrap().take();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn reply(body: &[u8]) -> Result<(u32, Reply), proto::DecodeError> {
+        let mut rd = body;
+        let got = read_reply(&mut rd, body.len()).await.unwrap();
+        assert!(rd.is_empty(), "the whole body is consumed");
+        got
+    }
+
+    fn data_body(id: u32, n: u32, data: &[u8], extra: &[u8]) -> Vec<u8> {
+        let mut b = vec![proto::FXP_DATA];
+        b.extend_from_slice(&id.to_be_bytes());
+        b.extend_from_slice(&n.to_be_bytes());
+        b.extend_from_slice(data);
+        b.extend_from_slice(extra);
+        b
+    }
+
+    #[tokio::test]
+    async fn data_replies_are_read_apart_and_checked() {
+        let (id, r) = reply(&data_body(7, 3, b"abc", b"")).await.unwrap();
+        assert_eq!(id, 7);
+        assert!(matches!(r, Reply::Data(d) if d == b"abc"));
+        // Bytes past the announced data are dropped, not taken as data.
+        let (_, r) = reply(&data_body(8, 2, b"ab", b"zz")).await.unwrap();
+        assert!(matches!(r, Reply::Data(d) if d == b"ab"));
+        // Data longer than its packet is an error, as before.
+        assert!(reply(&data_body(9, 100, b"abc", b"")).await.is_err());
+        let (_, r) = reply(&data_body(10, 0, b"", b"")).await.unwrap();
+        assert!(matches!(r, Reply::Data(d) if d.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn other_replies_and_short_bodies_decode_as_before() {
+        let status = Packet::new(proto::FXP_STATUS, 5).u32(0).finish();
+        let (id, r) = reply(&status[4..]).await.unwrap();
+        assert_eq!(id, 5);
+        assert!(matches!(r, Reply::Status { code: 0, .. }));
+        // Shorter than a DATA head: decoded (and refused) by the codec.
+        assert!(reply(&[proto::FXP_DATA, 0, 0]).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_body_cut_short_is_an_io_error() {
+        let body = data_body(1, 10, b"0123456789", b"");
+        let mut rd = &body[..12];
+        assert!(read_reply(&mut rd, body.len()).await.is_err());
+    }
 }
