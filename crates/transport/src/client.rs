@@ -913,13 +913,10 @@ async fn read_reply<R: AsyncRead + Unpin>(
     rd: &mut R,
     len: usize,
 ) -> std::io::Result<Result<(u32, Reply), proto::DecodeError>> {
-    // Type, request id and, for DATA, the data's length.
-    const DATA_HEAD: usize = 9;
+    use proto::DATA_HEAD;
     let mut body = Vec::with_capacity(len.min(DATA_HEAD));
     read_to_len(rd, &mut body, len.min(DATA_HEAD)).await?;
-    if body.len() == DATA_HEAD && body[0] == proto::FXP_DATA {
-        let id = u32::from_be_bytes(body[1..5].try_into().unwrap());
-        let n = u32::from_be_bytes(body[5..9].try_into().unwrap()) as usize;
+    if let Some((id, n)) = proto::data_head(&body) {
         if n <= len - DATA_HEAD {
             let mut data = Vec::with_capacity(n);
             read_to_len(rd, &mut data, n).await?;

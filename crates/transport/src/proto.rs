@@ -309,6 +309,21 @@ pub fn decode_reply(body: &[u8]) -> Result<(u32, Reply), DecodeError> {
     Ok((id, reply))
 }
 
+/// A DATA reply's head: type, request id and the data's length.
+pub const DATA_HEAD: usize = 9;
+
+/// The request id and data length of a DATA reply, from its first
+/// [`DATA_HEAD`] bytes (the data can then be read apart, not copied out of
+/// the body); `None` for any other reply.
+pub fn data_head(head: &[u8]) -> Option<(u32, usize)> {
+    let mut r = Reader::new(head.get(..DATA_HEAD)?);
+    if r.u8().ok()? != FXP_DATA {
+        return None;
+    }
+    let id = r.u32().ok()?;
+    Some((id, r.u32().ok()? as usize))
+}
+
 /// Decodes a VERSION body into (version, extensions).
 /// Extension names and data from a VERSION packet.
 pub type ExtensionList = Vec<(String, Vec<u8>)>;
