@@ -25,6 +25,14 @@ fn push_lands_tree_identically_and_rerun_transfers_nothing() {
         first.stdout()
     );
     assert!(temp_files(&dest).is_empty());
+    // robosync's record of the destination is there, renamed into place
+    // (its temp file opens during the transfer), with no temp file left.
+    let kept: Vec<_> = fs::read_dir(dest.join(".robosync"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(kept, ["manifest"]);
+    assert!(fs::metadata(dest.join(".robosync/manifest")).unwrap().len() > 0);
 
     let second = run(robosync(&sshd, &state)
         .arg("--json")

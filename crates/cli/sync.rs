@@ -478,6 +478,16 @@ async fn push_run(
         })
     };
     let (content, deletes): (Vec<Action>, Vec<Action>) = split_deletes(plan.actions);
+    // The manifest copy's temp file opens while the files go: storing the
+    // copy afterwards then takes two round trips, not three.
+    let copy_opened = (!content.is_empty()).then(|| {
+        let (pool, path) = (pool.clone(), manifest_remote.clone());
+        tokio::spawn(async move {
+            let s = pool.session().await?;
+            let h = open_small(&s, &path).await?;
+            Ok::<_, Error>((s, h))
+        })
+    });
     let mut run_errors = job.execute(content).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes).await);
@@ -502,11 +512,30 @@ async fn push_run(
             errors
         })
     };
+    let opened = match copy_opened {
+        Some(task) => task.await.ok().and_then(Result::ok),
+        None => None,
+    };
     if copy_is_current(&manifest, remote_copy.as_deref()) {
         run.note("the destination's manifest copy is current".into());
+        if let Some((s, h)) = opened {
+            s.close_detached(&h);
+        }
     } else {
-        let session = pool.session().await.map_err(transport_failure)?;
-        if let Err(e) = write_small(&session, &manifest_remote, &manifest.encode()).await {
+        let data = manifest.encode();
+        let stored = match opened {
+            Some((s, h)) => finish_small(&s, &h, &manifest_remote, &data).await,
+            None => Err(Error::Connect("not opened".into())),
+        };
+        // A session lost meanwhile, or a refusal: the whole way, afresh.
+        let stored = match stored {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                let session = pool.session().await.map_err(transport_failure)?;
+                write_small(&session, &manifest_remote, &data).await
+            }
+        };
+        if let Err(e) = stored {
             run.warn(&format!(
                 "could not store the manifest copy on the destination: {e}"
             ));
@@ -743,21 +772,41 @@ pub async fn write_small(
     path: &[u8],
     data: &[u8],
 ) -> Result<(), Error> {
+    let h = open_small(s, path).await?;
+    finish_small(s, &h, path, data).await
+}
+
+/// [`write_small`]'s first step: opens (empties) `path`'s temp file, making
+/// its directory if missing. Returns the handle.
+pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec<u8>, Error> {
     use robosync_transport::proto::{FXF_CREAT, FXF_TRUNC, FXF_WRITE};
     let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
-    let mut tmp = path.to_vec();
-    tmp.extend_from_slice(b".tmp");
     let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
-    let h = match s.open(&tmp, flags, &Default::default()).await {
-        Ok(h) => h,
+    let tmp = small_tmp(path);
+    match s.open(&tmp, flags, &Default::default()).await {
+        Ok(h) => Ok(h),
         Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
             push::mkdir_p(s, dir).await?;
-            s.open(&tmp, flags, &Default::default()).await?
+            s.open(&tmp, flags, &Default::default()).await
         }
-        Err(e) => return Err(e),
-    };
-    s.write_and_close(&h, 0, data, None).await?;
-    s.rename(&tmp, path).await
+        Err(e) => Err(e),
+    }
+}
+
+/// [`write_small`]'s rest: `data` into the temp file opened as `h` on `s`,
+/// then the temp file renamed over `path`.
+pub async fn finish_small(
+    s: &robosync_transport::Sftp,
+    h: &[u8],
+    path: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
+    s.write_and_close(h, 0, data, None).await?;
+    s.rename(&small_tmp(path), path).await
+}
+
+fn small_tmp(path: &[u8]) -> Vec<u8> {
+    [path, b".tmp"].concat()
 }
 
 #[cfg(test)]
