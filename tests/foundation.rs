@@ -202,6 +202,18 @@ fn directory_mtimes_follow_the_source() {
     );
     assert_eq!(mtime(&dest.join("a")), 1_600_000_200);
     assert_same_tree(&src, &dest);
+
+    // A file touched at the destination is sent again and its record comes
+    // out as it was: the manifest copy's temp file, opened in case during
+    // the transfer, is gone again.
+    set_mtime(&dest.join("a/one"), 1_650_000_000);
+    push();
+    assert_same_tree(&src, &dest);
+    let kept: Vec<_> = fs::read_dir(dest.join(".robosync"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(kept, ["manifest"]);
 }
 
 /// Two runs of one source and destination (an overlapping cron job) would

@@ -480,7 +480,13 @@ async fn push_run(
     let (content, deletes): (Vec<Action>, Vec<Action>) = split_deletes(plan.actions);
     // The manifest copy's temp file opens while the files go: storing the
     // copy afterwards then takes two round trips, not three.
-    let copy_opened = (!content.is_empty()).then(|| {
+    let records_change = content.iter().any(|a| {
+        matches!(
+            a,
+            Action::Copy { .. } | Action::Delta { .. } | Action::SetAttrs { .. }
+        )
+    });
+    let copy_opened = records_change.then(|| {
         let (pool, path) = (pool.clone(), manifest_remote.clone());
         tokio::spawn(async move {
             let s = pool.session().await?;
@@ -519,7 +525,9 @@ async fn push_run(
     if copy_is_current(&manifest, remote_copy.as_deref()) {
         run.note("the destination's manifest copy is current".into());
         if let Some((s, h)) = opened {
+            // Opened for nothing: the copy stays as it is, its temp file goes.
             s.close_detached(&h);
+            let _ = s.remove(&small_tmp(&manifest_remote)).await;
         }
     } else {
         let data = manifest.encode();
