@@ -723,11 +723,10 @@ impl Pull {
                 // blocks waiting for their turn both count.
                 let held = self.data.acquire(len).await;
                 if let Some(h) = kept {
-                    let mut buf = vec![0u8; len as usize];
-                    if file.read_exact_at(&mut buf, off).is_ok()
-                        && robosync_scanner::hash_block(&buf, i, size) == h
-                    {
-                        return Ok::<_, PullError>((buf, false, held));
+                    if let Ok(buf) = crate::push::read_at(file, off, len as usize) {
+                        if robosync_scanner::hash_block(&buf, i, size) == h {
+                            return Ok::<_, PullError>((buf, false, held));
+                        }
                     }
                 }
                 Ok((

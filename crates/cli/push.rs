@@ -1169,7 +1169,7 @@ pub fn adopt_unchanged(push: &Push, dest: &Tree) {
 /// Reads exactly `len` bytes at `offset` into a new buffer, without zeroing
 /// it first: every pushed byte passes through one of these, and the memset
 /// was 2% of a 1 GiB push's CPU. A file that ends early is an error.
-fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
+pub fn read_at(file: &std::fs::File, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;

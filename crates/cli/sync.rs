@@ -531,17 +531,16 @@ async fn push_run(
         }
     } else {
         let data = manifest.encode();
-        let stored = match opened {
-            Some((s, h)) => finish_small(&s, &h, &manifest_remote, &data).await,
-            None => Err(Error::Connect("not opened".into())),
+        let early = match opened {
+            Some((s, h)) => finish_small(&s, &h, &manifest_remote, &data).await.is_ok(),
+            None => false,
         };
-        // A session lost meanwhile, or a refusal: the whole way, afresh.
-        let stored = match stored {
-            Ok(()) => Ok(()),
-            Err(_) => {
-                let session = pool.session().await.map_err(transport_failure)?;
-                write_small(&session, &manifest_remote, &data).await
-            }
+        // Not opened, a session lost meanwhile, or a refusal: the whole way, afresh.
+        let stored = if early {
+            Ok(())
+        } else {
+            let session = pool.session().await.map_err(transport_failure)?;
+            write_small(&session, &manifest_remote, &data).await
         };
         if let Err(e) = stored {
             run.warn(&format!(

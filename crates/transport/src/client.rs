@@ -87,6 +87,14 @@ impl<'a> Request<'a> {
             tail: None,
         }
     }
+
+    /// A request whose body ends with `tail`, sent apart (not copied in).
+    fn with_tail(self, tail: Bytes) -> Self {
+        Request {
+            tail: Some(tail),
+            ..self
+        }
+    }
 }
 
 /// WRITE data at least this long is sent as it is rather than copied into
@@ -610,11 +618,10 @@ impl Sftp {
     pub async fn write(&self, handle: &[u8], offset: u64, data: Bytes) -> Result<(), Error> {
         let len = data.len();
         let request = if len >= UNCOPIED_WRITE {
-            let mut r = Request::new(proto::FXP_WRITE, len, move |p| {
+            Request::new(proto::FXP_WRITE, len, move |p| {
                 p.bytes(handle).u64(offset).u32(len as u32)
-            });
-            r.tail = Some(data);
-            r
+            })
+            .with_tail(data)
         } else {
             Request::new(proto::FXP_WRITE, len, move |p| {
                 p.bytes(handle).u64(offset).bytes(&data)

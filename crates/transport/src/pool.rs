@@ -145,7 +145,7 @@ impl Pool {
     pub fn widen_for_listing(self: &Arc<Self>, entries: usize) {
         const WORTH_A_CHANNEL: usize = 5_000;
         let (_, channels) = self.shape();
-        if entries < WORTH_A_CHANNEL || channels < 2 || !self.near.load(Ordering::Relaxed) {
+        if entries < WORTH_A_CHANNEL || channels < 2 || !self.is_near() {
             return;
         }
         let mut widening = self.widening.lock().unwrap();
