@@ -38,6 +38,10 @@ struct Shared {
     cuts: AtomicU64,
     /// Cut every connection once `up` passes this value (u64::MAX = never).
     cut_at_up: AtomicU64,
+    /// Cut every connection once `down` passes this value (u64::MAX = never).
+    cut_at_down: AtomicU64,
+    /// While set, nothing is forwarded (connections stay open): a frozen link.
+    frozen: AtomicBool,
     refuse: AtomicBool,
     live: Mutex<Vec<TcpStream>>,
     shaping: Shaping,
@@ -64,6 +68,8 @@ impl Proxy {
             connections: AtomicU64::new(0),
             cuts: AtomicU64::new(0),
             cut_at_up: AtomicU64::new(u64::MAX),
+            cut_at_down: AtomicU64::new(u64::MAX),
+            frozen: AtomicBool::new(false),
             refuse: AtomicBool::new(false),
             live: Mutex::new(Vec::new()),
             shaping,
@@ -136,6 +142,17 @@ impl Proxy {
         self.shared.cut_at_up.store(total_up, Ordering::Relaxed);
     }
 
+    /// Cuts every open connection once total server→client bytes exceed `total_down`.
+    pub fn cut_when_down_exceeds(&self, total_down: u64) {
+        self.shared.cut_at_down.store(total_down, Ordering::Relaxed);
+    }
+
+    /// Freezes (or thaws) every connection: bytes are held, not forwarded,
+    /// and nothing is closed, like a link that stalls without a reset.
+    pub fn freeze(&self, yes: bool) {
+        self.shared.frozen.store(yes, Ordering::Relaxed);
+    }
+
     /// While set, new connections are accepted and closed at once.
     pub fn refuse_new(&self, yes: bool) {
         self.shared.refuse.store(yes, Ordering::Relaxed);
@@ -164,6 +181,7 @@ fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, up: bool) {
     let shaping = shared.shaping;
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let sh = shared.clone();
+    let frozen = shared.clone();
     thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
@@ -173,8 +191,9 @@ fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, up: bool) {
             };
             let counter = if up { &sh.up } else { &sh.down };
             let total = counter.fetch_add(n as u64, Ordering::Relaxed) + n as u64;
-            if up && total > sh.cut_at_up.load(Ordering::Relaxed) {
-                sh.cut_at_up.store(u64::MAX, Ordering::Relaxed);
+            let limit = if up { &sh.cut_at_up } else { &sh.cut_at_down };
+            if total > limit.load(Ordering::Relaxed) {
+                limit.store(u64::MAX, Ordering::Relaxed);
                 cut(&sh);
                 break;
             }
@@ -191,6 +210,9 @@ fn pump(shared: Arc<Shared>, mut from: TcpStream, mut to: TcpStream, up: bool) {
         let start = Instant::now();
         let mut sent: u64 = 0;
         for (due, chunk) in rx {
+            while frozen.frozen.load(Ordering::Relaxed) {
+                thread::sleep(Duration::from_millis(10));
+            }
             let now = Instant::now();
             if due > now {
                 thread::sleep(due - now);
