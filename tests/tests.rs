@@ -6,6 +6,7 @@ mod util;
 
 mod connect;
 mod foundation;
+mod integrity;
 mod pull;
 mod resume;
 mod transport;

@@ -878,11 +878,25 @@ fn set_file_attrs(fd: impl std::os::fd::AsFd, n: &Node) -> io::Result<()> {
 fn create_temp(dir: &OwnedFd, name: &[u8], truncate: bool) -> io::Result<File> {
     let mut flags = OFlags::RDWR | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     if truncate {
-        flags |= OFlags::TRUNC;
+        // A fresh attempt: whatever holds the name goes, and the new file is
+        // ours alone (EXCL: never a link someone planted at a name they
+        // could predict).
+        match rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty()) {
+            Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+            Err(e) => return Err(e.into()),
+        }
+        flags |= OFlags::EXCL;
     }
     let fd = rustix::fs::openat(dir, name, flags, Mode::from_raw_mode(0o600))?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
-        return Err(io::Error::other("temp name is taken by something else"));
+    let st = rustix::fs::fstat(&fd)?;
+    // Resuming: a hard link to someone's file is not our temp file.
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile
+        || st.st_nlink != 1
+        || st.st_uid != rustix::process::geteuid().as_raw()
+    {
+        return Err(io::Error::other(
+            "temp name is taken by something else (a link or another user's file)",
+        ));
     }
     Ok(File::from(fd))
 }

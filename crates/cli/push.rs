@@ -74,8 +74,23 @@ pub fn partials(pending: &[JournalRecord]) -> HashMap<Vec<u8>, Partial> {
     out
 }
 
-/// The temp name for `rel`: in the same directory, hidden, tied to the content.
-pub fn temp_for(rel: &[u8], whole: &[u8; 32]) -> Vec<u8> {
+/// A new temp name for `rel`: in the same directory, hidden, and random for
+/// every attempt. Nobody can plant anything at it beforehand, and the late
+/// requests of an abandoned attempt (a connection given up on whose server
+/// still runs them) can only ever touch that attempt's own file.
+pub fn fresh_temp(rel: &[u8]) -> Vec<u8> {
+    temp_name(rel, &format!("{:016x}", random_u64()))
+}
+
+/// A pull's local temp name for `rel`, tied to `tag` (what is being
+/// fetched) so that a rerun finds and resumes what an interrupted run left.
+pub fn temp_for(rel: &[u8], tag: &[u8; 32]) -> Vec<u8> {
+    let hex: String = tag[..4].iter().map(|b| format!("{b:02x}")).collect();
+    temp_name(rel, &hex)
+}
+
+/// `dir/.NAME.rbs-MARK.part` (see [`crate::remote::is_temp_name`]).
+fn temp_name(rel: &[u8], mark: &str) -> Vec<u8> {
     let (dir, name) = match rel.iter().rposition(|&b| b == b'/') {
         Some(i) => (&rel[..i + 1], &rel[i + 1..]),
         None => (&b""[..], rel),
@@ -85,11 +100,54 @@ pub fn temp_for(rel: &[u8], whole: &[u8; 32]) -> Vec<u8> {
     // Keep temp names within NAME_MAX even for long file names.
     t.extend_from_slice(&name[..name.len().min(200)]);
     t.extend_from_slice(b".rbs-");
-    for b in &whole[..4] {
-        t.extend_from_slice(format!("{b:02x}").as_bytes());
-    }
+    t.extend_from_slice(mark.as_bytes());
     t.extend_from_slice(b".part");
     t
+}
+
+/// Unpredictable numbers: a keyed hash of a counter, keyed once per process
+/// from the kernel's random source.
+fn random_u64() -> u64 {
+    use std::io::Read;
+    static KEY: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let key = KEY.get_or_init(|| {
+        let mut k = [0u8; 32];
+        let read = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut k));
+        if read.is_err() {
+            // Still unique per run: the clock and the process id.
+            let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+            k = *blake3::hash(seed.as_bytes()).as_bytes();
+        }
+        k
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let h = blake3::keyed_hash(key, &n.to_le_bytes());
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_le_bytes(b)
+}
+
+/// What the server shows must be what was sent: a regular file (not a link
+/// someone planted) of the source's size (not a file emptied or cut by a
+/// late request or a co-tenant). Anything else is an error for that file,
+/// never a success: it is not recorded, and the next run sends it again.
+fn check_landed(e: &Entry, stat: &Attrs, what: &str) -> Result<(), Error> {
+    if stat.is_file() && stat.size == Some(e.size) {
+        return Ok(());
+    }
+    let seen = if stat.is_symlink() {
+        "a symlink".to_string()
+    } else if !stat.is_file() {
+        "not a regular file".to_string()
+    } else {
+        format!("{} bytes", stat.size.unwrap_or(0))
+    };
+    Err(Error::Connect(format!(
+        "{what} on the destination holds {seen} where the source has {} bytes: \
+         something else changed it during the transfer; not recorded, rerun to send it again",
+        e.size
+    )))
 }
 
 /// Blocks per run: the unit a lane reads, writes and journals at once (1 MiB).
@@ -226,6 +284,11 @@ pub struct Push {
     pub slots: Slots,
     /// Directories the listing showed with the source's mode and mtime.
     pub dirs_in_place: std::collections::HashSet<PathBuf>,
+    /// Temp files (absolute) this run created and has not renamed into place.
+    pub temps: Mutex<std::collections::HashSet<Vec<u8>>>,
+    /// The destination's real path (REALPATH), asked once by the first
+    /// deletion: each checks that it removes inside what was listed.
+    pub root_real: tokio::sync::OnceCell<Vec<u8>>,
 }
 
 impl Push {
@@ -325,7 +388,14 @@ impl Push {
                     let abs = self.abs(p.as_os_str().as_bytes());
                     self.with_session(|s| {
                         let abs = abs.clone();
-                        async move { s.setstat(&abs, &final_attrs(e)).await }
+                        async move {
+                            // Not through a symlink a co-tenant put there.
+                            if s.extensions.lsetstat {
+                                s.lsetstat(&abs, &final_attrs(e)).await
+                            } else {
+                                s.setstat(&abs, &final_attrs(e)).await
+                            }
+                        }
                     })
                     .await
                     .map_err(|err| format!("cannot set attributes of {}: {err}", escape(&p)))
@@ -478,6 +548,7 @@ impl Push {
             remote_mtime: stat.mtime().map(i64::from).unwrap_or(0),
         };
         let key = rel.as_os_str().as_bytes().to_vec();
+        self.partials.lock().unwrap().remove(&key);
         self.run.journal(&JournalRecord::FileLanded {
             path: key.clone(),
             record: record.clone(),
@@ -653,68 +724,47 @@ impl Push {
         file: &std::fs::File,
         pipelined: bool,
     ) -> Result<Attrs, Error> {
-        let temp_rel = temp_for(key, &digest.whole);
-        let temp = self.abs(&temp_rel);
         let nblocks = e.size.div_ceil(BLOCK_SIZE);
         // Resume: keep the blocks the journal confirms, re-verifying the last one.
-        let mut done: BTreeSet<u64> = BTreeSet::new();
-        let partial = self.partials.lock().unwrap().get(key).cloned();
-        if let Some(p) =
-            partial.filter(|p| p.temp == temp_rel && p.whole == digest.whole && p.size == e.size)
-        {
-            let hashes = digest.block_hashes();
-            done = p
-                .blocks
-                .iter()
-                .filter(|(i, h)| (**i as usize) < hashes.len() && hashes[**i as usize] == **h)
-                .map(|(i, _)| *i)
-                .collect();
-            if let Some(&last) = done.iter().next_back() {
-                if !self.verify_remote_block(s, &temp, e, last).await {
-                    done.clear();
-                } else {
-                    self.run.note(format!(
-                        "resuming {}: {} of {} blocks already there",
-                        escape(&e.path),
-                        done.len(),
-                        nblocks
-                    ));
-                }
-            }
-        }
-        let mut flags = proto::FXF_WRITE | proto::FXF_CREAT;
-        // A one-block file restarts from scratch anyway: journaling its
-        // progress would only cost a write per record.
-        let resumable = nblocks > 1;
-        if done.is_empty() && resumable {
-            self.partials.lock().unwrap().insert(
-                key.to_vec(),
-                Partial {
-                    temp: temp_rel.clone(),
-                    whole: digest.whole,
-                    size: e.size,
-                    blocks: HashMap::new(),
-                },
-            );
-            self.run.journal(&JournalRecord::TransferStarted {
-                path: key.to_vec(),
-                temp: temp_rel.clone(),
-                size: e.size,
-                mtime_ns: e.mtime_ns,
-                whole: digest.whole,
-            });
-        }
-        if done.is_empty() {
-            flags |= proto::FXF_TRUNC;
-        }
-        let create = Attrs {
-            permissions: Some(0o600),
-            ..Default::default()
+        let partial = self
+            .partials
+            .lock()
+            .unwrap()
+            .get(key)
+            .filter(|p| p.whole == digest.whole && p.size == e.size)
+            .cloned();
+        let resumed = match partial {
+            Some(p) => self.reopen(s, &p, e).await,
+            None => None,
         };
-        let handle = s
-            .open(&temp, flags, &create)
-            .await
-            .map_err(|x| x.with_path("open", &temp))?;
+        let (temp_rel, handle, done) = match resumed {
+            Some(r) => r,
+            None => {
+                let (temp_rel, handle) = self.create_temp(s, key).await?;
+                // A one-block file restarts from scratch anyway: journaling its
+                // progress would only cost a write per record.
+                if nblocks > 1 {
+                    self.partials.lock().unwrap().insert(
+                        key.to_vec(),
+                        Partial {
+                            temp: temp_rel.clone(),
+                            whole: digest.whole,
+                            size: e.size,
+                            blocks: HashMap::new(),
+                        },
+                    );
+                    self.run.journal(&JournalRecord::TransferStarted {
+                        path: key.to_vec(),
+                        temp: temp_rel.clone(),
+                        size: e.size,
+                        mtime_ns: e.mtime_ns,
+                        whole: digest.whole,
+                    });
+                }
+                (temp_rel, handle, BTreeSet::new())
+            }
+        };
+        let temp = self.abs(&temp_rel);
         if pipelined && e.size <= s.limits.max_write as u64 && !self.run.opts.fsync {
             return self.send_small(s, handle, file, e, &temp, key).await;
         }
@@ -723,6 +773,97 @@ impl Push {
             .write_striped(s, &handle, &temp, file, e, todo, (key, &temp_rel))
             .await;
         self.finish(s, handle, written, &temp, key, e, true).await
+    }
+
+    /// Creates a fresh temp file for `key` with EXCL (never opening what
+    /// someone else put there, a symlink least of all), under a new random
+    /// name if one is taken. Returns its relative name and handle.
+    async fn create_temp(&self, s: &Sftp, key: &[u8]) -> Result<(Vec<u8>, Vec<u8>), Error> {
+        let create = Attrs {
+            permissions: Some(0o600),
+            ..Default::default()
+        };
+        let flags = proto::FXF_WRITE | proto::FXF_CREAT | proto::FXF_EXCL;
+        let mut tries = 0;
+        loop {
+            let rel = fresh_temp(key);
+            let abs = self.abs(&rel);
+            match s.open(&abs, flags, &create).await {
+                Ok(h) => {
+                    self.temps.lock().unwrap().insert(abs);
+                    return Ok((rel, h));
+                }
+                // SFTP v3 reports EEXIST as a plain failure: try another name
+                // (a few times: a full disk fails the same way).
+                Err(err) if err.status_code() == Some(proto::FX_FAILURE) && tries < 3 => {
+                    tries += 1;
+                }
+                Err(err) => return Err(err.with_path("open", &abs)),
+            }
+        }
+    }
+
+    /// Reopens an interrupted attempt's temp file to resume it, or `None` to
+    /// start afresh (the old temp then goes). It must still be a regular file
+    /// (not a link someone planted), writable (an attempt stopped between its
+    /// final attributes and its rename left a read-only file's temp 0444),
+    /// and hold the journaled blocks: a temp cut short keeps those within
+    /// its size, and the last one kept is read back and checked.
+    async fn reopen(
+        &self,
+        s: &Sftp,
+        p: &Partial,
+        e: &Entry,
+    ) -> Option<(Vec<u8>, Vec<u8>, BTreeSet<u64>)> {
+        let temp = self.abs(&p.temp);
+        let fresh = || async {
+            self.partials
+                .lock()
+                .unwrap()
+                .remove(e.path.as_os_str().as_bytes());
+            let _ = s.remove(&temp).await;
+            None
+        };
+        let Ok(stat) = s.lstat(&temp).await else {
+            return fresh().await;
+        };
+        let have = stat.size.unwrap_or(0);
+        let hashes = e.digest.as_ref()?.block_hashes();
+        let done: BTreeSet<u64> = p
+            .blocks
+            .iter()
+            .filter(|(i, h)| hashes.get(**i as usize) == Some(*h))
+            .filter(|(i, _)| **i * BLOCK_SIZE + block_len(e.size, **i) <= have)
+            .map(|(i, _)| *i)
+            .collect();
+        if !stat.is_file() || done.is_empty() {
+            return fresh().await;
+        }
+        if stat.permissions.is_some_and(|m| m & 0o200 == 0) {
+            let writable = Attrs {
+                permissions: Some(0o600),
+                ..Default::default()
+            };
+            if s.setstat(&temp, &writable).await.is_err() {
+                return fresh().await;
+            }
+        }
+        let Ok(handle) = s.open(&temp, proto::FXF_WRITE, &Attrs::default()).await else {
+            return fresh().await;
+        };
+        let last = *done.iter().next_back()?;
+        if !self.verify_remote_block(s, &temp, e, last).await {
+            s.close_detached(&handle);
+            return fresh().await;
+        }
+        self.temps.lock().unwrap().insert(temp.clone());
+        self.run.note(format!(
+            "resuming {}: {} of {} blocks already there",
+            escape(&e.path),
+            done.len(),
+            e.size.div_ceil(BLOCK_SIZE)
+        ));
+        Some((p.temp.clone(), handle, done))
     }
 
     /// A file that fits in one WRITE: write, set attributes and close go out
@@ -744,18 +885,22 @@ impl Push {
         let data = read_at(file, 0, e.size as usize)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
         let attrs = final_attrs(e);
-        s.write_and_close(&handle, 0, &data, Some(&attrs))
+        let written = s
+            .write_stat_close(&handle, 0, &data, Some(&attrs))
             .await
             .map_err(|x| x.at_path(temp))?;
         self.run.add_bytes(data.len() as u64);
         // The bytes are on the server: free the read-ahead before the rename's round trip.
         drop((data, held));
+        check_landed(e, &written, "its temp file")?;
         self.unchanged_since_scan(e)?;
         let dest = self.abs(key);
         let stat = s
             .rename_and_lstat(temp, &dest)
             .await
             .map_err(|x| x.with_path("rename", &dest))?;
+        self.temps.lock().unwrap().remove(temp);
+        check_landed(e, &stat, "the landed file")?;
         if self.run.opts.verify {
             self.verify_remote_file(s, &dest, e).await?;
         }
@@ -849,33 +994,36 @@ impl Push {
         let result = async {
             written?;
             self.unchanged_since_scan(e)?;
-            if !rename {
-                s.fsetstat(
-                    &handle,
-                    &Attrs {
-                        size: Some(e.size),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
+            // The size first and apart (sftp-server truncates before it
+            // changes the mode): a temp longer than the source, left by an
+            // earlier attempt, ends where the source does.
+            let size = Attrs {
+                size: Some(e.size),
+                ..Default::default()
+            };
+            s.fsetstat(&handle, &size).await?;
             s.fsetstat(&handle, &final_attrs(e)).await?;
             if self.run.opts.fsync && s.extensions.fsync {
                 s.fsync(&handle).await?;
             }
-            Ok::<_, Error>(())
+            check_landed(e, &s.fstat(&handle).await?, "its temp file")
         }
         .await;
         let closed = s.close(&handle).await;
         result?;
         closed?;
         let dest = self.abs(key);
-        if rename {
-            s.rename(temp, &dest)
+        let stat = if rename {
+            let stat = s
+                .rename_and_lstat(temp, &dest)
                 .await
                 .map_err(|x| x.with_path("rename", &dest))?;
-        }
-        let stat = s.lstat(&dest).await?;
+            self.temps.lock().unwrap().remove(temp);
+            stat
+        } else {
+            s.lstat(&dest).await?
+        };
+        check_landed(e, &stat, "the landed file")?;
         if self.run.opts.verify {
             self.verify_remote_file(s, &dest, e).await?;
         }
@@ -886,8 +1034,12 @@ impl Push {
         let want = e.digest.as_ref().unwrap().block_hashes()[index as usize];
         let len = block_len(e.size, index);
         match read_range(s, path, index * BLOCK_SIZE, len).await {
-            Ok(buf) => robosync_scanner::hash_block(&buf, index, e.size) == want,
-            Err(_) => false,
+            // A block cut short is not the block (and an empty one is not
+            // even a valid input to the block hash).
+            Ok(buf) if buf.len() as u64 == len => {
+                robosync_scanner::hash_block(&buf, index, e.size) == want
+            }
+            _ => false,
         }
     }
 
@@ -915,24 +1067,10 @@ impl Push {
         send: &[u64],
         reuse: &[u64],
     ) -> Result<Attrs, Error> {
-        let digest = e.digest.as_ref().unwrap();
-        let temp_rel = temp_for(key, &digest.whole);
-        let temp = self.abs(&temp_rel);
         let dest = self.abs(key);
         let old = s.open(&dest, proto::FXF_READ, &Attrs::default()).await?;
-        let create = Attrs {
-            permissions: Some(0o600),
-            ..Default::default()
-        };
-        let handle = match s
-            .open(
-                &temp,
-                proto::FXF_WRITE | proto::FXF_CREAT | proto::FXF_TRUNC,
-                &create,
-            )
-            .await
-        {
-            Ok(h) => h,
+        let (temp, handle) = match self.create_temp(s, key).await {
+            Ok((rel, h)) => (self.abs(&rel), h),
             Err(err) => {
                 let _ = s.close(&old).await;
                 return Err(err);
@@ -1001,6 +1139,9 @@ impl Push {
             .with_session(|s| {
                 let abs = abs.clone();
                 async move {
+                    // Only inside the directory that was listed: a co-tenant
+                    // may have swapped it, or a parent, for a symlink since.
+                    self.confirm_listed_dir(&s, parent(key)).await?;
                     if let Some(b) = backup {
                         // A relative backup dir is inside the destination, as with rsync.
                         let base = if b.is_absolute() {
@@ -1010,30 +1151,82 @@ impl Push {
                         };
                         let dest = join(&base, key);
                         mkdir_p(&s, parent(&dest)).await?;
-                        return s.rename(&abs, &dest).await;
+                        return s.rename(&abs, &dest).await.map(|()| 1);
                     }
                     if dir {
-                        remove_tree(&s, &abs).await
+                        self.remove_tree(&s, key).await
                     } else {
-                        s.remove(&abs).await
+                        s.remove(&abs).await.map(|()| 1)
                     }
                 }
             })
             .await;
         match r {
-            Ok(()) => {
+            Ok(n) => {
                 self.run
                     .journal(&JournalRecord::Deleted { path: key.to_vec() });
                 self.manifest.lock().unwrap().files.remove(key);
-                self.run.stats.deleted.fetch_add(1, Ordering::Relaxed);
+                self.run.stats.deleted.fetch_add(n, Ordering::Relaxed);
                 self.run.itemize(&format!("*deleting   {}", escape(rel)));
                 Ok(())
             }
-            Err(e) => Err(format!("cannot delete {}: {e}", escape(rel))),
+            Err(e) => Err(format!("did not delete {}: {e}", escape(rel))),
         }
+    }
+
+    /// Removes the directory `rel` and everything in it, never through a
+    /// symlink: each directory is confirmed (lstat, then realpath against the
+    /// destination's) before anything in it goes. Returns how many entries went.
+    async fn remove_tree(&self, s: &Sftp, rel: &[u8]) -> Result<u64, Error> {
+        let abs = self.abs(rel);
+        if !s.lstat(&abs).await?.is_dir() {
+            return Err(Error::Connect(format!(
+                "{} is no longer a directory (someone replaced it, with a symlink or a file, \
+                 after robosync listed it); nothing in it was deleted",
+                escape(&crate::endpoint::os(rel))
+            )));
+        }
+        self.confirm_listed_dir(s, rel).await?;
+        let mut removed = 0;
+        for n in s.list_dir(&abs).await? {
+            if !crate::remote::safe_name(&n.filename) {
+                continue;
+            }
+            let child = join(rel, &n.filename);
+            if n.attrs.is_dir() {
+                removed += Box::pin(self.remove_tree(s, &child)).await?;
+            } else {
+                s.remove(&self.abs(&child)).await?;
+                removed += 1;
+            }
+        }
+        s.rmdir(&abs).await?;
+        Ok(removed + 1)
+    }
+
+    /// Checks that the directory `rel` still resolves to where the listing
+    /// found it under the destination: no component of it is now a symlink
+    /// (REALPATH resolves them all) or was moved in from elsewhere.
+    async fn confirm_listed_dir(&self, s: &Sftp, rel: &[u8]) -> Result<(), Error> {
+        let root = self
+            .root_real
+            .get_or_try_init(|| s.realpath(&self.remote_root))
+            .await?;
+        let want = join(root, rel);
+        let real = s.realpath(&self.abs(rel)).await?;
+        if real != want {
+            return Err(Error::Connect(format!(
+                "{} now resolves to {} (someone replaced a directory with a symlink after \
+                 robosync listed it); nothing was deleted through it",
+                escape(&crate::endpoint::os(&self.abs(rel))),
+                escape(&crate::endpoint::os(&real))
+            )));
+        }
+        Ok(())
     }
 }
 
+/// The directory part of `p` (`""` for a name without one).
 fn parent(p: &[u8]) -> &[u8] {
     match p.iter().rposition(|&b| b == b'/') {
         Some(0) => b"/",
@@ -1067,22 +1260,6 @@ pub async fn mkdir_p(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
             _ => Err(e),
         },
     }
-}
-
-/// Removes a remote directory and everything in it (lstat: links are not followed).
-async fn remove_tree(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
-    for n in s.list_dir(dir).await? {
-        if !crate::remote::safe_name(&n.filename) {
-            continue;
-        }
-        let p = join(dir, &n.filename);
-        if n.attrs.is_dir() {
-            Box::pin(remove_tree(s, &p)).await?;
-        } else {
-            s.remove(&p).await?;
-        }
-    }
-    s.rmdir(dir).await
 }
 
 /// Reads `len` bytes from `path` at `offset`, pipelined.

@@ -464,6 +464,8 @@ async fn push_run(
         data: push::ReadAhead::for_sessions(pool.capacity()),
         slots: Default::default(),
         dirs_in_place,
+        temps: Default::default(),
+        root_real: Default::default(),
     });
     push::adopt_unchanged(&job, &listing.tree);
 
@@ -550,11 +552,25 @@ async fn push_run(
     }
     errors.extend(recorded.await.expect("recording the manifest panicked"));
     run.phase("recorded the manifest");
-    if errors.is_empty() {
-        // Leftover temp files from interrupted runs are no longer needed.
-        for t in &listing.temps {
-            let _ = session.remove(&join(&remote_root, t)).await;
-        }
+    // Temp files no attempt will resume: leftovers of earlier runs (late
+    // requests of an abandoned connection may even have made some after
+    // they were listed) and this run's attempts that did not land.
+    let resumable: std::collections::HashSet<Vec<u8>> = job
+        .partials
+        .lock()
+        .unwrap()
+        .values()
+        .map(|p| join(&remote_root, &p.temp))
+        .collect();
+    let stale: Vec<Vec<u8>> = listing
+        .temps
+        .iter()
+        .map(|t| join(&remote_root, t))
+        .chain(job.temps.lock().unwrap().drain())
+        .filter(|t| !resumable.contains(t))
+        .collect();
+    if let Ok(session) = pool.session().await {
+        futures::future::join_all(stale.iter().map(|t| session.remove(t))).await;
     }
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;

@@ -283,9 +283,12 @@ fn key(p: &Path) -> Vec<u8> {
 
 /// Whether the destination still holds what the record says robosync wrote:
 /// same stat and, where the destination's content hash is known (a pull's
-/// local files), same content.
+/// local files), same content. A record of a landing whose size differed
+/// from the source's (as older versions could write after a late request
+/// emptied a file) proves nothing.
 fn dest_matches_record(d: &Node, r: &Record) -> bool {
     d.kind == Kind::File
+        && r.remote_size == r.size
         && d.size == r.remote_size
         && d.mtime == r.remote_mtime
         && d.whole.is_none_or(|w| w == r.whole)

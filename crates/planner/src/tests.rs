@@ -359,3 +359,27 @@ fn a_tree_built_from_unsorted_entries_keeps_the_last_duplicate() {
 fn escape_bytes(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
+
+#[test]
+fn a_record_of_a_file_that_landed_with_the_wrong_size_is_not_trusted() {
+    // Issue 14: a late request emptied a file after it landed; the record
+    // said so (remote_size 0) and every rerun called the file unchanged.
+    let s = file(10, 5, &[1]);
+    let mut d = s.clone();
+    d.size = 0;
+    let mut r = record_of(&s, 5);
+    r.remote_size = 0;
+    let p = plan(
+        &tree(&[("f", s)]),
+        &tree(&[("f", d)]),
+        Some(&manifest(&[("f", r)])),
+        "src",
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    assert!(
+        matches!(p.actions.as_slice(), [Action::Copy { .. }]),
+        "{:?}",
+        p.actions
+    );
+}

@@ -356,6 +356,34 @@ impl Sftp {
         data: &[u8],
         attrs: Option<&Attrs>,
     ) -> Result<(), Error> {
+        self.write_then_close(handle, offset, data, attrs, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// As [`Sftp::write_and_close`], with an FSTAT before the CLOSE, in the
+    /// same flight: what the file holds once written, for checking that
+    /// nothing else changed it before it is renamed into place.
+    pub async fn write_stat_close(
+        &self,
+        handle: &[u8],
+        offset: u64,
+        data: &[u8],
+        attrs: Option<&Attrs>,
+    ) -> Result<Attrs, Error> {
+        self.write_then_close(handle, offset, data, attrs, true)
+            .await?
+            .ok_or_else(|| self.protocol("fstat: no attributes in reply".into()))
+    }
+
+    async fn write_then_close(
+        &self,
+        handle: &[u8],
+        offset: u64,
+        data: &[u8],
+        attrs: Option<&Attrs>,
+        stat: bool,
+    ) -> Result<Option<Attrs>, Error> {
         let chunk = (self.limits.max_write as usize).max(1);
         let mut requests: Vec<Request<'_>> = Vec::new();
         let mut ops: Vec<&'static str> = Vec::new();
@@ -372,19 +400,25 @@ impl Sftp {
             }));
             ops.push("fsetstat");
         }
+        if stat {
+            requests.push(Request::new(proto::FXP_FSTAT, 0, move |p| p.bytes(handle)));
+            ops.push("fstat");
+        }
         requests.push(Request::new(proto::FXP_CLOSE, 0, move |p| p.bytes(handle)));
         ops.push("close");
         let replies = self.batch(requests, self.timeout).await?;
+        let mut seen = None;
         for (op, reply) in ops.into_iter().zip(replies) {
             match reply {
                 Reply::Status { code: 0, .. } => {}
                 Reply::Status { code, message } => {
                     return Err(self.status_error(op, b"", code, message))
                 }
+                Reply::Attrs(a) if op == "fstat" => seen = Some(a),
                 other => return Err(self.protocol(format!("{op}: unexpected reply {other:?}"))),
             }
         }
-        Ok(())
+        Ok(seen)
     }
 
     /// posix-rename `from` over `to`, then LSTAT of `to`, in one flight and
