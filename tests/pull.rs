@@ -157,13 +157,18 @@ fn pull_delete_with_an_empty_remote_root_is_refused() {
     let dest = t.path().join("dest");
     write(&dest.join("keep/me.txt"), b"precious\n");
     write(&dest.join("and-me"), b"precious\n");
-    for root in [empty.clone(), empty.join("missing")] {
+    // An empty source trips the guard (3); a missing one is no source at
+    // all (23, as rsync's "link_stat failed"): neither deletes anything.
+    for (root, code, says) in [
+        (empty.clone(), 3, "empty"),
+        (empty.join("missing"), 23, "does not exist"),
+    ] {
         let r = run(robosync(&sshd, &t.path().join("state"))
             .arg("--delete")
             .arg(remote(&root))
             .arg(&dest));
-        assert_eq!(r.code(), 3, "{}", r.stderr());
-        assert!(r.stderr().contains("empty"), "{}", r.stderr());
+        assert_eq!(r.code(), code, "{}", r.stderr());
+        assert!(r.stderr().contains(says), "{}", r.stderr());
         assert_eq!(fs::read(dest.join("keep/me.txt")).unwrap(), b"precious\n");
         assert_eq!(fs::read(dest.join("and-me")).unwrap(), b"precious\n");
     }

@@ -9,4 +9,5 @@ mod foundation;
 mod integrity;
 mod pull;
 mod resume;
+mod semantics;
 mod transport;

@@ -136,7 +136,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .unwrap_or((s, "s"));
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
     let mult = match unit {
         "ms" => 0.001,
         "s" | "" => 1.0,
@@ -145,7 +147,47 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86400.0,
         _ => return Err(format!("unknown unit {unit:?} in {s:?} (use s, m, h or d)")),
     };
-    Ok(Duration::from_secs_f64(n * mult))
+    Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is not a usable duration"))
+}
+
+/// Values that parse but cannot work: refused before anything connects,
+/// with the option's name and what would.
+fn check_values(args: &Args) -> Result<(), String> {
+    const DAY: Duration = Duration::from_secs(86_400);
+    let within = |name: &str, v: Duration, lo: Duration, hi: Duration| {
+        if v < lo || v > hi {
+            Err(format!(
+                "{name} {v:?} cannot work: use a value from {lo:?} to {hi:?}"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    within("--timeout", args.timeout, Duration::from_secs(1), DAY)?;
+    within("--retry-for", args.retry_for, Duration::ZERO, 30 * DAY)?;
+    if let Some(m) = args.auth_margin {
+        within("--auth-margin", m, Duration::ZERO, 30 * DAY)?;
+    }
+    // OpenSSH allows 10 sessions per connection by default (MaxSessions)
+    // and 10 unauthenticated connections at once (MaxStartups).
+    for (name, v) in [
+        ("--connections", args.connections),
+        ("--channels", args.channels),
+    ] {
+        if let Some(n) = v.filter(|n| !(1..=64).contains(n)) {
+            return Err(format!(
+                "{name} {n} cannot work: use 1 to 64 (servers allow about 10 by default)"
+            ));
+        }
+    }
+    for (what, p) in [("source", &args.src), ("destination", &args.dest)] {
+        if p.as_encoded_bytes().contains(&b'\n') {
+            return Err(format!(
+                "the {what} {p:?} contains a newline (a quoting mistake?); refusing to use it"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Include/exclude rules in command-line order (first match wins).
@@ -178,8 +220,23 @@ fn filter_rules(
 }
 
 fn main() {
-    let matches = Args::command().get_matches();
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // clap's errors exit 2, robosync's code for "could not connect": a
+    // wrapper retrying on that would retry a typo forever. Usage is 1.
+    let usage = |e: clap::Error| -> ! {
+        if e.use_stderr() {
+            let _ = e.print();
+            std::process::exit(1);
+        }
+        e.exit()
+    };
+    let matches = Args::command()
+        .try_get_matches()
+        .unwrap_or_else(|e| usage(e));
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
+    if let Err(e) = check_values(&args) {
+        eprintln!("robosync: error: {e}");
+        std::process::exit(1);
+    }
     let rules = match filter_rules(&matches, &args) {
         Ok(r) => r,
         Err(e) => {

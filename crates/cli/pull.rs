@@ -14,14 +14,14 @@
 //! file beside the target, and renamed into place. Completed blocks are
 //! journaled, so a rerun re-hashes them locally and fetches only the rest.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
@@ -39,7 +39,7 @@ use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
     choose_manifest, close_run, default_state_dir, fail, open_pool, record_locally, split_deletes,
-    transport_failure, Failure, EXIT_GUARD, EXIT_USAGE, MAX_REMOTE_ENTRIES,
+    transport_failure, Failure, EXIT_GUARD, EXIT_PARTIAL, EXIT_USAGE, MAX_REMOTE_ENTRIES,
 };
 use crate::Args;
 
@@ -134,8 +134,17 @@ pub async fn pull_run(
     let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
         .await
         .map_err(transport_failure)?;
+    if listing.root_missing {
+        return Err(fail(
+            EXIT_PARTIAL,
+            format!(
+                "source {label} does not exist on the server (no such file or directory); \
+                 nothing was copied: check the remote path"
+            ),
+        ));
+    }
     let mut errors = listing.errors.clone();
-    let mut source = included(listing.tree, &filter);
+    let mut source = remote::included(listing.tree, &filter);
     let (snap, cache) = scan.await.expect("scan task panicked");
     let snap = snap.map_err(|e| {
         fail(
@@ -303,26 +312,6 @@ pub async fn pull_run(
     let cache = (!snap_cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     Ok(errors)
-}
-
-/// The remote tree without what the filter excludes (an excluded directory takes its children).
-fn included(tree: Tree, filter: &Filter) -> Tree {
-    if filter.is_empty() {
-        return tree;
-    }
-    let mut excluded: HashSet<PathBuf> = HashSet::new();
-    let mut nodes = std::collections::BTreeMap::new();
-    for (p, n) in tree.nodes {
-        if p.ancestors().skip(1).any(|a| excluded.contains(a)) {
-            continue;
-        }
-        if filter.includes(&p, n.kind == Kind::Dir) {
-            nodes.insert(p, n);
-        } else {
-            excluded.insert(p);
-        }
-    }
-    Tree { nodes }
 }
 
 /// Why one entry failed.

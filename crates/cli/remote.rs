@@ -4,10 +4,12 @@
 //! Names from the server are not trusted: anything that is not a single plain
 //! path component is reported and skipped.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use robosync_planner::{escape, Kind, Node, Tree};
+use robosync_scanner::Filter;
 use robosync_transport::{Error, Pool};
 use tokio::task::JoinSet;
 
@@ -39,6 +41,8 @@ pub struct Listing {
     pub temps: Vec<Vec<u8>>,
     /// Names refused or entries that could not be read.
     pub errors: Vec<String>,
+    /// The root itself does not exist (a push creates it; a pull has no source).
+    pub root_missing: bool,
 }
 
 /// Lists everything under `root` (remote path bytes). A missing root is an empty listing.
@@ -77,7 +81,10 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
         let (rel, result) = done.expect("listing task panicked");
         let names = match result {
             Ok(n) => n,
-            Err(e) if rel.is_empty() && e.status_code() == Some(2) => continue,
+            Err(e) if rel.is_empty() && e.status_code() == Some(2) => {
+                out.root_missing = true;
+                continue;
+            }
             Err(e) if e.is_connection() => return Err(e),
             Err(e) => {
                 out.errors.push(format!(
@@ -164,6 +171,28 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
     }
     out.tree = tree;
     Ok(out)
+}
+
+/// `tree` without what the filter excludes (an excluded directory takes
+/// its children): a pull's source, and on a push's receiving side what
+/// `--delete` may touch (excluded files there are protected, as with rsync).
+pub fn included(tree: Tree, filter: &Filter) -> Tree {
+    if filter.is_empty() {
+        return tree;
+    }
+    let mut excluded: HashSet<PathBuf> = HashSet::new();
+    let mut nodes = std::collections::BTreeMap::new();
+    for (p, n) in tree.nodes {
+        if p.ancestors().skip(1).any(|a| excluded.contains(a)) {
+            continue;
+        }
+        if filter.includes(&p, n.kind == Kind::Dir) {
+            nodes.insert(p, n);
+        } else {
+            excluded.insert(p);
+        }
+    }
+    Tree { nodes }
 }
 
 #[cfg(test)]

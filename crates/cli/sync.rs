@@ -298,6 +298,7 @@ async fn push_run(
     // Scan while we connect.
     let scan_root = local_root.to_path_buf();
     let cache_path = paths.stat_cache.clone();
+    let receiving = filter.clone();
     let checksum = args.checksum;
     let (predict, work) = tokio::sync::oneshot::channel();
     let state = paths.clone();
@@ -407,6 +408,8 @@ async fn push_run(
     run.phase("listed the destination");
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
+    // Excluded entries at the destination are protected from --delete, as rsync does.
+    listing.tree = remote::included(listing.tree, &receiving);
     if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
         // A backup dir inside the destination is not part of the mirror.
         listing.tree.nodes.retain(|p, _| !p.starts_with(b));

@@ -1,0 +1,131 @@
+//! Issue 15: rsync's meaning, rsync as the oracle, no silent success.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use crate::util::*;
+
+/// A destination with files the source lacks, some of them excluded.
+fn delete_case(src: &Path, dest: &Path) {
+    write(&src.join("keep.txt"), b"keep\n");
+    write(&src.join("sub/a.txt"), b"a\n");
+    write(&dest.join("keep.txt"), b"old\n");
+    write(&dest.join("top.tmp"), b"excluded, protected\n");
+    write(&dest.join("server.tmp"), b"made by the server\n");
+    write(&dest.join("cache/blob"), b"excluded dir\n");
+    write(&dest.join("stale.txt"), b"goes\n");
+    write(&dest.join("sub/stale.txt"), b"goes too\n");
+}
+
+/// Observation 1: on the receiving side, excluded files are protected from
+/// `--delete` (push and pull alike), exactly as `rsync -a --delete` does.
+#[test]
+fn delete_spares_excluded_files_as_rsync_does_push_and_pull() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let rules = ["--exclude", "*.tmp", "--exclude", "cache/"];
+
+    // The oracle: rsync between two local directories.
+    let (osrc, odest) = (t.path().join("osrc"), t.path().join("odest"));
+    delete_case(&osrc, &odest);
+    let out = Command::new("rsync")
+        .args(["-a", "--delete"])
+        .args(rules)
+        .arg(format!("{}/", osrc.display()))
+        .arg(&odest)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+
+    // Push.
+    let src = t.path().join("src");
+    let dest = sshd.mkdir("dest");
+    delete_case(&src, &dest);
+    run(robosync(&sshd, &t.path().join("s1"))
+        .args(["--delete", "--max-delete", "100"])
+        .args(rules)
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert_same_tree(&odest, &dest);
+
+    // Pull.
+    let rsrc = sshd.mkdir("rsrc");
+    let ldest = t.path().join("ldest");
+    delete_case(&rsrc, &ldest);
+    run(robosync(&sshd, &t.path().join("s2"))
+        .args(["--delete", "--max-delete", "100"])
+        .args(rules)
+        .arg(remote(&rsrc))
+        .arg(&ldest))
+    .success();
+    assert_same_tree(&odest, &ldest);
+}
+
+/// Observation 2: a pull from a path that does not exist copies nothing and
+/// says so with rsync's code for a partial transfer, never exit 0.
+#[test]
+fn pull_from_a_missing_remote_path_is_an_error() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let missing = sshd.dir.path().join("no-such-dir");
+    let dest = t.path().join("dest");
+    let ran = run(robosync(&sshd, &t.path().join("state"))
+        .arg("--json")
+        .arg(remote(&missing))
+        .arg(&dest));
+    assert_eq!(ran.code(), 23, "{}", ran.stderr());
+    assert!(ran.stderr().contains("no-such-dir"), "{}", ran.stderr());
+    assert_eq!(ran.json()["exit_code"], 23);
+    assert!(!ran.json()["errors"].as_array().unwrap().is_empty());
+    assert!(!dest.exists(), "a destination was made for nothing");
+}
+
+/// Observation 11: values that cannot work are refused, with the usage
+/// code and a reason, before anything connects.
+#[test]
+fn nonsensical_values_are_refused_with_the_usage_code() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"f\n");
+    let dest = sshd.mkdir("dest");
+    let bad: &[&[&str]] = &[
+        &["--timeout", "0s"],
+        &["--timeout", "99999999999999h"],
+        &["--retry-for", "99999999999999h"],
+        &["--connections", "0"],
+        &["--channels", "0"],
+        &["--channels", "10000"],
+        &["--connections", "1000"],
+    ];
+    for args in bad {
+        let ran = run(robosync(&sshd, &t.path().join("state"))
+            .args(*args)
+            .arg(&src)
+            .arg(remote(&dest)));
+        assert_eq!(ran.code(), 1, "{args:?}: {}", ran.stderr());
+        assert!(
+            ran.stderr().contains(args[0]),
+            "{args:?} not named: {}",
+            ran.stderr()
+        );
+    }
+    // clap's own errors too (its default, 2, means "could not connect").
+    for args in [
+        &["--no-such-flag"][..],
+        &["--timeout", "soon"],
+        &["only-one-path"],
+    ] {
+        let ran = run(robosync(&sshd, &t.path().join("state")).args(args));
+        assert_eq!(ran.code(), 1, "{args:?}: {}", ran.stderr());
+    }
+    let newline = format!("{}/x\ny", dest.display());
+    let ran = run(robosync(&sshd, &t.path().join("state"))
+        .arg(&src)
+        .arg(format!("robot:{newline}")));
+    assert_eq!(ran.code(), 1, "{}", ran.stderr());
+    assert!(ran.stderr().contains("newline"), "{}", ran.stderr());
+    assert!(fs::read_dir(&dest).unwrap().next().is_none());
+}
