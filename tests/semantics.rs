@@ -129,3 +129,43 @@ fn nonsensical_values_are_refused_with_the_usage_code() {
     assert!(ran.stderr().contains("newline"), "{}", ran.stderr());
     assert!(fs::read_dir(&dest).unwrap().next().is_none());
 }
+
+/// Observation 6: `-n --delete` shows every deletion a real run would make,
+/// then names the guard that would stop it (and exits as the real run would).
+#[test]
+fn dry_run_lists_deletions_and_names_the_guard_that_would_stop_them() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("one.txt"), b"1\n");
+    let dest = sshd.mkdir("dest");
+    let ldest = t.path().join("ldest");
+    for d in [&dest, &ldest] {
+        for i in 0..4 {
+            write(&d.join(format!("extra{i}")), b"x\n");
+        }
+    }
+    let rsrc = sshd.mkdir("rsrc");
+    write(&rsrc.join("one.txt"), b"1\n");
+    let state = t.path().join("state");
+    for (from, to, left) in [
+        (src.display().to_string(), remote(&dest), &dest),
+        (remote(&rsrc), ldest.display().to_string(), &ldest),
+    ] {
+        let ran = run(robosync(&sshd, &state)
+            .args(["-n", "--delete"])
+            .arg(&from)
+            .arg(&to));
+        assert_eq!(ran.code(), 3, "{}", ran.stderr());
+        for i in 0..4 {
+            assert!(
+                ran.stdout().contains(&format!("*deleting   extra{i}")),
+                "{from}: {}",
+                ran.stdout()
+            );
+        }
+        assert!(ran.stderr().contains("would stop"), "{}", ran.stderr());
+        assert!(ran.stderr().contains("--max-delete"), "{}", ran.stderr());
+        assert!(left.join("extra0").exists(), "a dry run deleted");
+    }
+}

@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
 use robosync_manifest::{state_paths, JournalRecord, Manifest, Record};
-use robosync_planner::{escape, plan, Action, Kind, Node, PlanOptions, Tree};
+use robosync_planner::{escape, Action, Kind, Node, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp, Target};
@@ -39,7 +39,7 @@ use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
     choose_manifest, close_run, default_state_dir, fail, open_pool, record_locally, split_deletes,
-    transport_failure, Failure, EXIT_GUARD, EXIT_PARTIAL, EXIT_USAGE, MAX_REMOTE_ENTRIES,
+    transport_failure, Failure, EXIT_PARTIAL, EXIT_USAGE, MAX_REMOTE_ENTRIES,
 };
 use crate::Args;
 
@@ -223,18 +223,15 @@ pub async fn pull_run(
         delta: false,
         ..Default::default()
     };
-    let plan = plan(&source, &dest, Some(&manifest), label, &opts)
-        .map_err(|e| fail(EXIT_GUARD, e.to_string()))?;
+    let (plan, guard) =
+        crate::sync::plan_guarded(&source, &dest, &manifest, label, &opts, args.dry_run)?;
     for w in &plan.warnings {
         run.warn(w);
     }
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
-        for a in &plan.actions {
-            println!("{a}");
-        }
         pool.close().await;
-        return Ok(errors);
+        return crate::sync::preview(&plan, guard, errors);
     }
     if crate::sync::worth_more_sessions(&plan) {
         pool.expand();

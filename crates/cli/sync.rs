@@ -425,25 +425,22 @@ async fn push_run(
         delta: session.extensions.copy_data || args.inplace,
         ..Default::default()
     };
-    let plan = plan(
+    let (plan, guard) = plan_guarded(
         &source,
         &listing.tree,
-        Some(&manifest),
+        &manifest,
         &local_root.display().to_string(),
         &opts,
-    )
-    .map_err(|e| fail(EXIT_GUARD, e.to_string()))?;
+        args.dry_run,
+    )?;
     for w in &plan.warnings {
         run.warn(w);
     }
     run.phase("planned");
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
-        for a in &plan.actions {
-            println!("{a}");
-        }
         pool.close().await;
-        return Ok(errors);
+        return preview(&plan, guard, errors);
     }
     if worth_more_sessions(&plan) {
         pool.expand();
@@ -579,6 +576,51 @@ async fn push_run(
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
     Ok(errors)
+}
+
+/// The plan, or the `--delete` guard that refuses it (exit 3). A dry run
+/// gets the whole plan, deletions included, and the guard a real run would
+/// stop at.
+pub fn plan_guarded(
+    source: &Tree,
+    dest: &Tree,
+    manifest: &Manifest,
+    label: &str,
+    opts: &PlanOptions,
+    dry_run: bool,
+) -> Result<(robosync_planner::Plan, Option<String>), Failure> {
+    match plan(source, dest, Some(manifest), label, opts) {
+        Ok(p) => Ok((p, None)),
+        Err(guard) if dry_run => {
+            let open = PlanOptions {
+                guards: false,
+                ..opts.clone()
+            };
+            let p = plan(source, dest, Some(manifest), label, &open)
+                .map_err(|e| fail(EXIT_GUARD, e.to_string()))?;
+            Ok((p, Some(guard.to_string())))
+        }
+        Err(guard) => Err(fail(EXIT_GUARD, guard.to_string())),
+    }
+}
+
+/// A dry run's output: every action a real run would take, then the guard
+/// that would stop it, if any (with the code the real run would exit with).
+pub fn preview(
+    plan: &robosync_planner::Plan,
+    guard: Option<String>,
+    errors: Vec<String>,
+) -> Result<Vec<String>, Failure> {
+    for a in &plan.actions {
+        println!("{a}");
+    }
+    match guard {
+        Some(g) => Err(fail(
+            EXIT_GUARD,
+            format!("a real run would stop before changing anything: {g}"),
+        )),
+        None => Ok(errors),
+    }
 }
 
 /// Opens the run's journal (creating the state directory), numbers the run

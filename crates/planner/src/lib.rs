@@ -234,6 +234,9 @@ pub struct PlanOptions {
     /// Block deltas are possible (server has copy-data, or `--inplace`).
     pub delta: bool,
     pub block_size: u64,
+    /// Refuse a plan that trips a `--delete` guard ([`PlanError`]); a dry
+    /// run turns this off to show everything, then names the guard.
+    pub guards: bool,
 }
 
 impl Default for PlanOptions {
@@ -243,6 +246,7 @@ impl Default for PlanOptions {
             max_delete: None,
             delta: true,
             block_size: robosync_scanner::BLOCK_SIZE,
+            guards: true,
         }
     }
 }
@@ -377,14 +381,14 @@ pub fn plan(
             .filter(|(p, _)| !source.nodes.contains_key(*p))
             .collect();
         if !gone.is_empty() {
-            if source.nodes.is_empty() {
+            if opts.guards && source.nodes.is_empty() {
                 return Err(PlanError::EmptySource(source_root_label.to_string()));
             }
             let total = dest.nodes.len() as u64;
             let limit = opts.max_delete.unwrap_or(total / 2);
             // Count top-level removals only: a deleted directory takes its children.
             let would = gone.len() as u64;
-            if would > limit {
+            if opts.guards && would > limit {
                 return Err(PlanError::TooManyDeletes {
                     would,
                     total,

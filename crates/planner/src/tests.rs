@@ -278,6 +278,13 @@ fn delete_refuses_an_empty_source() {
     };
     let err = plan(&Tree::default(), &dst, None, "/mnt/data", &opts).unwrap_err();
     assert_eq!(err, PlanError::EmptySource("/mnt/data".into()));
+    // Without guards (a dry run's preview) the deletion is planned.
+    let open = PlanOptions {
+        guards: false,
+        ..opts
+    };
+    let p = plan(&Tree::default(), &dst, None, "/mnt/data", &open).unwrap();
+    assert!(matches!(p.actions.as_slice(), [Action::Delete { .. }]));
 }
 
 #[test]
