@@ -169,3 +169,44 @@ fn dry_run_lists_deletions_and_names_the_guard_that_would_stop_them() {
         assert!(left.join("extra0").exists(), "a dry run deleted");
     }
 }
+
+/// Observation 7 (part): a pushed symlink keeps its own mtime (lsetstat), so
+/// a tree pushed and pulled back is the tree that left.
+#[test]
+fn pushed_symlinks_keep_their_own_mtime() {
+    use std::os::unix::fs::MetadataExt;
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("target.txt"), b"t\n");
+    std::os::unix::fs::symlink("target.txt", src.join("link")).unwrap();
+    let c = std::ffi::CString::new(src.join("link").as_os_str().as_encoded_bytes()).unwrap();
+    let times = [
+        libc::timespec {
+            tv_sec: 1_400_000_000,
+            tv_nsec: 0,
+        },
+        libc::timespec {
+            tv_sec: 1_400_000_000,
+            tv_nsec: 0,
+        },
+    ];
+    // SAFETY: a valid C string and two timespecs.
+    let r = unsafe {
+        libc::utimensat(
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            times.as_ptr(),
+            libc::AT_SYMLINK_NOFOLLOW,
+        )
+    };
+    assert_eq!(r, 0);
+    let dest = sshd.mkdir("dest");
+    run(robosync(&sshd, &t.path().join("state"))
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    let m = fs::symlink_metadata(dest.join("link")).unwrap();
+    assert!(m.file_type().is_symlink());
+    assert_eq!(m.mtime(), 1_400_000_000);
+}

@@ -511,9 +511,23 @@ impl Push {
 
     async fn symlink(&self, rel: &Path, target: &Path) -> Result<(), Error> {
         let abs = self.abs(rel.as_os_str().as_bytes());
+        let t = mtime_secs(self.entry(rel));
+        let times = Attrs {
+            times: Some((t, t)),
+            ..Default::default()
+        };
         self.with_session(|s| {
-            let abs = abs.clone();
-            async move { s.symlink(target.as_os_str().as_bytes(), &abs).await }
+            let (abs, times) = (abs.clone(), times.clone());
+            async move {
+                s.symlink(target.as_os_str().as_bytes(), &abs).await?;
+                // The link's own mtime, as rsync -a keeps it (lsetstat does
+                // not follow the link; servers without it keep the time of
+                // creation, as SFTP v3 has no other way).
+                if s.extensions.lsetstat {
+                    s.lsetstat(&abs, &times).await?;
+                }
+                Ok(())
+            }
         })
         .await?;
         self.run.stats.files.fetch_add(1, Ordering::Relaxed);
