@@ -210,3 +210,48 @@ fn pushed_symlinks_keep_their_own_mtime() {
     assert!(m.file_type().is_symlink());
     assert_eq!(m.mtime(), 1_400_000_000);
 }
+
+/// Observation 8: `-c` compares content on both sides: a remote file edited
+/// to the same size and mtime is found and put right, push and pull.
+#[test]
+fn checksum_finds_a_remote_edit_that_kept_size_and_mtime() {
+    use std::os::unix::fs::MetadataExt;
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    // Rewrites `f` in place with other bytes of the same length, keeping its mtime.
+    let tamper = |f: &Path| {
+        let mtime = fs::metadata(f).unwrap().mtime();
+        let mut data = fs::read(f).unwrap();
+        data.iter_mut().for_each(|b| *b = b.wrapping_add(1));
+        fs::write(f, &data).unwrap();
+        set_mtime(f, mtime);
+    };
+    for size in [100usize, 600 << 10] {
+        // Push: the destination is the remote side.
+        let src = t.path().join(format!("src{size}"));
+        write(&src.join("f.bin"), &bytes(size, 3));
+        let dest = sshd.mkdir(&format!("dest{size}"));
+        run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+        tamper(&dest.join("f.bin"));
+        run(robosync(&sshd, &state)
+            .arg("-c")
+            .arg(&src)
+            .arg(remote(&dest)))
+        .success();
+        assert_same_tree(&src, &dest);
+
+        // Pull: the source is the remote side.
+        let rsrc = sshd.mkdir(&format!("rsrc{size}"));
+        write(&rsrc.join("f.bin"), &bytes(size, 4));
+        let ldest = t.path().join(format!("ldest{size}"));
+        run(robosync(&sshd, &state).arg(remote(&rsrc)).arg(&ldest)).success();
+        tamper(&rsrc.join("f.bin"));
+        run(robosync(&sshd, &state)
+            .arg("-c")
+            .arg(remote(&rsrc))
+            .arg(&ldest))
+        .success();
+        assert_same_tree(&rsrc, &ldest);
+    }
+}

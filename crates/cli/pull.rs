@@ -202,9 +202,15 @@ pub async fn pull_run(
     let (mut manifest, pending) = choose_manifest(run, local, &paths, local_copy.as_deref());
     // Records of files no longer at the destination mean nothing.
     dest.forget_missing(&mut manifest);
+    if args.checksum {
+        // rsync -c: the source's content read back, for every file whose
+        // size would let it pass as unchanged (never the records' word).
+        let same_size = |p: &Path, n: &Node| dest.nodes.get(p).is_some_and(|d| d.size == n.size);
+        errors.extend(remote::hash_files(&pool, &remote_root, &mut source, same_size).await);
+    }
     // A remote file whose stat still matches what robosync fetched last time
     // has the content recorded then: the planner sees it as unchanged.
-    for (p, n) in source.nodes.iter_mut() {
+    for (p, n) in source.nodes.iter_mut().filter(|_| !args.checksum) {
         if n.kind != Kind::File {
             continue;
         }

@@ -195,6 +195,88 @@ pub fn included(tree: Tree, filter: &Filter) -> Tree {
     Tree { nodes }
 }
 
+/// `--checksum`: the content hashes of the remote files `which` picks in
+/// `tree` (paths under `root`), read back over SFTP, several files and
+/// blocks in flight, and stored in their nodes, so the planner compares
+/// content on both sides as rsync -c does. Files that cannot be read keep
+/// no hash (the plan then goes by size and mtime) and are reported.
+pub async fn hash_files(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    tree: &mut Tree,
+    which: impl Fn(&std::path::Path, &Node) -> bool,
+) -> Vec<String> {
+    use futures::stream::StreamExt;
+    let wanted: Vec<(PathBuf, u64)> = tree
+        .nodes
+        .iter()
+        .filter(|(p, n)| n.kind == Kind::File && which(p, n))
+        .map(|(p, n)| (p.clone(), n.size))
+        .collect();
+    let results: Vec<_> = futures::stream::iter(wanted)
+        .map(|(rel, size)| async move {
+            let abs = join(root, rel.as_os_str().as_encoded_bytes());
+            let r = async {
+                let s = pool.session().await?;
+                remote_digest(&s, &abs, size).await
+            }
+            .await;
+            (rel, r)
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    let mut errors = Vec::new();
+    for (rel, r) in results {
+        match r {
+            Ok(d) => {
+                if let Some(n) = tree.nodes.get_mut(&rel) {
+                    n.whole = Some(d.whole);
+                    n.blocks = d.blocks;
+                }
+            }
+            Err(e) => errors.push(format!("cannot read {} to checksum it: {e}", escape(&rel))),
+        }
+    }
+    errors
+}
+
+/// The scanner's digest of a remote file of `size` bytes, read a block at a
+/// time (never the whole file in memory). A file that ends early or grew
+/// is an error: its content is not what was listed.
+async fn remote_digest(
+    s: &robosync_transport::Sftp,
+    path: &[u8],
+    size: u64,
+) -> Result<robosync_scanner::Digest, Error> {
+    use futures::stream::{StreamExt, TryStreamExt};
+    use robosync_scanner::BLOCK_SIZE;
+    let changed = || Error::Connect(format!("{} changed while it was read", escape(&os(path))));
+    if size <= BLOCK_SIZE {
+        let data = crate::push::read_range(s, path, 0, size).await?;
+        if data.len() as u64 != size {
+            return Err(changed());
+        }
+        return Ok(robosync_scanner::hash_bytes(&data));
+    }
+    let blocks: Vec<[u8; 32]> = futures::stream::iter(0..size.div_ceil(BLOCK_SIZE))
+        .map(|i| async move {
+            let len = (size - i * BLOCK_SIZE).min(BLOCK_SIZE);
+            let data = crate::push::read_range(s, path, i * BLOCK_SIZE, len).await?;
+            if data.len() as u64 != len {
+                return Err(changed());
+            }
+            Ok(robosync_scanner::hash_block(&data, i, size))
+        })
+        .buffered(8)
+        .try_collect()
+        .await?;
+    Ok(robosync_scanner::Digest {
+        whole: robosync_scanner::whole_from_blocks(&blocks),
+        blocks,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

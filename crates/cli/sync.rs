@@ -419,6 +419,14 @@ async fn push_run(
     listing.tree.forget_missing(&mut manifest);
 
     let (source, entries) = source.await.expect("indexing the source panicked");
+    if args.checksum {
+        // rsync -c: the destination's content too, for every file whose
+        // size would let it pass as unchanged.
+        let same_size = |p: &Path, n: &robosync_planner::Node| {
+            source.nodes.get(p).is_some_and(|s| s.size == n.size)
+        };
+        errors.extend(remote::hash_files(&pool, &remote_root, &mut listing.tree, same_size).await);
+    }
     let opts = PlanOptions {
         delete: args.delete,
         max_delete: args.max_delete,

@@ -469,8 +469,10 @@ fn plan_file(
             copy(Reason::Drifted)
         }
         None => {
-            // No record: rsync's quick check (size and mtime).
-            if s.size == d.size && s.mtime == d.mtime {
+            // No record: rsync's quick check (size and mtime), and the
+            // content where both sides' hashes are known (--checksum).
+            let content_differs = matches!((s.whole, d.whole), (Some(a), Some(b)) if a != b);
+            if s.size == d.size && s.mtime == d.mtime && !content_differs {
                 if s.mode != d.mode {
                     return Some(Action::SetAttrs {
                         path: path.to_path_buf(),
