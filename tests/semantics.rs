@@ -1,7 +1,7 @@
 //! Issue 15: rsync's meaning, rsync as the oracle, no silent success.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::util::*;
@@ -254,4 +254,37 @@ fn checksum_finds_a_remote_edit_that_kept_size_and_mtime() {
         .success();
         assert_same_tree(&rsrc, &ldest);
     }
+}
+
+/// Observation 4: `host:~/dir` is `dir` in the login directory (as scp and
+/// rsync read it), never a directory literally named `~`; push and pull.
+#[test]
+fn tilde_paths_are_the_login_directory() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let name = format!("robosync-tilde-test-{}", std::process::id());
+    let there = home.join(&name);
+    let literal = home.join("~");
+    let had_literal = literal.exists();
+    let src = t.path().join("src");
+    write(&src.join("f.txt"), b"tilde\n");
+    let state = t.path().join("state");
+    let pushed = run(robosync(&sshd, &state)
+        .arg(&src)
+        .arg(format!("robot:~/{name}")));
+    let pulled = run(robosync(&sshd, &state)
+        .arg(format!("robot:~/{name}"))
+        .arg(t.path().join("back")));
+    let landed = fs::read(there.join("f.txt")).ok();
+    let _ = fs::remove_dir_all(&there);
+    let made_literal = !had_literal && literal.exists();
+    if made_literal {
+        let _ = fs::remove_dir_all(&literal);
+    }
+    assert_eq!(pushed.code(), 0, "{}", pushed.stderr());
+    assert_eq!(pulled.code(), 0, "{}", pulled.stderr());
+    assert_eq!(landed.as_deref(), Some(&b"tilde\n"[..]));
+    assert!(!made_literal, "a directory named ~ was made");
+    assert_same_tree(&src, &t.path().join("back"));
 }

@@ -64,11 +64,6 @@ pub async fn pull_run(
     local_root: &Path,
     label: &str,
 ) -> Result<Vec<String>, Failure> {
-    let remote_root = if remote_path.is_empty() {
-        b".".to_vec()
-    } else {
-        remote_path.to_vec()
-    };
     let exists = match std::fs::metadata(local_root) {
         Ok(m) if m.is_dir() => true,
         Ok(_) => {
@@ -131,6 +126,10 @@ pub async fn pull_run(
             }
         });
     }
+    let session = pool.session().await.map_err(transport_failure)?;
+    let remote_root = remote::expand_home(&session, remote_path)
+        .await
+        .map_err(transport_failure)?;
     let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
         .await
         .map_err(transport_failure)?;

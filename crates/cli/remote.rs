@@ -173,6 +173,34 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
     Ok(out)
 }
 
+/// A remote path as the user meant it, the way scp reads it: `~` and `~/x`
+/// under the login directory, `~user/x` where the server can expand it
+/// (expand-path@openssh.com), an empty path the login directory itself, and
+/// anything else as given (relative paths start at the login directory).
+pub async fn expand_home(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec<u8>, Error> {
+    if path.is_empty() {
+        return Ok(b".".to_vec());
+    }
+    if !path.starts_with(b"~") {
+        return Ok(path.to_vec());
+    }
+    if s.extensions.expand_path {
+        return s.expand_path(path).await;
+    }
+    let (user, rest) = match path.iter().position(|&b| b == b'/') {
+        Some(i) => (&path[..i], &path[i + 1..]),
+        None => (path, &b""[..]),
+    };
+    if user != b"~" {
+        return Err(Error::Connect(format!(
+            "the server cannot expand {} (it lacks expand-path@openssh.com): give the full path",
+            escape(&os(user))
+        )));
+    }
+    // SFTP starts in the login directory.
+    Ok(join(&s.realpath(b".").await?, rest))
+}
+
 /// `tree` without what the filter excludes (an excluded directory takes
 /// its children): a pull's source, and on a push's receiving side what
 /// `--delete` may touch (excluded files there are protected, as with rsync).

@@ -369,12 +369,10 @@ async fn push_run(
         (tree, entries)
     });
 
-    let remote_root = if remote_path.is_empty() {
-        b".".to_vec()
-    } else {
-        remote_path.to_vec()
-    };
     let session = pool.session().await.map_err(transport_failure)?;
+    let remote_root = remote::expand_home(&session, remote_path)
+        .await
+        .map_err(transport_failure)?;
     let manifest_remote = join(&remote_root, b".robosync/manifest");
     // Destination, listing and manifest copy at once: each is a few round
     // trips, and a missing destination just lists empty.

@@ -46,6 +46,7 @@ pub struct Extensions {
     pub lsetstat: bool,
     pub limits: bool,
     pub hardlink: bool,
+    pub expand_path: bool,
 }
 
 /// Tunables of one session.
@@ -177,6 +178,7 @@ impl Sftp {
                 "lsetstat@openssh.com" => extensions.lsetstat = true,
                 "limits@openssh.com" => extensions.limits = true,
                 "hardlink@openssh.com" => extensions.hardlink = true,
+                "expand-path@openssh.com" => extensions.expand_path = true,
                 _ => {}
             }
         }
@@ -819,6 +821,15 @@ impl Sftp {
             Reply::Status { code, message } => Err(self.status_error(name, b"", code, message)),
             other => Err(self.protocol(format!("{name}: unexpected reply {other:?}"))),
         }
+    }
+
+    /// The server's expansion of `~`, `~/x` and `~user/x`
+    /// (expand-path@openssh.com; answered with a NAME, as REALPATH is).
+    pub async fn expand_path(&self, path: &[u8]) -> Result<Vec<u8>, Error> {
+        self.expect_name("expand-path", path, proto::FXP_EXTENDED, |p| {
+            p.bytes(b"expand-path@openssh.com").bytes(path)
+        })
+        .await
     }
 
     pub async fn opendir(&self, path: &[u8]) -> Result<Vec<u8>, Error> {
