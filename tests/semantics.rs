@@ -288,3 +288,44 @@ fn tilde_paths_are_the_login_directory() {
     assert!(!made_literal, "a directory named ~ was made");
     assert_same_tree(&src, &t.path().join("back"));
 }
+
+/// Ctrl-C (and a scheduler's SIGTERM) stops the run with rsync's code 20
+/// and says that a rerun resumes; the rerun then completes.
+#[test]
+fn an_interrupted_run_says_so_and_exits_20() {
+    let sshd = Sshd::start();
+    let proxy = Proxy::with_shaping(
+        sshd.port,
+        robosync_testbed::Shaping {
+            one_way_delay: std::time::Duration::ZERO,
+            rate: 4 << 20,
+        },
+    );
+    let cfg = via_proxy(&sshd, &proxy);
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("big.bin"), &bytes(32 << 20, 1));
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let before = proxy.stats().up;
+        let child = robosync_with(&cfg, &state)
+            .arg(&src)
+            .arg(remote(&dest))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        while proxy.stats().up < before + (1 << 20) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(20), "{stderr}");
+        assert!(stderr.contains("interrupted: rerun to resume"), "{stderr}");
+    }
+    run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
+    assert_same_tree(&src, &dest);
+}

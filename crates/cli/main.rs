@@ -251,10 +251,42 @@ fn main() {
     // On a worker, not this thread: replies then wake the run's futures on
     // the worker that read them, instead of across threads to this one.
     let run = rt.spawn(sync::main(args, rules));
-    let code = rt.block_on(run).expect("the run panicked");
+    let code = rt.block_on(async {
+        tokio::select! {
+            done = run => done.unwrap_or_else(|e| {
+                eprintln!("robosync: error: internal failure ({e}); please report it");
+                EXIT_INTERNAL
+            }),
+            _ = interrupted() => {
+                // Everything landed so far is in place and journaled.
+                eprintln!("robosync: interrupted: rerun to resume");
+                EXIT_INTERRUPTED
+            }
+        }
+    });
     // Don't wait for lingering tasks (e.g. a proxy child) on the way out.
     rt.shutdown_timeout(Duration::from_millis(200));
     std::process::exit(code);
+}
+
+/// rsync's code for a run stopped by a signal.
+const EXIT_INTERRUPTED: i32 = 20;
+/// A bug: the run's task failed.
+const EXIT_INTERNAL: i32 = 70;
+
+/// Ctrl-C, or a SIGTERM from a scheduler.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
 }
 
 #[cfg(test)]
