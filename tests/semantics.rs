@@ -329,3 +329,29 @@ fn an_interrupted_run_says_so_and_exits_20() {
     run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
     assert_same_tree(&src, &dest);
 }
+
+/// Observation 7 (part): a setuid/setgid file lands with its mode where the
+/// server allows it, and is never sent again on every rerun.
+#[test]
+fn special_mode_bits_do_not_cause_a_resend_loop() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempdir();
+    let sshd = Sshd::start();
+    let src = t.path().join("src");
+    write(&src.join("suid"), b"#!/bin/sh\n");
+    write(&src.join("sgid"), b"#!/bin/sh\n");
+    write(&src.join("sticky/f"), b"x\n");
+    fs::set_permissions(src.join("suid"), fs::Permissions::from_mode(0o4755)).unwrap();
+    fs::set_permissions(src.join("sgid"), fs::Permissions::from_mode(0o2755)).unwrap();
+    fs::set_permissions(src.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    let again = run(robosync(&sshd, &state)
+        .arg("--json")
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert_eq!(again.json()["files_transferred"], 0, "{}", again.stdout());
+    assert_same_tree(&src, &dest);
+}
