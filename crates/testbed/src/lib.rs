@@ -72,9 +72,11 @@ pub fn hostile_sftp_server() -> PathBuf {
     let text = std::fs::read(&src).expect("hostile_sftp.rs");
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
-    let dir = std::env::temp_dir().join(format!("robosync-hostile-sftp-{}", unsafe {
-        libc::geteuid()
-    }));
+    // Beside the build's other outputs, not left behind in /tmp.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target"));
+    let dir = target.join("hostile-sftp");
     std::fs::create_dir_all(&dir).unwrap();
     let exe = dir.join(format!("hostile_sftp-{:016x}", h.finish()));
     if !exe.exists() {
