@@ -355,3 +355,30 @@ fn special_mode_bits_do_not_cause_a_resend_loop() {
     assert_eq!(again.json()["files_transferred"], 0, "{}", again.stdout());
     assert_same_tree(&src, &dest);
 }
+
+/// Observation 7 (part): `-S` sends a sparse file's data, not its holes, and
+/// the destination holds the same bytes.
+#[test]
+fn sparse_files_send_their_data_not_their_holes() {
+    use std::io::{Seek, SeekFrom, Write};
+    let sshd = Sshd::start();
+    let proxy = Proxy::start(sshd.port);
+    let cfg = via_proxy(&sshd, &proxy);
+    let t = tempdir();
+    let src = t.path().join("src");
+    fs::create_dir_all(&src).unwrap();
+    let mut f = fs::File::create(src.join("sparse.img")).unwrap();
+    f.seek(SeekFrom::Start(32 << 20)).unwrap();
+    f.write_all(&bytes(1 << 20, 9)).unwrap();
+    f.set_len(64 << 20).unwrap();
+    drop(f);
+    let dest = sshd.mkdir("dest");
+    run(robosync_with(&cfg, &t.path().join("state"))
+        .arg("-S")
+        .arg(&src)
+        .arg(remote(&dest)))
+    .success();
+    assert_same_tree(&src, &dest);
+    let sent = proxy.stats().up;
+    assert!(sent < 8 << 20, "sent {sent} bytes for 1 MiB of data");
+}

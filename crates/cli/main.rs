@@ -79,6 +79,10 @@ pub struct Args {
     /// Update changed files in place, writing only changed blocks (when copy-data is missing).
     #[arg(long)]
     pub inplace: bool,
+    /// Handle sparse files efficiently: holes in a pushed file are not sent
+    /// (the destination file gets holes where the source has them).
+    #[arg(short = 'S', long)]
+    pub sparse: bool,
     /// fsync each file on the destination before renaming it into place.
     #[arg(long)]
     pub fsync: bool,

@@ -782,7 +782,15 @@ impl Push {
         if pipelined && e.size <= s.limits.max_write as u64 && !self.run.opts.fsync {
             return self.send_small(s, handle, file, e, &temp, key).await;
         }
-        let todo: Vec<u64> = (0..nblocks).filter(|i| !done.contains(i)).collect();
+        // -S: blocks that lie wholly in a hole read as zeros on the server
+        // too (the temp is new, and its size is set when it is finished).
+        let holes = match self.run.opts.sparse && done.is_empty() {
+            true => hole_blocks(file, e.size),
+            false => BTreeSet::new(),
+        };
+        let todo: Vec<u64> = (0..nblocks)
+            .filter(|i| !done.contains(i) && !holes.contains(i))
+            .collect();
         let written = self
             .write_striped(s, &handle, &temp, file, e, todo, (key, &temp_rel))
             .await;
@@ -1355,6 +1363,33 @@ pub fn adopt_unchanged(push: &Push, dest: &Tree) {
             );
         }
     }
+}
+
+/// The blocks of `file` (of `size` bytes) that lie wholly inside holes, as
+/// SEEK_DATA/SEEK_HOLE report them; none where the filesystem cannot tell.
+fn hole_blocks(file: &std::fs::File, size: u64) -> BTreeSet<u64> {
+    use rustix::fs::{seek, SeekFrom};
+    let mut holes = BTreeSet::new();
+    let mut at = 0u64;
+    while at < size {
+        let Ok(hole) = seek(file, SeekFrom::Hole(at)) else {
+            break;
+        };
+        let data = seek(file, SeekFrom::Data(hole)).unwrap_or(size).min(size);
+        // Whole blocks within [hole, data).
+        let first = hole.div_ceil(BLOCK_SIZE);
+        let end = if data == size {
+            size.div_ceil(BLOCK_SIZE)
+        } else {
+            data / BLOCK_SIZE
+        };
+        holes.extend(first..end);
+        if data >= size {
+            break;
+        }
+        at = data;
+    }
+    holes
 }
 
 /// Reads exactly `len` bytes at `offset` into a new buffer, without zeroing

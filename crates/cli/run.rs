@@ -18,6 +18,8 @@ pub struct RunOptions {
     pub verify: bool,
     pub backup_dir: Option<PathBuf>,
     pub progress: bool,
+    /// `-S`: holes in the source are not sent (the destination gets holes).
+    pub sparse: bool,
 }
 
 #[derive(Debug, Default)]

@@ -59,6 +59,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         verify: args.verify,
         backup_dir: args.backup_dir.clone(),
         progress: !args.no_progress && !args.json,
+        sparse: args.sparse,
     }));
     let result = go(&args, rules, &run).await;
     run.finish_progress();
