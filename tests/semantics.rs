@@ -16,6 +16,13 @@ fn delete_case(src: &Path, dest: &Path) {
     write(&dest.join("cache/blob"), b"excluded dir\n");
     write(&dest.join("stale.txt"), b"goes\n");
     write(&dest.join("sub/stale.txt"), b"goes too\n");
+    // Fixed times: trees made a second apart must compare equal.
+    for f in ["keep.txt", "sub/a.txt"] {
+        set_mtime(&src.join(f), 1_500_000_000);
+    }
+    for f in ["keep.txt", "top.tmp", "server.tmp", "cache/blob"] {
+        set_mtime(&dest.join(f), 1_500_000_100);
+    }
 }
 
 /// Observation 1: on the receiving side, excluded files are protected from
