@@ -810,11 +810,16 @@ impl Push {
         loop {
             let rel = fresh_temp(key);
             let abs = self.abs(&rel);
-            match s.open(&abs, flags, &create).await {
-                Ok(h) => {
-                    self.temps.lock().unwrap().insert(abs);
-                    return Ok((rel, h));
-                }
+            // Noted before the OPEN leaves: if its reply is lost with the
+            // connection, the server may still have made the file.
+            self.temps.lock().unwrap().insert(abs.clone());
+            let opened = s.open(&abs, flags, &create).await;
+            if opened.as_ref().is_err_and(|err| !err.is_connection()) {
+                // Refused: whatever holds the name is not ours to remove.
+                self.temps.lock().unwrap().remove(&abs);
+            }
+            match opened {
+                Ok(h) => return Ok((rel, h)),
                 // SFTP v3 reports EEXIST as a plain failure: try another name
                 // (a few times: a full disk fails the same way).
                 Err(err) if err.status_code() == Some(proto::FX_FAILURE) && tries < 3 => {
@@ -861,6 +866,21 @@ impl Push {
         if !stat.is_file() || done.is_empty() {
             return fresh().await;
         }
+        let last = *done.iter().next_back()?;
+        if !self.verify_remote_block(s, &temp, e, last).await {
+            return fresh().await;
+        }
+        // The attempt that wrote this temp may still hold it open on a
+        // connection given up on, and a stalled server may run its queued
+        // writes late. With copy-data the confirmed blocks move, server-side,
+        // into a new temp that only this attempt writes; the old one goes,
+        // and late writes reach an unlinked file, never the landed one.
+        if s.extensions.copy_data {
+            return match self.copy_to_fresh_temp(s, e, &temp, &done).await {
+                Ok(resumed) => Some(resumed),
+                Err(_) => fresh().await,
+            };
+        }
         if stat.permissions.is_some_and(|m| m & 0o200 == 0) {
             let writable = Attrs {
                 permissions: Some(0o600),
@@ -873,11 +893,6 @@ impl Push {
         let Ok(handle) = s.open(&temp, proto::FXF_WRITE, &Attrs::default()).await else {
             return fresh().await;
         };
-        let last = *done.iter().next_back()?;
-        if !self.verify_remote_block(s, &temp, e, last).await {
-            s.close_detached(&handle);
-            return fresh().await;
-        }
         self.temps.lock().unwrap().insert(temp.clone());
         self.run.note(format!(
             "resuming {}: {} of {} blocks already there",
@@ -886,6 +901,77 @@ impl Push {
             e.size.div_ceil(BLOCK_SIZE)
         ));
         Some((p.temp.clone(), handle, done))
+    }
+
+    /// [`Push::reopen`] by copy-data: the `done` blocks of the temp `old`
+    /// copied into a fresh temp, journaled there, and `old` removed.
+    async fn copy_to_fresh_temp(
+        &self,
+        s: &Sftp,
+        e: &Entry,
+        old: &[u8],
+        done: &BTreeSet<u64>,
+    ) -> Result<(Vec<u8>, Vec<u8>, BTreeSet<u64>), Error> {
+        let key = e.path.as_os_str().as_bytes();
+        let from = s.open(old, proto::FXF_READ, &Attrs::default()).await?;
+        let (rel, to) = match self.create_temp(s, key).await {
+            Ok(t) => t,
+            Err(err) => {
+                s.close_detached(&from);
+                return Err(err);
+            }
+        };
+        let blocks: Vec<u64> = done.iter().copied().collect();
+        let copies = runs(&blocks, u64::MAX).into_iter().map(|r| {
+            let off = r.start * BLOCK_SIZE;
+            let len = (r.end * BLOCK_SIZE).min(e.size) - off;
+            s.copy_data(&from, off, len, &to, off)
+        });
+        let copied = futures::future::try_join_all(copies).await;
+        s.close_detached(&from);
+        if let Err(err) = copied {
+            s.close_detached(&to);
+            let _ = s.remove(&self.abs(&rel)).await;
+            return Err(err);
+        }
+        let _ = s.remove(old).await;
+        self.temps.lock().unwrap().remove(old);
+        let digest = e
+            .digest
+            .as_ref()
+            .ok_or_else(|| Error::Connect("no digest".into()))?;
+        let hashes = digest.block_hashes();
+        self.run.journal(&JournalRecord::TransferStarted {
+            path: key.to_vec(),
+            temp: rel.clone(),
+            size: e.size,
+            mtime_ns: e.mtime_ns,
+            whole: digest.whole,
+        });
+        let mut partial = Partial {
+            temp: rel.clone(),
+            whole: digest.whole,
+            size: e.size,
+            blocks: HashMap::new(),
+        };
+        for &i in done {
+            let hash = hashes[i as usize];
+            self.run.journal(&JournalRecord::BlockDone {
+                path: key.to_vec(),
+                temp: rel.clone(),
+                index: i,
+                hash,
+            });
+            partial.blocks.insert(i, hash);
+        }
+        self.partials.lock().unwrap().insert(key.to_vec(), partial);
+        self.run.note(format!(
+            "resuming {}: {} of {} blocks already there (copied into a new temp)",
+            escape(&e.path),
+            done.len(),
+            e.size.div_ceil(BLOCK_SIZE)
+        ));
+        Ok((rel, to, done.clone()))
     }
 
     /// A file that fits in one WRITE: write, set attributes and close go out
