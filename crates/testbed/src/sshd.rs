@@ -111,6 +111,8 @@ pub struct Sshd {
     pub sshd_log: PathBuf,
     pub sftp_server: PathBuf,
     pub user: String,
+    /// How the daemon was started, to start it again ([`Sshd::restart`]).
+    argv: Vec<PathBuf>,
 }
 
 impl Sshd {
@@ -178,6 +180,7 @@ impl Sshd {
             sftp_server,
             user,
             dir,
+            argv: Vec::new(),
         };
         s.set_reject_sftp(b.reject_sftp);
         let pubkey = fs::read_to_string(client_key.with_extension("pub")).unwrap();
@@ -232,22 +235,83 @@ impl Sshd {
             .iter()
             .find(|p| Path::new(p).exists())
             .expect("sshd not found: install openssh-server");
-        let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-f")
-            .arg(&config_path)
-            .arg("-E")
-            .arg(&sshd_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start sshd");
         let mut s = s;
+        s.argv = vec![
+            PathBuf::from(sshd),
+            "-D".into(),
+            "-f".into(),
+            config_path,
+            "-E".into(),
+            sshd_log,
+        ];
+        let child = s.spawn_daemon();
         let mut dummy = std::mem::replace(&mut s.child, child);
         let _ = dummy.wait();
         s.wait_ready();
         s
+    }
+
+    fn spawn_daemon(&self) -> Child {
+        Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start sshd")
+    }
+
+    /// Pid of the listening daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's descendants (session sshd processes, the wrapper,
+    /// sftp-servers) as (pid, command name), found through /proc.
+    pub fn descendants(&self) -> Vec<(i32, String)> {
+        descendants_of(self.child.id() as i32)
+    }
+
+    /// Pids of the sftp-server processes serving current sessions.
+    pub fn sftp_server_pids(&self) -> Vec<i32> {
+        let name = self.sftp_server.file_name().map(|n| n.to_string_lossy());
+        let name = name.as_deref().unwrap_or("sftp-server");
+        // /proc/PID/comm holds at most 15 bytes of the name.
+        let comm = &name[..name.len().min(15)];
+        self.descendants()
+            .into_iter()
+            .filter(|(_, c)| c == comm)
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Pids of the per-connection sshd processes (not the listener).
+    pub fn session_sshd_pids(&self) -> Vec<i32> {
+        self.descendants()
+            .into_iter()
+            .filter(|(_, c)| c.starts_with("sshd"))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Stops the daemon and every session it serves (SIGKILL, like a node
+    /// that reboots its sshd), then starts it again on the same port with
+    /// the same keys and configuration.
+    pub fn restart(&mut self) {
+        self.kill_all();
+        self.child = self.spawn_daemon();
+        self.wait_ready();
+    }
+
+    fn kill_all(&mut self) {
+        let pid = self.child.id() as i32;
+        // Stop the listener first so it forks no new sessions meanwhile.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        for (p, _) in descendants_of(pid) {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     fn wait_ready(&mut self) {
@@ -343,6 +407,44 @@ impl Sshd {
         fs::create_dir_all(&p).unwrap();
         p
     }
+}
+
+/// Every process below `root` (children, grandchildren…), from /proc.
+fn descendants_of(root: i32) -> Vec<(i32, String)> {
+    let mut procs = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // stat: "pid (comm) state ppid …"; comm may hold spaces and parens.
+            let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[open + 1..close].to_string();
+            let ppid = stat[close + 1..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                procs.push((pid, ppid, comm));
+            }
+        }
+    }
+    let mut out: Vec<(i32, String)> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, ppid, comm) in &procs {
+            if *ppid == parent && !out.iter().any(|(p, _)| p == pid) {
+                out.push((*pid, comm.clone()));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Sshd {
