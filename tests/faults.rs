@@ -156,7 +156,11 @@ fn faults_ci_subset() {
         .filter(|r| !r.clean())
         .map(|r| format!("{}: {}", r.test, r.problems()))
         .collect();
-    assert!(bad.is_empty(), "fault scenarios failed:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "fault scenarios failed:\n{}",
+        bad.join("\n")
+    );
 }
 
 macro_rules! full_suite {
@@ -524,6 +528,8 @@ impl Lab {
     }
 }
 
+const BIG_MTIME: i64 = 1_500_000_000;
+
 /// Big files, small files (every few read-only), empty files, a symlink,
 /// an empty directory.
 fn fault_tree(root: &Path, scale: Scale) {
@@ -532,6 +538,7 @@ fn fault_tree(root: &Path, scale: Scale) {
             &root.join(format!("big/b{i}.bin")),
             &bytes(scale.big_size, 100 + i as u64),
         );
+        set_mtime(&root.join(format!("big/b{i}.bin")), BIG_MTIME);
     }
     small_files(root, scale.smalls);
     for i in (0..scale.smalls).step_by(scale.readonly_every) {
@@ -690,7 +697,10 @@ fn changed(before: &BTreeMap<PathBuf, Item>, path: &Path) -> u32 {
 fn predictable_temp(rel: &Path, content: &[u8]) -> PathBuf {
     let name = rel.file_name().unwrap().to_string_lossy();
     let h = blake3::hash(content);
-    let hex: String = h.as_bytes()[..4].iter().map(|b| format!("{b:02x}")).collect();
+    let hex: String = h.as_bytes()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     rel.with_file_name(format!(".{name}.rbs-{hex}.part"))
 }
 
@@ -747,7 +757,11 @@ impl Denied {
                 mounted: false,
             });
         }
-        let bind = Command::new("mount").arg("--bind").arg(path).arg(path).status();
+        let bind = Command::new("mount")
+            .arg("--bind")
+            .arg(path)
+            .arg(path)
+            .status();
         if !bind.is_ok_and(|s| s.success()) {
             return Err("cannot bind-mount a read-only subtree".into());
         }
@@ -792,8 +806,13 @@ fn panicked(e: &Exit) -> bool {
     e.code == 101 || e.stderr.contains("panicked")
 }
 
+/// The first error line of a stderr (else its first line), shortened.
 fn first_line(s: &str) -> String {
-    let l = s.lines().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let l = s
+        .lines()
+        .find(|l| l.contains("error"))
+        .or_else(|| s.lines().find(|l| !l.trim().is_empty()))
+        .unwrap_or("");
     l.chars().take(160).collect()
 }
 
@@ -885,10 +904,13 @@ fn one_case(
             }
             // New content for the big files, so the run has data to send
             // before it deletes.
+            // (Another mtime too: a same-second rewrite of the same size
+            // is "unchanged" to a quick check, as to rsync.)
             let seed = rng.next();
             for b in 0..lab.scale.bigs {
                 let p = lab.src.join(format!("big/b{b}.bin"));
                 fs::write(&p, bytes(lab.scale.big_size, seed + b as u64)).unwrap();
+                set_mtime(&p, 1_600_000_000 + i as i64);
             }
             case.data = (lab.scale.bigs * lab.scale.big_size) as u64;
             case.extra_args.push("--delete");
@@ -1124,6 +1146,7 @@ fn one_case(
         for b in 0..lab.scale.bigs {
             let p = lab.src.join(format!("big/b{b}.bin"));
             fs::write(&p, bytes(lab.scale.big_size, 100 + b as u64)).unwrap();
+            set_mtime(&p, BIG_MTIME);
         }
     }
     drop(tmpfs);
@@ -1184,7 +1207,12 @@ fn second_command(lab: &Lab, fault: Fault, case: &Case) -> Command {
             };
             c
         }
-        _ => lab.command(&case.state.with_extension("other"), src, dest, &case.extra_args),
+        _ => lab.command(
+            &case.state.with_extension("other"),
+            src,
+            dest,
+            &case.extra_args,
+        ),
     }
 }
 
@@ -1198,7 +1226,8 @@ fn plant(lab: &Lab, case: &mut Case, sentinel_names: &mut Vec<String>) {
     }
     let mut n = 0;
     for (rel, item) in &case.want {
-        let wanted = rel.starts_with("small/d07") || rel.starts_with("big") || rel.starts_with("empty");
+        let wanted =
+            rel.starts_with("small/d07") || rel.starts_with("big") || rel.starts_with("empty");
         if !wanted || !matches!(item, Item::File { .. }) {
             continue;
         }
@@ -1223,7 +1252,10 @@ fn on_exit(lab: &Lab, case: &Case, fig: &mut Figures, e: &Exit, killed: bool) ->
             .lines()
             .find(|l| l.contains("panicked"))
             .unwrap_or("exit 101");
-        fig.note(format!("panic: {}", at.chars().take(160).collect::<String>()));
+        fig.note(format!(
+            "panic: {}",
+            at.chars().take(160).collect::<String>()
+        ));
     }
     if e.hung {
         fig.hung += 1;
