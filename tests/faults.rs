@@ -24,8 +24,9 @@
 //! `ROBOSYNC_FAULT_SEED` (default 14) fixes the pseudo-random offsets and
 //! choices, `ROBOSYNC_FAULT_RUNS` the runs per scenario (default: 50 for link
 //! drops, 8 for the rest), `ROBOSYNC_FAULT_LIMIT` the watchdog (seconds per
-//! robosync process, default 120), `ROBOSYNC_FAULT_ONLY` (e.g.
-//! `drop-push,kill9-push`) narrows the CI subset while developing. The table goes to stdout and to
+//! robosync process, default 120). `ROBOSYNC_FAULT_ONLY=drop-push,kill9-pull`
+//! makes `faults_ci_subset` run those cases (any kind, either direction) at
+//! CI scale instead of its list, to develop or reproduce one. The table goes to stdout and to
 //! `target/faults-table.md`. [`CI_SUBSET`] (one short case of each kind, a
 //! small tree) runs on every `cargo test` as `faults_ci_subset` and writes
 //! `target/faults-ci-table.md`.
@@ -82,6 +83,28 @@ enum Fault {
     TwoAliases,
     /// A second run with another state directory.
     TwoStateDirs,
+}
+
+const ALL_FAULTS: &[Fault] = &[
+    Fault::Drop,
+    Fault::Freeze,
+    Fault::StopSftp,
+    Fault::StopSession,
+    Fault::Restart,
+    Fault::Kill9,
+    Fault::DiskFull,
+    Fault::Denied,
+    Fault::SourceChange,
+    Fault::DeleteSwap,
+    Fault::PlantTemps,
+    Fault::TwoSpellings,
+    Fault::TwoAliases,
+    Fault::TwoStateDirs,
+];
+
+/// `drop-push`, `twoaliases-pull`…: the row's name.
+fn case_name(fault: Fault, dir: Dir) -> String {
+    format!("{fault:?}-{dir:?}").to_lowercase()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -142,12 +165,18 @@ const CI_SUBSET: &[(Fault, Dir)] = &[
 fn faults_ci_subset() {
     let seed = seed();
     let mut rows = Vec::new();
+    // ROBOSYNC_FAULT_ONLY picks any kind and direction at CI scale instead.
     let only = std::env::var("ROBOSYNC_FAULT_ONLY").unwrap_or_default();
-    for &(fault, dir) in CI_SUBSET {
-        let name = format!("{fault:?}-{dir:?}").to_lowercase();
-        if !only.is_empty() && !only.split(',').any(|o| o == name) {
-            continue;
-        }
+    let cases: Vec<(Fault, Dir)> = if only.is_empty() {
+        CI_SUBSET.to_vec()
+    } else {
+        ALL_FAULTS
+            .iter()
+            .flat_map(|&f| [(f, Dir::Push), (f, Dir::Pull)])
+            .filter(|(f, d)| only.split(',').any(|o| o == case_name(*f, *d)))
+            .collect()
+    };
+    for (fault, dir) in cases {
         rows.push(scenario(fault, dir, CI, 1, seed));
     }
     report(&rows, "faults-ci-table.md", seed);
@@ -279,6 +308,8 @@ struct Figures {
     unrecovered: u32,
     /// Sentinel entries changed (or gone) outside the destination.
     outside: u32,
+    /// Seconds from the faulted run's start to the case's last exit, per case.
+    seconds: Vec<f64>,
     notes: Vec<String>,
     skipped: Option<String>,
 }
@@ -317,15 +348,20 @@ impl Figures {
 
     fn row(&self) -> String {
         if let Some(why) = &self.skipped {
-            return format!("| {} | skipped: {why} |||||||||||||", self.test);
+            return format!("| {} | skipped: {why} ||||||||||||||", self.test);
         }
         let ratio = if self.data == 0 {
             "-".to_string()
         } else {
             format!("{:.2}", self.wire as f64 / self.data as f64)
         };
+        let mut secs = self.seconds.clone();
+        secs.sort_by(f64::total_cmp);
+        let median = secs
+            .get(secs.len() / 2)
+            .map_or("-".to_string(), |s| format!("{s:.1}"));
         format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             self.test,
             self.runs,
             self.faults,
@@ -340,13 +376,14 @@ impl Figures {
             self.hung,
             self.unrecovered,
             self.outside,
+            median,
             self.notes.join("; ").replace('|', "/"),
         )
     }
 }
 
-const HEADER: &str = "| test | runs | faults | completed alone | reruns needed | corrupted | lost | extra | temps left | wire ÷ data | panics | hung | unrecovered | outside DEST | notes |\n\
-|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
+const HEADER: &str = "| test | runs | faults | completed alone | reruns needed | corrupted | lost | extra | temps left | wire ÷ data | panics | hung | unrecovered | outside DEST | s/case (median) | notes |\n\
+|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|";
 
 static FULL_ROWS: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
@@ -832,7 +869,7 @@ struct Case {
 
 /// Runs `runs` cases of one fault and returns the row.
 fn scenario(fault: Fault, dir: Dir, scale: Scale, runs: usize, seed: u64) -> Figures {
-    let name = format!("{fault:?}-{dir:?}").to_lowercase();
+    let name = case_name(fault, dir);
     let mut fig = Figures {
         test: name.clone(),
         ..Default::default()
@@ -928,6 +965,7 @@ fn one_case(
 
     // The faulted run.
     fig.runs += 1;
+    let started = Instant::now();
     let wire0 = lab.wire();
     let mut marks: Vec<u64> = match fault {
         Fault::Drop => {
@@ -1131,6 +1169,7 @@ fn one_case(
             ));
         }
     }
+    fig.seconds.push(started.elapsed().as_secs_f64());
     fig.outside += changed(&case.sentinel_items, &case.sentinel);
     let d = diff(&case.want, &case.dest, &case.allow);
     fig.temps += d.temps.len() as u32;
