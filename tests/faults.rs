@@ -839,8 +839,9 @@ fn remove_tree(p: &Path) {
     }
 }
 
+/// A panic, or a run task that failed (exit 70: a panicking task, caught).
 fn panicked(e: &Exit) -> bool {
-    e.code == 101 || e.stderr.contains("panicked")
+    e.code == 101 || e.code == 70 || e.stderr.contains("panicked")
 }
 
 /// The first error line of a stderr (else its first line), shortened.
