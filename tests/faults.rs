@@ -511,7 +511,8 @@ struct Lab {
 
 impl Lab {
     fn new(dir: Dir, scale: Scale, slow: bool) -> Lab {
-        let sshd = Sshd::start();
+        // Unprivileged like a robot node's login: modes bind the server.
+        let sshd = Sshd::builder().unprivileged(true).start();
         let shaping = robosync_testbed::Shaping {
             rate: if slow { scale.slow_rate } else { 0 },
             ..Default::default()

@@ -26,6 +26,7 @@ pub struct SshdBuilder {
     listen: String,
     extra: Vec<String>,
     sftp_server: Option<PathBuf>,
+    unprivileged: bool,
     host_ca: Option<PathBuf>,
 }
 
@@ -39,6 +40,7 @@ impl Default for SshdBuilder {
             listen: "127.0.0.1".into(),
             extra: Vec::new(),
             sftp_server: None,
+            unprivileged: false,
             host_ca: None,
         }
     }
@@ -79,6 +81,15 @@ impl SshdBuilder {
     /// hostile server from [`crate::hostile_sftp_server`]).
     pub fn sftp_server(mut self, path: &Path) -> Self {
         self.sftp_server = Some(path.to_path_buf());
+        self
+    }
+
+    /// Run the SFTP server without root's power to ignore file modes
+    /// (CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped with `setpriv`), as
+    /// a robot node's unprivileged login would: a 0444 file then refuses
+    /// writes even though these tests run as root.
+    pub fn unprivileged(mut self, yes: bool) -> Self {
+        self.unprivileged = yes;
         self
     }
 
@@ -151,13 +162,27 @@ impl Sshd {
         }
         let client_key = d.join("robot_ed25519");
         keygen(&client_key);
-        let sftp_server = b.sftp_server.clone().unwrap_or_else(|| {
+        let mut sftp_server = b.sftp_server.clone().unwrap_or_else(|| {
             SFTP_SERVER_CANDIDATES
                 .iter()
                 .map(PathBuf::from)
                 .find(|p| p.exists())
                 .expect("sftp-server not found: install openssh-sftp-server")
         });
+        if b.unprivileged {
+            let script = d.join("sftp-server-unprivileged");
+            let server = sftp_server.display();
+            fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nsetpriv --bounding-set -dac_override,-dac_read_search -- {server} \"$@\" \
+                     || exec {server} \"$@\"\n"
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+            sftp_server = script;
+        }
         let wrapper_log = d.join("wrapper.log");
         let wrapper_conf = d.join("robot.conf");
         fs::write(&wrapper_log, "").unwrap();
@@ -273,6 +298,7 @@ impl Sshd {
     }
 
     /// Pids of the sftp-server processes serving current sessions.
+    /// (Also the configured program's own process when it wraps one.)
     pub fn sftp_server_pids(&self) -> Vec<i32> {
         let name = self.sftp_server.file_name().map(|n| n.to_string_lossy());
         let name = name.as_deref().unwrap_or("sftp-server");
@@ -280,7 +306,7 @@ impl Sshd {
         let comm = &name[..name.len().min(15)];
         self.descendants()
             .into_iter()
-            .filter(|(_, c)| c == comm)
+            .filter(|(_, c)| c == comm || c == "sftp-server")
             .map(|(p, _)| p)
             .collect()
     }
