@@ -296,8 +296,10 @@ struct Figures {
     lost: u32,
     /// Entries the source lacks, present after an exit 0 (temps apart).
     extra: u32,
-    /// Temp files left after the last run of each case.
+    /// Temp files left, per case the most seen after an exit 0 or at its end.
     temps: u32,
+    /// The current case's most temps seen after an exit 0.
+    case_temps: u32,
     /// Bytes on the wire in the data's direction, and the data that had to go.
     wire: u64,
     data: u64,
@@ -1174,7 +1176,8 @@ fn one_case(
     fig.seconds.push(started.elapsed().as_secs_f64());
     fig.outside += changed(&case.sentinel_items, &case.sentinel);
     let d = diff(&case.want, &case.dest, &case.allow);
-    fig.temps += d.temps.len() as u32;
+    fig.temps += fig.case_temps.max(d.temps.len() as u32);
+    fig.case_temps = 0;
     fig.wire += lab.wire() - wire0;
     fig.data += case.data;
 
@@ -1311,6 +1314,7 @@ fn on_exit(lab: &Lab, case: &Case, fig: &mut Figures, e: &Exit, killed: bool) ->
         fig.corrupted += d.corrupted.len() as u32;
         fig.lost += d.lost.len() as u32;
         fig.extra += d.extra.len() as u32;
+        fig.case_temps = fig.case_temps.max(d.temps.len() as u32);
         fig.note(format!("exit 0 but {}", d.sample()));
     }
     true
