@@ -312,7 +312,9 @@ struct Figures {
     outside: u32,
     /// Seconds from the faulted run's start to the case's last exit, per case.
     seconds: Vec<f64>,
-    notes: Vec<String>,
+    /// Distinct problems (by their wording up to the first number or
+    /// colon), each with how often it was seen and its first instance.
+    notes: Vec<(String, u32)>,
     skipped: Option<String>,
 }
 
@@ -337,15 +339,31 @@ impl Figures {
                 p.push(format!("{n} {what}"));
             }
         }
-        p.extend(self.notes.iter().cloned());
+        p.extend(self.notes_text());
         p.join("; ")
     }
 
     fn note(&mut self, s: String) {
         println!("  [{}] {s}", self.test);
-        if self.notes.len() < 6 && !self.notes.contains(&s) {
-            self.notes.push(s);
+        let kind = |t: &str| -> String {
+            t.chars()
+                .take_while(|c| !c.is_ascii_digit() && *c != ':')
+                .collect()
+        };
+        match self.notes.iter_mut().find(|(n, _)| kind(n) == kind(&s)) {
+            Some((_, count)) => *count += 1,
+            None => self.notes.push((s, 1)),
         }
+    }
+
+    fn notes_text(&self) -> Vec<String> {
+        self.notes
+            .iter()
+            .map(|(n, c)| match c {
+                1 => n.clone(),
+                _ => format!("{c}× {n}"),
+            })
+            .collect()
     }
 
     fn row(&self) -> String {
@@ -379,7 +397,7 @@ impl Figures {
             self.unrecovered,
             self.outside,
             median,
-            self.notes.join("; ").replace('|', "/"),
+            self.notes_text().join("; ").replace('|', "/"),
         )
     }
 }
