@@ -657,6 +657,8 @@ fn is_temp(rel: &Path) -> bool {
 #[derive(Default, Debug)]
 struct Diff {
     corrupted: Vec<PathBuf>,
+    /// What differs in the first corrupted entry (content, mode, mtime…).
+    how: String,
     lost: Vec<PathBuf>,
     extra: Vec<PathBuf>,
     temps: Vec<PathBuf>,
@@ -678,10 +680,46 @@ impl Diff {
             ("temps", &self.temps),
         ] {
             if let Some(p) = v.first() {
-                s.push(format!("{} {what} (e.g. {})", v.len(), p.display()));
+                let how = if what == "corrupted" {
+                    format!(": {}", self.how)
+                } else {
+                    String::new()
+                };
+                s.push(format!("{} {what} (e.g. {}{how})", v.len(), p.display()));
             }
         }
         s.join(", ")
+    }
+}
+
+/// "content, mtime 1500000000 → 1764752000": which fields of an entry differ.
+fn how_differs(want: &Item, have: &Item) -> String {
+    match (want, have) {
+        (
+            Item::File {
+                hash: h1,
+                mode: m1,
+                mtime: t1,
+            },
+            Item::File {
+                hash: h2,
+                mode: m2,
+                mtime: t2,
+            },
+        ) => {
+            let mut d = Vec::new();
+            if h1 != h2 {
+                d.push("content".to_string());
+            }
+            if m1 != m2 {
+                d.push(format!("mode {m1:o} → {m2:o}"));
+            }
+            if t1 != t2 {
+                d.push(format!("mtime {t1} → {t2}"));
+            }
+            d.join(", ")
+        }
+        _ => format!("{want:?} → {have:?}"),
     }
 }
 
@@ -708,6 +746,9 @@ fn diff(src: &BTreeMap<PathBuf, Item>, dest: &Path, allow: &Allow) -> Diff {
                     .as_ref()
                     .is_some_and(|(p, item)| p == k && item == have);
                 if !earlier {
+                    if d.corrupted.is_empty() {
+                        d.how = how_differs(want, have);
+                    }
                     d.corrupted.push(k.clone());
                 }
             }
