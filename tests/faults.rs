@@ -312,8 +312,8 @@ struct Figures {
     outside: u32,
     /// Seconds from the faulted run's start to the case's last exit, per case.
     seconds: Vec<f64>,
-    /// Distinct problems (by their wording up to the first number or
-    /// colon), each with how often it was seen and its first instance.
+    /// Distinct problems (by their wording, numbers aside), each with how
+    /// often it was seen and its first instance.
     notes: Vec<(String, u32)>,
     skipped: Option<String>,
 }
@@ -345,10 +345,14 @@ impl Figures {
 
     fn note(&mut self, s: String) {
         println!("  [{}] {s}", self.test);
+        // The wording before the first example or detail, without numbers.
         let kind = |t: &str| -> String {
-            t.chars()
-                .take_while(|c| !c.is_ascii_digit() && *c != ':')
-                .collect()
+            let end = [t.find("(e.g."), t.find(':')]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(t.len());
+            t[..end].chars().filter(|c| !c.is_ascii_digit()).collect()
         };
         match self.notes.iter_mut().find(|(n, _)| kind(n) == kind(&s)) {
             Some((_, count)) => *count += 1,
