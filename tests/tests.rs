@@ -5,6 +5,7 @@
 mod util;
 
 mod connect;
+mod faults;
 mod foundation;
 mod integrity;
 mod pull;

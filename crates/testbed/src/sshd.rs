@@ -26,6 +26,7 @@ pub struct SshdBuilder {
     listen: String,
     extra: Vec<String>,
     sftp_server: Option<PathBuf>,
+    unprivileged: bool,
     host_ca: Option<PathBuf>,
 }
 
@@ -39,6 +40,7 @@ impl Default for SshdBuilder {
             listen: "127.0.0.1".into(),
             extra: Vec::new(),
             sftp_server: None,
+            unprivileged: false,
             host_ca: None,
         }
     }
@@ -82,6 +84,15 @@ impl SshdBuilder {
         self
     }
 
+    /// Run the SFTP server without root's power to ignore file modes
+    /// (CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped with `setpriv`), as
+    /// a robot node's unprivileged login would: a 0444 file then refuses
+    /// writes even though these tests run as root.
+    pub fn unprivileged(mut self, yes: bool) -> Self {
+        self.unprivileged = yes;
+        self
+    }
+
     /// Present a host certificate for `127.0.0.1` signed by the CA private key
     /// at `ca` (as `HostCertificate`), besides the plain host key.
     pub fn host_certificate(mut self, ca: &Path) -> Self {
@@ -111,6 +122,8 @@ pub struct Sshd {
     pub sshd_log: PathBuf,
     pub sftp_server: PathBuf,
     pub user: String,
+    /// How the daemon was started, to start it again ([`Sshd::restart`]).
+    argv: Vec<PathBuf>,
 }
 
 impl Sshd {
@@ -149,13 +162,27 @@ impl Sshd {
         }
         let client_key = d.join("robot_ed25519");
         keygen(&client_key);
-        let sftp_server = b.sftp_server.clone().unwrap_or_else(|| {
+        let mut sftp_server = b.sftp_server.clone().unwrap_or_else(|| {
             SFTP_SERVER_CANDIDATES
                 .iter()
                 .map(PathBuf::from)
                 .find(|p| p.exists())
                 .expect("sftp-server not found: install openssh-sftp-server")
         });
+        if b.unprivileged {
+            let script = d.join("sftp-server-unprivileged");
+            let server = sftp_server.display();
+            fs::write(
+                &script,
+                format!(
+                    "#!/bin/sh\nsetpriv --bounding-set -dac_override,-dac_read_search -- {server} \"$@\" \
+                     || exec {server} \"$@\"\n"
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+            sftp_server = script;
+        }
         let wrapper_log = d.join("wrapper.log");
         let wrapper_conf = d.join("robot.conf");
         fs::write(&wrapper_log, "").unwrap();
@@ -178,6 +205,7 @@ impl Sshd {
             sftp_server,
             user,
             dir,
+            argv: Vec::new(),
         };
         s.set_reject_sftp(b.reject_sftp);
         let pubkey = fs::read_to_string(client_key.with_extension("pub")).unwrap();
@@ -232,22 +260,84 @@ impl Sshd {
             .iter()
             .find(|p| Path::new(p).exists())
             .expect("sshd not found: install openssh-server");
-        let child = Command::new(sshd)
-            .arg("-D")
-            .arg("-f")
-            .arg(&config_path)
-            .arg("-E")
-            .arg(&sshd_log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("cannot start sshd");
         let mut s = s;
+        s.argv = vec![
+            PathBuf::from(sshd),
+            "-D".into(),
+            "-f".into(),
+            config_path,
+            "-E".into(),
+            sshd_log,
+        ];
+        let child = s.spawn_daemon();
         let mut dummy = std::mem::replace(&mut s.child, child);
         let _ = dummy.wait();
         s.wait_ready();
         s
+    }
+
+    fn spawn_daemon(&self) -> Child {
+        Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot start sshd")
+    }
+
+    /// Pid of the listening daemon.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The daemon's descendants (session sshd processes, the wrapper,
+    /// sftp-servers) as (pid, command name), found through /proc.
+    pub fn descendants(&self) -> Vec<(i32, String)> {
+        descendants_of(self.child.id() as i32)
+    }
+
+    /// Pids of the sftp-server processes serving current sessions.
+    /// (Also the configured program's own process when it wraps one.)
+    pub fn sftp_server_pids(&self) -> Vec<i32> {
+        let name = self.sftp_server.file_name().map(|n| n.to_string_lossy());
+        let name = name.as_deref().unwrap_or("sftp-server");
+        // /proc/PID/comm holds at most 15 bytes of the name.
+        let comm = &name[..name.len().min(15)];
+        self.descendants()
+            .into_iter()
+            .filter(|(_, c)| c == comm || c == "sftp-server")
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Pids of the per-connection sshd processes (not the listener).
+    pub fn session_sshd_pids(&self) -> Vec<i32> {
+        self.descendants()
+            .into_iter()
+            .filter(|(_, c)| c.starts_with("sshd"))
+            .map(|(p, _)| p)
+            .collect()
+    }
+
+    /// Stops the daemon and every session it serves (SIGKILL, like a node
+    /// that reboots its sshd), then starts it again on the same port with
+    /// the same keys and configuration.
+    pub fn restart(&mut self) {
+        self.kill_all();
+        self.child = self.spawn_daemon();
+        self.wait_ready();
+    }
+
+    fn kill_all(&mut self) {
+        let pid = self.child.id() as i32;
+        // Stop the listener first so it forks no new sessions meanwhile.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        for (p, _) in descendants_of(pid) {
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = self.child.wait();
     }
 
     fn wait_ready(&mut self) {
@@ -343,6 +433,44 @@ impl Sshd {
         fs::create_dir_all(&p).unwrap();
         p
     }
+}
+
+/// Every process below `root` (children, grandchildren…), from /proc.
+fn descendants_of(root: i32) -> Vec<(i32, String)> {
+    let mut procs = Vec::new();
+    if let Ok(rd) = fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            // stat: "pid (comm) state ppid …"; comm may hold spaces and parens.
+            let Ok(stat) = fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let comm = stat[open + 1..close].to_string();
+            let ppid = stat[close + 1..]
+                .split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                procs.push((pid, ppid, comm));
+            }
+        }
+    }
+    let mut out: Vec<(i32, String)> = Vec::new();
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for (pid, ppid, comm) in &procs {
+            if *ppid == parent && !out.iter().any(|(p, _)| p == pid) {
+                out.push((*pid, comm.clone()));
+                frontier.push(*pid);
+            }
+        }
+    }
+    out
 }
 
 impl Drop for Sshd {
