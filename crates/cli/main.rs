@@ -86,15 +86,26 @@ pub struct Args {
     /// fsync each file on the destination before renaming it into place.
     #[arg(long)]
     pub fsync: bool,
-    /// Exclude paths matching PATTERN (rsync rules: first match wins).
-    #[arg(long, value_name = "PATTERN", action = ArgAction::Append)]
+    /// Exclude paths matching PATTERN (rsync rules: first match wins; `+ PATTERN` includes).
+    #[arg(long, value_name = "PATTERN", action = ArgAction::Append, allow_hyphen_values = true)]
     pub exclude: Vec<String>,
-    /// Include paths matching PATTERN (rsync rules: first match wins).
-    #[arg(long, value_name = "PATTERN", action = ArgAction::Append)]
+    /// Include paths matching PATTERN (rsync rules: first match wins; `- PATTERN` excludes).
+    #[arg(long, value_name = "PATTERN", action = ArgAction::Append, allow_hyphen_values = true)]
     pub include: Vec<String>,
-    /// Read exclude patterns from FILE.
+    /// Read exclude patterns from FILE (a `+ ` line is an include).
     #[arg(long, value_name = "FILE")]
     pub exclude_from: Vec<PathBuf>,
+    /// Read include patterns from FILE (a `- ` line is an exclude).
+    #[arg(long, value_name = "FILE")]
+    pub include_from: Vec<PathBuf>,
+    /// An rsync filter rule: + - P R H S (include, exclude, protect, risk,
+    /// hide, show), `merge FILE`, `!` (clear); e.g. -f '- *.tmp' -f 'P /keep/'.
+    #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
+    pub filter: Vec<String>,
+    /// Also delete destination entries the rules exclude (implies --delete;
+    /// protect/risk rules and `-sr` rules still protect).
+    #[arg(long)]
+    pub delete_excluded: bool,
 
     /// SSH connections to open [default: 2].
     #[arg(long, value_name = "N")]
@@ -194,33 +205,55 @@ fn check_values(args: &Args) -> Result<(), String> {
     Ok(())
 }
 
-/// Include/exclude rules in command-line order (first match wins).
+/// Filter rules in command-line order (first match wins), read as rsync
+/// reads its options: `+ `/`- ` prefixes in include/exclude values and files.
 fn filter_rules(
     matches: &clap::ArgMatches,
     args: &Args,
 ) -> Result<Vec<robosync_scanner::Rule>, String> {
-    use robosync_scanner::Rule;
-    let mut rules: Vec<(usize, Rule)> = Vec::new();
-    if let Some(idx) = matches.indices_of("exclude") {
-        rules.extend(
-            idx.zip(&args.exclude)
-                .map(|(i, p)| (i, Rule::Exclude(p.clone()))),
-        );
+    enum Opt<'a> {
+        Pattern(&'a str, bool),
+        File(&'a std::path::Path, bool),
+        Filter(&'a str),
     }
-    if let Some(idx) = matches.indices_of("include") {
-        rules.extend(
-            idx.zip(&args.include)
-                .map(|(i, p)| (i, Rule::Include(p.clone()))),
-        );
-    }
-    if let Some(idx) = matches.indices_of("exclude_from") {
-        for (i, f) in idx.zip(&args.exclude_from) {
-            let r = Rule::read_exclude_from(f).map_err(|e| e.to_string())?;
-            rules.extend(r.into_iter().map(|r| (i, r)));
+    let mut opts: Vec<(usize, Opt)> = Vec::new();
+    let at = |id: &str| matches.indices_of(id).into_iter().flatten();
+    opts.extend(
+        at("exclude")
+            .zip(&args.exclude)
+            .map(|(i, p)| (i, Opt::Pattern(p, false))),
+    );
+    opts.extend(
+        at("include")
+            .zip(&args.include)
+            .map(|(i, p)| (i, Opt::Pattern(p, true))),
+    );
+    opts.extend(
+        at("exclude_from")
+            .zip(&args.exclude_from)
+            .map(|(i, f)| (i, Opt::File(f, false))),
+    );
+    opts.extend(
+        at("include_from")
+            .zip(&args.include_from)
+            .map(|(i, f)| (i, Opt::File(f, true))),
+    );
+    opts.extend(
+        at("filter")
+            .zip(&args.filter)
+            .map(|(i, r)| (i, Opt::Filter(r))),
+    );
+    opts.sort_by_key(|(i, _)| *i);
+    let mut rules = robosync_scanner::Rules::default();
+    for (_, opt) in opts {
+        match opt {
+            Opt::Pattern(p, include) => rules.pattern(p, include),
+            Opt::File(f, include) => rules.pattern_file(f, include),
+            Opt::Filter(r) => rules.filter(r),
         }
+        .map_err(|e| e.to_string())?;
     }
-    rules.sort_by_key(|(i, _)| *i);
-    Ok(rules.into_iter().map(|(_, r)| r).collect())
+    Ok(rules.into_vec())
 }
 
 fn main() {
@@ -236,7 +269,9 @@ fn main() {
     let matches = Args::command()
         .try_get_matches()
         .unwrap_or_else(|e| usage(e));
-    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
+    // As rsync: --delete-excluded implies --delete.
+    args.delete |= args.delete_excluded;
     if let Err(e) = check_values(&args) {
         eprintln!("robosync: error: {e}");
         std::process::exit(1);

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{self, StreamExt};
 use robosync_manifest::{state_paths, JournalRecord, Manifest, Record};
 use robosync_planner::{escape, Action, Kind, Node, PlanOptions, Tree};
-use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
+use robosync_scanner::{Filter, Filters, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp, Target};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
@@ -58,7 +58,7 @@ const MODE_MASK: u32 = 0o1777;
 pub async fn pull_run(
     args: &Args,
     run: &Arc<Run>,
-    filter: Filter,
+    filters: Filters,
     remote_path: &[u8],
     target: Target,
     local_root: &Path,
@@ -91,7 +91,11 @@ pub async fn pull_run(
     let scan = {
         let root = local_root.to_path_buf();
         let cache_path = paths.stat_cache.clone();
-        let filter = filter.clone();
+        // Pruning the scan is exact only when both sides decide alike.
+        let filter = match filters.same {
+            true => filters.receiver.clone(),
+            false => Filter::default(),
+        };
         let checksum = args.checksum;
         tokio::task::spawn_blocking(move || {
             // --checksum: re-read every local file, so one whose bytes
@@ -143,7 +147,7 @@ pub async fn pull_run(
         ));
     }
     let mut errors = listing.errors.clone();
-    let mut source = remote::included(listing.tree, &filter);
+    let mut source = remote::included(listing.tree, &filters.sender);
     let (snap, cache) = scan.await.expect("scan task panicked");
     let snap = snap.map_err(|e| {
         fail(
@@ -157,6 +161,7 @@ pub async fn pull_run(
             .map(|e| format!("{}: {}", escape(&e.path), e.message)),
     );
     let mut dest = Tree::from_snapshot(&snap);
+    dest = remote::protected(dest, &source, &filters.receiver, &snap.excluded);
     let snap_cache_unchanged = snap.stats.cache_unchanged;
     let mut stale_temps = Vec::new();
     // robosync's own state and a --backup-dir inside the destination are not content.

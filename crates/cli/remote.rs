@@ -5,7 +5,7 @@
 //! path component is reported and skipped.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use robosync_planner::{escape, Kind, Node, Tree};
@@ -202,8 +202,7 @@ pub async fn expand_home(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Ve
 }
 
 /// `tree` without what the filter excludes (an excluded directory takes
-/// its children): a pull's source, and on a push's receiving side what
-/// `--delete` may touch (excluded files there are protected, as with rsync).
+/// its children): a pull's source.
 pub fn included(tree: Tree, filter: &Filter) -> Tree {
     if filter.is_empty() {
         return tree;
@@ -221,6 +220,36 @@ pub fn included(tree: Tree, filter: &Filter) -> Tree {
         }
     }
     Tree { nodes }
+}
+
+/// `dest` without what `--delete` must not touch, as rsync's receiver
+/// decides: an entry the source lacks and the receiver filter excludes is
+/// kept with everything below it (so are `pruned`, entries a scan with that
+/// filter already left out), and a directory the source lacks that holds a
+/// kept entry stays too ("cannot delete non-empty directory"). Entries the
+/// source has are never deleted, whatever the filter says of them.
+pub fn protected(mut dest: Tree, source: &Tree, receiver: &Filter, pruned: &[PathBuf]) -> Tree {
+    if receiver.is_empty() && pruned.is_empty() {
+        return dest;
+    }
+    let mut kept: HashSet<PathBuf> = pruned.iter().cloned().collect();
+    for (p, n) in &dest.nodes {
+        if source.nodes.contains_key(p) || p.ancestors().skip(1).any(|a| kept.contains(a)) {
+            continue;
+        }
+        if !receiver.includes(p, n.kind == Kind::Dir) {
+            kept.insert(p.clone());
+        }
+    }
+    let holders: HashSet<PathBuf> = kept
+        .iter()
+        .flat_map(|k| k.ancestors().skip(1))
+        .filter(|a| !source.nodes.contains_key(*a))
+        .map(Path::to_path_buf)
+        .collect();
+    dest.nodes
+        .retain(|p, _| !holders.contains(p) && !p.ancestors().any(|a| kept.contains(a)));
+    dest
 }
 
 /// `--checksum`: the content hashes of the remote files `which` picks in

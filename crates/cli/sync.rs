@@ -12,7 +12,7 @@ use robosync_manifest::{
     compact, pick_newer, state_paths, Compacted, Journal, JournalRecord, Manifest, ManifestError,
 };
 use robosync_planner::{plan, Action, PlanOptions, Tree};
-use robosync_scanner::{Filter, Rule, ScanOptions, StatCache};
+use robosync_scanner::{Filters, Rule, ScanOptions, StatCache};
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{Error, Pool, PoolOptions, SessionOptions, Target};
 
@@ -118,15 +118,16 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
     let src = Endpoint::parse(&args.src).map_err(|e| fail(EXIT_USAGE, format!("source: {e}")))?;
     let dst =
         Endpoint::parse(&args.dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
-    let filter = Filter::new(&rules).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    let filters =
+        Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             let target = target(args, user, host).await?;
-            push_run(args, run, filter, l, target, path, &dst.label()).await
+            push_run(args, run, filters, l, target, path, &dst.label()).await
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
             let target = target(args, user, host).await?;
-            crate::pull::pull_run(args, run, filter, path, target, l, &src.label()).await
+            crate::pull::pull_run(args, run, filters, path, target, l, &src.label()).await
         }
         (Endpoint::Local(_), Endpoint::Local(_)) => Err(fail(
             EXIT_USAGE,
@@ -274,7 +275,7 @@ pub fn choose_manifest(
 async fn push_run(
     args: &Args,
     run: &Arc<Run>,
-    filter: Filter,
+    filters: Filters,
     local_root: &Path,
     target: Target,
     remote_path: &[u8],
@@ -299,7 +300,7 @@ async fn push_run(
     // Scan while we connect.
     let scan_root = local_root.to_path_buf();
     let cache_path = paths.stat_cache.clone();
-    let receiving = filter.clone();
+    let (filter, receiving) = (filters.sender, filters.receiver);
     let checksum = args.checksum;
     let (predict, work) = tokio::sync::oneshot::channel();
     let state = paths.clone();
@@ -407,8 +408,6 @@ async fn push_run(
     run.phase("listed the destination");
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
-    // Excluded entries at the destination are protected from --delete, as rsync does.
-    listing.tree = remote::included(listing.tree, &receiving);
     if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
         // A backup dir inside the destination is not part of the mirror.
         listing.tree.nodes.retain(|p, _| !p.starts_with(b));
@@ -418,6 +417,8 @@ async fn push_run(
     listing.tree.forget_missing(&mut manifest);
 
     let (source, entries) = source.await.expect("indexing the source panicked");
+    // Excluded entries at the destination are protected from --delete, as rsync does.
+    listing.tree = remote::protected(listing.tree, &source, &receiving, &[]);
     if args.checksum {
         // rsync -c: the destination's content too, for every file whose
         // size would let it pass as unchanged.

@@ -1,15 +1,31 @@
-//! rsync-like include/exclude rules, matched with globset.
+//! rsync-like filter rules (`--include`, `--exclude`, `--filter`, files of
+//! rules), matched with globset.
 
 use std::cell::RefCell;
 use std::path::{Path, PathBuf};
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
-/// One `--include` or `--exclude` pattern, with rsync's meaning:
+/// Which side of a transfer a rule applies to, as rsync's `s`/`r` modifiers.
+///
+/// The sender side chooses what is copied (a push's scan, a pull's remote
+/// listing); the receiver side chooses what `--delete` may touch at the
+/// destination (an excluded destination entry is protected).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// No modifier: both sides, but the sender's alone under `--delete-excluded`.
+    Both,
+    Sender,
+    Receiver,
+    /// `sr`: both sides even under `--delete-excluded`.
+    SenderAndReceiver,
+}
+
+/// One include or exclude pattern, with rsync's meaning:
 ///
 /// - the first rule that matches a path decides; a path no rule matches is included;
 /// - a trailing `/` makes the rule match directories only;
-/// - a leading `/` anchors the pattern at the scan root;
+/// - a leading `/` anchors the pattern at the transfer root;
 /// - otherwise a pattern without `/` matches the name at any depth, and a pattern
 ///   with `/` matches the end of the path at any depth (`b/c` matches `a/b/c`);
 /// - `*` and `?` do not cross `/`; `**` does, and must be a whole component
@@ -17,57 +33,255 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 ///   `[...]` classes and `\` escapes work;
 /// - an excluded directory is not descended, so nothing below it can be included.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Rule {
-    Include(String),
-    Exclude(String),
+pub struct Rule {
+    pub include: bool,
+    pub pattern: String,
+    pub side: Side,
 }
 
 impl Rule {
-    /// Reads an `--exclude-from` file: one pattern per line; blank lines and lines
-    /// starting with `#` or `;` are ignored; a line starting with `+ ` is an
-    /// include, one starting with `- ` (or anything else) an exclude.
-    pub fn read_exclude_from(path: &Path) -> Result<Vec<Rule>, FilterError> {
-        let read_err = |source| FilterError::Read {
-            path: path.to_owned(),
-            source,
-        };
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            read_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                e.utf8_error(),
-            ))
-        })?;
-        let rules = text
-            .lines()
-            .filter(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
-            .map(
-                |line| match (line.strip_prefix("+ "), line.strip_prefix("- ")) {
-                    (Some(pattern), _) => Rule::Include(pattern.to_owned()),
-                    (_, Some(pattern)) => Rule::Exclude(pattern.to_owned()),
-                    _ => Rule::Exclude(line.to_owned()),
-                },
-            )
-            .collect();
-        Ok(rules)
-    }
-
-    fn pattern(&self) -> &str {
-        match self {
-            Rule::Include(p) | Rule::Exclude(p) => p,
+    /// `+ PATTERN`, both sides.
+    pub fn include(pattern: &str) -> Rule {
+        Rule {
+            include: true,
+            pattern: pattern.to_owned(),
+            side: Side::Both,
         }
     }
+
+    /// `- PATTERN`, both sides.
+    pub fn exclude(pattern: &str) -> Rule {
+        Rule {
+            include: false,
+            pattern: pattern.to_owned(),
+            side: Side::Both,
+        }
+    }
+}
+
+/// The rule list in command-line order, built as rsync reads its options:
+/// `!` clears what came before, `merge FILE` reads rules from a file in place.
+#[derive(Debug, Clone, Default)]
+pub struct Rules {
+    list: Vec<Rule>,
+}
+
+/// Merge files may merge others; a cycle must end with an error, not a hang.
+const MAX_MERGE_DEPTH: usize = 16;
+
+impl Rules {
+    pub fn into_vec(self) -> Vec<Rule> {
+        self.list
+    }
+
+    /// An `--include` (`include`) or `--exclude` value. As rsync, a value
+    /// starting with `+ ` or `- ` says itself which it is, and `!` clears.
+    pub fn pattern(&mut self, text: &str, include: bool) -> Result<(), FilterError> {
+        if text == "!" {
+            self.list.clear();
+            return Ok(());
+        }
+        let (include, pattern) = match (text.strip_prefix("+ "), text.strip_prefix("- ")) {
+            (Some(p), _) => (true, p),
+            (_, Some(p)) => (false, p),
+            _ => (include, text),
+        };
+        self.push(text, include, pattern, Side::Both)
+    }
+
+    /// An `--include-from`/`--exclude-from` file: one pattern a line as
+    /// [`Rules::pattern`]; blank lines and lines starting with `#` or `;`
+    /// are ignored.
+    pub fn pattern_file(&mut self, path: &Path, include: bool) -> Result<(), FilterError> {
+        for line in read_lines(path)? {
+            self.pattern(&line, include)?;
+        }
+        Ok(())
+    }
+
+    /// A `--filter` rule: `RULE[,MODIFIERS] PATTERN` or `R[MODIFIERS] PATTERN`
+    /// with R one of `+ - P R H S . !` (or its long name: include, exclude,
+    /// protect, risk, hide, show, merge, clear); modifiers `s` (sender only)
+    /// and `r` (receiver only). `:`/dir-merge and other modifiers are refused.
+    pub fn filter(&mut self, text: &str) -> Result<(), FilterError> {
+        self.filter_at(text, 0)
+    }
+
+    fn filter_at(&mut self, text: &str, depth: usize) -> Result<(), FilterError> {
+        let bad = |reason: &str| FilterError::Rule {
+            rule: text.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let word_end = text
+            .find(|c: char| c == ' ' || c == '_' || c == ',')
+            .unwrap_or(text.len());
+        let word = &text[..word_end];
+        let long = [
+            ("include", '+'),
+            ("exclude", '-'),
+            ("protect", 'P'),
+            ("risk", 'R'),
+            ("hide", 'H'),
+            ("show", 'S'),
+            ("merge", '.'),
+            ("dir-merge", ':'),
+            ("clear", '!'),
+        ];
+        // Long form: the name, optional `,modifiers`, one space or `_`, the pattern.
+        // Short form: the letter, modifiers right after it, then the same.
+        let (kind, rest) = match long.iter().find(|(name, _)| *name == word) {
+            Some(&(_, kind)) => (
+                kind,
+                text[word_end..]
+                    .strip_prefix(',')
+                    .unwrap_or(&text[word_end..]),
+            ),
+            None => {
+                let mut chars = text.chars();
+                let kind = chars.next().ok_or_else(|| bad("empty rule"))?;
+                (kind, chars.as_str())
+            }
+        };
+        let mods_end = rest.find([' ', '_']).unwrap_or(rest.len());
+        let (mods, pattern) = (&rest[..mods_end], rest.get(mods_end + 1..).unwrap_or(""));
+        let (mut sender, mut receiver) = (false, false);
+        for m in mods.chars() {
+            match m {
+                's' if "+-".contains(kind) => sender = true,
+                'r' if "+-".contains(kind) => receiver = true,
+                _ => return Err(bad(&format!(
+                    "modifier {m:?} is not supported (robosync knows `s` and `r` on + and - rules)"
+                ))),
+            }
+        }
+        let side = match (sender, receiver) {
+            (true, false) => Side::Sender,
+            (false, true) => Side::Receiver,
+            (true, true) => Side::SenderAndReceiver,
+            (false, false) => Side::Both,
+        };
+        match kind {
+            '+' | '-' => self.push(text, kind == '+', pattern, side),
+            'P' | 'R' => self.push(text, kind == 'R', pattern, Side::Receiver),
+            'H' | 'S' => self.push(text, kind == 'S', pattern, Side::Sender),
+            '!' if pattern.is_empty() => {
+                self.list.clear();
+                Ok(())
+            }
+            '!' => Err(bad("`!` (clear) takes no pattern")),
+            '.' => {
+                if pattern.is_empty() {
+                    return Err(bad("merge needs a file name"));
+                }
+                if depth >= MAX_MERGE_DEPTH {
+                    return Err(bad("merge files nested too deep (a cycle?)"));
+                }
+                for line in read_lines(Path::new(pattern))? {
+                    self.filter_at(&line, depth + 1)?;
+                }
+                Ok(())
+            }
+            ':' => Err(bad(
+                "per-directory merge files (`:`/dir-merge) are not supported; use `merge FILE` with the rules in one file",
+            )),
+            _ => Err(bad(
+                "unknown rule: use +, -, P, R, H, S, `.` (merge) or `!` (clear), e.g. `- *.tmp`",
+            )),
+        }
+    }
+
+    fn push(
+        &mut self,
+        text: &str,
+        include: bool,
+        pattern: &str,
+        side: Side,
+    ) -> Result<(), FilterError> {
+        if pattern.is_empty() {
+            return Err(FilterError::Rule {
+                rule: text.to_owned(),
+                reason: "no pattern".to_owned(),
+            });
+        }
+        self.list.push(Rule {
+            include,
+            pattern: pattern.to_owned(),
+            side,
+        });
+        Ok(())
+    }
+}
+
+/// The rule lines of a file: blank lines and `#`/`;` comments dropped.
+fn read_lines(path: &Path) -> Result<Vec<String>, FilterError> {
+    let read_err = |source| FilterError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.utf8_error(),
+        ))
+    })?;
+    Ok(text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l))
+        .filter(|l| !l.is_empty() && !l.starts_with('#') && !l.starts_with(';'))
+        .map(str::to_owned)
+        .collect())
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
     #[error("invalid filter pattern {pattern:?}: {reason}")]
     Pattern { pattern: String, reason: String },
+    #[error("invalid filter rule {rule:?}: {reason}")]
+    Rule { rule: String, reason: String },
     #[error("cannot read filter file {}: {source}", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// The two filters of a transfer, from one rule list.
+#[derive(Debug, Clone, Default)]
+pub struct Filters {
+    /// What is copied: rules for both sides and sender-only ones.
+    pub sender: Filter,
+    /// What `--delete` may not touch: rules for both sides and receiver-only
+    /// ones; with `--delete-excluded`, receiver-only ones alone (rsync makes
+    /// plain rules sender-only then).
+    pub receiver: Filter,
+    /// Both filters decide alike (no side-specific rule, no
+    /// `--delete-excluded`): the receiver may prune its scan with its filter.
+    pub same: bool,
+}
+
+impl Filters {
+    pub fn new(rules: &[Rule], delete_excluded: bool) -> Result<Filters, FilterError> {
+        let on = |want: Side, both: bool| -> Vec<Rule> {
+            rules
+                .iter()
+                .filter(|r| {
+                    r.side == want
+                        || r.side == Side::SenderAndReceiver
+                        || (both && r.side == Side::Both)
+                })
+                .cloned()
+                .collect()
+        };
+        Ok(Filters {
+            sender: Filter::new(&on(Side::Sender, true))?,
+            receiver: Filter::new(&on(Side::Receiver, !delete_excluded))?,
+            same: !delete_excluded
+                && rules
+                    .iter()
+                    .all(|r| matches!(r.side, Side::Both | Side::SenderAndReceiver)),
+        })
+    }
 }
 
 /// Include/exclude rules, rsync-like: first match wins. See [`Rule`].
@@ -90,7 +304,7 @@ impl Filter {
         let mut set = GlobSetBuilder::new();
         let mut compiled = Vec::with_capacity(rules.len());
         for (index, rule) in rules.iter().enumerate() {
-            let pattern = rule.pattern();
+            let pattern = rule.pattern.as_str();
             let invalid = |reason: &str| FilterError::Pattern {
                 pattern: pattern.to_owned(),
                 reason: reason.to_owned(),
@@ -126,7 +340,7 @@ impl Filter {
                     .build()
                     .map_err(|e| invalid(&e.kind().to_string()))?;
                 set.add(glob);
-                compiled.push((index, matches!(rule, Rule::Include(_)), dir_only));
+                compiled.push((index, rule.include, dir_only));
             }
         }
         let set = set.build().map_err(|e| FilterError::Pattern {

@@ -17,7 +17,7 @@
 //! use robosync_scanner::{scan, Filter, Rule, ScanOptions, StatCache};
 //! use std::path::Path;
 //!
-//! let filter = Filter::new(&[Rule::Exclude("*.tmp".into()), Rule::Exclude("/build/".into())])?;
+//! let filter = Filter::new(&[Rule::exclude("*.tmp"), Rule::exclude("/build/")])?;
 //! let opts = ScanOptions { filter, ignore_cache: false };
 //! let cache_path = Path::new("/var/lib/robosync/data.statcache");
 //! let mut cache = StatCache::load(cache_path);
@@ -49,7 +49,7 @@ mod walk;
 mod tests;
 
 pub use cache::{StatCache, RACY_WINDOW_NS};
-pub use filter::{Filter, FilterError, Rule};
+pub use filter::{Filter, FilterError, Filters, Rule, Rules, Side};
 pub use hash::{hash_block, hash_bytes, whole_from_blocks};
 pub use walk::scan;
 
@@ -181,6 +181,9 @@ pub struct Snapshot {
     pub errors: Vec<ScanError>,
     /// Special files that were left out, sorted by path bytes.
     pub skipped: Vec<Skipped>,
+    /// What the filter left out (a directory not descended), sorted by
+    /// path bytes: a receiver protects these from `--delete`.
+    pub excluded: Vec<PathBuf>,
     pub stats: ScanStats,
 }
 

@@ -489,11 +489,11 @@ fn root_that_is_missing_or_not_a_directory_fails() {
 }
 
 fn inc(p: &str) -> Rule {
-    Rule::Include(p.into())
+    Rule::include(p)
 }
 
 fn exc(p: &str) -> Rule {
-    Rule::Exclude(p.into())
+    Rule::exclude(p)
 }
 
 #[test]
@@ -728,13 +728,114 @@ fn exclude_from_file() {
         "# comment\n; comment\n\n*.o\n+ keep.o\n- /build/\ncache/\n",
     )
     .unwrap();
-    let rules = Rule::read_exclude_from(&path).unwrap();
+    let mut rules = Rules::default();
+    rules.pattern_file(&path, false).unwrap();
     assert_eq!(
-        rules,
+        rules.into_vec(),
         [exc("*.o"), inc("keep.o"), exc("/build/"), exc("cache/")]
     );
     assert!(matches!(
-        Rule::read_exclude_from(&dir.path().join("absent")),
+        Rules::default().pattern_file(&dir.path().join("absent"), false),
         Err(FilterError::Read { .. })
     ));
+}
+
+fn sided(include: bool, p: &str, side: Side) -> Rule {
+    Rule {
+        include,
+        pattern: p.into(),
+        side,
+    }
+}
+
+#[test]
+fn filter_rule_syntax() {
+    let dir = tempfile::tempdir().unwrap();
+    let merged = dir.path().join("merged");
+    fs::write(&merged, "# comment\n+ keep.o\n- *.o\nP /cache/\n").unwrap();
+    let mut rules = Rules::default();
+    for text in [
+        "- *.tmp",
+        "+_x",
+        "exclude,s y",
+        "-r z",
+        "P prot",
+        "protect p2",
+        "R risky",
+        "H hidden",
+        "hide h2",
+        "S shown",
+        "include i",
+        "-sr both",
+    ] {
+        rules.filter(text).unwrap();
+    }
+    rules
+        .filter(&format!("merge {}", merged.display()))
+        .unwrap();
+    assert_eq!(
+        rules.clone().into_vec(),
+        [
+            exc("*.tmp"),
+            inc("x"),
+            sided(false, "y", Side::Sender),
+            sided(false, "z", Side::Receiver),
+            sided(false, "prot", Side::Receiver),
+            sided(false, "p2", Side::Receiver),
+            sided(true, "risky", Side::Receiver),
+            sided(false, "hidden", Side::Sender),
+            sided(false, "h2", Side::Sender),
+            sided(true, "shown", Side::Sender),
+            inc("i"),
+            sided(false, "both", Side::SenderAndReceiver),
+            inc("keep.o"),
+            exc("*.o"),
+            sided(false, "/cache/", Side::Receiver),
+        ]
+    );
+    rules.filter("!").unwrap();
+    rules.pattern("+ a", false).unwrap();
+    rules.pattern("- b", true).unwrap();
+    rules.pattern("c", true).unwrap();
+    assert_eq!(rules.clone().into_vec(), [inc("a"), exc("b"), inc("c")]);
+    rules.pattern("!", false).unwrap();
+    assert!(rules.into_vec().is_empty());
+    for bad in [
+        ": .rsync-filter",
+        "dir-merge .x",
+        "-p x",
+        "P",
+        "? x",
+        "! x",
+        "merge /nonexistent/robosync/rules",
+    ] {
+        let e = Rules::default().filter(bad);
+        assert!(e.is_err(), "{bad:?} should be refused");
+    }
+}
+
+#[test]
+fn sides_and_delete_excluded() {
+    let rules = [
+        sided(false, "sr", Side::SenderAndReceiver),
+        sided(false, "prot", Side::Receiver),
+        sided(false, "hid", Side::Sender),
+        exc("plain"),
+    ];
+    let f = Filters::new(&rules, false).unwrap();
+    let p = |s: &str| PathBuf::from(s);
+    assert!(f.sender.includes(&p("prot"), false));
+    assert!(!f.receiver.includes(&p("prot"), false));
+    assert!(!f.sender.includes(&p("hid"), false));
+    assert!(f.receiver.includes(&p("hid"), false));
+    assert!(!f.sender.includes(&p("plain"), false));
+    assert!(!f.receiver.includes(&p("plain"), false));
+    assert!(!f.same);
+    // --delete-excluded: plain rules stop protecting; P still does.
+    let f = Filters::new(&rules, true).unwrap();
+    assert!(!f.sender.includes(&p("plain"), false));
+    assert!(f.receiver.includes(&p("plain"), false));
+    assert!(!f.receiver.includes(&p("prot"), false));
+    assert!(!f.receiver.includes(&p("sr"), false));
+    assert!(Filters::new(&[exc("x")], false).unwrap().same);
 }

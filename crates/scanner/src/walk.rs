@@ -39,6 +39,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
         items: Mutex::default(),
         errors: Mutex::default(),
         skipped: Mutex::default(),
+        excluded: Mutex::default(),
         files_hashed: AtomicU64::new(0),
         bytes_hashed: AtomicU64::new(0),
         cache_hits: AtomicU64::new(0),
@@ -65,6 +66,11 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
         .skipped
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner);
+    let mut excluded = walk
+        .excluded
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner);
+    excluded.sort_unstable_by(|a, b| cmp_paths(a, b));
     items.par_sort_unstable_by(|a, b| cmp_paths(&a.entry.path, &b.entry.path));
     errors.sort_unstable_by(|a, b| cmp_paths(&a.path, &b.path));
     skipped.sort_unstable_by(|a, b| cmp_paths(&a.path, &b.path));
@@ -98,6 +104,7 @@ pub fn scan(root: &Path, opts: &ScanOptions, cache: &mut StatCache) -> io::Resul
         entries,
         errors,
         skipped,
+        excluded,
         stats,
     })
 }
@@ -118,6 +125,7 @@ struct Walk<'a> {
     items: Mutex<Vec<Item>>,
     errors: Mutex<Vec<ScanError>>,
     skipped: Mutex<Vec<Skipped>>,
+    excluded: Mutex<Vec<PathBuf>>,
     files_hashed: AtomicU64,
     bytes_hashed: AtomicU64,
     cache_hits: AtomicU64,
@@ -144,6 +152,7 @@ impl<'a> Walk<'a> {
             // d_type, usually free: an excluded child is never stat'ed.
             let is_dir = child.file_type().is_ok_and(|t| t.is_dir());
             if !self.opts.filter.includes(&path, is_dir) {
+                lock(&self.excluded).push(path);
                 continue;
             }
             let meta = match child.metadata() {
