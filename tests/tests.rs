@@ -5,6 +5,7 @@
 mod util;
 
 mod connect;
+mod differential;
 mod faults;
 mod foundation;
 mod integrity;

@@ -161,6 +161,17 @@ pub async fn pull_run(
             .map(|e| format!("{}: {}", escape(&e.path), e.message)),
     );
     let mut dest = Tree::from_snapshot(&snap);
+    // What the pruned scan left out where the source has an entry (another
+    // kind, by a dir-only rule) is in the way: known, so it gets replaced.
+    for p in snap
+        .excluded
+        .iter()
+        .filter(|p| source.nodes.contains_key(*p))
+    {
+        if let Some(n) = in_the_way(&local_root.join(p)) {
+            dest.nodes.insert(p.clone(), n);
+        }
+    }
     dest = remote::protected(dest, &source, &filters.receiver, &snap.excluded);
     let snap_cache_unchanged = snap.stats.cache_unchanged;
     let mut stale_temps = Vec::new();
@@ -1086,4 +1097,24 @@ impl Backup {
         let (tp, tname) = self.root.parent(&to)?;
         Ok(rustix::fs::renameat(&fp, &fname[..], &tp, &tname[..])?)
     }
+}
+
+/// A local entry's kind, for the planner to replace it (its data is not needed).
+fn in_the_way(path: &Path) -> Option<Node> {
+    let m = std::fs::symlink_metadata(path).ok()?;
+    let kind = if m.is_dir() {
+        Kind::Dir
+    } else if m.file_type().is_symlink() {
+        Kind::Symlink(std::fs::read_link(path).ok()?)
+    } else {
+        Kind::File
+    };
+    Some(Node {
+        kind,
+        size: m.len(),
+        mtime: 0,
+        mode: 0,
+        whole: None,
+        blocks: Vec::new(),
+    })
 }

@@ -232,7 +232,11 @@ pub fn protected(mut dest: Tree, source: &Tree, receiver: &Filter, pruned: &[Pat
     if receiver.is_empty() && pruned.is_empty() {
         return dest;
     }
-    let mut kept: HashSet<PathBuf> = pruned.iter().cloned().collect();
+    let mut kept: HashSet<PathBuf> = pruned
+        .iter()
+        .filter(|p| !source.nodes.contains_key(*p))
+        .cloned()
+        .collect();
     for (p, n) in &dest.nodes {
         if source.nodes.contains_key(p) || p.ancestors().skip(1).any(|a| kept.contains(a)) {
             continue;

@@ -149,9 +149,11 @@ impl Rules {
             match m {
                 's' if "+-".contains(kind) => sender = true,
                 'r' if "+-".contains(kind) => receiver = true,
-                _ => return Err(bad(&format!(
+                _ => {
+                    return Err(bad(&format!(
                     "modifier {m:?} is not supported (robosync knows `s` and `r` on + and - rules)"
-                ))),
+                )))
+                }
             }
         }
         let side = match (sender, receiver) {
@@ -323,12 +325,13 @@ impl Filter {
                     "`**` must be a whole path component (`a/**/b`, `**/b`, `a/**`)",
                 ));
             }
-            // rsync's `dir/***` is `dir` itself and everything below it.
+            // rsync's `dir/***` is `dir` itself (a directory only, as its
+            // slash says) and everything below it.
             let globs = match body.strip_suffix("/***") {
-                Some(dir) => vec![dir.to_owned(), format!("{dir}/**")],
-                None => vec![body.to_owned()],
+                Some(dir) => vec![(dir.to_owned(), true), (format!("{dir}/**"), dir_only)],
+                None => vec![(body.to_owned(), dir_only)],
             };
-            for glob in globs {
+            for (glob, dir_only) in globs {
                 let glob = match anchored {
                     Some(_) => glob,
                     None if glob.starts_with("**/") => glob,
