@@ -7,6 +7,7 @@ mod util;
 mod connect;
 mod differential;
 mod faults;
+mod filters;
 mod foundation;
 mod integrity;
 mod pull;
