@@ -79,6 +79,7 @@ const NAMES: &[&[u8]] = &[
     b"cache",
     b"\xe9t\xe9.txt",
     b"k.tmp",
+    "é.txt".as_bytes(),
 ];
 const TARGETS: &[&str] = &["a", "../b.txt", "nowhere", "sub/x.tmp"];
 
@@ -101,7 +102,8 @@ fn gen_dir(rng: &mut Rng, prefix: &[u8], depth: usize, out: &mut TreeSpec) {
                 gen_dir(rng, &path, depth + 1, out);
             }
         } else if roll < 45 {
-            out.insert(path, Spec::Link(*rng.pick(TARGETS)));
+            let target: &'static str = TARGETS[rng.below(TARGETS.len())];
+            out.insert(path, Spec::Link(target));
         } else {
             out.insert(path, file(rng));
         }
@@ -190,6 +192,8 @@ const PATTERNS: &[&str] = &[
     "*.txt",
     "/*",
     "dir1/**/k.tmp",
+    "?t?.txt",
+    "?.txt",
 ];
 
 /// Random rules, as the arguments both tools get.

@@ -112,9 +112,7 @@ impl Rules {
             rule: text.to_owned(),
             reason: reason.to_owned(),
         };
-        let word_end = text
-            .find(|c: char| c == ' ' || c == '_' || c == ',')
-            .unwrap_or(text.len());
+        let word_end = text.find([' ', '_', ',']).unwrap_or(text.len());
         let word = &text[..word_end];
         let long = [
             ("include", '+'),
@@ -325,6 +323,16 @@ impl Filter {
                     "`**` must be a whole path component (`a/**/b`, `**/b`, `a/**`)",
                 ));
             }
+            // rsync's `**` is any text, `/` included, and the slashes around
+            // it are literal: `a/**/b` needs a directory between (`a/b` is
+            // no match, where globset's `**/` may be empty), and so does an
+            // anchored `/**/b` (`b` at the root is no match).
+            let body = body.replace("/**/", "/*/**/");
+            let body = match (anchored, body.starts_with("**/")) {
+                (Some(_), true) => format!("*/{body}"),
+                _ => body,
+            };
+            let body = body.as_str();
             // rsync's `dir/***` is `dir` itself (a directory only, as its
             // slash says) and everything below it.
             let globs = match body.strip_suffix("/***") {

@@ -560,6 +560,21 @@ fn filter_rules_table() {
             without(&["src/deep", "src/deep/x.tmp"]),
         ),
         (
+            "a/**/b needs a directory between, as rsync",
+            vec![exc("/src/**/main.rs"), exc("src/**/x.tmp")],
+            without(&["src/deep/x.tmp"]),
+        ),
+        (
+            "anchored /**/b needs a directory before b, as rsync",
+            vec![exc("/**/a.log")],
+            without(&["src/a.log"]),
+        ),
+        (
+            "x/*** matches x only as a directory, as rsync",
+            vec![exc("tmp/***")],
+            without(&["tmp", "tmp/inner"]), // data/tmp is a file: kept
+        ),
+        (
             "**/ prefix",
             vec![exc("**/x.tmp")],
             without(&["src/deep/x.tmp"]),
