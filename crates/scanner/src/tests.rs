@@ -854,3 +854,16 @@ fn sides_and_delete_excluded() {
     assert!(!f.receiver.includes(&p("sr"), false));
     assert!(Filters::new(&[exc("x")], false).unwrap().same);
 }
+
+/// rsync's wildcards count bytes: `?` is one byte, so it never matches a
+/// two-byte `é`; a `*` or a class matches non-UTF-8 names too.
+#[test]
+fn wildcards_match_bytes_as_rsync() {
+    let f = Filter::new(&[exc("?.txt")]).unwrap();
+    assert!(f.includes(Path::new("é.txt"), false));
+    assert!(!f.includes(Path::new("a.txt"), false));
+    let f = Filter::new(&[exc("*t?.txt")]).unwrap();
+    assert!(!f.includes(Path::new(OsStr::from_bytes(b"\xe9t\xe9.txt")), false));
+    let f = Filter::new(&[exc("??.txt")]).unwrap();
+    assert!(!f.includes(Path::new("é.txt"), false));
+}
