@@ -10,6 +10,17 @@ use crate::util::*;
 /// Runs `rsync -a RULES osrc/ odest/`, the same as a push and as a pull with
 /// robosync, each from `make(src, dest)`, and compares the three trees.
 fn same_as_rsync(rules: &[&str], make: impl Fn(&Path, &Path)) {
+    // Fixed mtimes: trees made a second apart must still compare equal.
+    let make = |src: &Path, dest: &Path| {
+        make(src, dest);
+        for root in [src, dest] {
+            for (rel, item) in snapshot(root) {
+                if matches!(item, Item::File { .. }) {
+                    set_mtime(&root.join(rel), 1_600_000_000);
+                }
+            }
+        }
+    };
     let sshd = Sshd::start();
     let t = tempdir();
     let slash = |p: &Path| format!("{}/", p.display());
