@@ -4,7 +4,7 @@
 //! destination (files, directories, symlinks, empty directories, names with
 //! spaces and non-UTF-8 bytes), picks random rules (`--include`,
 //! `--exclude` with and without `+ `/`- ` prefixes, `--filter` with + - P R
-//! H S and s/r modifiers; anchored, `**`, `***`, dir-only patterns) and one
+//! H S, s/r modifiers and `!`; anchored, `**`, `***`, dir-only patterns) and one
 //! of `--delete`, `--delete-excluded` or neither. Then:
 //!
 //! 1. `rsync -a -n -i` (local SRC/ DEST/) and `robosync -n` (push to the test
@@ -206,7 +206,8 @@ fn gen_rules(rng: &mut Rng) -> Vec<String> {
     }
     for _ in 0..rng.below(4) {
         let p = *rng.pick(PATTERNS);
-        let (opt, value) = match rng.below(14) {
+        let (opt, value) = match rng.below(15) {
+            14 => ("--filter", "!".to_string()),
             0..=3 => ("--exclude", p.to_string()),
             4 | 5 => ("--include", p.to_string()),
             6 => ("--exclude", format!("+ {p}")),
