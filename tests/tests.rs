@@ -8,6 +8,7 @@ mod connect;
 mod faults;
 mod foundation;
 mod integrity;
+mod locking;
 mod pull;
 mod resume;
 mod semantics;

@@ -10,6 +10,7 @@
 
 mod auth_hook;
 mod endpoint;
+mod lease;
 mod pull;
 mod push;
 mod remote;

@@ -122,7 +122,11 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             let target = target(args, user, host).await?;
-            push_run(args, run, filter, l, target, path, &dst.label()).await
+            // The destination's lease ends here, whatever the run's outcome.
+            let lease = crate::lease::Slot::default();
+            let r = push_run(args, run, filter, l, target, path, &dst.label(), &lease).await;
+            lease.release().await;
+            r
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
             let target = target(args, user, host).await?;
@@ -279,6 +283,7 @@ async fn push_run(
     target: Target,
     remote_path: &[u8],
     dest_label: &str,
+    lease: &crate::lease::Slot,
 ) -> Result<Vec<String>, Failure> {
     let meta = std::fs::metadata(local_root)
         .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
@@ -380,29 +385,56 @@ async fn push_run(
     let (made, listing, remote_copy) = futures::join!(
         async {
             if args.dry_run {
-                return Ok::<(), Error>(());
+                // A dry run changes nothing: no lease, a warning if one is live.
+                if let Some(w) = crate::lease::peek_remote(&session, &remote_root).await {
+                    run.warn(&w);
+                }
+                return Ok::<_, Failure>(None);
             }
             // One flight: the destination, robosync's state directory in it
             // (where the manifest copy goes), and a check of what is there.
             // MKDIRs fail harmlessly when the directories exist.
             let state = join(&remote_root, remote::STATE_DIR);
             let plain = Default::default();
-            let (_, _, there) = futures::join!(
+            // robosync's state there lists every path, size and hash: 0700,
+            // and an existing directory tightened (in the same flight).
+            let private = private_attrs(0o700);
+            let (_, _, _, there) = futures::join!(
                 session.mkdir(&remote_root, &plain),
-                session.mkdir(&state, &plain),
+                session.mkdir(&state, &private),
+                session.setstat(&state, &private),
                 session.lstat(&remote_root)
             );
             if !there.is_ok_and(|a| a.is_dir()) {
                 // Missing parents, or not a directory: the careful way, with its errors.
-                push::mkdir_p(&session, &remote_root).await?;
-                let _ = session.mkdir(&state, &plain).await;
+                push::mkdir_p(&session, &remote_root)
+                    .await
+                    .map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
+                let _ = session.mkdir(&state, &private).await;
             }
-            Ok(())
+            // One run per destination: its lease, and this machine's lock on
+            // its canonical identity (user, host, port, REALPATH).
+            let (real, taken) = futures::join!(
+                session.realpath(&remote_root),
+                crate::lease::take_remote(&pool, &remote_root, dest_label)
+            );
+            lease.hold(taken?);
+            let real =
+                real.map_err(|e| fail(EXIT_PARTIAL, format!("cannot resolve destination: {e}")))?;
+            let c = &pool.target().config;
+            let identity = format!(
+                "{}@{}:{}:{}",
+                c.user,
+                c.hostname,
+                c.port,
+                String::from_utf8_lossy(&real)
+            );
+            crate::lease::hold_identity(&state_dir, &identity, dest_label).map(Some)
         },
         remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES),
         read_small(&session, &manifest_remote)
     );
-    made.map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
+    let _identity = made?;
     let listing = listing.map_err(transport_failure)?;
     run.phase("listed the destination");
     errors.extend(listing.errors.iter().cloned());
@@ -579,6 +611,7 @@ async fn push_run(
     if let Ok(session) = pool.session().await {
         futures::future::join_all(stale.iter().map(|t| session.remove(t))).await;
     }
+    lease.release().await;
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
@@ -638,7 +671,7 @@ pub fn start_journal(
     manifest: &mut Manifest,
     plan: &robosync_planner::Plan,
 ) -> Result<(), Failure> {
-    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+    robosync_manifest::private_dir(&paths.dir).map_err(|e| {
         fail(
             EXIT_USAGE,
             format!("cannot create state dir {}: {e}", paths.dir.display()),
@@ -806,14 +839,13 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
     let cannot = |what: &str, p: &Path, e: std::io::Error| {
         fail(EXIT_USAGE, format!("cannot {what} {}: {e}", p.display()))
     };
-    std::fs::create_dir_all(&paths.dir).map_err(|e| cannot("create state dir", &paths.dir, e))?;
+    robosync_manifest::private_dir(&paths.dir)
+        .map_err(|e| cannot("create state dir", &paths.dir, e))?;
     let path = paths.dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| cannot("open", &path, e))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    let file =
+        robosync_manifest::open_private(&mut opts, &path).map_err(|e| cannot("open", &path, e))?;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(file);
@@ -858,11 +890,12 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
     let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
     let tmp = small_tmp(path);
-    match s.open(&tmp, flags, &Default::default()).await {
+    let private = private_attrs(0o600);
+    match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
         Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
             push::mkdir_p(s, dir).await?;
-            s.open(&tmp, flags, &Default::default()).await
+            s.open(&tmp, flags, &private).await
         }
         Err(e) => Err(e),
     }
@@ -876,8 +909,19 @@ pub async fn finish_small(
     path: &[u8],
     data: &[u8],
 ) -> Result<(), Error> {
-    s.write_and_close(h, 0, data, None).await?;
+    // FSETSTAT too: a temp left by an older run keeps its mode through OPEN.
+    s.write_and_close(h, 0, data, Some(&private_attrs(0o600)))
+        .await
+        .map_err(|e| e.at_path(&small_tmp(path)))?;
     s.rename(&small_tmp(path), path).await
+}
+
+/// Attributes that set only the permission bits.
+fn private_attrs(mode: u32) -> robosync_transport::proto::Attrs {
+    robosync_transport::proto::Attrs {
+        permissions: Some(mode),
+        ..Default::default()
+    }
 }
 
 fn small_tmp(path: &[u8]) -> Vec<u8> {
