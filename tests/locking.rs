@@ -322,5 +322,66 @@ fn a_full_destination_names_the_file_and_says_out_of_space() {
         "no disk-full wording: {err}"
     );
     assert!(!err.contains("\"\""), "an empty path in: {err}");
+    assert!(
+        err.contains("robosync temp file"),
+        "temps not counted: {err}"
+    );
     assert_eq!(fs::read(dest.join("small.txt")).unwrap(), b"fits\n");
+}
+
+/// A 1 MiB tmpfs, unmounted when dropped.
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    /// `None` (with the reason printed) where tmpfs cannot be mounted (not root).
+    fn mount(at: &Path) -> Option<SmallDisk> {
+        fs::create_dir_all(at).unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(at)
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(SmallDisk(at.to_path_buf())),
+            Ok(o) => {
+                eprintln!(
+                    "skipped: cannot mount a tmpfs: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("skipped: cannot run mount: {e}");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_local_disk_names_the_file_and_says_so() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let Some(_disk) = SmallDisk::mount(&t.path().join("disk")) else {
+        return;
+    };
+    let src = sshd.mkdir("src");
+    write(&src.join("small.txt"), b"fits\n");
+    write(&src.join("data/huge.bin"), &bytes(2 << 20, 4));
+    let dest = t.path().join("disk/d");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(remote(&src))
+        .arg(&dest));
+    assert_eq!(r.code(), 23, "stderr: {}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("data/huge.bin"), "no file named: {err}");
+    assert!(
+        err.contains("local disk is full"),
+        "no disk-full wording: {err}"
+    );
 }

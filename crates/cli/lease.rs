@@ -188,8 +188,11 @@ pub struct RemoteLease {
 
 /// Where a push keeps its lease until the run ends, however it ends: the
 /// caller of the run releases whatever is left (see [`Slot::release`]).
-#[derive(Default)]
 pub struct Slot(Mutex<Option<RemoteLease>>);
+
+/// The process's one run's remote lease: a static, so that every early
+/// return of a push still leaves it for `sync::go` to release.
+pub static HELD: Slot = Slot(Mutex::new(None));
 
 impl Slot {
     pub fn hold(&self, lease: RemoteLease) {

@@ -5,7 +5,8 @@
 //! (scanner → planner ← transport, manifest) together and reports. Exit
 //! codes: 0 everything landed; 1 usage or configuration error; 2 could not
 //! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
-//! safety guard (e.g. `--delete` on an empty source); 23 some entries failed;
+//! safety guard (e.g. `--delete` on an empty source), or another run holds
+//! this destination (see `lease.rs`); 23 some entries failed;
 //! 30 connection lost and not recovered within `--retry-for`.
 
 mod auth_hook;
@@ -15,6 +16,7 @@ mod pull;
 mod push;
 mod remote;
 mod run;
+mod space;
 mod sync;
 
 use std::ffi::OsString;

@@ -354,7 +354,7 @@ impl From<Error> for PullError {
 }
 
 fn local(what: &str) -> impl Fn(io::Error) -> PullError + '_ {
-    move |e| PullError::Local(format!("{what}: {e}"))
+    move |e| PullError::Local(crate::space::local_failed(what, &e))
 }
 
 struct Pull {

@@ -122,10 +122,9 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             let target = target(args, user, host).await?;
+            let r = push_run(args, run, filter, l, target, path, &dst.label()).await;
             // The destination's lease ends here, whatever the run's outcome.
-            let lease = crate::lease::Slot::default();
-            let r = push_run(args, run, filter, l, target, path, &dst.label(), &lease).await;
-            lease.release().await;
+            crate::lease::HELD.release().await;
             r
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
@@ -283,7 +282,6 @@ async fn push_run(
     target: Target,
     remote_path: &[u8],
     dest_label: &str,
-    lease: &crate::lease::Slot,
 ) -> Result<Vec<String>, Failure> {
     let meta = std::fs::metadata(local_root)
         .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
@@ -418,7 +416,7 @@ async fn push_run(
                 session.realpath(&remote_root),
                 crate::lease::take_remote(&pool, &remote_root, dest_label)
             );
-            lease.hold(taken?);
+            crate::lease::HELD.hold(taken?);
             let real =
                 real.map_err(|e| fail(EXIT_PARTIAL, format!("cannot resolve destination: {e}")))?;
             let c = &pool.target().config;
@@ -547,6 +545,11 @@ async fn push_run(
     ticker.abort();
     run.phase("transferred");
     errors.extend(run_errors);
+    if errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
+        if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
+            errors.push(crate::space::temps_held(bytes, files));
+        }
+    }
     // Record what the destination now holds, locally and on the destination
     // at once: both record the same state, so whichever lands first, the
     // next run starts from what is there.
@@ -611,7 +614,7 @@ async fn push_run(
     if let Ok(session) = pool.session().await {
         futures::future::join_all(stale.iter().map(|t| session.remove(t))).await;
     }
-    lease.release().await;
+    crate::lease::HELD.release().await;
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
