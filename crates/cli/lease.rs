@@ -8,7 +8,9 @@
 //!   the holder (host, pid, start time, run id). On a remote destination it
 //!   is created with SFTP `EXCL`, its mtime refreshed every [`REFRESH`], and
 //!   taken over only when stale: not refreshed for [`STALE_AFTER`], or held
-//!   by a process of this host that no longer exists. The holder's clock
+//!   by a process of this host that no longer exists. It is removed at the
+//!   end; read back first (is it still ours?) only when the server last
+//!   confirmed it more than half of [`STALE_AFTER`] ago. The holder's clock
 //!   stamps the mtime and the taker's judges it, so hosts whose clocks
 //!   differ by more than a few minutes could misjudge; NTP keeps them far
 //!   closer. On a local destination (a pull) it is the same file under
@@ -29,6 +31,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -184,6 +187,9 @@ pub struct RemoteLease {
     path: Vec<u8>,
     mine: Vec<u8>,
     refresher: tokio::task::JoinHandle<()>,
+    /// Unix seconds when the server last confirmed the lease (created or
+    /// refreshed).
+    confirmed: Arc<AtomicI64>,
 }
 
 /// Where a push keeps its lease until the run ends, however it ends: the
@@ -209,14 +215,30 @@ impl Slot {
     }
 }
 
+/// Opens `root`'s lease file with EXCL: the first step of
+/// [`take_remote`], to send in the same flight as the MKDIR of `.robosync`
+/// (sftp-server answers one channel's requests in order).
+pub async fn open_excl(s: &Sftp, root: &[u8]) -> Result<Vec<u8>, robosync_transport::Error> {
+    let flags = proto::FXF_WRITE | proto::FXF_CREAT | proto::FXF_EXCL;
+    let attrs = Attrs {
+        permissions: Some(0o600),
+        ..Default::default()
+    };
+    s.open(&join(root, LEASE), flags, &attrs).await
+}
+
 /// Takes the lease on the remote destination `root` (whose `.robosync`
-/// directory exists), taking over a stale one. `label` names the
-/// destination in messages.
+/// directory exists), taking over a stale one. `opened` is [`open_excl`]'s
+/// answer on `s` if it was already sent. `label` names the destination in
+/// messages.
 pub async fn take_remote(
     pool: &Arc<Pool>,
+    s: &Sftp,
     root: &[u8],
+    opened: Option<Result<Vec<u8>, robosync_transport::Error>>,
     label: &str,
 ) -> Result<RemoteLease, Failure> {
+    let mut opened = opened;
     let path = join(root, LEASE);
     let shown = String::from_utf8_lossy(&path).into_owned();
     let me = Holder::me();
@@ -228,25 +250,34 @@ pub async fn take_remote(
         )
     };
     for _ in 0..3 {
-        let s = pool
-            .session()
-            .await
-            .map_err(crate::sync::transport_failure)?;
-        match create(&s, &path, &mine).await {
+        let handle = match opened.take() {
+            Some(Ok(h)) => Ok(h),
+            // Sent before `.robosync` existed: again, now that it does.
+            Some(Err(e)) if e.status_code() != Some(proto::FX_NO_SUCH_FILE) => Err(e),
+            _ => open_excl(s, root).await,
+        };
+        let created = match handle {
+            Ok(h) => s.write_and_close(&h, 0, &mine, None).await,
+            Err(e) => Err(e),
+        };
+        match created {
             Ok(()) => {
-                let refresher = tokio::spawn(refresh(pool.clone(), path.clone()));
+                let confirmed = Arc::new(AtomicI64::new(now_unix()));
+                let refresher =
+                    tokio::spawn(refresh(pool.clone(), path.clone(), confirmed.clone()));
                 return Ok(RemoteLease {
                     pool: pool.clone(),
                     path,
                     mine,
                     refresher,
+                    confirmed,
                 });
             }
             // EEXIST reaches SFTP v3 as FAILURE.
             Err(e) if e.status_code() == Some(proto::FX_FAILURE) => {}
             Err(e) => return Err(cannot(e)),
         }
-        let (attrs, content) = futures::join!(s.lstat(&path), crate::sync::read_small(&s, &path));
+        let (attrs, content) = futures::join!(s.lstat(&path), crate::sync::read_small(s, &path));
         let attrs = match attrs {
             Ok(a) => a,
             // Released meanwhile: try again.
@@ -269,7 +300,7 @@ pub async fn take_remote(
             Err(e) if e.status_code() == Some(proto::FX_NO_SUCH_FILE) => continue,
             Err(e) => return Err(cannot(e)),
         }
-        let moved = crate::sync::read_small(&s, &aside).await;
+        let moved = crate::sync::read_small(s, &aside).await;
         if moved != content {
             let _ = s.rename(&aside, &path).await;
             let holder = moved.as_deref().and_then(Holder::decode);
@@ -283,19 +314,8 @@ pub async fn take_remote(
     ))
 }
 
-/// Creates the lease file with EXCL (0600) and writes `content` into it.
-async fn create(s: &Sftp, path: &[u8], content: &[u8]) -> Result<(), robosync_transport::Error> {
-    let flags = proto::FXF_WRITE | proto::FXF_CREAT | proto::FXF_EXCL;
-    let attrs = Attrs {
-        permissions: Some(0o600),
-        ..Default::default()
-    };
-    let h = s.open(path, flags, &attrs).await?;
-    s.write_and_close(&h, 0, content, None).await
-}
-
 /// Touches the lease every [`REFRESH`] while the run goes.
-async fn refresh(pool: Arc<Pool>, path: Vec<u8>) {
+async fn refresh(pool: Arc<Pool>, path: Vec<u8>, confirmed: Arc<AtomicI64>) {
     loop {
         tokio::time::sleep(REFRESH).await;
         let now = now_unix().clamp(0, u32::MAX as i64) as u32;
@@ -304,7 +324,9 @@ async fn refresh(pool: Arc<Pool>, path: Vec<u8>) {
             ..Default::default()
         };
         if let Ok(s) = pool.session().await {
-            let _ = s.setstat(&path, &attrs).await;
+            if s.setstat(&path, &attrs).await.is_ok() {
+                confirmed.store(i64::from(now), Ordering::Relaxed);
+            }
         }
     }
 }
@@ -316,7 +338,13 @@ impl RemoteLease {
         let Ok(s) = self.pool.session().await else {
             return;
         };
-        if crate::sync::read_small(&s, &self.path).await.as_deref() == Some(&self.mine[..]) {
+        // Confirmed well within STALE_AFTER, no other run can have taken it
+        // over: one REMOVE (measured: reading it back first cost 3 round
+        // trips, +150 ms a run at 50 ms). Otherwise, only if it is still ours.
+        let fresh =
+            now_unix() - self.confirmed.load(Ordering::Relaxed) < STALE_AFTER.as_secs() as i64 / 2;
+        if fresh || crate::sync::read_small(&s, &self.path).await.as_deref() == Some(&self.mine[..])
+        {
             let _ = s.remove(&self.path).await;
         }
     }

@@ -397,25 +397,38 @@ async fn push_run(
             // robosync's state there lists every path, size and hash: 0700,
             // and an existing directory tightened (in the same flight).
             let private = private_attrs(0o700);
-            let (_, _, _, there) = futures::join!(
+            // The lease's EXCL open and the REALPATH go in the same flight,
+            // after the MKDIRs (one channel's requests are answered in order).
+            let (_, _, _, there, opened, real) = futures::join!(
                 session.mkdir(&remote_root, &plain),
                 session.mkdir(&state, &private),
                 session.setstat(&state, &private),
-                session.lstat(&remote_root)
+                session.lstat(&remote_root),
+                crate::lease::open_excl(&session, &remote_root),
+                session.realpath(&remote_root)
             );
+            let mut real = real;
             if !there.is_ok_and(|a| a.is_dir()) {
                 // Missing parents, or not a directory: the careful way, with its errors.
-                push::mkdir_p(&session, &remote_root)
-                    .await
-                    .map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
+                if let Err(e) = push::mkdir_p(&session, &remote_root).await {
+                    if let Ok(h) = &opened {
+                        // An empty lease of ours must not stay behind.
+                        session.close_detached(h);
+                        let _ = session.remove(&join(&remote_root, b".robosync/lock")).await;
+                    }
+                    return Err(fail(
+                        EXIT_PARTIAL,
+                        format!("cannot create destination: {e}"),
+                    ));
+                }
                 let _ = session.mkdir(&state, &private).await;
+                real = session.realpath(&remote_root).await;
             }
             // One run per destination: its lease, and this machine's lock on
             // its canonical identity (user, host, port, REALPATH).
-            let (real, taken) = futures::join!(
-                session.realpath(&remote_root),
-                crate::lease::take_remote(&pool, &remote_root, dest_label)
-            );
+            let taken =
+                crate::lease::take_remote(&pool, &session, &remote_root, Some(opened), dest_label)
+                    .await;
             crate::lease::HELD.hold(taken?);
             let real =
                 real.map_err(|e| fail(EXIT_PARTIAL, format!("cannot resolve destination: {e}")))?;
