@@ -332,6 +332,10 @@ fn an_interrupted_run_says_so_and_exits_20() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(20), "{stderr}");
         assert!(stderr.contains("interrupted: rerun to resume"), "{stderr}");
+        assert!(
+            !dest.join(".robosync/lock").exists(),
+            "the destination's lease outlived the run"
+        );
     }
     run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
     assert_same_tree(&src, &dest);

@@ -10,6 +10,7 @@ mod faults;
 mod filters;
 mod foundation;
 mod integrity;
+mod locking;
 mod pull;
 mod resume;
 mod semantics;

@@ -5,15 +5,18 @@
 //! (scanner → planner ← transport, manifest) together and reports. Exit
 //! codes: 0 everything landed; 1 usage or configuration error; 2 could not
 //! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
-//! safety guard (e.g. `--delete` on an empty source); 23 some entries failed;
+//! safety guard (e.g. `--delete` on an empty source), or another run holds
+//! this destination (see `lease.rs`); 23 some entries failed;
 //! 30 connection lost and not recovered within `--retry-for`.
 
 mod auth_hook;
 mod endpoint;
+mod lease;
 mod pull;
 mod push;
 mod remote;
 mod run;
+mod space;
 mod sync;
 
 use std::ffi::OsString;
@@ -297,7 +300,10 @@ fn main() {
                 EXIT_INTERNAL
             }),
             _ = interrupted() => {
-                // Everything landed so far is in place and journaled.
+                // Everything landed so far is in place and journaled; the
+                // destination's lease goes now (bounded: the link may hang).
+                let release = lease::HELD.release();
+                let _ = tokio::time::timeout(Duration::from_secs(3), release).await;
                 eprintln!("robosync: interrupted: rerun to resume");
                 EXIT_INTERRUPTED
             }

@@ -85,6 +85,20 @@ pub async fn pull_run(
     let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
     let paths = state_paths(&state_dir, label, &abs_dest.to_string_lossy());
     let _held = crate::sync::hold_state(&paths)?;
+    // One run per destination (see crate::lease); a dry run takes no lease.
+    let (mut _lease, mut _identity) = (None, None);
+    if args.dry_run {
+        if let Some(w) = crate::lease::peek_local(local_root) {
+            run.warn(&w);
+        }
+    } else {
+        let shown = abs_dest.display().to_string();
+        let key = abs_dest.to_string_lossy();
+        _identity = Some(crate::lease::hold_identity(&state_dir, &key, &shown)?);
+        if exists {
+            _lease = Some(crate::lease::take_local(local_root)?);
+        }
+    }
 
     // Scan the destination while we connect.
     let (count, counted) = tokio::sync::oneshot::channel();
@@ -199,6 +213,7 @@ pub async fn pull_run(
                 format!("cannot create destination {}: {e}", local_root.display()),
             )
         })?;
+        _lease = Some(crate::lease::take_local(local_root)?);
     }
     let root = if exists || !args.dry_run {
         Some(LocalRoot::open(local_root).map_err(|e| {
@@ -355,7 +370,7 @@ impl From<Error> for PullError {
 }
 
 fn local(what: &str) -> impl Fn(io::Error) -> PullError + '_ {
-    move |e| PullError::Local(format!("{what}: {e}"))
+    move |e| PullError::Local(crate::space::local_failed(what, &e))
 }
 
 struct Pull {

@@ -505,7 +505,11 @@ impl Push {
                 self.run.itemize(&line);
                 Ok(())
             }
-            Err(e) => Err(format!("{}: {e}", escape(&path))),
+            Err(e) => Err(crate::space::send_failed(
+                &escape(&path),
+                &self.abs(path.as_os_str().as_bytes()),
+                e,
+            )),
         }
     }
 

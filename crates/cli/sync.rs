@@ -123,7 +123,10 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             let target = target(args, user, host).await?;
-            push_run(args, run, filters, l, target, path, &dst.label()).await
+            let r = push_run(args, run, filters, l, target, path, &dst.label()).await;
+            // The destination's lease ends here, whatever the run's outcome.
+            crate::lease::HELD.release().await;
+            r
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
             let target = target(args, user, host).await?;
@@ -381,29 +384,69 @@ async fn push_run(
     let (made, listing, remote_copy) = futures::join!(
         async {
             if args.dry_run {
-                return Ok::<(), Error>(());
+                // A dry run changes nothing: no lease, a warning if one is live.
+                if let Some(w) = crate::lease::peek_remote(&session, &remote_root).await {
+                    run.warn(&w);
+                }
+                return Ok::<_, Failure>(None);
             }
             // One flight: the destination, robosync's state directory in it
             // (where the manifest copy goes), and a check of what is there.
             // MKDIRs fail harmlessly when the directories exist.
             let state = join(&remote_root, remote::STATE_DIR);
             let plain = Default::default();
-            let (_, _, there) = futures::join!(
+            // robosync's state there lists every path, size and hash: 0700,
+            // and an existing directory tightened (in the same flight).
+            let private = private_attrs(0o700);
+            // The lease's EXCL open and the REALPATH go in the same flight,
+            // after the MKDIRs (one channel's requests are answered in order).
+            let (_, _, _, there, opened, real) = futures::join!(
                 session.mkdir(&remote_root, &plain),
-                session.mkdir(&state, &plain),
-                session.lstat(&remote_root)
+                session.mkdir(&state, &private),
+                session.setstat(&state, &private),
+                session.lstat(&remote_root),
+                crate::lease::open_excl(&session, &remote_root),
+                session.realpath(&remote_root)
             );
+            let mut real = real;
             if !there.is_ok_and(|a| a.is_dir()) {
                 // Missing parents, or not a directory: the careful way, with its errors.
-                push::mkdir_p(&session, &remote_root).await?;
-                let _ = session.mkdir(&state, &plain).await;
+                if let Err(e) = push::mkdir_p(&session, &remote_root).await {
+                    if let Ok(h) = &opened {
+                        // An empty lease of ours must not stay behind.
+                        session.close_detached(h);
+                        let _ = session.remove(&join(&remote_root, b".robosync/lock")).await;
+                    }
+                    return Err(fail(
+                        EXIT_PARTIAL,
+                        format!("cannot create destination: {e}"),
+                    ));
+                }
+                let _ = session.mkdir(&state, &private).await;
+                real = session.realpath(&remote_root).await;
             }
-            Ok(())
+            // One run per destination: its lease, and this machine's lock on
+            // its canonical identity (user, host, port, REALPATH).
+            let taken =
+                crate::lease::take_remote(&pool, &session, &remote_root, Some(opened), dest_label)
+                    .await;
+            crate::lease::HELD.hold(taken?);
+            let real =
+                real.map_err(|e| fail(EXIT_PARTIAL, format!("cannot resolve destination: {e}")))?;
+            let c = &pool.target().config;
+            let identity = format!(
+                "{}@{}:{}:{}",
+                c.user,
+                c.hostname,
+                c.port,
+                String::from_utf8_lossy(&real)
+            );
+            crate::lease::hold_identity(&state_dir, &identity, dest_label).map(Some)
         },
         remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES),
         read_small(&session, &manifest_remote)
     );
-    made.map_err(|e| fail(EXIT_PARTIAL, format!("cannot create destination: {e}")))?;
+    let _identity = made?;
     let listing = listing.map_err(transport_failure)?;
     run.phase("listed the destination");
     errors.extend(listing.errors.iter().cloned());
@@ -516,6 +559,11 @@ async fn push_run(
     ticker.abort();
     run.phase("transferred");
     errors.extend(run_errors);
+    if errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
+        if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
+            errors.push(crate::space::temps_held(bytes, files));
+        }
+    }
     // Record what the destination now holds, locally and on the destination
     // at once: both record the same state, so whichever lands first, the
     // next run starts from what is there.
@@ -580,6 +628,7 @@ async fn push_run(
     if let Ok(session) = pool.session().await {
         futures::future::join_all(stale.iter().map(|t| session.remove(t))).await;
     }
+    crate::lease::HELD.release().await;
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
@@ -639,7 +688,7 @@ pub fn start_journal(
     manifest: &mut Manifest,
     plan: &robosync_planner::Plan,
 ) -> Result<(), Failure> {
-    std::fs::create_dir_all(&paths.dir).map_err(|e| {
+    robosync_manifest::private_dir(&paths.dir).map_err(|e| {
         fail(
             EXIT_USAGE,
             format!("cannot create state dir {}: {e}", paths.dir.display()),
@@ -807,14 +856,13 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
     let cannot = |what: &str, p: &Path, e: std::io::Error| {
         fail(EXIT_USAGE, format!("cannot {what} {}: {e}", p.display()))
     };
-    std::fs::create_dir_all(&paths.dir).map_err(|e| cannot("create state dir", &paths.dir, e))?;
+    robosync_manifest::private_dir(&paths.dir)
+        .map_err(|e| cannot("create state dir", &paths.dir, e))?;
     let path = paths.dir.join("lock");
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| cannot("open", &path, e))?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    let file =
+        robosync_manifest::open_private(&mut opts, &path).map_err(|e| cannot("open", &path, e))?;
     // SAFETY: flock on a descriptor this function owns.
     if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
         return Ok(file);
@@ -859,11 +907,12 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
     let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
     let tmp = small_tmp(path);
-    match s.open(&tmp, flags, &Default::default()).await {
+    let private = private_attrs(0o600);
+    match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
         Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
             push::mkdir_p(s, dir).await?;
-            s.open(&tmp, flags, &Default::default()).await
+            s.open(&tmp, flags, &private).await
         }
         Err(e) => Err(e),
     }
@@ -877,8 +926,19 @@ pub async fn finish_small(
     path: &[u8],
     data: &[u8],
 ) -> Result<(), Error> {
-    s.write_and_close(h, 0, data, None).await?;
+    // FSETSTAT too: a temp left by an older run keeps its mode through OPEN.
+    s.write_and_close(h, 0, data, Some(&private_attrs(0o600)))
+        .await
+        .map_err(|e| e.at_path(&small_tmp(path)))?;
     s.rename(&small_tmp(path), path).await
+}
+
+/// Attributes that set only the permission bits.
+fn private_attrs(mode: u32) -> robosync_transport::proto::Attrs {
+    robosync_transport::proto::Attrs {
+        permissions: Some(mode),
+        ..Default::default()
+    }
 }
 
 fn small_tmp(path: &[u8]) -> Vec<u8> {

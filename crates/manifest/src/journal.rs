@@ -150,12 +150,11 @@ impl Journal {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        fs::create_dir_all(dir).map_err(|e| ManifestError::io("create state directory", dir, e))?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(path)
+        crate::state::private_dir(dir)
+            .map_err(|e| ManifestError::io("create state directory", dir, e))?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).append(true).create(true);
+        let mut file = crate::state::open_private(&mut opts, path)
             .map_err(|e| ManifestError::io("open journal", path, e))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes)

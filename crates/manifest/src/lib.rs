@@ -70,4 +70,4 @@ pub use journal::{
     CHECKPOINT_INTERVAL,
 };
 pub use manifest::{Manifest, Record, FORMAT_VERSION};
-pub use state::{pick_newer, state_paths, Choice, StatePaths};
+pub use state::{open_private, pick_newer, private_dir, state_paths, Choice, StatePaths};

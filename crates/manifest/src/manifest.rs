@@ -216,7 +216,8 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Manifest
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    fs::create_dir_all(dir).map_err(|e| ManifestError::io("create state directory", dir, e))?;
+    crate::state::private_dir(dir)
+        .map_err(|e| ManifestError::io("create state directory", dir, e))?;
     let name = path
         .file_name()
         .map(|n| n.to_os_string())
@@ -226,8 +227,10 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), Manifest
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = dir.join(tmp_name);
     let result = (|| {
-        let mut f =
-            fs::File::create(&tmp).map_err(|e| ManifestError::io("create temp", &tmp, e))?;
+        let mut opts = fs::OpenOptions::new();
+        opts.write(true).create(true).truncate(true);
+        let mut f = crate::state::open_private(&mut opts, &tmp)
+            .map_err(|e| ManifestError::io("create temp", &tmp, e))?;
         f.write_all(bytes)
             .map_err(|e| ManifestError::io("write temp", &tmp, e))?;
         f.sync_all()

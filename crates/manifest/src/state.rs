@@ -19,6 +19,38 @@ pub struct StatePaths {
     pub stat_cache: PathBuf,
 }
 
+/// Creates `dir` (and missing parents) private to this user, 0700 whatever
+/// the umask, and tightens it to 0700 if it already exists: it holds every
+/// path, size and hash of a destination. Parents that exist are left as
+/// they are (a user-chosen `--state-dir` may be shared on purpose).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let meta = std::fs::symlink_metadata(dir)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Opens (creating 0600 if missing) a state file for writing, and tightens
+/// an existing one to 0600: state files are this user's alone, whatever
+/// the umask.
+pub fn open_private(
+    opts: &mut std::fs::OpenOptions,
+    path: &Path,
+) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = opts.mode(0o600).open(path)?;
+    if file.metadata()?.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
+}
+
 /// Length, in hex digits, of the hash part of a pair's key (128 bits).
 const KEY_HEX_LEN: usize = 32;
 /// Longest human-readable suffix of a pair's key.

@@ -120,7 +120,20 @@ impl StatCache {
         let mut tmp_name = path.as_os_str().to_owned();
         tmp_name.push(format!(".tmp.{}", std::process::id()));
         let tmp = Path::new(&tmp_name);
-        let result = File::create(tmp).and_then(|file| {
+        // 0600 whatever the umask: the cache lists every source path.
+        let created = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(tmp)
+        };
+        let result = created.and_then(|file| {
+            use std::os::unix::fs::PermissionsExt;
+            // A temp left by an earlier process with this pid keeps its mode.
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
             let mut out = BufWriter::new(HashingWriter {
                 inner: file,
                 hasher: blake3::Hasher::new(),
