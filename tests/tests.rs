@@ -9,6 +9,7 @@ mod differential;
 mod faults;
 mod filters;
 mod foundation;
+mod fuzz;
 mod integrity;
 mod locking;
 mod pull;

@@ -15,7 +15,7 @@ const MAGIC: [u8; 8] = *b"RBSJRNL\0";
 /// magic (8) + version (u32).
 const HEADER_LEN: usize = 8 + 4;
 /// payload length (u32) + first 8 bytes of BLAKE3 of the payload.
-const FRAME_HEADER_LEN: usize = 4 + 8;
+pub(crate) const FRAME_HEADER_LEN: usize = 4 + 8;
 
 /// Default for [`JournalPolicy::interval`].
 pub const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(2);
@@ -166,10 +166,7 @@ impl Journal {
                 .map_err(|e| ManifestError::io("cut torn tail of journal", path, e))?;
         }
         if len == 0 {
-            let mut header = Vec::with_capacity(HEADER_LEN);
-            header.extend_from_slice(&MAGIC);
-            header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-            file.write_all(&header)
+            file.write_all(&header())
                 .map_err(|e| ManifestError::io("write journal", path, e))?;
             len = HEADER_LEN as u64;
         }
@@ -271,7 +268,15 @@ impl Drop for Journal {
     }
 }
 
-fn encode_frame(rec: &JournalRecord, out: &mut Vec<u8>) {
+/// The journal's header: magic and format version.
+pub(crate) fn header() -> [u8; HEADER_LEN] {
+    let mut out = [0; HEADER_LEN];
+    out[..8].copy_from_slice(&MAGIC);
+    out[8..].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out
+}
+
+pub(crate) fn encode_frame(rec: &JournalRecord, out: &mut Vec<u8>) {
     let start = out.len();
     out.extend_from_slice(&[0u8; FRAME_HEADER_LEN]);
     postcard::serialize_with_flavor(rec, AppendTo(out))
@@ -295,8 +300,8 @@ pub struct Replay {
     pub dropped_bytes: u64,
 }
 
-struct Scan {
-    records: Vec<JournalRecord>,
+pub(crate) struct Scan {
+    pub(crate) records: Vec<JournalRecord>,
     /// Bytes up to the end of the last good frame (0 when even the header is
     /// incomplete).
     valid_len: usize,
@@ -305,7 +310,7 @@ struct Scan {
 /// Parses a journal image. Errors only for a wrong magic or a future
 /// version; a damaged frame ends the scan, since the framing after it cannot
 /// be trusted.
-fn scan(bytes: &[u8]) -> Result<Scan, ManifestError> {
+pub(crate) fn scan(bytes: &[u8]) -> Result<Scan, ManifestError> {
     let file = StateFile::Journal;
     let path = PathBuf::from(crate::error::IN_MEMORY);
     if bytes.len() < HEADER_LEN {
@@ -442,9 +447,7 @@ pub fn compact(manifest_path: &Path, journal_path: &Path) -> Result<Compacted, M
     }
     let rewrite = folded > 0 || replay.torn_tail || pending.len() != replay.records.len();
     if rewrite {
-        let mut image = Vec::with_capacity(HEADER_LEN);
-        image.extend_from_slice(&MAGIC);
-        image.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+        let mut image = header().to_vec();
         for rec in &pending {
             encode_frame(rec, &mut image);
         }

@@ -60,6 +60,8 @@
 
 mod error;
 mod files_codec;
+#[doc(hidden)]
+pub mod fuzzing;
 mod journal;
 mod manifest;
 mod state;

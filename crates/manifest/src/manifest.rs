@@ -71,13 +71,8 @@ impl Manifest {
         // fallible custom impls, no unsupported serde types).
         postcard::serialize_with_flavor(self, AppendTo(&mut out))
             .expect("postcard encoding into a Vec is infallible for Manifest");
-        let body_len = (out.len() - HEADER_LEN) as u64;
-        let hash = blake3::hash(&out[HEADER_LEN..]);
-        out[0..8].copy_from_slice(&MAGIC);
-        out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        out[12..16].copy_from_slice(&0u32.to_le_bytes());
-        out[16..24].copy_from_slice(&body_len.to_le_bytes());
-        out[24..56].copy_from_slice(hash.as_bytes());
+        let head = header(&out[HEADER_LEN..]);
+        out[..HEADER_LEN].copy_from_slice(&head);
         out
     }
 
@@ -208,6 +203,17 @@ impl Manifest {
             | JournalRecord::InplaceIntent { .. } => {}
         }
     }
+}
+
+/// The header that vouches for `body`: magic, version, flags, length, BLAKE3.
+pub(crate) fn header(body: &[u8]) -> [u8; HEADER_LEN] {
+    let mut out = [0; HEADER_LEN];
+    out[0..8].copy_from_slice(&MAGIC);
+    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&0u32.to_le_bytes());
+    out[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    out[24..56].copy_from_slice(blake3::hash(body).as_bytes());
+    out
 }
 
 /// Temp file + fsync + rename + fsync dir.

@@ -114,6 +114,21 @@ impl StatCache {
             .unwrap_or_default()
     }
 
+    /// Decodes the bytes of a cache file (as [`StatCache::load`] reads one).
+    pub(crate) fn from_bytes(bytes: &[u8]) -> io::Result<StatCache> {
+        read_cache(HashingReader::new(bytes), bytes.len() as u64)
+    }
+
+    /// The bytes [`StatCache::save`] writes.
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        // Writing to a Vec cannot fail.
+        let _ = self.write_records(&mut out);
+        let hash = blake3::hash(&out);
+        out.extend_from_slice(hash.as_bytes());
+        out
+    }
+
     /// Writes the cache atomically: to a temporary file beside `path`, synced,
     /// then renamed over `path`.
     pub fn save(&self, path: &Path) -> io::Result<()> {

@@ -42,6 +42,8 @@ use std::path::{Path, PathBuf};
 
 mod cache;
 mod filter;
+#[doc(hidden)]
+pub mod fuzzing;
 mod hash;
 mod walk;
 

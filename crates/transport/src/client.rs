@@ -26,6 +26,28 @@ pub struct Limits {
     pub max_open_handles: u64,
 }
 
+impl Limits {
+    /// The body of a `limits@openssh.com` reply, capped to what robosync sends.
+    pub(crate) fn from_reply(reply: &[u8]) -> Result<Limits, proto::DecodeError> {
+        let mut r = proto::Reader::new(reply);
+        let max_packet = r.u64()?;
+        let max_read = r.u64()?;
+        let max_write = r.u64()?;
+        let max_open_handles = r.u64()?;
+        // Leave room for the WRITE header inside the server's packet limit.
+        let cap = |v: u64| -> u32 {
+            let v = if v == 0 { 32 * 1024 } else { v };
+            v.min(max_packet.saturating_sub(1024).max(4096))
+                .min(255 * 1024) as u32
+        };
+        Ok(Limits {
+            max_read: cap(max_read),
+            max_write: cap(max_write),
+            max_open_handles,
+        })
+    }
+}
+
 impl Default for Limits {
     /// Safe for any SFTP v3 server (the draft guarantees 32 KiB packets).
     fn default() -> Limits {
@@ -67,7 +89,7 @@ impl Default for SessionOptions {
     }
 }
 
-type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Reply>>>>>;
+pub(crate) type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Reply>>>>>;
 
 /// One request of a [`Sftp::batch`]: its kind, its payload size (charged to
 /// the byte budget), how to fill in its body once it has an id, and bytes
@@ -230,23 +252,7 @@ impl Sftp {
 
     async fn query_limits(&self) -> Result<Limits, Error> {
         let reply = self.extended("limits@openssh.com", |p| p, 0).await?;
-        let mut r = proto::Reader::new(&reply);
-        let mut next = || r.u64().map_err(|e| self.protocol(e.to_string()));
-        let max_packet = next()?;
-        let max_read = next()?;
-        let max_write = next()?;
-        let max_open_handles = next()?;
-        // Leave room for the WRITE header inside the server's packet limit.
-        let cap = |v: u64| -> u32 {
-            let v = if v == 0 { 32 * 1024 } else { v };
-            v.min(max_packet.saturating_sub(1024).max(4096))
-                .min(255 * 1024) as u32
-        };
-        Ok(Limits {
-            max_read: cap(max_read),
-            max_write: cap(max_write),
-            max_open_handles,
-        })
+        Limits::from_reply(&reply).map_err(|e| self.protocol(format!("limits@openssh.com: {e}")))
     }
 
     fn protocol(&self, detail: String) -> Error {
@@ -915,7 +921,10 @@ impl Sftp {
 
 /// Reads the VERSION packet, recognising a forced command's text where the
 /// server should have spoken SFTP (e.g. "Command rejected by ...").
-async fn read_first_packet<R: AsyncRead + Unpin>(rd: &mut R, peer: &str) -> Result<Vec<u8>, Error> {
+pub(crate) async fn read_first_packet<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    peer: &str,
+) -> Result<Vec<u8>, Error> {
     let mut head = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -998,7 +1007,7 @@ async fn read_to_len<R: AsyncRead + Unpin>(
     Ok(())
 }
 
-async fn read_replies<R: AsyncRead + Unpin>(
+pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
     mut rd: R,
     waiters: Waiters,
     dead: Arc<Mutex<Option<String>>>,

@@ -237,20 +237,25 @@ fn read_entries(files: &[PathBuf]) -> Vec<Entry> {
         if f.read_to_end(&mut bytes).is_err() {
             continue;
         }
-        let text = String::from_utf8_lossy(&bytes);
-        for (i, line) in text.lines().enumerate() {
-            if let Some((marker, hosts, key)) = parse_line(line) {
-                entries.push(Entry {
-                    file: file.clone(),
-                    line: i + 1,
-                    marker,
-                    hosts,
-                    key,
-                });
-            }
-        }
+        parse_file(file, &bytes, &mut entries);
     }
     entries
+}
+
+/// Appends the well-formed lines of one file's `bytes` to `entries`.
+fn parse_file(file: &Path, bytes: &[u8], entries: &mut Vec<Entry>) {
+    let text = String::from_utf8_lossy(bytes);
+    for (i, line) in text.lines().enumerate() {
+        if let Some((marker, hosts, key)) = parse_line(line) {
+            entries.push(Entry {
+                file: file.to_path_buf(),
+                line: i + 1,
+                marker,
+                hosts,
+                key,
+            });
+        }
+    }
 }
 
 /// OpenSSH `match_pattern`: `*` and `?` wildcards over the whole string.
@@ -378,8 +383,11 @@ fn check_key(entries: &[Entry], q: &HostKeyQuery<'_>, presented: &KeyData) -> Ve
 /// host certificate for this host now. Without a matching CA, the certificate's
 /// plain key is checked as [`check`] would, as OpenSSH does.
 pub fn check_certificate(files: &[PathBuf], q: &HostKeyQuery<'_>, cert: &Certificate) -> Verdict {
-    let entries = read_entries(files);
-    if let Some(v) = revoked(&entries, &[cert.public_key(), cert.signature_key()]) {
+    check_certificate_in(&read_entries(files), q, cert)
+}
+
+fn check_certificate_in(entries: &[Entry], q: &HostKeyQuery<'_>, cert: &Certificate) -> Verdict {
+    if let Some(v) = revoked(entries, &[cert.public_key(), cert.signature_key()]) {
         return v;
     }
     let name = query_name(q);
@@ -388,7 +396,7 @@ pub fn check_certificate(files: &[PathBuf], q: &HostKeyQuery<'_>, cert: &Certifi
             && &e.key == cert.signature_key()
             && hosts_match(&e.hosts, &name)
     }) else {
-        return check_key(&entries, q, cert.public_key());
+        return check_key(entries, q, cert.public_key());
     };
     let invalid = |reason: String| Verdict::InvalidCertificate {
         file: ca.file.clone(),
@@ -491,6 +499,22 @@ fn random_salt() -> io::Result<Vec<u8>> {
     let mut salt = vec![0u8; 20];
     fs::File::open("/dev/urandom")?.read_exact(&mut salt)?;
     Ok(salt)
+}
+
+/// Fuzzing entry point (see `crate::fuzzing`): `bytes` as a known_hosts
+/// file, asked about `key` and `cert` for two host names.
+pub(crate) fn fuzz(bytes: &[u8], key: &PublicKey, cert: &Certificate) {
+    let mut entries = Vec::new();
+    parse_file(Path::new("fuzz"), bytes, &mut entries);
+    for (host, port) in [("rorqual", 22), ("Robot.Example", 2222)] {
+        let q = HostKeyQuery {
+            host,
+            port,
+            ip: None,
+        };
+        check_key(&entries, &q, key.key_data()).explain(host, port);
+        check_certificate_in(&entries, &q, cert).explain(host, port);
+    }
 }
 
 #[cfg(test)]

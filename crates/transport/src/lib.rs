@@ -16,6 +16,8 @@ pub mod channel_io;
 pub mod client;
 pub mod connect;
 pub mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod known_hosts;
 pub mod pool;
 pub mod proto;

@@ -222,12 +222,12 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        if self.buf.len() < 4 {
-            return Err(DecodeError("short u32"));
-        }
-        let (a, rest) = self.buf.split_at(4);
+        let (a, rest) = self
+            .buf
+            .split_first_chunk::<4>()
+            .ok_or(DecodeError("short u32"))?;
         self.buf = rest;
-        Ok(u32::from_be_bytes(a.try_into().unwrap()))
+        Ok(u32::from_be_bytes(*a))
     }
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(((self.u32()? as u64) << 32) | self.u32()? as u64)

@@ -241,11 +241,7 @@ fn resolve_with_program(program: &Path, req: &ConfigRequest) -> Result<HostConfi
             stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }
-    let mut dump = Dump::default();
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let (key, value) = line.split_once(' ').unwrap_or((line, ""));
-        dump.push(&key.to_ascii_lowercase(), value.to_string());
-    }
+    let dump = Dump::from_ssh_g(&out.stdout);
     let local = LocalContext::current()?;
     let (_, alias) = split_user_host(&req.host);
     host_config_from_dump(alias, &dump, &local, request_warnings(req, &local))
@@ -283,6 +279,15 @@ fn request_warnings(req: &ConfigRequest, local: &LocalContext) -> Vec<String> {
 struct Dump(HashMap<String, Vec<String>>);
 
 impl Dump {
+    /// Reads `ssh -G` output: one `key value` per line.
+    fn from_ssh_g(stdout: &[u8]) -> Dump {
+        let mut dump = Dump::default();
+        for line in String::from_utf8_lossy(stdout).lines() {
+            let (key, value) = line.split_once(' ').unwrap_or((line, ""));
+            dump.push(&key.to_ascii_lowercase(), value.to_string());
+        }
+        dump
+    }
     fn push(&mut self, key: &str, value: String) {
         self.0.entry(key.to_string()).or_default().push(value);
     }
@@ -1018,6 +1023,10 @@ struct Pass<'a> {
     /// Destination as typed (`Match originalhost`, `%n`).
     original: String,
     final_pass: bool,
+    /// Reads nothing but the text given: `Include` opens no file and `Match
+    /// exec` runs nothing (never matches). For fuzzing, where the text is
+    /// arbitrary.
+    inert: bool,
 }
 
 const MAX_INCLUDE_DEPTH: usize = 16;
@@ -1045,6 +1054,7 @@ fn native_dump(
             host: host_arg.to_string(),
             original: host_arg.to_string(),
             final_pass: false,
+            inert: false,
         };
         let mut active = true;
         apply_directive(
@@ -1110,6 +1120,7 @@ fn native_dump(
         host: host_arg.to_string(),
         original: host_arg.to_string(),
         final_pass: false,
+        inert: false,
     };
     for (i, (path, kind)) in files.iter().enumerate() {
         // `-F` must exist; the default files may not.
@@ -1175,6 +1186,19 @@ fn read_config_file(
             })
         }
     };
+    read_config_text(opts, pass, &text, path, kind, depth, never_match)
+}
+
+/// Applies the lines of one configuration file, `text`, read from `path`.
+fn read_config_text(
+    opts: &mut Options,
+    pass: &Pass<'_>,
+    text: &str,
+    path: &Path,
+    kind: FileKind,
+    depth: usize,
+    never_match: bool,
+) -> Result<(), ConfigError> {
     let mut active = !never_match;
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -1252,6 +1276,9 @@ fn apply_directive(
                     base.join(expanded).to_string_lossy().into_owned()
                 };
                 let was_active = *active;
+                if pass.inert {
+                    continue;
+                }
                 for file in glob(&pattern) {
                     read_config_file(opts, pass, &file, kind, depth + 1, !was_active, false)?;
                     *active = was_active;
@@ -1438,14 +1465,14 @@ fn match_line_matches(
                 let cmd = tokens
                     .expand(&arg, "Match exec")
                     .map_err(|e| e.to_string())?;
-                Command::new("/bin/sh")
-                    .arg("-c")
-                    .arg(&cmd)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .status()
-                    .map(|s| s.success())
-                    .unwrap_or(false)
+                !pass.inert
+                    && Command::new("/bin/sh")
+                        .arg("-c")
+                        .arg(&cmd)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .status()
+                        .is_ok_and(|s| s.success())
             }
             "localnetwork" | "tagged" => {
                 opts.warnings.push(format!(
@@ -1805,6 +1832,63 @@ fn options_to_dump(
         dump.push(key, list);
     }
     Ok(dump)
+}
+
+/// Fuzzing entry points (see `crate::fuzzing`): arbitrary text goes through
+/// the parsers and into a [`HostConfig`] as `ssh rorqual` would resolve it,
+/// without touching the machine (no file read, no command run).
+pub(crate) mod fuzz {
+    use super::*;
+
+    const HOST: &str = "rorqual";
+
+    fn local() -> LocalContext {
+        LocalContext {
+            user: "fuzz".into(),
+            home: "/nonexistent/fuzz".into(),
+            uid: 1000,
+            hostname: "fuzzhost.example".into(),
+        }
+    }
+
+    /// `text` as the only configuration file (`-F text`), both passes.
+    pub(crate) fn native(text: &str) {
+        let local = local();
+        let mut opts = Options::default();
+        let mut pass = Pass {
+            local: &local,
+            host: HOST.into(),
+            original: HOST.into(),
+            final_pass: false,
+            inert: true,
+        };
+        let path = Path::new("fuzz");
+        if read_config_text(&mut opts, &pass, text, path, FileKind::User, 0, false).is_err() {
+            return;
+        }
+        let hostname = match opts.get("hostname") {
+            Some(h) => expand_hostname(h, HOST),
+            None => HOST.to_string(),
+        };
+        if opts.want_final_pass {
+            opts.single
+                .insert("hostname".into(), vec![hostname.clone()]);
+            pass.host = hostname.clone();
+            pass.final_pass = true;
+            if read_config_text(&mut opts, &pass, text, path, FileKind::User, 0, false).is_err() {
+                return;
+            }
+        }
+        if let Ok(dump) = options_to_dump(&opts, &local, HOST, &hostname) {
+            let _ = host_config_from_dump(HOST, &dump, &local, Vec::new());
+        }
+    }
+
+    /// `stdout` as the output of `ssh -G rorqual`.
+    pub(crate) fn ssh_g(stdout: &[u8]) {
+        let dump = Dump::from_ssh_g(stdout);
+        let _ = host_config_from_dump(HOST, &dump, &local(), Vec::new());
+    }
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
