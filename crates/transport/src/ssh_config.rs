@@ -2201,6 +2201,25 @@ mod tests {
     }
 
     #[test]
+    fn fuzzing_reads_no_file_and_runs_no_command() {
+        let t = TempDir::new();
+        let marker = t.0.join("ran");
+        t.write("included", "User included\n");
+        let text = format!(
+            "Include {}\nMatch exec \"touch {}\"\n User execd\n",
+            t.0.join("included").display(),
+            marker.display()
+        );
+        fuzz::native(&text);
+        assert!(!marker.exists(), "Match exec ran a command");
+        // The same text, resolved for real, does both.
+        let cfg = t.write("config", &text);
+        let c = resolve_native(&request(&cfg, "rorqual")).unwrap();
+        assert!(marker.exists());
+        assert_eq!(c.user, "included");
+    }
+
+    #[test]
     fn include_globs_and_scoping() {
         let t = TempDir::new();
         t.write(
