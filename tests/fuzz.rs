@@ -19,6 +19,7 @@ type Entry = fn(&[u8]);
 const TARGETS: &[(&str, Entry)] = &[
     ("sftp_reply", robosync_transport::fuzzing::sftp_reply),
     ("sftp_stream", robosync_transport::fuzzing::sftp_stream),
+    ("sftp_session", robosync_transport::fuzzing::sftp_session),
     ("manifest", robosync_manifest::fuzzing::manifest),
     ("journal", robosync_manifest::fuzzing::journal),
     ("stat_cache", robosync_scanner::fuzzing::stat_cache),
@@ -384,6 +385,7 @@ fn corpus_sftp() {
     drop(server.stdin.take());
     server.wait().unwrap();
     put("sftp_stream", "sftp-server-session", &stream);
+    corpus_sftp_session(dir.path());
     put(
         "sftp_stream",
         "forced-command-text",
@@ -407,6 +409,78 @@ fn corpus_sftp() {
         .u32(proto::FX_EOF)
         .finish();
     put("sftp_reply", "status-without-message", &status[4..]);
+}
+
+/// What a real sftp-server answers to the session the `sftp_session`
+/// target drives, in `dir` (which holds `file` and `link`).
+fn corpus_sftp_session(dir: &Path) {
+    use std::pin::Pin;
+    use std::sync::{Arc, Mutex};
+    use std::task::{Context, Poll};
+    use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+    /// The server's pipes as one stream, keeping a copy of what it says.
+    struct Recorded<R, W> {
+        rd: R,
+        wr: W,
+        said: Arc<Mutex<Vec<u8>>>,
+    }
+    impl<R: AsyncRead + Unpin, W: Unpin> AsyncRead for Recorded<R, W> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            let before = buf.filled().len();
+            let r = Pin::new(&mut self.rd).poll_read(cx, buf);
+            let got = buf.filled()[before..].to_vec();
+            self.said.lock().unwrap().extend_from_slice(&got);
+            r
+        }
+    }
+    impl<R: Unpin, W: AsyncWrite + Unpin> AsyncWrite for Recorded<R, W> {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.wr).poll_write(cx, data)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.wr).poll_flush(cx)
+        }
+        fn poll_shutdown(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.wr).poll_shutdown(cx)
+        }
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let said = Arc::new(Mutex::new(Vec::new()));
+    rt.block_on(async {
+        let mut child = tokio::process::Command::new("/usr/lib/openssh/sftp-server")
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let stream = Recorded {
+            rd: child.stdout.take().unwrap(),
+            wr: child.stdin.take().unwrap(),
+            said: said.clone(),
+        };
+        robosync_transport::fuzzing::drive_session(stream).await;
+    });
+    drop(rt);
+    let said = said.lock().unwrap().clone();
+    assert!(said.len() > 100, "sftp-server said {} bytes", said.len());
+    put("sftp_session", "sftp-server", &said);
 }
 
 const SSH_CONFIGS: &[(&str, &str)] = &[
