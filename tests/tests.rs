@@ -13,6 +13,7 @@ mod fuzz;
 mod integrity;
 mod locking;
 mod pull;
+mod reconnect;
 mod resume;
 mod semantics;
 mod transport;

@@ -38,8 +38,9 @@ use crate::push::{partials, temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
-    choose_manifest, close_run, default_state_dir, fail, open_pool, record_locally, split_deletes,
-    transport_failure, Failure, EXIT_PARTIAL, EXIT_USAGE, MAX_REMOTE_ENTRIES,
+    choose_manifest, close_run, default_state_dir, fail, list_remote, on_session, open_pool,
+    record_locally, split_deletes, transport_failure, unless_lost, Failure, EXIT_PARTIAL,
+    EXIT_USAGE,
 };
 use crate::Args;
 
@@ -144,11 +145,12 @@ pub async fn pull_run(
             }
         });
     }
-    let session = pool.session().await.map_err(transport_failure)?;
-    let remote_root = remote::expand_home(&session, remote_path)
-        .await
-        .map_err(transport_failure)?;
-    let listing = remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES)
+    let remote_root = on_session(&pool, |s| async move {
+        remote::expand_home(&s, remote_path).await
+    })
+    .await
+    .map_err(transport_failure)?;
+    let listing = list_remote(&pool, &remote_root)
         .await
         .map_err(transport_failure)?;
     if listing.root_missing {
@@ -344,7 +346,7 @@ pub async fn pull_run(
     }
     let cache = (!snap_cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
-    Ok(errors)
+    unless_lost(run, &pool, errors)
 }
 
 /// Why one entry failed.

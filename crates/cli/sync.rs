@@ -41,6 +41,9 @@ pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     }
 }
 
+/// Exit 30 for a connection lost and not re-established within
+/// `--retry-for`, exit 2 for one that could not be made (decided by the
+/// error's variant, not its text).
 pub fn transport_failure(e: Error) -> Failure {
     let code = if e.is_connection() {
         EXIT_LOST
@@ -443,7 +446,7 @@ async fn push_run(
             );
             crate::lease::hold_identity(&state_dir, &identity, dest_label).map(Some)
         },
-        remote::list(&pool, &remote_root, MAX_REMOTE_ENTRIES),
+        list_remote(&pool, &remote_root),
         read_small(&session, &manifest_remote)
     );
     let _identity = made?;
@@ -632,7 +635,53 @@ async fn push_run(
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
-    Ok(errors)
+    unless_lost(run, &pool, errors)
+}
+
+/// Lists the remote tree; when the link drops meanwhile, lists it again
+/// from the start once the pool has reconnected (a listing changes nothing,
+/// so starting over is safe).
+pub async fn list_remote(pool: &Arc<Pool>, root: &[u8]) -> Result<remote::Listing, Error> {
+    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES)).await
+}
+
+/// Runs `op`, which changes nothing on the server, on a live session; when
+/// the link drops meanwhile, runs it again once the pool has reconnected.
+/// Gives up when reconnecting does (see [`Pool::repair`]) or after
+/// [`RESTARTS`] drops in one operation.
+pub async fn on_session<T, F, Fut>(pool: &Pool, op: F) -> Result<T, Error>
+where
+    F: Fn(Arc<robosync_transport::Sftp>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut restarts = 0;
+    loop {
+        match op(pool.session().await?).await {
+            Err(e) if e.is_connection() && restarts < RESTARTS => {
+                restarts += 1;
+                pool.repair().await?;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A link that drops this often during one operation will not let it finish.
+const RESTARTS: usize = 10;
+
+/// The run's result: its entry errors (exit 23), unless the pool gave up on
+/// the connection, which ends the run as "connection lost" (exit 30) with
+/// those errors shown first.
+pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<String>, Failure> {
+    match pool.gave_up() {
+        Some(e) => {
+            for err in &errors {
+                run.error(err);
+            }
+            Err(transport_failure(e))
+        }
+        None => Ok(errors),
+    }
 }
 
 /// The plan, or the `--delete` guard that refuses it (exit 3). A dry run

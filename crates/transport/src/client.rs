@@ -6,7 +6,7 @@
 //! queue), and its timeout starts once its bytes are on the wire.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,7 +89,43 @@ impl Default for SessionOptions {
     }
 }
 
-pub(crate) type Waiters = Arc<Mutex<Option<HashMap<u32, oneshot::Sender<Reply>>>>>;
+/// What a session's callers and its reader and writer tasks share.
+pub(crate) struct Shared {
+    /// Who waits for which reply; `None` once the session has ended.
+    waiters: Mutex<Option<HashMap<u32, oneshot::Sender<Reply>>>>,
+    /// Why the session ended, once it has.
+    dead: Mutex<Option<String>>,
+    /// It ended because the link failed under it (a request unanswered in
+    /// time, a send that failed), not because the server closed it.
+    link_failed: AtomicBool,
+    /// Turns true when it ends: wakes a writer stuck on a dead channel.
+    ended: tokio::sync::watch::Sender<bool>,
+}
+
+impl Shared {
+    /// A session's shared state with `waiters` already waiting (the fuzz
+    /// targets feed the reply reader directly).
+    pub(crate) fn with_waiters(waiters: HashMap<u32, oneshot::Sender<Reply>>) -> Arc<Shared> {
+        Arc::new(Shared {
+            waiters: Mutex::new(Some(waiters)),
+            dead: Mutex::new(None),
+            link_failed: AtomicBool::new(false),
+            ended: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// Ends the session: every request in flight fails now with "connection
+    /// lost", rather than each waiting out its own timeout.
+    fn end(&self, why: String, link_failed: bool) {
+        self.dead.lock().unwrap().get_or_insert(why);
+        if link_failed {
+            self.link_failed.store(true, Ordering::Relaxed);
+        }
+        // Dropping the senders wakes every waiter.
+        self.waiters.lock().unwrap().take();
+        self.ended.send_replace(true);
+    }
+}
 
 /// One request of a [`Sftp::batch`]: its kind, its payload size (charged to
 /// the byte budget), how to fill in its body once it has an id, and bytes
@@ -129,13 +165,11 @@ pub struct Sftp {
     /// Whole packets to the writer task. A packet is handed over entire or not
     /// at all, so a cancelled request can never leave half a packet on the wire.
     writer: tokio::sync::mpsc::Sender<Vec<Bytes>>,
-    waiters: Waiters,
+    shared: Arc<Shared>,
     next_id: AtomicU32,
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     timeout: Duration,
-    /// Why the session ended, once it has.
-    dead: Arc<Mutex<Option<String>>>,
     pub limits: Limits,
     pub extensions: Extensions,
     /// Who we talk to, for error messages.
@@ -205,15 +239,35 @@ impl Sftp {
             }
         }
         let units = (opts.budget_bytes / BUDGET_UNIT).max(1);
-        let dead = Arc::new(Mutex::new(None));
+        let shared = Arc::new(Shared {
+            waiters: Mutex::new(Some(HashMap::new())),
+            dead: Mutex::new(None),
+            link_failed: AtomicBool::new(false),
+            ended: tokio::sync::watch::Sender::new(false),
+        });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
         {
-            let dead = dead.clone();
+            let shared = shared.clone();
             tokio::spawn(async move {
-                while let Some(pkt) = rx.recv().await {
-                    if let Err(e) = out.send(pkt).await {
-                        dead.lock().unwrap().get_or_insert(e.to_string());
-                        break;
+                // A send on a dead channel can wait forever for window space
+                // (russh never wakes it): once the session has ended, stop;
+                // dropping the queue fails every caller still queued on it.
+                let mut ended = shared.ended.subscribe();
+                loop {
+                    let pkt = tokio::select! {
+                        p = rx.recv() => match p {
+                            Some(p) => p,
+                            None => break,
+                        },
+                        _ = ended.wait_for(|e| *e) => return,
+                    };
+                    let sent = tokio::select! {
+                        r = out.send(pkt) => r,
+                        _ = ended.wait_for(|e| *e) => return,
+                    };
+                    if let Err(e) = sent {
+                        shared.end(e.to_string(), true);
+                        return;
                     }
                 }
                 // Every handle to the session is gone: end it on the server too.
@@ -222,23 +276,17 @@ impl Sftp {
         }
         let mut sftp = Sftp {
             writer: tx,
-            waiters: Arc::new(Mutex::new(Some(HashMap::new()))),
+            shared,
             next_id: AtomicU32::new(1),
             budget: Arc::new(Semaphore::new(units)),
             budget_bytes: units * BUDGET_UNIT,
             timeout: opts.request_timeout,
-            dead,
             limits: Limits::default(),
             extensions,
             peer: peer.to_string(),
             rtt: Duration::ZERO,
         };
-        tokio::spawn(read_replies(
-            rd,
-            sftp.waiters.clone(),
-            sftp.dead.clone(),
-            peer.to_string(),
-        ));
+        tokio::spawn(read_replies(rd, sftp.shared.clone(), peer.to_string()));
         let asked = std::time::Instant::now();
         if sftp.extensions.limits {
             sftp.limits = sftp.query_limits().await?;
@@ -298,7 +346,7 @@ impl Sftp {
         let mut bytes = Vec::with_capacity(inline);
         let mut pending = Vec::with_capacity(requests.len());
         {
-            let mut w = self.waiters.lock().unwrap();
+            let mut w = self.shared.waiters.lock().unwrap();
             let Some(map) = w.as_mut() else {
                 drop(w);
                 return Err(self.lost());
@@ -313,7 +361,7 @@ impl Sftp {
                     parts.push(std::mem::take(&mut bytes).into());
                     parts.push(tail);
                 }
-                pending.push((id, rx));
+                pending.push(rx);
             }
         }
         if !bytes.is_empty() {
@@ -324,25 +372,26 @@ impl Sftp {
         match tokio::time::timeout(self.timeout, self.writer.send(parts)).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
-                self.mark_dead("the SFTP stream closed".into());
+                self.shared.end("the SFTP stream closed".into(), false);
                 return Err(self.lost());
             }
             Err(_) => {
-                self.mark_dead(format!("could not send for {:?}", self.timeout));
+                self.shared
+                    .end(format!("could not send for {:?}", self.timeout), true);
                 return Err(self.lost());
             }
         }
         let mut replies = Vec::with_capacity(pending.len());
-        for (id, rx) in pending {
+        for rx in pending {
             match tokio::time::timeout(timeout, rx).await {
                 Ok(Ok(reply)) => replies.push(reply),
                 Ok(Err(_)) => return Err(self.lost()),
                 Err(_) => {
-                    if let Some(map) = self.waiters.lock().unwrap().as_mut() {
-                        map.remove(&id);
-                    }
-                    // A server that stops answering is as good as gone: retire the session.
-                    self.mark_dead(format!("no reply within {timeout:?}"));
+                    // A server that stops answering is as good as gone: end
+                    // the session, failing everything else in flight on it
+                    // now (the pool then retires its whole connection).
+                    self.shared
+                        .end(format!("no reply within {timeout:?}"), true);
                     return Err(Error::Timeout {
                         peer: self.peer.clone(),
                         after: timeout,
@@ -468,7 +517,20 @@ impl Sftp {
 
     /// Whether the session has ended (connection lost or closed).
     pub fn is_dead(&self) -> bool {
-        self.dead.lock().unwrap().is_some()
+        self.shared.dead.lock().unwrap().is_some()
+    }
+
+    /// Whether the session ended because the link failed under it (a
+    /// request unanswered in time, a send that failed): then the whole
+    /// connection carrying it is suspect, not just this channel.
+    pub fn link_failed(&self) -> bool {
+        self.shared.link_failed.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the session has ended.
+    pub async fn ended(&self) {
+        let mut rx = self.shared.ended.subscribe();
+        let _ = rx.wait_for(|e| *e).await;
     }
 
     /// Sends one request and waits for its reply. `cost` is the payload size
@@ -500,21 +562,14 @@ impl Sftp {
     /// Ends the session now: every request in flight fails with "connection
     /// lost" (used when the carrying SSH connection is known to be gone).
     pub fn kill(&self, why: &str) {
-        self.mark_dead(why.to_string());
-        self.waiters.lock().unwrap().take();
-    }
-
-    fn mark_dead(&self, why: String) {
-        let mut d = self.dead.lock().unwrap();
-        if d.is_none() {
-            *d = Some(why);
-        }
+        self.shared.end(why.to_string(), false);
     }
 
     fn lost(&self) -> Error {
         Error::ConnectionLost {
             peer: self.peer.clone(),
             detail: self
+                .shared
                 .dead
                 .lock()
                 .unwrap()
@@ -1009,8 +1064,7 @@ async fn read_to_len<R: AsyncRead + Unpin>(
 
 pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
     mut rd: R,
-    waiters: Waiters,
-    dead: Arc<Mutex<Option<String>>>,
+    shared: Arc<Shared>,
     peer: String,
 ) {
     let why = loop {
@@ -1031,7 +1085,12 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
         };
         match decoded {
             Ok((id, reply)) => {
-                let tx = waiters.lock().unwrap().as_mut().and_then(|m| m.remove(&id));
+                let tx = shared
+                    .waiters
+                    .lock()
+                    .unwrap()
+                    .as_mut()
+                    .and_then(|m| m.remove(&id));
                 if let Some(tx) = tx {
                     let _ = tx.send(reply);
                 }
@@ -1039,9 +1098,7 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
             Err(e) => break format!("{e} from {peer}"),
         }
     };
-    *dead.lock().unwrap() = Some(why);
-    // Dropping the senders wakes every waiter with "connection lost".
-    waiters.lock().unwrap().take();
+    shared.end(why, false);
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use tokio::process::Command;
 
 use crate::channel_io::{ChannelReader, Outbound};
 use crate::client::{SessionOptions, Sftp};
-use crate::error::Error;
+use crate::error::{russh_lost, Error};
 use crate::known_hosts::{self, HostKeyQuery, Verdict};
 use crate::quickack::QuickAck;
 use crate::ssh_config::{AddressFamily, ConfigRequest, HostConfig, StrictHostKeyChecking};
@@ -187,6 +187,27 @@ pub struct Connection {
     pub notes: Vec<String>,
     /// Switches off the socket's quick ACKs once a session runs (see `quickack`).
     quick_ack: QuickAckSwitch,
+    /// Declared dead (a request on it went unanswered) though russh may not know yet.
+    abandoned: AtomicBool,
+}
+
+/// A russh error from a step of logging in or opening a channel: the link
+/// dropping is a lost connection (worth a reconnect), anything else is what
+/// `refusal` makes of it.
+fn classify(
+    peer: &str,
+    step: &str,
+    e: russh::Error,
+    refusal: impl FnOnce(String) -> Error,
+) -> Error {
+    if russh_lost(&e) {
+        Error::ConnectionLost {
+            peer: peer.to_string(),
+            detail: format!("{step}: {e}"),
+        }
+    } else {
+        refusal(e.to_string())
+    }
 }
 
 /// How to reach a host: the resolved config plus the user's original request.
@@ -499,9 +520,9 @@ impl Connection {
                                 if let Some(why) = refusal.lock().unwrap().take() {
                                     return Err(Error::Connect(why));
                                 }
-                                last_err = Some(Error::Connect(format!(
-                                    "SSH handshake with {peer} failed: {e}"
-                                )));
+                                last_err = Some(classify(&peer, "SSH handshake", e, |e| {
+                                    Error::Connect(format!("SSH handshake with {peer} failed: {e}"))
+                                }));
                                 continue;
                             }
                         };
@@ -512,6 +533,7 @@ impl Connection {
                         peer: peer.clone(),
                         notes,
                         quick_ack,
+                        abandoned: AtomicBool::new(false),
                     };
                     conn.authenticate(&cfg, &identities, interactive, addr)
                         .await?;
@@ -549,7 +571,7 @@ impl Connection {
                 Err(_) => errors.push(format!("{addr}: timed out after {timeout:?}")),
             }
         }
-        Err(Error::Connect(format!(
+        Err(Error::Unreachable(format!(
             "cannot connect to {}:{}: {}",
             cfg.hostname,
             cfg.port,
@@ -566,8 +588,11 @@ impl Connection {
     ) -> Result<(), Error> {
         let user = cfg.user.clone();
         let mut tried = Vec::new();
+        let peer = self.peer.clone();
         let auth_err = |e: russh::Error| {
-            Error::Connect(format!("authentication with {} failed: {e}", cfg.hostname))
+            classify(&peer, "during authentication", e, |e| {
+                Error::Connect(format!("authentication with {} failed: {e}", cfg.hostname))
+            })
         };
 
         // Agent identities first, as OpenSSH does (restricted by IdentitiesOnly).
@@ -667,6 +692,14 @@ impl Connection {
                 return Ok(());
             }
         }
+        // Keys tried through an agent fail quietly: a link that dropped
+        // meanwhile is not a refusal.
+        if self.handle.is_closed() {
+            return Err(Error::ConnectionLost {
+                peer: self.peer.clone(),
+                detail: "closed during authentication".into(),
+            });
+        }
 
         let mut msg = format!(
             "permission denied for {user}@{}:{} (tried: {})",
@@ -739,24 +772,38 @@ impl Connection {
 
     /// Opens one SFTP session on a new channel of this connection.
     pub async fn open_sftp(&self, opts: SessionOptions) -> Result<Sftp, Error> {
-        let mut channel = self.handle.channel_open_session().await.map_err(|e| {
-            Error::Connect(format!(
-                "{} refused a new channel ({e}); its MaxSessions may be lower than --channels",
-                self.peer
-            ))
-        })?;
-        channel
-            .request_subsystem(true, "sftp")
+        // Only the server's answer is a refusal; a connection that died
+        // under the request is a lost connection (worth a reconnect).
+        let mut channel = self
+            .handle
+            .channel_open_session()
             .await
-            .map_err(|e| Error::Connect(format!("subsystem request failed: {e}")))?;
+            .map_err(|e| match e {
+                russh::Error::ChannelOpenFailure(_) => Error::ChannelRefused {
+                    peer: self.peer.clone(),
+                    detail: e.to_string(),
+                },
+                e => classify(&self.peer, "opening a channel", e, |e| {
+                    Error::ConnectionLost {
+                        peer: self.peer.clone(),
+                        detail: format!("opening a channel: {e}"),
+                    }
+                }),
+            })?;
+        channel.request_subsystem(true, "sftp").await.map_err(|e| {
+            classify(&self.peer, "subsystem request", e, |e| {
+                Error::Connect(format!("subsystem request failed: {e}"))
+            })
+        })?;
         // INIT is queued at once, but it cannot leave before the server's
         // answer: sshd opens a session channel's window only once the
         // subsystem has started (measured across 50 ms: the INIT went out
         // with the reply, one round trip after the request).
-        channel
-            .data_bytes(Sftp::init())
-            .await
-            .map_err(|e| Error::Connect(format!("cannot start SFTP: {e}")))?;
+        channel.data_bytes(Sftp::init()).await.map_err(|e| {
+            classify(&self.peer, "starting SFTP", e, |e| {
+                Error::Connect(format!("cannot start SFTP: {e}"))
+            })
+        })?;
         // The reply to want_reply comes as a message; a refusal is Failure.
         // Output that overtakes it (a wrapper's message) is kept for the handshake.
         let mut early = Vec::new();
@@ -781,22 +828,53 @@ impl Connection {
             }
         }
         let (read_half, write_half) = channel.split();
-        let sftp = Sftp::after_init(
+        let sftp = match Sftp::after_init(
             ChannelReader::new(read_half),
             Outbound::Channel(write_half),
             early,
             &self.peer,
             opts,
         )
-        .await?;
+        .await
+        {
+            Ok(s) => s,
+            // A channel that closed without a word looks the same whether the
+            // wrapper refused or the link dropped: a ping tells them apart.
+            Err(Error::Refused { .. }) if !self.answers().await => {
+                return Err(Error::ConnectionLost {
+                    peer: self.peer.clone(),
+                    detail: "closed while starting SFTP".into(),
+                })
+            }
+            Err(e) => return Err(e),
+        };
         if let Some(switch) = &self.quick_ack {
             switch.store(false, Ordering::Relaxed);
         }
         Ok(sftp)
     }
 
+    /// Whether the connection is gone, or was declared dead ([`Connection::abandon`]).
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.abandoned.load(Ordering::Relaxed) || self.handle.is_closed()
+    }
+
+    /// Declares the connection dead (a request on it went unanswered): it
+    /// counts as closed from now on and is disconnected in the background.
+    pub fn abandon(self: &Arc<Self>) {
+        if self.abandoned.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let conn = self.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close()).await;
+        });
+    }
+
+    /// Whether the server still answers on this connection (a ping, bounded).
+    async fn answers(&self) -> bool {
+        let pinged = tokio::time::timeout(Duration::from_secs(5), self.handle.send_ping()).await;
+        matches!(pinged, Ok(Ok(()))) && !self.handle.is_closed()
     }
 
     pub async fn close(&self) {

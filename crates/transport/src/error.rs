@@ -19,8 +19,38 @@ pub enum Error {
         code: u32,
         message: String,
     },
+    /// Nothing answered at the address (refused, unreachable, timed out):
+    /// the host or the network may come back, so a reconnect may help.
+    #[error("{0}")]
+    Unreachable(String),
+    /// The server declined a further channel on a live connection (its
+    /// MaxSessions): asking again would only repeat that.
+    #[error(
+        "{peer} refused a new channel ({detail}); its MaxSessions may be lower than --channels"
+    )]
+    ChannelRefused { peer: String, detail: String },
+    /// A final refusal or a configuration problem (authentication, host
+    /// key, certificate, resolution): retrying will not change it.
     #[error("{0}")]
     Connect(String),
+}
+
+/// Whether a russh error means the connection itself is gone (rather than
+/// a refusal made over a working one).
+pub fn russh_lost(e: &russh::Error) -> bool {
+    use russh::Error as R;
+    matches!(
+        e,
+        R::Disconnect
+            | R::HUP
+            | R::IO(_)
+            | R::SendError
+            | R::RecvError
+            | R::ConnectionTimeout
+            | R::KeepaliveTimeout
+            | R::InactivityTimeout
+            | R::Elapsed(_)
+    )
 }
 
 /// What a refusing server said; OpenSSH drops a subsystem's stderr, so a
@@ -57,6 +87,12 @@ impl Error {
     /// True when the link itself failed, so a reconnect may help.
     pub fn is_connection(&self) -> bool {
         matches!(self, Error::ConnectionLost { .. } | Error::Timeout { .. })
+    }
+
+    /// True when trying to connect again later may succeed: the link was
+    /// lost, or nothing answered. Decided by variant, never by message.
+    pub fn is_transient(&self) -> bool {
+        self.is_connection() || matches!(self, Error::Unreachable(_))
     }
 
     /// SFTP status code, if this is a server status reply.

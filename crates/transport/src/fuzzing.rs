@@ -4,7 +4,7 @@
 //! quickly and without panicking, whatever they are.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use russh::keys::ssh_key::{Certificate, PublicKey};
 
@@ -59,9 +59,8 @@ pub fn sftp_stream(data: &[u8]) {
                 map.insert(id, tx);
                 receivers.push(rx);
             }
-            let waiters: client::Waiters = Arc::new(Mutex::new(Some(map)));
-            let dead = Arc::new(Mutex::new(None));
-            client::read_replies(rd, waiters, dead, "fuzz".into()).await;
+            let shared = client::Shared::with_waiters(map);
+            client::read_replies(rd, shared, "fuzz".into()).await;
         })
     })
 }

@@ -2,12 +2,18 @@
 //!
 //! Throughput across latency comes from many channels (OpenSSH gives each a
 //! 2 MiB window) and many requests in flight; logins are few and paced so
-//! sshd's MaxStartups is never tripped. When a connection dies, [`Pool::session`]
-//! reconnects with exponential backoff and jitter until the retry deadline,
-//! while sessions on the other connections keep working.
+//! sshd's MaxStartups is never tripped.
+//!
+//! When a connection dies (closed, or a request on it went unanswered),
+//! everything in flight on all its channels fails at once, to be re-issued
+//! on live sessions. When no live session is left, that outage has one
+//! deadline (`retry_for` from its start): [`Pool::repair`] reconnects with
+//! exponential backoff and jitter, each attempt bounded by what remains,
+//! and past it every caller gets the same "not re-established" error at once.
+//! Lost connections are replaced in the background while others still work.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::client::Sftp;
@@ -59,7 +65,20 @@ pub struct Pool {
     refused_more: std::sync::atomic::AtomicBool,
     /// A channel opening for a large listing (see [`Pool::widen_for_listing`]).
     widening: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// When the current outage (no live session) must end; `None` while
+    /// sessions live. One deadline however many callers wait on it.
+    outage: Mutex<Option<Instant>>,
+    /// Why the pool gave up (an outage outlived `retry_for`), once it has.
+    lost: Mutex<Option<Error>>,
+    /// Connections lost and not yet replaced, and whether a task replaces them.
+    to_replace: AtomicUsize,
+    replacing: AtomicBool,
+    me: Weak<Pool>,
 }
+
+/// Connecting, the key exchange, logging in and opening channels: a bound
+/// on one attempt beyond the TCP connect itself.
+const LOGIN_LIMIT: Duration = Duration::from_secs(30);
 
 impl Pool {
     /// Opens the first connection with one SFTP channel (errors here are
@@ -81,7 +100,7 @@ impl Pool {
         opts: PoolOptions,
         work: impl std::future::Future<Output = bool> + Send + 'static,
     ) -> Result<Arc<Pool>, Error> {
-        let pool = Arc::new(Pool {
+        let pool = Arc::new_cyclic(|me| Pool {
             target,
             opts,
             links: Mutex::new(Vec::new()),
@@ -94,6 +113,11 @@ impl Pool {
             early: Mutex::new(None),
             refused_more: Default::default(),
             widening: Mutex::new(None),
+            outage: Mutex::new(None),
+            lost: Mutex::new(None),
+            to_replace: AtomicUsize::new(0),
+            replacing: AtomicBool::new(false),
+            me: me.clone(),
         });
         let (handshake, took) = tokio::sync::oneshot::channel();
         let early = pool.clone();
@@ -109,7 +133,18 @@ impl Pool {
                 early.more_connections(1, wanted, channels).await;
             })
         });
-        let first = match pool.open_link(1, Some(handshake)).await {
+        let first = match pool.open_link(1, Some(handshake), None).await {
+            Ok(l) => Ok(l),
+            // The link dropped during the login (something answered, then
+            // went away): log in again within --retry-for. A host that does
+            // not answer at all, or refuses us, is reported at once.
+            Err(e) if e.is_connection() => {
+                let deadline = Instant::now() + pool.opts.retry_for;
+                pool.reconnect_until(1, deadline, e).await
+            }
+            Err(e) => Err(e),
+        };
+        let first = match first {
             Ok(l) => l,
             Err(e) => {
                 pool.stop_early();
@@ -246,7 +281,8 @@ impl Pool {
         while have < wanted && !self.refused_more.load(Ordering::Relaxed) {
             let batch = (wanted - have).min(4);
             let opened =
-                futures::future::join_all((0..batch).map(|_| self.open_link(channels, None))).await;
+                futures::future::join_all((0..batch).map(|_| self.open_link(channels, None, None)))
+                    .await;
             let mut failed = None;
             for r in opened {
                 match r {
@@ -289,19 +325,22 @@ impl Pool {
         self.notes.lock().unwrap().push(s);
     }
 
-    /// Opens one connection and its channels, bounded in time: a handshake
-    /// through a link that died mid-way must not hang the run.
+    /// Opens one connection and its channels, bounded in time (and by
+    /// `within` when given): a handshake through a link that died mid-way
+    /// must not hang the run.
     async fn open_link(
         &self,
         channels: usize,
         handshake: Option<tokio::sync::oneshot::Sender<Duration>>,
+        within: Option<Duration>,
     ) -> Result<Link, Error> {
         let limit = self
             .target
             .config
             .connect_timeout
             .unwrap_or(Duration::from_secs(30))
-            + Duration::from_secs(30);
+            + LOGIN_LIMIT;
+        let limit = within.map_or(limit, |w| w.min(limit));
         let opened = async {
             let conn = if self.target.ssh_program.is_some() {
                 None
@@ -362,17 +401,7 @@ impl Pool {
             }
         }
         if let Some(conn) = &conn {
-            // Requests in flight on a connection that died must fail at once,
-            // not wait out their timeout: watch it and retire its sessions.
-            let (conn, watched) = (conn.clone(), sessions.clone());
-            tokio::spawn(async move {
-                while !conn.is_closed() && watched.iter().any(|s| !s.is_dead()) {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                for s in &watched {
-                    s.kill("the SSH connection closed");
-                }
-            });
+            tokio::spawn(watch(conn.clone(), sessions.clone()));
         }
         Ok(Link { conn, sessions })
     }
@@ -420,50 +449,159 @@ impl Pool {
         }
     }
 
-    /// Replaces dead links, with backoff, until the retry deadline passes.
+    /// Drops dead links. When no live session is left, reconnects until
+    /// the outage's deadline ([`PoolOptions::retry_for`] from the moment the
+    /// pool had none), then fails with a [`Error::ConnectionLost`] saying so;
+    /// while other sessions still live, lost connections are replaced in the
+    /// background and this returns at once.
     pub async fn repair(&self) -> Result<(), Error> {
         let _guard = self.repair.lock().await;
-        let dead: usize = {
-            let mut links = self.links.lock().unwrap();
-            let before = links.len();
-            links.retain(|l| {
-                l.sessions.iter().any(|s| !s.is_dead())
-                    && l.conn.as_ref().is_none_or(|c| !c.is_closed())
-            });
-            before - links.len()
-        };
-        if dead == 0 && !self.sessions().is_empty() {
+        let lost_conns = self.prune();
+        if !self.sessions().is_empty() {
+            self.replace_later(lost_conns);
             return Ok(());
         }
-        let deadline = Instant::now() + self.opts.retry_for;
+        let deadline = *self
+            .outage
+            .lock()
+            .unwrap()
+            .get_or_insert_with(|| Instant::now() + self.opts.retry_for);
+        let why = Error::ConnectionLost {
+            peer: self.target.peer(),
+            detail: "no live session left".into(),
+        };
+        match self.reconnect_until(self.shape().1, deadline, why).await {
+            Ok(l) => {
+                *self.outage.lock().unwrap() = None;
+                self.reconnects.fetch_add(1, Ordering::Relaxed);
+                self.links.lock().unwrap().push(l);
+                self.replace_later(lost_conns.saturating_sub(1));
+                Ok(())
+            }
+            Err(e) => {
+                if e.is_connection() {
+                    let mut lost = self.lost.lock().unwrap();
+                    if lost.is_none() {
+                        *lost = Some(copy(&e));
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Why the pool gave up on the connection (an outage outlived
+    /// `retry_for`), if it has: the run then ends as "connection lost".
+    pub fn gave_up(&self) -> Option<Error> {
+        self.lost.lock().unwrap().as_ref().map(copy)
+    }
+
+    /// Removes links with no live session or a closed connection; returns
+    /// how many connections (or `ssh` processes) went with them.
+    fn prune(&self) -> usize {
+        let mut links = self.links.lock().unwrap();
+        let alive = |l: &Link| {
+            l.sessions.iter().any(|s| !s.is_dead())
+                && l.conn.as_ref().is_none_or(|c| !c.is_closed())
+        };
+        let mut gone: Vec<*const Connection> = Vec::new();
+        let mut count = 0;
+        for l in links.iter().filter(|l| !alive(l)) {
+            match &l.conn {
+                Some(c) if !gone.contains(&Arc::as_ptr(c)) => {
+                    gone.push(Arc::as_ptr(c));
+                    // A connection counts once, whichever of its links goes last.
+                    if !links
+                        .iter()
+                        .any(|o| alive(o) && o.conn.as_ref().is_some_and(|x| Arc::ptr_eq(x, c)))
+                    {
+                        count += 1;
+                    }
+                }
+                Some(_) => {}
+                None => count += 1,
+            }
+        }
+        links.retain(alive);
+        count
+    }
+
+    /// Logs in again (with `channels` channels) until `deadline`, with
+    /// backoff and jitter, each attempt bounded by the time left. `first`
+    /// is why we are here, reported if no attempt is made.
+    async fn reconnect_until(
+        &self,
+        channels: usize,
+        deadline: Instant,
+        first: Error,
+    ) -> Result<Link, Error> {
         let mut delay = Duration::from_millis(250);
-        let mut last = None;
-        while Instant::now() < deadline {
-            match self.open_link(self.shape().1, None).await {
-                Ok(l) => {
-                    self.reconnects.fetch_add(1, Ordering::Relaxed);
-                    self.links.lock().unwrap().push(l);
-                    return Ok(());
-                }
+        let mut last = first;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            match self.open_link(channels, None, Some(left)).await {
+                Ok(l) => return Ok(l),
                 // A key or host-key problem will not heal by retrying.
-                Err(e @ (Error::Refused { .. } | Error::Connect(_))) if !is_transient(&e) => {
-                    return Err(e)
-                }
-                Err(e) => last = Some(e),
+                Err(e) if !e.is_transient() => return Err(e),
+                Err(e) => last = e,
             }
             // Jitter from the clock's low bits: enough to spread simultaneous retries.
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .unwrap_or_default()
                 .subsec_nanos() as u64;
-            let jitter = nanos % (delay.as_millis() as u64 / 2 + 1);
-            tokio::time::sleep(delay + Duration::from_millis(jitter)).await;
+            let jitter = Duration::from_millis(nanos % (delay.as_millis() as u64 / 2 + 1));
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep((delay + jitter).min(left)).await;
             delay = (delay * 2).min(Duration::from_secs(10));
         }
-        Err(last.unwrap_or_else(|| Error::ConnectionLost {
+        Err(Error::ConnectionLost {
             peer: self.target.peer(),
-            detail: "gave up reconnecting (--retry-for)".into(),
-        }))
+            detail: format!(
+                "not re-established within --retry-for {:?} (last: {last}); rerun to resume, or allow longer with --retry-for",
+                self.opts.retry_for
+            ),
+        })
+    }
+
+    /// Replaces `n` more lost connections in the background (one task at a
+    /// time), each within `retry_for`; the run goes on meanwhile.
+    fn replace_later(&self, n: usize) {
+        if n == 0 || self.refused_more.load(Ordering::Relaxed) {
+            return;
+        }
+        self.to_replace.fetch_add(n, Ordering::Relaxed);
+        if self.replacing.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let Some(pool) = self.me.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            while pool.to_replace.load(Ordering::Relaxed) > 0 {
+                let deadline = Instant::now() + pool.opts.retry_for;
+                let why = Error::ConnectionLost {
+                    peer: pool.target.peer(),
+                    detail: "replacing a lost connection".into(),
+                };
+                match pool.reconnect_until(pool.shape().1, deadline, why).await {
+                    Ok(l) => {
+                        pool.reconnects.fetch_add(1, Ordering::Relaxed);
+                        pool.links.lock().unwrap().push(l);
+                        *pool.outage.lock().unwrap() = None;
+                        pool.to_replace.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        pool.note(format!("a lost connection was not replaced: {e}"));
+                        pool.to_replace.store(0, Ordering::Relaxed);
+                    }
+                }
+            }
+            pool.replacing.store(false, Ordering::Relaxed);
+        });
     }
 
     pub async fn close(&self) {
@@ -478,8 +616,9 @@ impl Pool {
             .drain(..)
             .filter_map(|l| l.conn)
             .collect();
+        // A frozen link must not hold up the end of the run.
         for c in conns {
-            c.close().await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), c.close()).await;
         }
     }
 
@@ -488,13 +627,48 @@ impl Pool {
     }
 }
 
-fn is_transient(e: &Error) -> bool {
-    match e {
-        Error::Connect(m) => {
-            m.starts_with("cannot connect")
-                || m.starts_with("SSH handshake")
-                || m.contains("timed out")
+/// Watches one link's sessions on `conn`: when the connection closes, or a
+/// request on any of its channels goes unanswered (the connection is then
+/// declared dead), every session on it ends at once, so that what was in
+/// flight fails now and is re-issued elsewhere rather than waiting out its
+/// timeout. Russh reports a closed connection only by polling.
+async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
+    let why = loop {
+        if conn.is_closed() {
+            break "the SSH connection closed";
         }
-        _ => e.is_connection(),
+        if sessions.iter().any(|s| s.link_failed()) {
+            conn.abandon();
+            break "another channel of its SSH connection went unanswered";
+        }
+        if sessions.iter().all(|s| s.is_dead()) {
+            return;
+        }
+        // Only sessions still live: an ended one would wake this at once, forever.
+        let live = sessions.iter().filter(|s| !s.is_dead());
+        let any_ended = futures::future::select_all(live.map(|s| Box::pin(s.ended())));
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            _ = any_ended => {}
+        }
+    };
+    for s in &sessions {
+        s.kill(why);
+    }
+}
+
+/// A copy of a connection error (errors are not `Clone`: they may carry
+/// sources elsewhere); other kinds keep their message.
+fn copy(e: &Error) -> Error {
+    match e {
+        Error::ConnectionLost { peer, detail } => Error::ConnectionLost {
+            peer: peer.clone(),
+            detail: detail.clone(),
+        },
+        Error::Timeout { peer, after } => Error::Timeout {
+            peer: peer.clone(),
+            after: *after,
+        },
+        e => Error::Connect(e.to_string()),
     }
 }
