@@ -87,13 +87,17 @@ fn cut_at(
     })
 }
 
+/// A cut is a lost connection, not a server's limit on channels (the
+/// testbed's sshd allows 20 sessions; runs below pass -v to show notes).
 #[track_caller]
 fn assert_not_misdescribed(r: &Ran) {
-    assert!(
-        !r.stderr().contains("MaxSessions"),
-        "a cut reported as a MaxSessions refusal: {}",
-        r.stderr()
-    );
+    for limit in ["MaxSessions", "server allowed"] {
+        assert!(
+            !r.stderr().contains(limit),
+            "a cut reported as a channel limit: {}",
+            r.stderr()
+        );
+    }
 }
 
 #[test]
@@ -115,7 +119,7 @@ fn pull_recovers_from_cuts_during_login() {
             &t.path().join(format!("state{k}")),
             &src,
             &dest,
-            &["--retry-for", "60s", "--connections", "1"],
+            &["--retry-for", "60s", "--connections", "1", "-v"],
         ));
         proxy.cut_when_up_exceeds(u64::MAX);
         assert_eq!(
@@ -146,7 +150,7 @@ fn pull_recovers_from_a_cut_during_listing() {
         &t.path().join("state"),
         &src,
         &dest,
-        &["--retry-for", "60s"],
+        &["--retry-for", "60s", "-v"],
     ));
     assert_eq!(proxy.stats().cuts, 1);
     assert_eq!(r.code(), 0, "{}", r.stderr());
@@ -201,7 +205,7 @@ fn a_link_that_stays_down_ends_with_exit_30() {
                 true
             })
         };
-        let extra = ["--retry-for", "4s", "--timeout", "4s", "--json"];
+        let extra = ["--retry-for", "4s", "--timeout", "4s", "-v"];
         let state = t.path().join(format!("state{k}"));
         let mut cmd = if pull {
             pull_cmd(&cfg, &state, &from, &to, &extra)
@@ -321,6 +325,7 @@ fn a_cut_with_many_small_files_in_flight_does_not_wait_out_the_timeout() {
         "2",
         "--channels",
         "4",
+        "-v",
     ];
     for (k, pull) in [false, true].into_iter().enumerate() {
         let (src, dest): (PathBuf, PathBuf) = if pull {

@@ -1145,6 +1145,86 @@ mod tests {
         assert!(reply(&[proto::FXP_DATA, 0, 0]).await.is_err());
     }
 
+    /// A server that answers the session's opening requests (INIT and the
+    /// STAT that times the link), then never answers again; it keeps
+    /// reading only when `drain`, else its link fills and stalls.
+    async fn silent_server(drain: bool, request_timeout: Duration) -> Arc<Sftp> {
+        let (client, mut server) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            async fn packet(s: &mut tokio::io::DuplexStream) -> Vec<u8> {
+                let mut head = [0u8; 4];
+                s.read_exact(&mut head).await.unwrap();
+                let mut body = vec![0; u32::from_be_bytes(head) as usize];
+                s.read_exact(&mut body).await.unwrap();
+                body
+            }
+            packet(&mut server).await;
+            let version = Packet::new(proto::FXP_VERSION, 3).finish();
+            server.write_all(&version).await.unwrap();
+            let stat = packet(&mut server).await;
+            let id = u32::from_be_bytes(stat[1..5].try_into().unwrap());
+            let ok = Packet::new(proto::FXP_STATUS, id).u32(0).finish();
+            server.write_all(&ok).await.unwrap();
+            if drain {
+                let _ = tokio::io::copy(&mut server, &mut tokio::io::sink()).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        });
+        let opts = SessionOptions {
+            request_timeout,
+            ..SessionOptions::default()
+        };
+        Arc::new(Sftp::start(client, "test", opts).await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_request_timing_out_fails_everything_in_flight_at_once() {
+        let s = silent_server(true, Duration::from_secs(2)).await;
+        let first = tokio::spawn({
+            let s = s.clone();
+            async move { s.stat(b"first").await }
+        });
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let later: Vec<_> = (0..10)
+            .map(|_| {
+                let s = s.clone();
+                tokio::spawn(async move { s.stat(b"later").await })
+            })
+            .collect();
+        assert!(matches!(first.await.unwrap(), Err(Error::Timeout { .. })));
+        // Sent a second later, they end with the first's timeout, not their own.
+        for r in later {
+            let e = r.await.unwrap().unwrap_err();
+            assert!(matches!(e, Error::ConnectionLost { .. }), "{e}");
+        }
+        assert!(s.link_failed());
+    }
+
+    #[tokio::test]
+    async fn an_ended_session_frees_callers_stuck_behind_a_stalled_link() {
+        // A request timeout far beyond the test's bound: only ending the
+        // session can free callers queued behind a writer that cannot write.
+        let s = silent_server(false, Duration::from_secs(600)).await;
+        let data = Bytes::from(vec![7u8; 32 * 1024]);
+        let writes: Vec<_> = (0..200u64)
+            .map(|i| {
+                let (s, data) = (s.clone(), data.clone());
+                tokio::spawn(async move { s.write(b"h", i * 32 * 1024, data).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        s.kill("the SSH connection closed");
+        let all = futures::future::join_all(writes);
+        let done = tokio::time::timeout(Duration::from_secs(20), all)
+            .await
+            .expect("callers still stuck after the session ended");
+        for r in done {
+            let e = r.unwrap().unwrap_err();
+            assert!(matches!(e, Error::ConnectionLost { .. }), "{e}");
+        }
+    }
+
     #[tokio::test]
     async fn a_body_cut_short_is_an_io_error() {
         let body = data_body(1, 10, b"0123456789", b"");

@@ -129,3 +129,45 @@ impl Error {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retrying_is_decided_by_variant() {
+        let peer = || "u@h:22".to_string();
+        let lost = Error::ConnectionLost {
+            peer: peer(),
+            detail: "x".into(),
+        };
+        let timeout = Error::Timeout {
+            peer: peer(),
+            after: Duration::from_secs(1),
+        };
+        for e in [&lost, &timeout, &Error::Unreachable("x".into())] {
+            assert!(e.is_transient(), "{e}");
+        }
+        // Worded like a transient failure, but a final one: the text does not count.
+        let refused = Error::ChannelRefused {
+            peer: peer(),
+            detail: "timed out".into(),
+        };
+        for e in [
+            &refused,
+            &Error::Connect("cannot connect: timed out".into()),
+        ] {
+            assert!(!e.is_transient(), "{e}");
+        }
+        assert!(!Error::Unreachable("x".into()).is_connection());
+    }
+
+    #[test]
+    fn a_dropped_link_is_not_a_refusal() {
+        assert!(russh_lost(&russh::Error::Disconnect));
+        assert!(russh_lost(&russh::Error::SendError));
+        assert!(!russh_lost(&russh::Error::ChannelOpenFailure(
+            russh::ChannelOpenFailure::AdministrativelyProhibited
+        )));
+    }
+}

@@ -253,9 +253,11 @@ impl Pool {
             if channels > on_first && on_first > 0 {
                 match self.extend_link(conn, channels - on_first, on_first).await {
                     Ok(l) => self.links.lock().unwrap().push(l),
-                    Err(e) => self.note(format!(
-                        "server allowed 1 SFTP channel per connection, not {channels} ({e})"
-                    )),
+                    // A refusal is noted by extend_link; a drop is news of its own.
+                    Err(e) if e.is_transient() => {
+                        self.note(format!("could not open more channels: {e}"))
+                    }
+                    Err(_) => {}
                 }
             }
         };
@@ -302,17 +304,29 @@ impl Pool {
         }
     }
 
-    /// Distinct SSH connections now (extra channels form links of their own).
+    /// Distinct live SSH connections now (extra channels form links of their own).
     fn connections(&self) -> usize {
         let mut seen: Vec<*const Connection> = Vec::new();
         for l in self.links.lock().unwrap().iter() {
-            if let Some(c) = &l.conn {
+            if let Some(c) = l.conn.as_ref().filter(|c| !c.is_closed()) {
                 if !seen.contains(&Arc::as_ptr(c)) {
                     seen.push(Arc::as_ptr(c));
                 }
             }
         }
         seen.len()
+    }
+
+    /// Connections now, counting each `ssh` program (no connection of ours) as one.
+    fn live_links(&self) -> usize {
+        let ssh_programs = self
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.conn.is_none())
+            .count();
+        self.connections() + ssh_programs
     }
 
     fn stop_early(&self) {
@@ -380,24 +394,25 @@ impl Pool {
         }))
         .await;
         let mut sessions = Vec::new();
-        let mut refused = None;
+        let mut failed = None;
         for r in opened {
             match r {
                 Ok(s) => sessions.push(Arc::new(s)),
-                Err(e) => refused = Some(e),
+                Err(e) => failed = Some(e),
             }
         }
-        if let Some(e) = refused {
-            if sessions.is_empty() && already == 0 {
-                return Err(e);
+        if let Some(e) = failed {
+            // Only the server's refusal says how many channels it allows; a
+            // connection that dropped meanwhile says nothing of the kind.
+            if !e.is_transient() && sessions.len() + already > 0 {
+                self.note(format!(
+                    "server allowed {} SFTP channel(s) per connection, not {} ({e})",
+                    sessions.len() + already,
+                    self.shape().1
+                ));
             }
-            self.note(format!(
-                "server allowed {} SFTP channel(s) per connection, not {} ({e})",
-                sessions.len() + already,
-                self.shape().1
-            ));
             if sessions.is_empty() {
-                return Err(Error::Connect("no further channels".into()));
+                return Err(e);
             }
         }
         if let Some(conn) = &conn {
@@ -458,6 +473,8 @@ impl Pool {
         let _guard = self.repair.lock().await;
         let lost_conns = self.prune();
         if !self.sessions().is_empty() {
+            // Whatever outage there was is over (sessions came back some other way).
+            *self.outage.lock().unwrap() = None;
             self.replace_later(lost_conns);
             return Ok(());
         }
@@ -570,7 +587,9 @@ impl Pool {
     /// Replaces `n` more lost connections in the background (one task at a
     /// time), each within `retry_for`; the run goes on meanwhile.
     fn replace_later(&self, n: usize) {
-        if n == 0 || self.refused_more.load(Ordering::Relaxed) {
+        // (Even after a refused further login: this only restores a count
+        // the server accepted.)
+        if n == 0 {
             return;
         }
         self.to_replace.fetch_add(n, Ordering::Relaxed);
@@ -582,6 +601,11 @@ impl Pool {
         };
         tokio::spawn(async move {
             while pool.to_replace.load(Ordering::Relaxed) > 0 {
+                // Repairs of an outage meanwhile may have replaced some already.
+                if pool.live_links() >= pool.shape().0 {
+                    pool.to_replace.store(0, Ordering::Relaxed);
+                    break;
+                }
                 let deadline = Instant::now() + pool.opts.retry_for;
                 let why = Error::ConnectionLost {
                     peer: pool.target.peer(),
