@@ -108,11 +108,23 @@ fn pull_recovers_from_cuts_during_login() {
     let proxy = Proxy::start(sshd.port);
     let cfg = via_proxy(&sshd, &proxy);
     let t = tempdir();
-    // Key exchange, then authentication, then the first channel: each stage of
-    // a login cut once (the proxy cuts when the client's bytes pass the mark).
-    for (k, mark) in [400u64, 1_500, 2_600, 3_600].into_iter().enumerate() {
+    // What the client sends to log in, start SFTP and list an empty tree
+    // (under 2 KB): cuts at fractions of it fall in the key exchange, the
+    // authentication, the channel's opening and SFTP's start.
+    let empty = sshd.mkdir("empty");
+    run_bounded(&mut pull_cmd(
+        &cfg,
+        &t.path().join("state-empty"),
+        &empty,
+        &t.path().join("dest-empty"),
+        &["--connections", "1"],
+    ))
+    .success();
+    let login = proxy.stats().up;
+    for (k, frac) in [0.05, 0.25, 0.45, 0.65, 0.8, 0.9].into_iter().enumerate() {
         let dest = t.path().join(format!("dest{k}"));
         let before = proxy.stats().cuts;
+        let mark = (login as f64 * frac) as u64;
         proxy.cut_when_up_exceeds(proxy.stats().up + mark);
         let r = run_bounded(&mut pull_cmd(
             &cfg,
@@ -127,7 +139,12 @@ fn pull_recovers_from_cuts_during_login() {
             before + 1,
             "the cut at {mark} bytes did not happen"
         );
-        assert_eq!(r.code(), 0, "cut at {mark} up bytes: {}", r.stderr());
+        assert_eq!(
+            r.code(),
+            0,
+            "cut at {mark} of {login} bytes: {}",
+            r.stderr()
+        );
         assert_not_misdescribed(&r);
         assert_same_tree(&src, &dest);
         assert!(temp_files(&dest).is_empty());

@@ -116,7 +116,7 @@ pub struct Args {
     /// SFTP channels per connection [default: 8; 2 to a host under 2 ms away].
     #[arg(long, value_name = "M")]
     pub channels: Option<usize>,
-    /// Keep reconnecting this long after the link drops (e.g. 30s, 10m, 1h).
+    /// Keep reconnecting this long once no connection works, then exit 30 (e.g. 30s, 10m, 1h).
     #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
     pub retry_for: Duration,
     /// Give up on a request the server has not answered in this long (e.g. 60s, 5m).

@@ -139,6 +139,7 @@ impl Pool {
             // went away): log in again within --retry-for. A host that does
             // not answer at all, or refuses us, is reported at once.
             Err(e) if e.is_connection() => {
+                pool.note(format!("{e}; logging in again"));
                 let deadline = Instant::now() + pool.opts.retry_for;
                 pool.reconnect_until(1, deadline, e).await
             }
