@@ -20,6 +20,11 @@ const WATCHDOG: Duration = Duration::from_secs(120);
 
 /// Runs `cmd`, SIGKILLing it after [`WATCHDOG`] (its exit code is then -1).
 fn run_bounded(cmd: &mut Command) -> Ran {
+    run_within(cmd, WATCHDOG)
+}
+
+/// Runs `cmd`, SIGKILLing it after `watchdog` (its exit code is then -1).
+fn run_within(cmd: &mut Command, watchdog: Duration) -> Ran {
     let child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -30,7 +35,7 @@ fn run_bounded(cmd: &mut Command) -> Ran {
     let watchdog = {
         let done = done.clone();
         std::thread::spawn(move || {
-            let until = Instant::now() + WATCHDOG;
+            let until = Instant::now() + watchdog;
             while !done.load(Ordering::Relaxed) && Instant::now() < until {
                 std::thread::sleep(Duration::from_millis(50));
             }
@@ -148,6 +153,62 @@ fn pull_recovers_from_cuts_during_login() {
         assert_not_misdescribed(&r);
         assert_same_tree(&src, &dest);
         assert!(temp_files(&dest).is_empty());
+    }
+}
+
+#[test]
+fn push_recovers_from_cuts_during_login_and_setup() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let proxy = Proxy::start(sshd.port);
+    let cfg = via_proxy(&sshd, &proxy);
+    // What the client sends to log in, start SFTP, prepare and list an
+    // empty destination: cuts at fractions of it fall in every step before
+    // the transfers.
+    let empty = t.path().join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    run_bounded(&mut push_cmd(
+        &cfg,
+        &t.path().join("state-empty"),
+        &empty,
+        &sshd.mkdir("dest-empty"),
+        &["--connections", "1"],
+    ))
+    .success();
+    let setup = proxy.stats().up;
+    for (k, frac) in [0.05, 0.25, 0.45, 0.65, 0.8, 0.9, 0.97]
+        .into_iter()
+        .enumerate()
+    {
+        let dest = sshd.mkdir(&format!("dest{k}"));
+        let before = proxy.stats().cuts;
+        let mark = (setup as f64 * frac) as u64;
+        proxy.cut_when_up_exceeds(proxy.stats().up + mark);
+        // A run of under a second here; -v waits up to 60 s for channels
+        // still opening at the end, so channel opens stuck on the dead
+        // connection (as russh leaves them) would trip this watchdog.
+        let r = run_within(
+            &mut push_cmd(
+                &cfg,
+                &t.path().join(format!("state{k}")),
+                &src,
+                &dest,
+                &["--retry-for", "60s", "--connections", "1", "-v"],
+            ),
+            Duration::from_secs(45),
+        );
+        proxy.cut_when_up_exceeds(u64::MAX);
+        assert_eq!(proxy.stats().cuts, before + 1, "no cut at {mark} bytes");
+        assert_eq!(
+            r.code(),
+            0,
+            "cut at {mark} of {setup} bytes: {}",
+            r.stderr()
+        );
+        assert_not_misdescribed(&r);
+        assert_same_final_names(&src, &dest);
     }
 }
 

@@ -377,10 +377,12 @@ async fn push_run(
         (tree, entries)
     });
 
+    let remote_root = on_session(&pool, |s| async move {
+        remote::expand_home(&s, remote_path).await
+    })
+    .await
+    .map_err(transport_failure)?;
     let session = pool.session().await.map_err(transport_failure)?;
-    let remote_root = remote::expand_home(&session, remote_path)
-        .await
-        .map_err(transport_failure)?;
     let manifest_remote = join(&remote_root, b".robosync/manifest");
     // Destination, listing and manifest copy at once: each is a few round
     // trips, and a missing destination just lists empty.
@@ -645,8 +647,9 @@ pub async fn list_remote(pool: &Arc<Pool>, root: &[u8]) -> Result<remote::Listin
     on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES)).await
 }
 
-/// Runs `op`, which changes nothing on the server, on a live session; when
-/// the link drops meanwhile, runs it again once the pool has reconnected.
+/// Runs `op`, which must be safe to repeat (it reads, or its changes are
+/// idempotent), on a live session; when the link drops meanwhile, runs it
+/// again once the pool has reconnected.
 /// Gives up when reconnecting does (see [`Pool::repair`]) or after
 /// [`RESTARTS`] drops in one operation.
 pub async fn on_session<T, F, Fut>(pool: &Pool, op: F) -> Result<T, Error>

@@ -770,8 +770,29 @@ impl Connection {
         }
     }
 
-    /// Opens one SFTP session on a new channel of this connection.
+    /// Opens one SFTP session on a new channel of this connection, within
+    /// the request timeout. Russh leaves a channel opening on a connection
+    /// that died waiting forever (seen: a cut while channels opened held
+    /// the pool's growth for good), so the connection is watched meanwhile.
     pub async fn open_sftp(&self, opts: SessionOptions) -> Result<Sftp, Error> {
+        let limit = opts.request_timeout;
+        let closed = async {
+            while !self.is_closed() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            opened = tokio::time::timeout(limit, self.open_sftp_now(opts)) => {
+                opened.unwrap_or_else(|_| Err(Error::Timeout { peer: self.peer.clone(), after: limit }))
+            }
+            _ = closed => Err(Error::ConnectionLost {
+                peer: self.peer.clone(),
+                detail: "closed while opening a channel".into(),
+            }),
+        }
+    }
+
+    async fn open_sftp_now(&self, opts: SessionOptions) -> Result<Sftp, Error> {
         // Only the server's answer is a refusal; a connection that died
         // under the request is a lost connection (worth a reconnect).
         let mut channel = self
