@@ -523,7 +523,16 @@ impl Push {
         self.with_session(|s| {
             let (abs, times) = (abs.clone(), times.clone());
             async move {
-                s.symlink(target.as_os_str().as_bytes(), &abs).await?;
+                let target = target.as_os_str().as_bytes();
+                if let Err(e) = s.symlink(target, &abs).await {
+                    // Re-issued after a lost connection, it meets the link
+                    // the first attempt made (only its reply was lost).
+                    let made = e.status_code().is_some()
+                        && s.readlink(&abs).await.is_ok_and(|t| t == target);
+                    if !made {
+                        return Err(e);
+                    }
+                }
                 // The link's own mtime, as rsync -a keeps it (lsetstat does
                 // not follow the link; servers without it keep the time of
                 // creation, as SFTP v3 has no other way).
