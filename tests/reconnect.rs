@@ -166,9 +166,9 @@ fn push_recovers_from_cuts_during_login_and_setup() {
     let cfg = via_proxy(&sshd, &proxy);
     // What the client sends to log in, start SFTP, prepare and list an
     // empty destination. Cuts in the login (up to about half of it), in the
-    // listing, and as the extra channels open (0.99 and past). Not yet: a
-    // cut in the flight that takes the destination's lease (about 0.7: its
-    // EXCL open is not safe to repeat as it is), which still ends the run.
+    // flight that takes the destination's lease (about 0.6-0.75: a retry
+    // must know the lease its lost attempt made), in the listing, and as
+    // the extra channels open (0.99 and past).
     let empty = t.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
     run_bounded(&mut push_cmd(
@@ -180,9 +180,11 @@ fn push_recovers_from_cuts_during_login_and_setup() {
     ))
     .success();
     let setup = proxy.stats().up;
-    for (k, frac) in [0.05, 0.25, 0.45, 0.8, 0.9, 0.99, 1.01, 1.1]
-        .into_iter()
-        .enumerate()
+    for (k, frac) in [
+        0.05, 0.25, 0.45, 0.6, 0.65, 0.7, 0.75, 0.8, 0.9, 0.99, 1.01, 1.1,
+    ]
+    .into_iter()
+    .enumerate()
     {
         let dest = sshd.mkdir(&format!("dest{k}"));
         let before = proxy.stats().cuts;

@@ -39,7 +39,7 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Pool, Sftp};
 
 use crate::endpoint::join;
-use crate::sync::{fail, now_unix, Failure, EXIT_GUARD, EXIT_PARTIAL};
+use crate::sync::{fail, now_unix, Failure, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL};
 
 /// How often a held remote lease's mtime is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -60,17 +60,23 @@ pub struct Holder {
 }
 
 impl Holder {
+    /// This run, the same for every call in one process: a retry after a
+    /// lost connection must recognise the lease its first attempt made.
     fn me() -> Holder {
-        use std::hash::{BuildHasher, Hasher};
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u32(std::process::id());
-        h.write_i64(now_unix());
-        Holder {
-            host: hostname(),
-            pid: std::process::id(),
-            since: now_unix(),
-            run: h.finish(),
-        }
+        static ME: std::sync::OnceLock<Holder> = std::sync::OnceLock::new();
+        ME.get_or_init(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u32(std::process::id());
+            h.write_i64(now_unix());
+            Holder {
+                host: hostname(),
+                pid: std::process::id(),
+                since: now_unix(),
+                run: h.finish(),
+            }
+        })
+        .clone()
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -243,13 +249,19 @@ pub async fn take_remote(
     let shown = String::from_utf8_lossy(&path).into_owned();
     let me = Holder::me();
     let mine = me.encode();
+    // A lost connection is the caller's to retry on a new session.
     let cannot = |e: robosync_transport::Error| {
         fail(
-            EXIT_PARTIAL,
+            if e.is_connection() {
+                EXIT_LOST
+            } else {
+                EXIT_PARTIAL
+            },
             format!("cannot take the lease {shown} on {label}: {e}"),
         )
     };
-    for _ in 0..3 {
+    let mut waited_on_empty = false;
+    for _ in 0..4 {
         let handle = match opened.take() {
             Some(Ok(h)) => Ok(h),
             // Sent before `.robosync` existed: again, now that it does.
@@ -284,10 +296,26 @@ pub async fn take_remote(
             Err(e) if e.status_code() == Some(proto::FX_NO_SUCH_FILE) => continue,
             Err(e) => return Err(cannot(e)),
         };
+        // Ours already: an attempt on a connection that dropped made it,
+        // and only its reply was lost.
+        if content.as_deref() == Some(&mine[..]) {
+            let _ = s.remove(&path).await;
+            continue;
+        }
+        // Empty: made and not yet written, by a run that may be writing it
+        // now, or by our own attempt whose connection dropped in between.
+        // Stale if it stays so.
+        if content.as_deref().is_some_and(<[u8]>::is_empty) && !waited_on_empty {
+            waited_on_empty = true;
+            tokio::time::sleep(EMPTY_GRACE).await;
+            continue;
+        }
+        let empty = content.as_deref().is_some_and(<[u8]>::is_empty);
         let holder = content.as_deref().and_then(Holder::decode);
         let refreshed = attrs.times.map(|(_, m)| now_unix() - i64::from(m));
         let stale = refreshed.is_some_and(|s| s > STALE_AFTER.as_secs() as i64)
-            || holder.as_ref().is_some_and(Holder::is_dead_here);
+            || holder.as_ref().is_some_and(Holder::is_dead_here)
+            || empty;
         if !stale {
             return Err(busy(label, holder.as_ref(), refreshed, &shown));
         }
@@ -313,6 +341,10 @@ pub async fn take_remote(
         format!("the lease {shown} on {label} keeps changing hands; try again later"),
     ))
 }
+
+/// How long an empty lease may stay empty before it counts as abandoned: a
+/// run writes its lease one round trip after creating it.
+const EMPTY_GRACE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Touches the lease every [`REFRESH`] while the run goes.
 async fn refresh(pool: Arc<Pool>, path: Vec<u8>, confirmed: Arc<AtomicI64>) {

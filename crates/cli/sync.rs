@@ -395,58 +395,18 @@ async fn push_run(
                 }
                 return Ok::<_, Failure>(None);
             }
-            // One flight: the destination, robosync's state directory in it
-            // (where the manifest copy goes), and a check of what is there.
-            // MKDIRs fail harmlessly when the directories exist.
-            let state = join(&remote_root, remote::STATE_DIR);
-            let plain = Default::default();
-            // robosync's state there lists every path, size and hash: 0700,
-            // and an existing directory tightened (in the same flight).
-            let private = private_attrs(0o700);
-            // The lease's EXCL open and the REALPATH go in the same flight,
-            // after the MKDIRs (one channel's requests are answered in order).
-            let (_, _, _, there, opened, real) = futures::join!(
-                session.mkdir(&remote_root, &plain),
-                session.mkdir(&state, &private),
-                session.setstat(&state, &private),
-                session.lstat(&remote_root),
-                crate::lease::open_excl(&session, &remote_root),
-                session.realpath(&remote_root)
-            );
-            let mut real = real;
-            if !there.is_ok_and(|a| a.is_dir()) {
-                // Missing parents, or not a directory: the careful way, with its errors.
-                if let Err(e) = push::mkdir_p(&session, &remote_root).await {
-                    if let Ok(h) = &opened {
-                        // An empty lease of ours must not stay behind.
-                        session.close_detached(h);
-                        let _ = session.remove(&join(&remote_root, b".robosync/lock")).await;
+            // Again on a new session when the link drops meanwhile: the
+            // MKDIRs are idempotent, and the lease knows its own.
+            let mut s = session.clone();
+            loop {
+                match prepare_destination(&pool, &s, &remote_root, &state_dir, dest_label).await {
+                    Err(f) if f.code == EXIT_LOST => {
+                        pool.repair().await.map_err(transport_failure)?;
+                        s = pool.session().await.map_err(transport_failure)?;
                     }
-                    return Err(fail(
-                        EXIT_PARTIAL,
-                        format!("cannot create destination: {e}"),
-                    ));
+                    r => return r.map(Some),
                 }
-                let _ = session.mkdir(&state, &private).await;
-                real = session.realpath(&remote_root).await;
             }
-            // One run per destination: its lease, and this machine's lock on
-            // its canonical identity (user, host, port, REALPATH).
-            let taken =
-                crate::lease::take_remote(&pool, &session, &remote_root, Some(opened), dest_label)
-                    .await;
-            crate::lease::HELD.hold(taken?);
-            let real =
-                real.map_err(|e| fail(EXIT_PARTIAL, format!("cannot resolve destination: {e}")))?;
-            let c = &pool.target().config;
-            let identity = format!(
-                "{}@{}:{}:{}",
-                c.user,
-                c.hostname,
-                c.port,
-                String::from_utf8_lossy(&real)
-            );
-            crate::lease::hold_identity(&state_dir, &identity, dest_label).map(Some)
         },
         list_remote(&pool, &remote_root),
         read_small(&session, &manifest_remote)
@@ -638,6 +598,68 @@ async fn push_run(
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
     run.phase("closed");
     unless_lost(run, &pool, errors)
+}
+
+/// Makes the destination and robosync's state directory in it, takes the
+/// destination's lease and this machine's lock on its canonical identity.
+/// A lost connection is `EXIT_LOST`, for the caller to retry on a new session.
+async fn prepare_destination(
+    pool: &Arc<Pool>,
+    s: &robosync_transport::Sftp,
+    remote_root: &[u8],
+    state_dir: &Path,
+    dest_label: &str,
+) -> Result<std::fs::File, Failure> {
+    let lost_or = |code: i32, what: &str, e: Error| {
+        let code = if e.is_connection() { EXIT_LOST } else { code };
+        fail(code, format!("{what}: {e}"))
+    };
+    // One flight: the destination, robosync's state directory in it
+    // (where the manifest copy goes), and a check of what is there.
+    // MKDIRs fail harmlessly when the directories exist.
+    let state = join(&remote_root, remote::STATE_DIR);
+    let plain = Default::default();
+    // robosync's state there lists every path, size and hash: 0700,
+    // and an existing directory tightened (in the same flight).
+    let private = private_attrs(0o700);
+    // The lease's EXCL open and the REALPATH go in the same flight,
+    // after the MKDIRs (one channel's requests are answered in order).
+    let (_, _, _, there, opened, real) = futures::join!(
+        s.mkdir(&remote_root, &plain),
+        s.mkdir(&state, &private),
+        s.setstat(&state, &private),
+        s.lstat(&remote_root),
+        crate::lease::open_excl(s, &remote_root),
+        s.realpath(&remote_root)
+    );
+    let mut real = real;
+    if !there.is_ok_and(|a| a.is_dir()) {
+        // Missing parents, or not a directory: the careful way, with its errors.
+        if let Err(e) = push::mkdir_p(s, remote_root).await {
+            if let Ok(h) = &opened {
+                // An empty lease of ours must not stay behind.
+                s.close_detached(h);
+                let _ = s.remove(&join(&remote_root, b".robosync/lock")).await;
+            }
+            return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
+        }
+        let _ = s.mkdir(&state, &private).await;
+        real = s.realpath(&remote_root).await;
+    }
+    // One run per destination: its lease, and this machine's lock on
+    // its canonical identity (user, host, port, REALPATH).
+    let taken = crate::lease::take_remote(&pool, s, &remote_root, Some(opened), dest_label).await;
+    crate::lease::HELD.hold(taken?);
+    let real = real.map_err(|e| lost_or(EXIT_PARTIAL, "cannot resolve destination", e))?;
+    let c = &pool.target().config;
+    let identity = format!(
+        "{}@{}:{}:{}",
+        c.user,
+        c.hostname,
+        c.port,
+        String::from_utf8_lossy(&real)
+    );
+    crate::lease::hold_identity(state_dir, &identity, dest_label)
 }
 
 /// Lists the remote tree; when the link drops meanwhile, lists it again
