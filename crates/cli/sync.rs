@@ -617,7 +617,7 @@ async fn prepare_destination(
     // One flight: the destination, robosync's state directory in it
     // (where the manifest copy goes), and a check of what is there.
     // MKDIRs fail harmlessly when the directories exist.
-    let state = join(&remote_root, remote::STATE_DIR);
+    let state = join(remote_root, remote::STATE_DIR);
     let plain = Default::default();
     // robosync's state there lists every path, size and hash: 0700,
     // and an existing directory tightened (in the same flight).
@@ -625,12 +625,12 @@ async fn prepare_destination(
     // The lease's EXCL open and the REALPATH go in the same flight,
     // after the MKDIRs (one channel's requests are answered in order).
     let (_, _, _, there, opened, real) = futures::join!(
-        s.mkdir(&remote_root, &plain),
+        s.mkdir(remote_root, &plain),
         s.mkdir(&state, &private),
         s.setstat(&state, &private),
-        s.lstat(&remote_root),
-        crate::lease::open_excl(s, &remote_root),
-        s.realpath(&remote_root)
+        s.lstat(remote_root),
+        crate::lease::open_excl(s, remote_root),
+        s.realpath(remote_root)
     );
     let mut real = real;
     if !there.is_ok_and(|a| a.is_dir()) {
@@ -639,16 +639,16 @@ async fn prepare_destination(
             if let Ok(h) = &opened {
                 // An empty lease of ours must not stay behind.
                 s.close_detached(h);
-                let _ = s.remove(&join(&remote_root, b".robosync/lock")).await;
+                let _ = s.remove(&join(remote_root, b".robosync/lock")).await;
             }
             return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
         }
         let _ = s.mkdir(&state, &private).await;
-        real = s.realpath(&remote_root).await;
+        real = s.realpath(remote_root).await;
     }
     // One run per destination: its lease, and this machine's lock on
     // its canonical identity (user, host, port, REALPATH).
-    let taken = crate::lease::take_remote(&pool, s, &remote_root, Some(opened), dest_label).await;
+    let taken = crate::lease::take_remote(pool, s, remote_root, Some(opened), dest_label).await;
     crate::lease::HELD.hold(taken?);
     let real = real.map_err(|e| lost_or(EXIT_PARTIAL, "cannot resolve destination", e))?;
     let c = &pool.target().config;
