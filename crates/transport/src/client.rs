@@ -957,6 +957,14 @@ impl Sftp {
                     (Some(x), Some(y)) => {
                         keep(x, &mut out);
                         keep(y, &mut out);
+                        if out.len() > MAX_DIR_ENTRIES {
+                            // A server that never ends a listing would grow
+                            // this forever (memory, then the whole run).
+                            return Err(self.protocol(format!(
+                                "{} lists more than {MAX_DIR_ENTRIES} entries; refusing to read further",
+                                String::from_utf8_lossy(path)
+                            )));
+                        }
                     }
                     (Some(x), None) => {
                         keep(x, &mut out);
@@ -973,6 +981,10 @@ impl Sftp {
         Ok(out)
     }
 }
+
+/// The most entries one directory listing may hold: far beyond any real
+/// directory, well within memory.
+pub const MAX_DIR_ENTRIES: usize = 10_000_000;
 
 /// Reads the VERSION packet, recognising a forced command's text where the
 /// server should have spoken SFTP (e.g. "Command rejected by ...").
