@@ -6,8 +6,9 @@
 //! codes: 0 everything landed; 1 usage or configuration error; 2 could not
 //! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
 //! safety guard (e.g. `--delete` on an empty source), or another run holds
-//! this destination (see `lease.rs`); 23 some entries failed;
-//! 30 connection lost and not recovered within `--retry-for`.
+//! this destination (see `lease.rs`); 20 interrupted; 23 some entries
+//! failed; 30 connection lost and not recovered within `--retry-for`;
+//! 70 internal error.
 
 mod auth_hook;
 mod endpoint;
