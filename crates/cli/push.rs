@@ -947,8 +947,10 @@ impl Push {
             let _ = s.remove(&self.abs(&rel)).await;
             return Err(err);
         }
-        let _ = s.remove(old).await;
-        self.temps.lock().unwrap().remove(old);
+        // Forgotten only once gone: otherwise the run's end removes it.
+        if s.remove(old).await.is_ok() {
+            self.temps.lock().unwrap().remove(old);
+        }
         let digest = e
             .digest
             .as_ref()

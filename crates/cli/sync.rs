@@ -590,8 +590,26 @@ async fn push_run(
         .chain(job.temps.lock().unwrap().drain())
         .filter(|t| !resumable.contains(t))
         .collect();
-    if let Ok(session) = pool.session().await {
-        futures::future::join_all(stale.iter().map(|t| session.remove(t))).await;
+    // Again on a new session if the link drops meanwhile (removing twice is harmless).
+    let cleaned = on_session(&pool, |s| {
+        let stale = &stale;
+        async move {
+            let removed = futures::future::join_all(stale.iter().map(|t| s.remove(t))).await;
+            match removed
+                .into_iter()
+                .find_map(|r| r.err().filter(Error::is_connection))
+            {
+                Some(lost) => Err(lost),
+                None => Ok(()),
+            }
+        }
+    })
+    .await;
+    if let Err(e) = cleaned {
+        run.warn(&format!(
+            "could not remove {} temp file(s) at the destination ({e}); the next run will",
+            stale.len()
+        ));
     }
     crate::lease::HELD.release().await;
     let cache = (!cache_unchanged).then_some(&cache);
