@@ -81,14 +81,14 @@ fn certificate_valid_works_expired_is_explained_expiring_warns() {
 
     // No certificate: the plain key alone is refused.
     let r = run(robosync(&sshd, &t.path().join("s0"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d0"))));
     assert_eq!(r.code(), 2, "{}", r.stderr());
 
     sign_user(&ca, &sshd.client_key, "+1h", &sshd.user);
     let dest = sshd.mkdir("d1");
     run(robosync(&sshd, &t.path().join("s1"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -102,7 +102,7 @@ fn certificate_valid_works_expired_is_explained_expiring_warns() {
     let window = format!("{}:{}", keygen_time(-7200), keygen_time(-3600));
     sign_user(&ca, &sshd.client_key, &window, &sshd.user);
     let r = run(robosync(&sshd, &t.path().join("s2"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d2"))));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("expired"), "{}", r.stderr());
@@ -112,7 +112,7 @@ fn certificate_valid_works_expired_is_explained_expiring_warns() {
     sign_user(&ca, &sshd.client_key, "+30m", &sshd.user);
     let dest = sshd.mkdir("d3");
     let r = run(robosync(&sshd, &t.path().join("s3"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert!(r.stderr().contains("expires in"), "{}", r.stderr());
@@ -152,7 +152,7 @@ fn auth_hook_refreshes_once_under_concurrency() {
             robosync(&sshd, &t.path().join(format!("state{i}")))
                 .arg("--auth-command")
                 .arg(&hook)
-                .arg(&src)
+                .arg(contents(&src))
                 .arg(remote(d))
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
@@ -178,7 +178,7 @@ fn auth_hook_refreshes_once_under_concurrency() {
     run(robosync(&sshd, &t.path().join("state0"))
         .arg("--auth-command")
         .arg(&hook)
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dests[0])))
     .success();
     assert_eq!(fs::read_to_string(&counter).unwrap(), "run\n");
@@ -187,7 +187,7 @@ fn auth_hook_refreshes_once_under_concurrency() {
     let r = run(robosync(&sshd, &t.path().join("state0"))
         .args(["--auth-margin", "3h", "--auth-command"])
         .arg("echo signing service unreachable >&2; exit 7")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dests[0])));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(
@@ -219,7 +219,7 @@ fn auth_hook_from_robosync_config_file() {
     let dest = sshd.mkdir("d");
     run(robosync(&sshd, &t.path().join("s"))
         .env("ROBOSYNC_CONFIG", &conf)
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert!(marker.exists());
@@ -304,7 +304,7 @@ fn agent_key_is_used_and_identities_only_keeps_it_out() {
 
     let dest = sshd.mkdir("d1");
     run(robosync_with(&config("no"), &t.path().join("s1"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -317,7 +317,7 @@ fn agent_key_is_used_and_identities_only_keeps_it_out() {
 
     fs::write(&sshd.sshd_log, "").unwrap();
     let r = run(robosync_with(&config("yes"), &t.path().join("s2"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d2"))));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
@@ -359,7 +359,7 @@ fn proxy_jump_one_and_two_hops() {
     .unwrap();
     let dest = sshd.mkdir("d1");
     run(robosync_with(&one, &t.path().join("s1"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -377,7 +377,7 @@ fn proxy_jump_one_and_two_hops() {
     fs::write(&b1.sshd_log, "").unwrap();
     let dest = sshd.mkdir("d2");
     run(robosync_with(&two, &t.path().join("s2"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -392,7 +392,7 @@ fn push_with_known_hosts(sshd: &Sshd, t: &Path, name: &str, known_hosts: &str) -
         one_file_tree(&src);
     }
     run(robosync(sshd, &t.join(format!("state-{name}")))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir(name))))
 }
 
@@ -449,14 +449,14 @@ fn host_keys_hashed_revoked_changed_unknown() {
     run(robosync(&sshd, &t.path().join("state-accept"))
         .args(["-o", "StrictHostKeyChecking=accept-new"])
         .args(["-o", "HashKnownHosts=yes"])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir("accept"))))
     .success();
     let recorded = fs::read_to_string(&sshd.known_hosts).unwrap();
     assert!(recorded.starts_with("|1|"), "{recorded}");
     assert!(recorded.contains(host_pub.split_whitespace().nth(1).unwrap()));
     run(robosync(&sshd, &t.path().join("state-after"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir("after"))))
     .success();
 }
@@ -504,7 +504,7 @@ fn ipv6_login_against_an_ipv4_from_pattern_explains_and_suggests_dash_4() {
     let src = t.path().join("src");
     one_file_tree(&src);
     let r = run(robosync_with(&cfg, &t.path().join("s"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d"))));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("IPv6"), "{}", r.stderr());
@@ -589,7 +589,7 @@ fn system_ssh_carrier_rides_one_controlmaster_login() {
             "--channels",
             "3",
         ])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);

@@ -583,7 +583,7 @@ impl Lab {
         let mut c = robosync_with(&self.cfg, state);
         c.args(RUN_ARGS).args(extra);
         match self.dir {
-            Dir::Push => c.arg(src).arg(remote(dest)),
+            Dir::Push => c.arg(contents(src)).arg(remote(dest)),
             Dir::Pull => c.arg(remote(src)).arg(dest),
         };
         c
@@ -1294,7 +1294,7 @@ fn second_command(lab: &Lab, fault: Fault, case: &Case) -> Command {
             match lab.dir {
                 Dir::Push => {
                     c.current_dir(src.parent().unwrap())
-                        .arg("./src")
+                        .arg("./src/")
                         .arg(spell_remote(dest));
                 }
                 Dir::Pull => {
@@ -1309,8 +1309,10 @@ fn second_command(lab: &Lab, fault: Fault, case: &Case) -> Command {
             let mut c = robosync_with(&lab.cfg, &case.state);
             c.args(RUN_ARGS).args(&case.extra_args);
             match lab.dir {
-                Dir::Push => c.arg(src).arg(format!("robot2:{}", dest.display())),
-                Dir::Pull => c.arg(format!("robot2:{}", src.display())).arg(dest),
+                Dir::Push => c
+                    .arg(contents(src))
+                    .arg(format!("robot2:{}", dest.display())),
+                Dir::Pull => c.arg(format!("robot2:{}/", src.display())).arg(dest),
             };
             c
         }

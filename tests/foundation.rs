@@ -15,7 +15,7 @@ fn push_lands_tree_identically_and_rerun_transfers_nothing() {
 
     let first = run(robosync(&sshd, &state)
         .arg("--json")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -36,7 +36,7 @@ fn push_lands_tree_identically_and_rerun_transfers_nothing() {
 
     let second = run(robosync(&sshd, &state)
         .arg("--json")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_eq!(second.json()["files_transferred"], 0, "{}", second.stdout());
@@ -67,7 +67,7 @@ fn refused_subsystem_is_reported_with_the_servers_words() {
     let dest = sshd.mkdir("d");
     let attempt = || {
         run(robosync(&sshd, &t.path().join("state"))
-            .arg(&src)
+            .arg(contents(&src))
             .arg(remote(&dest)))
     };
     let r = attempt();
@@ -100,7 +100,7 @@ fn unknown_host_key_is_refused_and_named() {
     write(&src.join("f"), b"x");
     let dest = sshd.mkdir("d");
     let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("127.0.0.1"), "{}", r.stderr());
@@ -110,7 +110,7 @@ fn unknown_host_key_is_refused_and_named() {
     // accept-new records the key and connects.
     run(robosync(&sshd, &t.path().join("state"))
         .args(["-o", "StrictHostKeyChecking=accept-new"])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert!(fs::read_to_string(&sshd.known_hosts)
@@ -133,7 +133,7 @@ fn changed_host_key_is_refused() {
     let dest = sshd.mkdir("d");
     let r = run(robosync(&sshd, &t.path().join("state"))
         .args(["-o", "StrictHostKeyChecking=no"])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     let err = r.stderr();
@@ -169,7 +169,10 @@ fn directory_mtimes_follow_the_source() {
     let state = t.path().join("state");
     let mtime = |p: &std::path::Path| fs::metadata(p).unwrap().mtime();
     let push = || {
-        run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+        run(robosync(&sshd, &state)
+            .arg(contents(&src))
+            .arg(remote(&dest)))
+        .success();
     };
 
     push();
@@ -227,7 +230,11 @@ fn an_overlapping_run_of_the_same_pair_is_refused() {
     small_files(&src, 20);
     let dest = sshd.mkdir("dest");
     let state = t.path().join("state");
-    let push = || run(robosync(&sshd, &state).arg(&src).arg(remote(&dest)));
+    let push = || {
+        run(robosync(&sshd, &state)
+            .arg(contents(&src))
+            .arg(remote(&dest)))
+    };
     push().success();
     let pair = fs::read_dir(&state)
         .unwrap()

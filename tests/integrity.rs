@@ -102,18 +102,23 @@ fn a_temp_emptied_behind_robosyncs_back_never_lands_as_success() {
                 }
             }
         });
-        run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest)))
+        run(robosync_with(&cfg, &state)
+            .arg(contents(&src))
+            .arg(remote(&dest)))
     };
     assert_ne!(first.code(), 101, "panicked: {}", first.stderr());
     if first.code() == 0 {
         assert_same_tree(&src, &dest);
     }
     // Left alone, the next runs put everything right and say so.
-    run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync_with(&cfg, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert_same_tree(&src, &dest);
     run(robosync_with(&cfg, &state)
         .arg("--checksum")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -139,7 +144,10 @@ fn symlinks_planted_at_temp_names_redirect_nothing() {
         symlink(&victim, dest.join(format!(".{name}.rbs-{}.part", &h[..8]))).unwrap();
     }
     let state = t.path().join("state");
-    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert_eq!(fs::read(&victim).unwrap(), b"precious\n");
     assert_eq!(
         fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
@@ -163,7 +171,7 @@ fn interrupted_push(
     let total = total_size(src);
     let mut cmd = robosync_with(&cfg, state);
     cmd.args(["--connections", "1", "--channels", "1"])
-        .arg(src)
+        .arg(contents(src))
         .arg(remote(dest));
     assert!(
         kill_when(&mut cmd, || proxy.stats().up, total / 2),
@@ -190,7 +198,10 @@ fn a_read_only_temp_left_by_an_interrupted_run_does_not_wedge_the_next() {
     let (_proxy, cfg) = interrupted_push(&sshd, &src, &dest, &state, |p| {
         fs::set_permissions(p, fs::Permissions::from_mode(0o444)).unwrap()
     });
-    run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync_with(&cfg, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert_same_tree(&src, &dest);
     assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
 }
@@ -210,7 +221,9 @@ fn a_temp_shorter_or_longer_than_the_journal_says_is_handled() {
             let f = fs::OpenOptions::new().write(true).open(p).unwrap();
             f.set_len(change).unwrap();
         });
-        let rerun = run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest)));
+        let rerun = run(robosync_with(&cfg, &state)
+            .arg(contents(&src))
+            .arg(remote(&dest)));
         assert_eq!(
             rerun.code(),
             0,
@@ -264,7 +277,7 @@ fn delete_does_not_follow_a_directory_swapped_for_a_symlink() {
             });
             run(robosync_with(&cfg, &state)
                 .args(["--delete", "--max-delete", "100"])
-                .arg(&src)
+                .arg(contents(&src))
                 .arg(remote(&dest)))
         };
         assert!(swapped.load(Ordering::Relaxed), "the swap never happened");

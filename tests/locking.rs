@@ -58,7 +58,7 @@ fn state_files_are_private_whatever_the_umask() {
     fs::set_permissions(dest.join(".robosync"), fs::Permissions::from_mode(0o755)).unwrap();
     let state = t.path().join("state");
     run(umask_022(&mut robosync(&sshd, &state))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_private(&state);
@@ -141,7 +141,7 @@ fn one_push_destination_runs_once_however_it_is_spelled_or_reached() {
     let mut first = spawn(
         robosync_with(&cfg, &t.path().join("state-a"))
             .args(["--connections", "1"])
-            .arg(&src)
+            .arg(contents(&src))
             .arg(remote(&dest)),
     );
     wait_for(&dest.join(".robosync/lock"), &mut first);
@@ -150,7 +150,7 @@ fn one_push_destination_runs_once_however_it_is_spelled_or_reached() {
     // another spelling of the same directory: refused, naming the holder.
     let spelled = format!("robot2:{}/../dest/", dest.display());
     let second = run(robosync_with(&cfg, &t.path().join("state-b"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(&spelled));
     let first_pid = first.id();
     assert_eq!(second.code(), 3, "stderr: {}", second.stderr());
@@ -169,7 +169,7 @@ fn one_push_destination_runs_once_however_it_is_spelled_or_reached() {
     );
     // Released: the next run goes.
     run(robosync_with(&cfg, &t.path().join("state-b"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(&spelled))
     .success();
 }
@@ -196,7 +196,7 @@ fn one_pull_destination_runs_once_however_it_is_spelled() {
     let d = work.join("d");
     wait_for(&d.join(".robosync/lock"), &mut first);
     let second = run(robosync_with(&cfg, &t.path().join("state-b"))
-        .arg(format!("robot2:{}", src.display()))
+        .arg(format!("robot2:{}/", src.display()))
         .arg(format!("{}/", d.display())));
     assert_eq!(second.code(), 3, "stderr: {}", second.stderr());
     assert!(
@@ -239,7 +239,9 @@ fn a_live_lease_refuses_and_a_stale_one_is_taken_over() {
 
     // Another machine's run, refreshed just now: busy.
     let lock = plant_lease(&dest, "cron-host-b", 4242);
-    let busy = run(robosync(&sshd, &state).arg(&src).arg(remote(&dest)));
+    let busy = run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)));
     assert_eq!(busy.code(), 3, "stderr: {}", busy.stderr());
     assert!(
         busy.stderr().contains("cron-host-b") && busy.stderr().contains("pid 4242"),
@@ -253,7 +255,7 @@ fn a_live_lease_refuses_and_a_stale_one_is_taken_over() {
     // A dry run changes nothing and takes no lease: it says who holds it.
     let dry = run(robosync(&sshd, &state)
         .arg("-n")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     assert_eq!(dry.code(), 0, "stderr: {}", dry.stderr());
     assert!(dry.stderr().contains("cron-host-b"), "{}", dry.stderr());
@@ -261,14 +263,20 @@ fn a_live_lease_refuses_and_a_stale_one_is_taken_over() {
 
     // Not refreshed for an hour: stale, taken over, and released at the end.
     set_mtime(&lock, now() - 3600);
-    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert_same_tree(&src, &dest);
     assert!(!lock.exists(), "the lease was not released");
 
     // This machine's run that died (its pid is gone): taken over at once.
     plant_lease(&dest, &hostname(), dead_pid());
     write(&src.join("g.txt"), b"more\n");
-    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert_same_tree(&src, &dest);
     assert!(!lock.exists());
 }
@@ -312,7 +320,7 @@ fn a_full_destination_names_the_file_and_says_out_of_space() {
     write(&src.join("data/huge.bin"), &bytes(2 << 20, 3));
     let dest = sshd.mkdir("dest");
     let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     assert_eq!(r.code(), 23, "stderr: {}", r.stderr());
     let err = r.stderr();

@@ -68,7 +68,7 @@ fn push_then_pull_into_a_fresh_dir_reproduces_the_source() {
     pull_tree(&src);
     let mid = sshd.mkdir("mid");
     run(robosync(&sshd, &t.path().join("state"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&mid)))
     .success();
     let back = t.path().join("back");
@@ -206,7 +206,7 @@ fn hostile_server_cannot_write_outside_the_destination() {
     let before = snapshot(&base.join("sentinel"));
 
     let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg("robot:/hostile-root")
+        .arg("robot:/hostile-root/")
         .arg(&dest));
     let err = r.stderr();
     assert_ne!(r.code(), 0, "{err}");
@@ -253,7 +253,7 @@ fn hostile_server_cannot_write_outside_the_destination() {
     // A READDIR announcing u32::MAX names: refused, no panic.
     let r = run(robosync(&sshd, &t.path().join("state2"))
         .args(["--retry-for", "0s"])
-        .arg("robot:/absurd-root")
+        .arg("robot:/absurd-root/")
         .arg(base.join("dest2")));
     assert_ne!(r.code(), 0, "{}", r.stderr());
     assert_ne!(r.code(), 101, "panic: {}", r.stderr());

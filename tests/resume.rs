@@ -31,7 +31,7 @@ fn sigkill_at_several_points_then_rerun_lands_everything_once() {
     let mut kills = 0;
     for frac in [0.15, 0.45, 0.75] {
         let mut cmd = robosync_with(&cfg, &state);
-        cmd.args(args).arg(&src).arg(remote(&dest));
+        cmd.args(args).arg(contents(&src)).arg(remote(&dest));
         kills += kill_when(&mut cmd, || proxy.stats().up, (total as f64 * frac) as u64) as u64;
     }
     assert!(
@@ -40,7 +40,7 @@ fn sigkill_at_several_points_then_rerun_lands_everything_once() {
     );
     run(robosync_with(&cfg, &state)
         .args(args)
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);
@@ -110,7 +110,7 @@ fn dropped_connections_mid_run_are_survived_and_nothing_partial_is_visible() {
             "--channels",
             "2",
         ])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     run_done.store(true, Ordering::Relaxed);
     cutter.join().unwrap();
@@ -118,7 +118,10 @@ fn dropped_connections_mid_run_are_survived_and_nothing_partial_is_visible() {
         // Allowed, but it must say what happened.
         assert!(first.stderr().contains("connection"), "{}", first.stderr());
     }
-    run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync_with(&cfg, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     stop.store(true, Ordering::Relaxed);
     let bad = watcher.join().unwrap();
     assert!(
@@ -140,7 +143,10 @@ fn delta_case(extra: &[&str]) {
     write(&file, &bytes(64 << 20, 5));
     let dest = sshd.mkdir("dest");
     let state = t.path().join("state");
-    run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync_with(&cfg, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
 
     // Change 1 MiB in the middle (not block-aligned).
     let f = fs::OpenOptions::new().write(true).open(&file).unwrap();
@@ -151,7 +157,7 @@ fn delta_case(extra: &[&str]) {
     let before = proxy.stats().up;
     run(robosync_with(&cfg, &state)
         .args(extra)
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     let sent = proxy.stats().up - before;
@@ -182,13 +188,16 @@ fn delete_guards_refuse_an_empty_source_and_mass_deletion() {
     }
     let dest = sshd.mkdir("dest");
     let state = t.path().join("state");
-    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
 
     let empty = t.path().join("empty");
     fs::create_dir_all(&empty).unwrap();
     let r = run(robosync(&sshd, &state)
         .arg("--delete")
-        .arg(&empty)
+        .arg(contents(&empty))
         .arg(remote(&dest)));
     assert_eq!(r.code(), 3, "{}", r.stderr());
     assert!(r.stderr().contains("empty"), "{}", r.stderr());
@@ -203,7 +212,7 @@ fn delete_guards_refuse_an_empty_source_and_mass_deletion() {
     }
     let r = run(robosync(&sshd, &state)
         .arg("--delete")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     assert_eq!(r.code(), 3, "{}", r.stderr());
     assert!(r.stderr().contains("--max-delete"), "{}", r.stderr());
@@ -212,7 +221,7 @@ fn delete_guards_refuse_an_empty_source_and_mass_deletion() {
     let r = run(robosync(&sshd, &state)
         .args(["--delete", "--max-delete", "7", "--backup-dir"])
         .arg(dest.join("../backup"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     let _ = r;
@@ -232,7 +241,10 @@ fn damaged_manifest_and_journal_fall_back_to_a_full_compare() {
     sample_tree(&src);
     let dest = sshd.mkdir("dest");
     let state = t.path().join("state");
-    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
 
     // Flip bytes in every state file, locally and on the destination.
     let mut damaged = 0;
@@ -251,7 +263,10 @@ fn damaged_manifest_and_journal_fall_back_to_a_full_compare() {
     assert!(damaged >= 2);
     // The destination drifted too: the fallback must notice by size/mtime.
     write(&dest.join("empty"), b"changed behind robosync's back");
-    let r = run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    let r = run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert!(r.stderr().contains("manifest"), "{}", r.stderr());
     assert_same_tree(&src, &dest);
 }

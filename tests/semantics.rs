@@ -52,7 +52,7 @@ fn delete_spares_excluded_files_as_rsync_does_push_and_pull() {
     run(robosync(&sshd, &t.path().join("s1"))
         .args(["--delete", "--max-delete", "100"])
         .args(rules)
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&odest, &dest);
@@ -110,7 +110,7 @@ fn nonsensical_values_are_refused_with_the_usage_code() {
     for args in bad {
         let ran = run(robosync(&sshd, &t.path().join("state"))
             .args(*args)
-            .arg(&src)
+            .arg(contents(&src))
             .arg(remote(&dest)));
         assert_eq!(ran.code(), 1, "{args:?}: {}", ran.stderr());
         assert!(
@@ -130,7 +130,7 @@ fn nonsensical_values_are_refused_with_the_usage_code() {
     }
     let newline = format!("{}/x\ny", dest.display());
     let ran = run(robosync(&sshd, &t.path().join("state"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(format!("robot:{newline}")));
     assert_eq!(ran.code(), 1, "{}", ran.stderr());
     assert!(ran.stderr().contains("newline"), "{}", ran.stderr());
@@ -156,7 +156,7 @@ fn dry_run_lists_deletions_and_names_the_guard_that_would_stop_them() {
     write(&rsrc.join("one.txt"), b"1\n");
     let state = t.path().join("state");
     for (from, to, left) in [
-        (src.display().to_string(), remote(&dest), &dest),
+        (contents(&src), remote(&dest), &dest),
         (remote(&rsrc), ldest.display().to_string(), &ldest),
     ] {
         let ran = run(robosync(&sshd, &state)
@@ -210,7 +210,7 @@ fn pushed_symlinks_keep_their_own_mtime() {
     assert_eq!(r, 0);
     let dest = sshd.mkdir("dest");
     run(robosync(&sshd, &t.path().join("state"))
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     let m = fs::symlink_metadata(dest.join("link")).unwrap();
@@ -239,11 +239,14 @@ fn checksum_finds_a_remote_edit_that_kept_size_and_mtime() {
         let src = t.path().join(format!("src{size}"));
         write(&src.join("f.bin"), &bytes(size, 3));
         let dest = sshd.mkdir(&format!("dest{size}"));
-        run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+        run(robosync(&sshd, &state)
+            .arg(contents(&src))
+            .arg(remote(&dest)))
+        .success();
         tamper(&dest.join("f.bin"));
         run(robosync(&sshd, &state)
             .arg("-c")
-            .arg(&src)
+            .arg(contents(&src))
             .arg(remote(&dest)))
         .success();
         assert_same_tree(&src, &dest);
@@ -278,10 +281,10 @@ fn tilde_paths_are_the_login_directory() {
     write(&src.join("f.txt"), b"tilde\n");
     let state = t.path().join("state");
     let pushed = run(robosync(&sshd, &state)
-        .arg(&src)
+        .arg(contents(&src))
         .arg(format!("robot:~/{name}")));
     let pulled = run(robosync(&sshd, &state)
-        .arg(format!("robot:~/{name}"))
+        .arg(format!("robot:~/{name}/"))
         .arg(t.path().join("back")));
     let landed = fs::read(there.join("f.txt")).ok();
     let _ = fs::remove_dir_all(&there);
@@ -317,7 +320,7 @@ fn an_interrupted_run_says_so_and_exits_20() {
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let before = proxy.stats().up;
         let child = robosync_with(&cfg, &state)
-            .arg(&src)
+            .arg(contents(&src))
             .arg(remote(&dest))
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -337,7 +340,10 @@ fn an_interrupted_run_says_so_and_exits_20() {
             "the destination's lease outlived the run"
         );
     }
-    run(robosync_with(&cfg, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync_with(&cfg, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     assert_same_tree(&src, &dest);
 }
 
@@ -357,10 +363,13 @@ fn special_mode_bits_do_not_cause_a_resend_loop() {
     fs::set_permissions(src.join("sticky"), fs::Permissions::from_mode(0o1777)).unwrap();
     let dest = sshd.mkdir("dest");
     let state = t.path().join("state");
-    run(robosync(&sshd, &state).arg(&src).arg(remote(&dest))).success();
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
     let again = run(robosync(&sshd, &state)
         .arg("--json")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_eq!(again.json()["files_transferred"], 0, "{}", again.stdout());
@@ -386,7 +395,7 @@ fn sparse_files_send_their_data_not_their_holes() {
     let dest = sshd.mkdir("dest");
     run(robosync_with(&cfg, &t.path().join("state"))
         .arg("-S")
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert_same_tree(&src, &dest);

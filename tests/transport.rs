@@ -176,7 +176,7 @@ fn four_connections_by_four_channels_survive_losing_one_connection() {
             "60s",
             "--json",
         ])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     cutter.join().unwrap();
@@ -196,7 +196,7 @@ fn more_channels_than_max_sessions_falls_back() {
     let dest = sshd.mkdir("dest");
     let r = run(robosync(&sshd, &t.path().join("state"))
         .args(["--connections", "1", "--channels", "8", "-v"])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)))
     .success();
     assert!(
@@ -233,7 +233,7 @@ fn a_distant_push_opens_each_connection_once() {
         run(robosync_with(&cfg, &state)
             .args(["--connections", "2", "--channels", "2"])
             .args(extra)
-            .arg(&src)
+            .arg(contents(&src))
             .arg(remote(&dest)))
         .success()
     };
@@ -267,7 +267,7 @@ fn a_refused_key_is_not_tried_again_by_early_connections() {
     let dest = sshd.mkdir("dest");
     let r = run(robosync_with(&cfg, &t.path().join("state"))
         .args(["--connections", "4", "--retry-for", "0s"])
-        .arg(&src)
+        .arg(contents(&src))
         .arg(remote(&dest)));
     assert_eq!(r.code(), 2, "{}", r.stderr());
     assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
@@ -286,7 +286,7 @@ fn a_no_change_rerun_lists_on_at_most_two_channels() {
         let before = sshd.wrapper_commands().len();
         let r = run(robosync(&sshd, &state)
             .arg("--json")
-            .arg(src)
+            .arg(contents(src))
             .arg(remote(dest)))
         .success();
         (sshd.wrapper_commands().len() - before, r)

@@ -64,9 +64,23 @@ pub fn run(cmd: &mut Command) -> Ran {
     }
 }
 
-/// `host:path` for the sshd's Host alias.
+/// `host:path/` for the sshd's Host alias. The trailing slash means "the
+/// contents of" when it is the source (rsync's rule) and nothing as the
+/// destination, so every test says what it means either way.
 pub fn remote(path: &Path) -> String {
-    format!("robot:{}", path.display())
+    format!(
+        "robot:{}/",
+        path.display().to_string().trim_end_matches('/')
+    )
+}
+
+/// A local source spelled `path/`: the directory's contents (rsync's rule;
+/// without the slash the directory itself lands inside DEST).
+pub fn contents(path: impl AsRef<Path>) -> String {
+    format!(
+        "{}/",
+        path.as_ref().display().to_string().trim_end_matches('/')
+    )
 }
 
 pub fn write(path: &Path, data: &[u8]) {

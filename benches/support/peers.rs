@@ -134,7 +134,7 @@ impl Peer {
                     .arg(job.state)
                     .args(["--json", "--no-progress"])
                     .args(&self.extra_args)
-                    .arg(from.ssh())
+                    .arg(from.ssh_contents())
                     .arg(to.ssh());
             }
             Tool::Scp(cipher) => {

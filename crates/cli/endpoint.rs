@@ -84,6 +84,32 @@ impl Endpoint {
     }
 }
 
+/// rsync's trailing-slash rule: a source path names "the contents of" its
+/// directory when it ends in `/`, its last component is `.` or `..`, or (a
+/// remote `host:`) it is empty; otherwise it names the entry itself, which
+/// lands inside DEST under its own name.
+pub fn means_contents(path: &[u8]) -> bool {
+    path.is_empty() || path.ends_with(b"/") || matches!(last_component(path), b"." | b"..")
+}
+
+/// The last component of `path` (trailing slashes ignored).
+pub fn last_component(path: &[u8]) -> &[u8] {
+    let trimmed = trim_slashes(path);
+    match trimmed.iter().rposition(|&b| b == b'/') {
+        Some(i) => &trimmed[i + 1..],
+        None => trimmed,
+    }
+}
+
+/// `path` without trailing slashes (`/` stays `/`).
+pub fn trim_slashes(path: &[u8]) -> &[u8] {
+    let mut end = path.len();
+    while end > 1 && path[end - 1] == b'/' {
+        end -= 1;
+    }
+    &path[..end]
+}
+
 /// `a` joined with relative `b` as remote path bytes.
 pub fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     if b.is_empty() {
@@ -110,6 +136,20 @@ mod tests {
 
     fn p(s: &str) -> Endpoint {
         Endpoint::parse(&OsString::from(s)).unwrap()
+    }
+
+    #[test]
+    fn trailing_slash_means_contents() {
+        for c in ["data/", ".", "./", "data/.", "..", "", "/"] {
+            assert!(means_contents(c.as_bytes()), "{c:?}");
+        }
+        for e in ["data", "./data", "/p/results", "~", "a/b"] {
+            assert!(!means_contents(e.as_bytes()), "{e:?}");
+        }
+        assert_eq!(last_component(b"/p/results"), b"results");
+        assert_eq!(last_component(b"results"), b"results");
+        assert_eq!(trim_slashes(b"/x//"), b"/x");
+        assert_eq!(trim_slashes(b"/"), b"/");
     }
 
     #[test]

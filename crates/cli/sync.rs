@@ -125,15 +125,23 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
         Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
+            let root = push_root(l, path)?;
+            let label = Endpoint::Remote {
+                user: user.clone(),
+                host: host.clone(),
+                path: root.clone(),
+            }
+            .label();
             let target = target(args, user, host).await?;
-            let r = push_run(args, run, filters, l, target, path, &dst.label()).await;
+            let r = push_run(args, run, filters, l, target, &root, &label).await;
             // The destination's lease ends here, whatever the run's outcome.
             crate::lease::HELD.release().await;
             r
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
+            let root = pull_root(path, l)?;
             let target = target(args, user, host).await?;
-            crate::pull::pull_run(args, run, filters, path, target, l, &src.label()).await
+            crate::pull::pull_run(args, run, filters, path, target, &root, &src.label()).await
         }
         (Endpoint::Local(_), Endpoint::Local(_)) => Err(fail(
             EXIT_USAGE,
@@ -144,6 +152,55 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
             "both source and destination are remote; robosync copies between this machine and one remote host",
         )),
     }
+}
+
+/// The remote sync root of a push, as rsync decides it: `data/` (contents)
+/// syncs into DEST itself, `data` into DEST/data.
+fn push_root(local: &Path, dest: &[u8]) -> Result<Vec<u8>, Failure> {
+    let src = local.as_os_str().as_bytes();
+    let dest = crate::endpoint::trim_slashes(dest).to_vec();
+    if crate::endpoint::means_contents(src) {
+        return Ok(dest);
+    }
+    if std::fs::symlink_metadata(local).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(fail(
+            EXIT_USAGE,
+            format!(
+                "source {} is a symlink, which robosync copies only inside a tree: give {}/ for the contents of the directory it points to",
+                local.display(),
+                local.display()
+            ),
+        ));
+    }
+    Ok(join(&dest, crate::endpoint::last_component(src)))
+}
+
+/// The local sync root of a pull: `host:/p/results/` (contents) syncs into
+/// DEST itself, `host:/p/results` into DEST/results.
+fn pull_root(src: &[u8], dest: &Path) -> Result<PathBuf, Failure> {
+    if crate::endpoint::means_contents(src) {
+        return Ok(dest.to_path_buf());
+    }
+    if std::fs::metadata(dest).is_ok_and(|m| !m.is_dir()) {
+        return Err(fail(
+            EXIT_USAGE,
+            format!("destination {} is not a directory", dest.display()),
+        ));
+    }
+    let name = crate::endpoint::last_component(src);
+    if name.starts_with(b"~") {
+        // Its name is only known once expanded; rsync would use it.
+        return Err(fail(
+            EXIT_USAGE,
+            format!(
+                "{} names a home directory: write {}/ to copy its contents into {}",
+                String::from_utf8_lossy(src),
+                String::from_utf8_lossy(src),
+                dest.display()
+            ),
+        ));
+    }
+    Ok(dest.join(crate::endpoint::os(name)))
 }
 
 async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target, Failure> {

@@ -1,0 +1,216 @@
+//! Paths as rsync spells them (issue 15, observation 5): a source with a
+//! trailing slash (or ending in `.`/`..`) means "the contents of"; without,
+//! the directory itself lands inside DEST under its own name. rsync is the
+//! oracle: the same spelling, local to local, must give the same tree.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::*;
+
+/// A snapshot without robosync's state directories (at any depth: the sync
+/// root of `data host:x` is x/data, so its state is x/data/.robosync).
+fn tree(root: &Path) -> BTreeMap<PathBuf, Item> {
+    snapshot(root)
+        .into_iter()
+        .filter(|(p, _)| !p.components().any(|c| c.as_os_str() == ".robosync"))
+        .collect()
+}
+
+#[track_caller]
+fn assert_trees(oracle: &Path, got: &Path, what: &str) {
+    let (a, b) = (tree(oracle), tree(got));
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: not the entries rsync made"
+    );
+    for (k, v) in &a {
+        assert_eq!(
+            Some(v),
+            b.get(k),
+            "{what}: {} differs from rsync's",
+            k.display()
+        );
+    }
+}
+
+/// `base/data`: a small tree with a nested dir and a mode worth keeping.
+fn data(base: &Path) -> PathBuf {
+    let d = base.join("data");
+    write(&d.join("top.txt"), b"top\n");
+    write(&d.join("sub/inner.txt"), b"inner\n");
+    set_mtime(&d.join("top.txt"), 1_600_000_000);
+    set_mtime(&d.join("sub/inner.txt"), 1_600_000_001);
+    fs::set_permissions(d.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
+    // The sync root's own mode and mtime are not carried yet (rsync's `.`
+    // entry; neither for `data/` on main): `data` keeps the usual 0755.
+    fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
+    d
+}
+
+/// `rsync -a SRC DEST` run in `cwd`, the oracle.
+fn rsync(cwd: &Path, src: &str, dest: &Path) {
+    let out = Command::new("rsync")
+        .current_dir(cwd)
+        .arg("-a")
+        .arg(src)
+        .arg(dest)
+        .output()
+        .expect("rsync is installed by fixtures/setup.sh");
+    assert!(out.status.success(), "rsync {src}: {out:?}");
+}
+
+/// Every spelling of a push source, run from data's parent, against rsync.
+#[test]
+fn push_trailing_slash_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    data(&base);
+    write(&base.join("data/sub/.keep"), b"");
+    for (i, spelling) in ["data", "./data", "data/", "data/.", "data//"]
+        .iter()
+        .enumerate()
+    {
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir_all(&oracle).unwrap();
+        rsync(&base, spelling, &oracle);
+        let dest = sshd.mkdir(&format!("push{i}"));
+        run(robosync(&sshd, &t.path().join("state"))
+            .current_dir(&base)
+            .arg(spelling)
+            .arg(format!("robot:{}", dest.display())))
+        .success();
+        assert_trees(&oracle, &dest, &format!("robosync {spelling} robot:DEST"));
+    }
+    // `.` and `..` from inside: the contents, as rsync.
+    let inside = base.join("data/sub");
+    for (i, spelling) in [".", "./", ".."].iter().enumerate() {
+        let oracle = t.path().join(format!("oracle-dot{i}"));
+        fs::create_dir_all(&oracle).unwrap();
+        rsync(&inside, spelling, &oracle);
+        let dest = sshd.mkdir(&format!("dot{i}"));
+        run(robosync(&sshd, &t.path().join("state"))
+            .current_dir(&inside)
+            .arg(spelling)
+            .arg(remote(&dest)))
+        .success();
+        assert_trees(&oracle, &dest, &format!("robosync {spelling} robot:DEST/"));
+    }
+}
+
+/// Every spelling of a pull source, against rsync on the same directory.
+#[test]
+fn pull_trailing_slash_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let there = sshd.mkdir("there");
+    let d = data(&there);
+    for (i, tail) in ["", "/", "/.", "//"].iter().enumerate() {
+        let spelling = format!("{}{tail}", d.display());
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir_all(&oracle).unwrap();
+        rsync(t.path(), &spelling, &oracle);
+        let local = t.path().join(format!("local{i}"));
+        fs::create_dir_all(&local).unwrap();
+        run(robosync(&sshd, &t.path().join("state"))
+            .arg(format!("robot:{spelling}"))
+            .arg(&local))
+        .success();
+        assert_trees(&oracle, &local, &format!("robosync robot:{spelling} DEST"));
+    }
+}
+
+/// `data` (no slash) syncs DEST/data: a rerun, a change and `--delete` work
+/// there and never touch DEST's other entries.
+#[test]
+fn directory_form_reruns_and_deletes_only_inside_itself() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    let d = data(&base);
+    let dest = sshd.mkdir("dest");
+    write(&dest.join("neighbour.txt"), b"not robosync's\n");
+    let state = t.path().join("state");
+    let push = |extra: &[&str]| {
+        run(robosync(&sshd, &state)
+            .current_dir(&base)
+            .args(extra)
+            .arg("data")
+            .arg(remote(&dest)))
+        .success()
+    };
+    push(&[]);
+    assert!(
+        dest.join("data/.robosync").is_dir(),
+        "the sync root is DEST/data"
+    );
+    assert!(!dest.join(".robosync").exists(), "no state in DEST itself");
+    let again = push(&["--json"]);
+    assert_eq!(
+        again.json()["files_transferred"].as_u64(),
+        Some(0),
+        "{}",
+        again.stdout()
+    );
+    fs::remove_file(d.join("top.txt")).unwrap();
+    write(&d.join("new.txt"), b"new\n");
+    push(&["--delete"]);
+    assert_trees(&d, &dest.join("data"), "after --delete");
+    assert_eq!(
+        fs::read(dest.join("neighbour.txt")).unwrap(),
+        b"not robosync's\n"
+    );
+
+    // The pull's directory form the same way: DEST/data, then --delete inside it.
+    let local = t.path().join("local");
+    let pull = |extra: &[&str]| {
+        run(robosync(&sshd, &state)
+            .args(extra)
+            .arg(format!("robot:{}", dest.join("data").display()))
+            .arg(&local))
+        .success()
+    };
+    pull(&[]);
+    write(&local.join("mine.txt"), b"mine\n");
+    fs::remove_file(dest.join("data/new.txt")).unwrap();
+    pull(&["--delete"]);
+    assert_trees(&d.join("sub"), &local.join("data/sub"), "pulled sub");
+    assert!(
+        !local.join("data/new.txt").exists(),
+        "--delete inside DEST/data"
+    );
+    assert_eq!(fs::read(local.join("mine.txt")).unwrap(), b"mine\n");
+}
+
+/// A missing DEST is created (as rsync creates it); a DEST that is a file
+/// is refused with a usage error for a directory source.
+#[test]
+fn missing_or_file_destination() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    data(&base);
+    let root = sshd.mkdir("r");
+    let oracle = t.path().join("oracle");
+    rsync(&base, "data", &oracle);
+    run(robosync(&sshd, &t.path().join("state"))
+        .current_dir(&base)
+        .arg("data")
+        .arg(format!("robot:{}", root.join("new").display())))
+    .success();
+    assert_trees(&oracle, &root.join("new"), "missing DEST");
+
+    let file = t.path().join("afile");
+    write(&file, b"x");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(format!("robot:{}", base.join("data").display()))
+        .arg(&file));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+}
