@@ -68,7 +68,7 @@ fn pull_cmd(cfg: &Path, state: &Path, src: &Path, dest: &Path, extra: &[&str]) -
 
 fn push_cmd(cfg: &Path, state: &Path, src: &Path, dest: &Path, extra: &[&str]) -> Command {
     let mut c = robosync_with(cfg, state);
-    c.args(extra).arg(src).arg(remote(dest));
+    c.args(extra).arg(contents(src)).arg(remote(dest));
     c
 }
 
