@@ -214,3 +214,76 @@ fn missing_or_file_destination() {
     assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
     assert_eq!(fs::read(&file).unwrap(), b"x");
 }
+
+/// Every example of the README's usage block, run against the test sshd:
+/// `rorqual:` is the test host, remote absolute paths live under a scratch
+/// root, `~/x` under a unique directory of the login's home.
+#[test]
+fn readme_usage_examples_run() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let readme = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let block = readme
+        .split("## Usage")
+        .nth(1)
+        .and_then(|s| s.split("```sh\n").nth(1))
+        .and_then(|s| s.split("```").next())
+        .expect("README has a usage block");
+    let root = sshd.mkdir("readme");
+    let home = PathBuf::from(std::env::var_os("HOME").expect("HOME"));
+    let mine = format!("robosync-readme-{}", std::process::id());
+    let work = t.path().join("work");
+    data(&work);
+    write(&root.join("project/def-me/results/r.txt"), b"results\n");
+    write(&home.join(&mine).join("results/h.txt"), b"home\n");
+    let map = |arg: &str| match arg.strip_prefix("rorqual:") {
+        Some(p) if p.starts_with("~/") => format!("robot:~/{mine}/{}", &p[2..]),
+        Some(p) => format!("robot:{}{p}", root.display()),
+        None => arg.to_string(),
+    };
+    let mut ran = Vec::new();
+    for line in block.lines() {
+        let command = line.split(" # ").next().unwrap().trim();
+        let words: Vec<&str> = command.split_whitespace().collect();
+        assert_eq!(words.first(), Some(&"robosync"), "{line}");
+        let r = run(robosync(&sshd, &t.path().join("state"))
+            .current_dir(&work)
+            .args(words[1..].iter().map(|w| map(w))));
+        ran.push((command.to_string(), r.code(), r.stderr()));
+    }
+    let _ = fs::remove_dir_all(home.join(&mine));
+    for (command, code, err) in &ran {
+        assert_eq!(*code, 0, "{command}: {err}");
+    }
+    // The forms landed where the comments say.
+    assert!(
+        root.join("project/x/data/top.txt").is_file(),
+        "data → x/data"
+    );
+    assert!(root.join("project/x/data/sub/inner.txt").is_file());
+    assert!(root.join("project/x/top.txt").is_file(), "data/ → x");
+    assert!(work.join("results/r.txt").is_file(), "results → ./results");
+    assert!(
+        work.join("results/h.txt").is_file(),
+        "~/results → ./results"
+    );
+    assert!(work.join("res/r.txt").is_file(), "results/ → ./res");
+    assert!(ran.len() >= 7, "{ran:?}");
+}
+
+/// Several sources: refused with what to do, exit 1, nothing copied.
+#[test]
+fn several_sources_refused_with_a_hint() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    data(&base);
+    let dest = sshd.mkdir("dest");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(base.join("data/top.txt"))
+        .arg(base.join("data/sub"))
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("once per source"), "{}", r.stderr());
+    assert!(fs::read_dir(&dest).unwrap().next().is_none());
+}

@@ -31,13 +31,16 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     name = "robosync",
     version,
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push\n  robosync rorqual:/project/x ./data        pull\n  robosync -n --delete ./data robot:/scratch/data   show what a mirror would do"
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST."
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
     pub src: OsString,
     /// Destination: a local path or [user@]host:path.
     pub dest: OsString,
+    /// Further paths (`SRC... DEST`): refused with a hint until supported.
+    #[arg(hide = true)]
+    pub more: Vec<OsString>,
 
     /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
     #[arg(short = 'F', value_name = "FILE")]
@@ -172,6 +175,12 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Values that parse but cannot work: refused before anything connects,
 /// with the option's name and what would.
 fn check_values(args: &Args) -> Result<(), String> {
+    if !args.more.is_empty() {
+        return Err(format!(
+            "several sources are not supported yet ({} paths given): run robosync once per source, as `robosync SRC DEST`",
+            args.more.len() + 2
+        ));
+    }
     const DAY: Duration = Duration::from_secs(86_400);
     let within = |name: &str, v: Duration, lo: Duration, hi: Duration| {
         if v < lo || v > hi {
