@@ -268,6 +268,7 @@ fn readme_usage_examples_run() {
         "~/results → ./results"
     );
     assert!(work.join("res/r.txt").is_file(), "results/ → ./res");
+    assert!(root.join("project/f/top.txt").is_file(), "a file into f/");
     assert!(ran.len() >= 7, "{ran:?}");
 }
 
@@ -286,4 +287,77 @@ fn several_sources_refused_with_a_hint() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(r.stderr().contains("once per source"), "{}", r.stderr());
     assert!(fs::read_dir(&dest).unwrap().next().is_none());
+}
+
+/// A single file into a directory (`a.txt host:x/`), as rsync: only that
+/// file lands; `--delete` (and `--delete-excluded`) delete nothing else; a
+/// rerun sends nothing; a destination without `/` (a new name) is refused.
+#[test]
+fn single_file_push_into_a_directory() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    let d = data(&base);
+    let odd = "b[1]*{x}.txt";
+    write(&d.join(odd), b"odd\n");
+    let root = sshd.mkdir("r");
+    let state = t.path().join("state");
+    for (i, name) in ["top.txt", odd].iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}/x"));
+        fs::create_dir_all(oracle.parent().unwrap()).unwrap();
+        rsync(&d, name, &PathBuf::from(format!("{}/", oracle.display())));
+        let x = root.join(format!("x{i}"));
+        run(robosync(&sshd, &state)
+            .current_dir(&d)
+            .arg(name)
+            .arg(format!("robot:{}/", x.display())))
+        .success();
+        assert_trees(&oracle, &x, &format!("robosync {name} robot:x/"));
+    }
+    // From another directory, into one with other entries, with --delete.
+    let x = root.join("x0");
+    write(&x.join("other.txt"), b"not this run's\n");
+    write(&d.join("top.txt"), b"changed\n");
+    for extra in ["--delete", "--delete-excluded"] {
+        let r = run(robosync(&sshd, &state)
+            .args([extra, "--json"])
+            .arg(d.join("top.txt"))
+            .arg(remote(&x)))
+        .success();
+        assert_eq!(
+            r.json()["deleted"].as_u64().unwrap_or(0),
+            0,
+            "{extra}: {}",
+            r.stdout()
+        );
+        assert_eq!(fs::read(x.join("top.txt")).unwrap(), b"changed\n");
+        assert_eq!(
+            fs::read(x.join("other.txt")).unwrap(),
+            b"not this run's\n",
+            "{extra}"
+        );
+        assert!(!x.join("sub").exists(), "only the named file");
+    }
+    let again = run(robosync(&sshd, &state)
+        .arg("--json")
+        .arg(d.join("top.txt"))
+        .arg(remote(&x)))
+    .success();
+    assert_eq!(
+        again.json()["files_transferred"].as_u64(),
+        Some(0),
+        "{}",
+        again.stdout()
+    );
+
+    let r = run(robosync(&sshd, &state)
+        .arg(d.join("top.txt"))
+        .arg(format!("robot:{}", root.join("newname.txt").display())));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(
+        r.stderr().contains("end the destination with /"),
+        "{}",
+        r.stderr()
+    );
+    assert!(!root.join("newname.txt").exists());
 }

@@ -125,15 +125,21 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
         Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
-            let root = push_root(l, path)?;
-            let label = Endpoint::Remote {
-                user: user.clone(),
-                host: host.clone(),
-                path: root.clone(),
-            }
-            .label();
+            let (local, root, filters, label) = match single_file(l, path, &rules, args)? {
+                Some((parent, filters, name)) => {
+                    let root = crate::endpoint::trim_slashes(path).to_vec();
+                    // Its own state (not the parent's whole-tree pair).
+                    let label = format!("{} [{name}]", remote_label(user, host, &root));
+                    (parent, root, filters, label)
+                }
+                None => {
+                    let root = push_root(l, path)?;
+                    let label = remote_label(user, host, &root);
+                    (l.to_path_buf(), root, filters, label)
+                }
+            };
             let target = target(args, user, host).await?;
-            let r = push_run(args, run, filters, l, target, &root, &label).await;
+            let r = push_run(args, run, filters, &local, target, &root, &label).await;
             // The destination's lease ends here, whatever the run's outcome.
             crate::lease::HELD.release().await;
             r
@@ -152,6 +158,75 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
             "both source and destination are remote; robosync copies between this machine and one remote host",
         )),
     }
+}
+
+fn remote_label(user: &Option<String>, host: &str, path: &[u8]) -> String {
+    Endpoint::Remote {
+        user: user.clone(),
+        host: host.to_string(),
+        path: path.to_vec(),
+    }
+    .label()
+}
+
+/// A single-file push (`a.txt host:x/`): the file's parent synced with
+/// rules that select that one name on both sides, so the engine stays
+/// tree-based and `--delete` (even `--delete-excluded`) touches nothing else.
+/// `None` when the source is not a file.
+fn single_file(
+    local: &Path,
+    dest: &[u8],
+    rules: &[Rule],
+    args: &Args,
+) -> Result<Option<(PathBuf, Filters, String)>, Failure> {
+    let src = local.as_os_str().as_bytes();
+    let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
+    if !is_file || crate::endpoint::means_contents(src) {
+        return Ok(None);
+    }
+    let shown = local.display();
+    let name = std::str::from_utf8(crate::endpoint::last_component(src)).map_err(|_| {
+        fail(
+            EXIT_USAGE,
+            format!("source {shown}: a single file's name must be UTF-8 here; copy its directory with a filter instead"),
+        )
+    })?;
+    if !crate::endpoint::means_contents(dest) {
+        return Err(fail(
+            EXIT_USAGE,
+            format!(
+                "source {shown} is a file: end the destination with / to copy it into that directory (a new name is not supported yet)"
+            ),
+        ));
+    }
+    let parent = match local.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut escaped = String::from("/");
+    for c in name.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    let both = robosync_scanner::Side::SenderAndReceiver;
+    let mut mine = vec![
+        Rule {
+            include: true,
+            pattern: escaped,
+            side: both,
+        },
+        Rule {
+            include: false,
+            pattern: "*".into(),
+            side: both,
+        },
+    ];
+    mine.extend_from_slice(rules);
+    let filters =
+        Filters::new(&mine, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    Ok(Some((parent, filters, name.to_string())))
 }
 
 /// The remote sync root of a push, as rsync decides it: `data/` (contents)
