@@ -361,3 +361,20 @@ fn single_file_push_into_a_directory() {
     );
     assert!(!root.join("newname.txt").exists());
 }
+
+/// A single file pulled (`host:x/a.txt DEST`) is not supported yet: refused,
+/// non-zero, and nothing named after it is made locally.
+#[test]
+fn single_file_pull_refused_cleanly() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let there = sshd.mkdir("there");
+    write(&there.join("a.txt"), b"a\n");
+    let local = t.path().join("local");
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .arg(format!("robot:{}", there.join("a.txt").display()))
+        .arg(&local));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("is a file"), "{}", r.stderr());
+    assert!(!local.join("a.txt").exists(), "{}", r.stderr());
+}

@@ -154,6 +154,17 @@ pub async fn pull_run(
         .await
         .map_err(transport_failure)?;
     if listing.root_missing {
+        let root = &remote_root;
+        let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
+        if stat.is_ok_and(|a| !a.is_dir()) {
+            return Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "source {label} is a file: pulling a single file is not supported yet; \
+                     pull its directory with a filter (robosync --include NAME --exclude '*' host:DIR/ DEST)"
+                ),
+            ));
+        }
         return Err(fail(
             EXIT_PARTIAL,
             format!(
