@@ -13,31 +13,6 @@ use robosync_testbed::Shaping;
 
 use crate::util::*;
 
-/// An sshd whose sftp-server runs without root's power to ignore file
-/// modes (robot nodes log users in unprivileged; these tests run as root).
-fn unprivileged_sshd(t: &Path) -> Sshd {
-    let server = [
-        "/usr/lib/openssh/sftp-server",
-        "/usr/libexec/openssh/sftp-server",
-        "/usr/libexec/sftp-server",
-    ]
-    .into_iter()
-    .find(|p| Path::new(p).exists())
-    .expect("sftp-server not found");
-    let script = t.join("sftp-server-unprivileged");
-    fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             setpriv --bounding-set -dac_override,-dac_read_search -- {server} \"$@\" \
-             || exec {server} \"$@\"\n"
-        ),
-    )
-    .unwrap();
-    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
-    Sshd::builder().sftp_server(&script).start()
-}
-
 /// Runs `f` on a thread until the returned guard is dropped.
 struct Meddler {
     stop: Arc<AtomicBool>,
@@ -189,7 +164,8 @@ fn interrupted_push(
 #[test]
 fn a_read_only_temp_left_by_an_interrupted_run_does_not_wedge_the_next() {
     let t = tempdir();
-    let sshd = unprivileged_sshd(t.path());
+    // Without root's power to ignore file modes, as a robot node's login.
+    let sshd = Sshd::builder().unprivileged(true).start();
     let src = t.path().join("src");
     write(&src.join("ro.bin"), &bytes(16 << 20, 5));
     fs::set_permissions(src.join("ro.bin"), fs::Permissions::from_mode(0o444)).unwrap();

@@ -187,27 +187,8 @@ fn pushed_symlinks_keep_their_own_mtime() {
     let src = t.path().join("src");
     write(&src.join("target.txt"), b"t\n");
     std::os::unix::fs::symlink("target.txt", src.join("link")).unwrap();
-    let c = std::ffi::CString::new(src.join("link").as_os_str().as_encoded_bytes()).unwrap();
-    let times = [
-        libc::timespec {
-            tv_sec: 1_400_000_000,
-            tv_nsec: 0,
-        },
-        libc::timespec {
-            tv_sec: 1_400_000_000,
-            tv_nsec: 0,
-        },
-    ];
-    // SAFETY: a valid C string and two timespecs.
-    let r = unsafe {
-        libc::utimensat(
-            libc::AT_FDCWD,
-            c.as_ptr(),
-            times.as_ptr(),
-            libc::AT_SYMLINK_NOFOLLOW,
-        )
-    };
-    assert_eq!(r, 0);
+    // (set_mtime does not follow the link.)
+    set_mtime(&src.join("link"), 1_400_000_000);
     let dest = sshd.mkdir("dest");
     run(robosync(&sshd, &t.path().join("state"))
         .arg(contents(&src))
