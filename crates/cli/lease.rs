@@ -167,24 +167,9 @@ fn ago(secs: i64) -> String {
     }
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` (civil-from-days, H. Hinnant's algorithm).
+/// When the holder took the lease, for people.
 fn utc(unix: i64) -> String {
-    let (days, secs) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    )
+    robosync_transport::connect::unix_to_utc(unix)
 }
 
 /// A held lease on a remote destination; [`RemoteLease::release`] ends it.

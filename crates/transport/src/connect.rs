@@ -261,14 +261,14 @@ fn load_certificate(
             "certificate {} expired {} ago (valid until {}): renew it (e.g. run your site's key-signing tool) and try again",
             path.display(),
             human_duration(now - before),
-            unix_to_utc(before)
+            unix_to_utc(i64::try_from(before).unwrap_or(i64::MAX))
         )));
     }
     if now < cert.valid_after() {
         return Err(Error::Connect(format!(
             "certificate {} is not valid yet (valid from {}): check the clock",
             path.display(),
-            unix_to_utc(cert.valid_after())
+            unix_to_utc(i64::try_from(cert.valid_after()).unwrap_or(i64::MAX))
         )));
     }
     if before - now < 3600 {
@@ -276,7 +276,7 @@ fn load_certificate(
             "warning: certificate {} expires in {} ({})",
             path.display(),
             human_duration(before - now),
-            unix_to_utc(before)
+            unix_to_utc(i64::try_from(before).unwrap_or(i64::MAX))
         ));
     }
     Ok(Some(cert))
@@ -319,23 +319,24 @@ pub fn human_duration(secs: u64) -> String {
     }
 }
 
-fn unix_to_utc(secs: u64) -> String {
-    // Civil-from-days (Howard Hinnant), enough for a human-readable UTC stamp.
-    let days = (secs / 86400) as i64;
-    let rem = secs % 86400;
-    let z = days + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+/// `YYYY-MM-DD HH:MM:SS UTC` for a Unix time (civil-from-days, Howard
+/// Hinnant's algorithm): certificate validity and lease holders in messages.
+pub fn unix_to_utc(secs: i64) -> String {
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
         rem / 3600,
-        (rem % 3600) / 60
+        rem / 60 % 60,
+        rem % 60
     )
 }
 
