@@ -25,8 +25,8 @@ use std::time::Duration;
 use robosync_transport::connect::{certificate_paths, certificate_time_left};
 use robosync_transport::ssh_config::HostConfig;
 
-use crate::sync::{fail, Failure, EXIT_CONNECT, EXIT_USAGE};
 use crate::{parse_duration, Args};
+use robosync_sync::{fail, Failure, EXIT_CONNECT, EXIT_USAGE};
 
 const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
 
@@ -63,7 +63,7 @@ pub async fn before_connect(args: &Args, host: &str, cfg: &HostConfig) -> Result
     let state_dir = args
         .state_dir
         .clone()
-        .unwrap_or_else(crate::sync::default_state_dir);
+        .unwrap_or_else(robosync_sync::default_state_dir);
     let cfg = cfg.clone();
     let host = host.to_string();
     tokio::task::spawn_blocking(move || run_if_needed(&hook, &host, &cfg, &state_dir))

@@ -110,25 +110,7 @@ pub fn trim_slashes(path: &[u8]) -> &[u8] {
     &path[..end]
 }
 
-/// `a` joined with relative `b` as remote path bytes.
-pub fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
-    if b.is_empty() {
-        return a.to_vec();
-    }
-    if a.is_empty() {
-        return b.to_vec();
-    }
-    let mut v = a.to_vec();
-    if !v.ends_with(b"/") {
-        v.push(b'/');
-    }
-    v.extend_from_slice(b);
-    v
-}
-
-pub fn os(b: &[u8]) -> PathBuf {
-    PathBuf::from(std::ffi::OsStr::from_bytes(b))
-}
+pub use robosync_sync::{join, os};
 
 #[cfg(test)]
 mod tests {

@@ -12,12 +12,7 @@
 
 mod auth_hook;
 mod endpoint;
-mod lease;
-mod pull;
-mod push;
-mod remote;
 mod run;
-mod space;
 mod sync;
 
 use std::ffi::OsString;
@@ -312,7 +307,7 @@ fn main() {
             _ = interrupted() => {
                 // Everything landed so far is in place and journaled; the
                 // destination's lease goes now (bounded: the link may hang).
-                let release = lease::HELD.release();
+                let release = robosync_sync::lease::HELD.release();
                 let _ = tokio::time::timeout(Duration::from_secs(3), release).await;
                 eprintln!("robosync: interrupted: rerun to resume");
                 EXIT_INTERRUPTED

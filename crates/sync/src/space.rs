@@ -58,11 +58,7 @@ pub async fn remote_temps(
         .await
         .ok()?;
     let s = pool.session().await.ok()?;
-    let paths: Vec<Vec<u8>> = listing
-        .temps
-        .iter()
-        .map(|t| crate::endpoint::join(root, t))
-        .collect();
+    let paths: Vec<Vec<u8>> = listing.temps.iter().map(|t| crate::join(root, t)).collect();
     let sizes = futures::future::join_all(paths.iter().map(|p| s.lstat(p))).await;
     let bytes = sizes.iter().flatten().filter_map(|a| a.size).sum();
     Some((bytes, listing.temps.len()))

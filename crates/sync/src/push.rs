@@ -19,7 +19,7 @@ use robosync_scanner::{Entry, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp};
 
-use crate::endpoint::join;
+use crate::join;
 use crate::run::Run;
 
 /// What the journal says about an interrupted transfer of one file.
@@ -1306,7 +1306,7 @@ impl Push {
             return Err(Error::Connect(format!(
                 "{} is no longer a directory (someone replaced it, with a symlink or a file, \
                  after robosync listed it); nothing in it was deleted",
-                escape(&crate::endpoint::os(rel))
+                escape(&crate::os(rel))
             )));
         }
         self.confirm_listed_dir(s, rel).await?;
@@ -1341,8 +1341,8 @@ impl Push {
             return Err(Error::Connect(format!(
                 "{} now resolves to {} (someone replaced a directory with a symlink after \
                  robosync listed it); nothing was deleted through it",
-                escape(&crate::endpoint::os(&self.abs(rel))),
-                escape(&crate::endpoint::os(&real))
+                escape(&crate::os(&self.abs(rel))),
+                escape(&crate::os(&real))
             )));
         }
         Ok(())

@@ -13,7 +13,7 @@ use robosync_scanner::Filter;
 use robosync_transport::{Error, Pool};
 use tokio::task::JoinSet;
 
-use crate::endpoint::{join, os};
+use crate::{join, os};
 
 /// Name of robosync's own state directory at the destination root.
 pub const STATE_DIR: &[u8] = b".robosync";

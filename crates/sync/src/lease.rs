@@ -38,7 +38,7 @@ use std::time::Duration;
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Pool, Sftp};
 
-use crate::endpoint::join;
+use crate::join;
 use crate::sync::{fail, now_unix, Failure, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL};
 
 /// How often a held remote lease's mtime is refreshed.

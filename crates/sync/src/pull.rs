@@ -33,7 +33,6 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp, Target};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 
-use crate::endpoint::{join, os};
 use crate::push::{partials, temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
@@ -42,7 +41,8 @@ use crate::sync::{
     record_locally, split_deletes, transport_failure, unless_lost, Failure, EXIT_PARTIAL,
     EXIT_USAGE,
 };
-use crate::Args;
+use crate::Options;
+use crate::{join, os};
 
 /// Blocks of one file in flight at once (each `BLOCK_SIZE`): 16 MiB, our
 /// receive window per channel, so one file fills a channel across latency
@@ -57,7 +57,7 @@ const STRIPES: usize = 4;
 const MODE_MASK: u32 = 0o1777;
 
 pub async fn pull_run(
-    args: &Args,
+    args: &Options,
     run: &Arc<Run>,
     filters: Filters,
     remote_path: &[u8],
@@ -280,7 +280,7 @@ pub async fn pull_run(
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
         pool.close().await;
-        return crate::sync::preview(&plan, guard, errors);
+        return crate::sync::preview(run, &plan, guard, errors);
     }
     if crate::sync::worth_more_sessions(&plan) {
         pool.expand();

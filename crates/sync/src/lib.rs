@@ -1,0 +1,217 @@
+//! One sync of a (local, remote) pair over SFTP, for both directions.
+//!
+//! # Brief overview
+//!
+//! A front-end (the `robosync` binary, a Slurm shard runner, a test) builds
+//! a [`Job`]: which way ([`Direction`]), the local root, the remote root, the
+//! filter rules, the SSH [`Target`] and the [`Options`]. [`run`] then does
+//! the whole sync once, the same steps for a push and a pull:
+//!
+//! 1. state paths and this pair's lock, the destination's lease;
+//! 2. the local scan (push: the source, with the stat cache; pull: the
+//!    destination), while the pool connects;
+//! 3. the remote listing, the manifest (local or the destination's copy);
+//! 4. the plan (`robosync_planner`), guarded (`--delete`), or its preview
+//!    (`--dry-run`);
+//! 5. the journal, the executor of the direction (push: `push.rs`, temp +
+//!    posix-rename uploads, copy-data deltas; pull: `pull.rs`, the
+//!    untrusted-sender boundary and `openat`/`O_NOFOLLOW` containment), with
+//!    checkpoints on a timer, deletions only after everything else landed;
+//! 6. the manifest recorded locally and at the destination, stale temp files
+//!    removed, the pool closed.
+//!
+//! What happens along the way goes to an [`Observer`] (phases, itemised
+//! actions, notes, warnings, progress); the engine never prints. The outcome
+//! is a [`Report`]: counters, the entries that failed, and, when the run
+//! stopped, a [`Failure`] whose `code` is the documented exit code.
+//!
+//! ```no_run
+//! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
+//! let report = robosync_sync::run(job, observer).await;
+//! std::process::exit(report.exit_code());
+//! # }
+//! ```
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use robosync_scanner::Filters;
+use robosync_transport::Target;
+
+pub mod lease;
+mod pull;
+mod push;
+mod remote;
+mod run;
+mod space;
+mod sync;
+
+pub use sync::{
+    default_state_dir, fail, Failure, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_USAGE,
+};
+
+/// Which way the bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Local tree → remote destination.
+    Push,
+    /// Remote tree → local destination.
+    Pull,
+}
+
+/// How a run behaves: the command line's options, without clap.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Plan and show, change nothing.
+    pub dry_run: bool,
+    /// Remove destination entries the source does not have.
+    pub delete: bool,
+    /// Refuse `--delete` beyond this many removals (default: half the destination).
+    pub max_delete: Option<u64>,
+    /// Move removed entries here (a destination path, or an absolute local one on a pull).
+    pub backup_dir: Option<PathBuf>,
+    /// Rehash every local file, and compare remote content for same-size files.
+    pub checksum: bool,
+    /// Read landed files back and compare BLAKE3.
+    pub verify: bool,
+    /// Update changed files in place (push without copy-data).
+    pub inplace: bool,
+    /// Holes in a pushed file are not sent.
+    pub sparse: bool,
+    /// fsync each file before renaming it into place.
+    pub fsync: bool,
+    /// SSH connections (default 2).
+    pub connections: Option<usize>,
+    /// SFTP channels per connection (default 8, fewer to a near host).
+    pub channels: Option<usize>,
+    /// How long to keep reconnecting once no connection works.
+    pub retry_for: Duration,
+    /// Where the manifests, journals and stat caches live (default [`default_state_dir`]).
+    pub state_dir: Option<PathBuf>,
+    /// How much the observer shows: at 1 and above the run waits for the
+    /// pool's late notes before closing (nobody reads them otherwise).
+    pub verbose: u8,
+}
+
+/// One sync to run.
+pub struct Job {
+    /// Push or pull.
+    pub direction: Direction,
+    /// The local root: a push's source, a pull's destination.
+    pub local: PathBuf,
+    /// The remote root as given (`~` is the login directory).
+    pub remote: Vec<u8>,
+    /// The filter rules, as the sender and the receiver apply them.
+    pub filters: Filters,
+    /// The remote side as the user named it (`[user@]host:path`): part of
+    /// this pair's state identity and of messages.
+    pub label: String,
+    /// Where and how to connect.
+    pub target: Target,
+    /// How to behave.
+    pub options: Options,
+}
+
+/// What a run sees happen. Called from the run's tasks, concurrently.
+pub trait Observer: Send + Sync {
+    /// A phase of the run ended, `elapsed` after it started (push and pull
+    /// name the same phases: connected, scanned, listed the destination,
+    /// planned, transferred, recorded the manifest, closed).
+    fn phase(&self, what: &str, elapsed: Duration);
+    /// One action done (rsync `-i` style).
+    fn itemize(&self, line: &str);
+    /// One action a real run would take: a dry run's output.
+    fn planned(&self, line: &str);
+    /// A detail worth a `-v` reader's time.
+    fn note(&self, msg: &str);
+    /// Something the user should see unless quiet (e.g. reconnecting).
+    fn notice(&self, msg: &str);
+    /// Something probably wrong that did not stop the run.
+    fn warn(&self, msg: &str);
+    /// The bytes the run expects to move.
+    fn total_bytes(&self, bytes: u64);
+    /// `n` more bytes moved.
+    fn bytes(&self, n: u64);
+}
+
+/// The run's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Files and links landed.
+    pub files: u64,
+    /// Bytes moved.
+    pub bytes: u64,
+    /// Entries already right.
+    pub skipped: u64,
+    /// Entries removed by `--delete`.
+    pub deleted: u64,
+    /// Files read back and matched (`--verify`).
+    pub verified: u64,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Report {
+    /// The counters at the end.
+    pub stats: Stats,
+    /// How long the run took.
+    pub elapsed: Duration,
+    /// The entries that failed (the rest landed), or, with `failure`, what
+    /// had failed before the run stopped.
+    pub errors: Vec<String>,
+    /// What stopped the run, if something did.
+    pub failure: Option<Failure>,
+}
+
+impl Report {
+    /// The process exit code (see the binary's documentation): 0, 23 for
+    /// failed entries, or the failure's own code.
+    pub fn exit_code(&self) -> i32 {
+        match &self.failure {
+            Some(f) => f.code,
+            None if self.errors.is_empty() => 0,
+            None => EXIT_PARTIAL,
+        }
+    }
+}
+
+/// Runs `job` to its end.
+pub async fn run(job: Job, observer: Arc<dyn Observer>) -> Report {
+    let run = Arc::new(run::Run::new(job.options.clone(), observer));
+    let result = sync::run(job, &run).await;
+    // The destination's lease ends here, whatever the run's outcome.
+    lease::HELD.release().await;
+    let (errors, failure) = match result {
+        Ok(errors) => (errors, None),
+        Err(f) => (run.kept_errors(), Some(f)),
+    };
+    Report {
+        stats: run.stats.snapshot(),
+        elapsed: run.started.elapsed(),
+        errors,
+        failure,
+    }
+}
+
+/// `a` joined with relative `b` as remote path bytes.
+pub fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
+    if b.is_empty() {
+        return a.to_vec();
+    }
+    if a.is_empty() {
+        return b.to_vec();
+    }
+    let mut v = a.to_vec();
+    if !v.ends_with(b"/") {
+        v.push(b'/');
+    }
+    v.extend_from_slice(b);
+    v
+}
+
+/// Path bytes as a path.
+pub fn os(b: &[u8]) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    PathBuf::from(std::ffi::OsStr::from_bytes(b))
+}

@@ -1,0 +1,980 @@
+//! One run from start to end: scan, connect, list, plan, execute, record.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+
+use robosync_manifest::{
+    compact, pick_newer, state_paths, Compacted, Journal, JournalRecord, Manifest, ManifestError,
+};
+use robosync_planner::{plan, Action, PlanOptions, Tree};
+use robosync_scanner::{Filters, ScanOptions, StatCache};
+use robosync_transport::{Error, Pool, PoolOptions, Target};
+
+use crate::join;
+use crate::run::Run;
+use crate::{push, remote, Direction, Job, Options};
+
+pub const EXIT_USAGE: i32 = 1;
+pub const EXIT_CONNECT: i32 = 2;
+pub const EXIT_GUARD: i32 = 3;
+pub const EXIT_PARTIAL: i32 = 23;
+pub const EXIT_LOST: i32 = 30;
+
+/// The most entries a remote listing may hold before we call the server absurd.
+pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
+
+/// What stopped a run: its exit code and what to tell the user.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code (see the `EXIT_` constants).
+    pub code: i32,
+    /// What happened, where, and what to do.
+    pub message: String,
+}
+
+pub fn fail(code: i32, message: impl Into<String>) -> Failure {
+    Failure {
+        code,
+        message: message.into(),
+    }
+}
+
+/// Exit 30 for a connection lost and not re-established within
+/// `--retry-for`, exit 2 for one that could not be made (decided by the
+/// error's variant, not its text).
+pub fn transport_failure(e: Error) -> Failure {
+    let code = if e.is_connection() {
+        EXIT_LOST
+    } else {
+        EXIT_CONNECT
+    };
+    fail(code, e.to_string())
+}
+
+/// Where robosync keeps its state unless told: `$XDG_STATE_HOME/robosync`,
+/// else `~/.local/state/robosync`.
+pub fn default_state_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(d).join("robosync");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/state/robosync"),
+        None => PathBuf::from(".robosync-state"),
+    }
+}
+
+/// Runs `job`: its entry errors, or what stopped it.
+pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
+    let Job {
+        direction,
+        local,
+        remote,
+        filters,
+        label,
+        target,
+        options,
+    } = job;
+    match direction {
+        Direction::Push => push_run(&options, run, filters, &local, target, &remote, &label).await,
+        Direction::Pull => {
+            crate::pull::pull_run(&options, run, filters, &remote, target, &local, &label).await
+        }
+    }
+}
+
+/// Opens the pool; `work` says (once the scan knows) whether the run will
+/// likely have enough to do for more connections (see [`Pool::open_expecting`]).
+pub async fn open_pool(
+    args: &Options,
+    run: &Run,
+    target: Target,
+    work: impl std::future::Future<Output = bool> + Send + 'static,
+) -> Result<Arc<Pool>, Failure> {
+    // MFA hosts: one login, all channels on it (see connect::needs_interactive_auth).
+    let interactive_auth = target.ssh_program.is_none()
+        && robosync_transport::connect::needs_interactive_auth(&target.config);
+    let connections = if interactive_auth {
+        1
+    } else {
+        args.connections.unwrap_or(2).max(1)
+    };
+    let pool = Pool::open_expecting(
+        target,
+        PoolOptions {
+            connections,
+            channels: args.channels.unwrap_or(8).max(1),
+            retry_for: args.retry_for,
+            // Measured (README, Benchmarks): across 50 ms, 2 × 8 channels
+            // moved 256 MiB 1.2× faster than 2 × 4. Near, the CPU is the
+            // limit, and each connection's sshd decrypts on one core: a 1 GiB
+            // push took 1.53 s on 2 × 2 against 1.61 s on 1 × 4 (medians of
+            // 6, interleaved), with less spread; small files and pulls tied.
+            // Hosts needing interactive auth keep one login: 1 × 4.
+            when_near: (args.connections.is_none() || args.channels.is_none()).then(|| {
+                let near_connections = match args.connections {
+                    Some(_) => connections,
+                    None => connections.min(2),
+                };
+                (
+                    near_connections,
+                    args.channels.unwrap_or((4 / near_connections).max(1)),
+                )
+            }),
+        },
+        work,
+    )
+    .await
+    .map_err(transport_failure)?;
+    for n in pool.notes.lock().unwrap().drain(..) {
+        if n.starts_with("warning") {
+            run.warn(n.trim_start_matches("warning: "));
+        } else {
+            run.note(n);
+        }
+    }
+    Ok(pool)
+}
+
+/// Loads the best manifest: local (with its journal folded in) or the destination's copy.
+/// `local` is [`compact`]'s result on this pair's state files.
+pub fn choose_manifest(
+    run: &Run,
+    local: Result<Compacted, ManifestError>,
+    paths: &robosync_manifest::StatePaths,
+    remote_copy: Option<&[u8]>,
+) -> (Manifest, Vec<JournalRecord>) {
+    let (manifest_path, journal_path) = (&paths.manifest, &paths.journal);
+    let (local, pending) = match local {
+        Ok(c) => {
+            if c.torn_tail {
+                run.note(format!(
+                    "journal {} ended in a torn record ({} bytes ignored)",
+                    journal_path.display(),
+                    c.dropped_bytes
+                ));
+            }
+            (
+                Some(c.manifest).filter(|m| !m.files.is_empty() || m.run_id > 0),
+                c.pending,
+            )
+        }
+        Err(e) => {
+            run.warn(&format!(
+                "{e}; ignoring robosync's records and comparing the whole destination"
+            ));
+            let _ = std::fs::remove_file(manifest_path);
+            let _ = std::fs::remove_file(journal_path);
+            (None, Vec::new())
+        }
+    };
+    let remote = remote_copy.and_then(|b| match Manifest::decode(b) {
+        Ok(m) => Some(m),
+        Err(e) => {
+            run.warn(&format!(
+                "the destination's manifest copy is unusable ({e}); comparing the whole destination"
+            ));
+            None
+        }
+    });
+    let (m, choice) = pick_newer(local, remote);
+    run.note(choice.to_string());
+    (m.unwrap_or_default(), pending)
+}
+
+async fn push_run(
+    args: &Options,
+    run: &Arc<Run>,
+    filters: Filters,
+    local_root: &Path,
+    target: Target,
+    remote_path: &[u8],
+    dest_label: &str,
+) -> Result<Vec<String>, Failure> {
+    let meta = std::fs::metadata(local_root)
+        .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
+    if !meta.is_dir() {
+        return Err(fail(
+            EXIT_USAGE,
+            format!(
+                "source {} is not a directory (robosync copies trees)",
+                local_root.display()
+            ),
+        ));
+    }
+    let abs_src = std::fs::canonicalize(local_root).unwrap_or_else(|_| local_root.to_path_buf());
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let paths = state_paths(&state_dir, &abs_src.to_string_lossy(), dest_label);
+    let _held = hold_state(&paths)?;
+
+    // Scan while we connect.
+    let scan_root = local_root.to_path_buf();
+    let cache_path = paths.stat_cache.clone();
+    let (filter, receiving) = (filters.sender, filters.receiver);
+    let checksum = args.checksum;
+    let (predict, work) = tokio::sync::oneshot::channel();
+    let state = paths.clone();
+    let scan = tokio::task::spawn_blocking(move || {
+        let mut cache = if checksum {
+            StatCache::default()
+        } else {
+            StatCache::load(&cache_path)
+        };
+        let opts = ScanOptions {
+            filter,
+            ignore_cache: checksum,
+        };
+        let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
+        // Last run's journal folded in now, off the critical path.
+        let local = compact(&state.manifest, &state.journal);
+        if let Ok(snap) = &snap {
+            let known = local.as_ref().ok().map(|c| &c.manifest);
+            let _ = predict.send(likely_work(snap, known));
+        }
+        (snap, cache, local)
+    });
+    // A dry run transfers nothing: no logins ahead of need.
+    let dry_run = args.dry_run;
+    let work = async move { !dry_run && work.await.unwrap_or(false) };
+    let pool = open_pool(args, run, target, work).await?;
+    run.phase("connected");
+    let (snap, cache, local) = scan.await.expect("scan task panicked");
+    run.phase("scanned");
+    if let Ok(snap) = &snap {
+        // The destination will hold about as many entries as the source.
+        pool.widen_for_listing(snap.entries.len());
+    }
+    let snap = snap.map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot scan {}: {e}", local_root.display()),
+        )
+    })?;
+    let mut errors: Vec<String> = snap
+        .errors
+        .iter()
+        .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message))
+        .collect();
+    for s in &snap.skipped {
+        run.warn(&format!(
+            "skipping {:?} {} (not a regular file, directory or symlink)",
+            s.kind,
+            robosync_planner::escape(&s.path)
+        ));
+    }
+    run.note(format!(
+        "scanned {} entries ({} hashed, {} from cache)",
+        snap.entries.len(),
+        snap.stats.files_hashed,
+        snap.stats.cache_hits
+    ));
+    let cache_unchanged = snap.stats.cache_unchanged;
+    // The source's tree and entry index need nothing from the server: they
+    // are built while it lists the destination.
+    let source = tokio::task::spawn_blocking(move || {
+        let tree = Tree::from_snapshot(&snap);
+        let entries: HashMap<PathBuf, _> = snap
+            .entries
+            .into_iter()
+            .map(|e| (e.path.clone(), e))
+            .collect();
+        (tree, entries)
+    });
+
+    let remote_root = on_session(&pool, |s| async move {
+        remote::expand_home(&s, remote_path).await
+    })
+    .await
+    .map_err(transport_failure)?;
+    let session = pool.session().await.map_err(transport_failure)?;
+    let manifest_remote = join(&remote_root, b".robosync/manifest");
+    // Destination, listing and manifest copy at once: each is a few round
+    // trips, and a missing destination just lists empty.
+    let (made, listing, remote_copy) = futures::join!(
+        async {
+            if args.dry_run {
+                // A dry run changes nothing: no lease, a warning if one is live.
+                if let Some(w) = crate::lease::peek_remote(&session, &remote_root).await {
+                    run.warn(&w);
+                }
+                return Ok::<_, Failure>(None);
+            }
+            // Again on a new session when the link drops meanwhile: the
+            // MKDIRs are idempotent, and the lease knows its own.
+            let mut s = session.clone();
+            loop {
+                match prepare_destination(&pool, &s, &remote_root, &state_dir, dest_label).await {
+                    Err(f) if f.code == EXIT_LOST => {
+                        pool.repair().await.map_err(transport_failure)?;
+                        s = pool.session().await.map_err(transport_failure)?;
+                    }
+                    r => return r.map(Some),
+                }
+            }
+        },
+        list_remote(&pool, &remote_root),
+        read_small(&session, &manifest_remote)
+    );
+    let _identity = made?;
+    let listing = listing.map_err(transport_failure)?;
+    run.phase("listed the destination");
+    errors.extend(listing.errors.iter().cloned());
+    let mut listing = listing;
+    if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
+        // A backup dir inside the destination is not part of the mirror.
+        listing.tree.nodes.retain(|p, _| !p.starts_with(b));
+    }
+    let (mut manifest, pending) = choose_manifest(run, local, &paths, remote_copy.as_deref());
+    // Records of files no longer at the destination mean nothing.
+    listing.tree.forget_missing(&mut manifest);
+
+    let (source, entries) = source.await.expect("indexing the source panicked");
+    // Excluded entries at the destination are protected from --delete, as rsync does.
+    listing.tree = remote::protected(listing.tree, &source, &receiving, &[]);
+    if args.checksum {
+        // rsync -c: the destination's content too, for every file whose
+        // size would let it pass as unchanged.
+        let same_size = |p: &Path, n: &robosync_planner::Node| {
+            source.nodes.get(p).is_some_and(|s| s.size == n.size)
+        };
+        errors.extend(remote::hash_files(&pool, &remote_root, &mut listing.tree, same_size).await);
+    }
+    let opts = PlanOptions {
+        delete: args.delete,
+        max_delete: args.max_delete,
+        delta: session.extensions.copy_data || args.inplace,
+        ..Default::default()
+    };
+    let (plan, guard) = plan_guarded(
+        &source,
+        &listing.tree,
+        &manifest,
+        &local_root.display().to_string(),
+        &opts,
+        args.dry_run,
+    )?;
+    for w in &plan.warnings {
+        run.warn(w);
+    }
+    run.phase("planned");
+    run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
+    if args.dry_run {
+        pool.close().await;
+        return preview(run, &plan, guard, errors);
+    }
+    if worth_more_sessions(&plan) {
+        pool.expand();
+    }
+    if !errors.is_empty() && args.delete {
+        // Scan errors mean the source view is incomplete: never delete on it.
+        run.warn("not deleting anything: the source could not be read completely");
+    }
+
+    start_journal(run, &paths, &mut manifest, &plan)?;
+
+    let dirs_in_place = push::dirs_in_place(&entries, &listing.tree);
+    let job = Arc::new(push::Push {
+        run: run.clone(),
+        pool: pool.clone(),
+        local_root: local_root.to_path_buf(),
+        remote_root: remote_root.clone(),
+        entries,
+        partials: Mutex::new(push::partials(&pending)),
+        manifest: Mutex::new(manifest),
+        data: push::ReadAhead::for_sessions(pool.capacity()),
+        slots: Default::default(),
+        dirs_in_place,
+        temps: Default::default(),
+        root_real: Default::default(),
+    });
+    push::adopt_unchanged(&job, &listing.tree);
+
+    // Timer checkpoints keep the journal durable while appends pause.
+    let ticker = {
+        let run = run.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                run.checkpoint();
+            }
+        })
+    };
+    let (content, deletes): (Vec<Action>, Vec<Action>) = split_deletes(plan.actions);
+    // The manifest copy's temp file opens while the files go: storing the
+    // copy afterwards then takes two round trips, not three.
+    let records_change = content.iter().any(|a| {
+        matches!(
+            a,
+            Action::Copy { .. } | Action::Delta { .. } | Action::SetAttrs { .. }
+        )
+    });
+    let copy_opened = records_change.then(|| {
+        let (pool, path) = (pool.clone(), manifest_remote.clone());
+        tokio::spawn(async move {
+            let s = pool.session().await?;
+            let h = open_small(&s, &path).await?;
+            Ok::<_, Error>((s, h))
+        })
+    });
+    let mut run_errors = job.execute(content).await;
+    if run_errors.is_empty() && errors.is_empty() {
+        run_errors.extend(job.execute(deletes).await);
+    } else if !deletes.is_empty() {
+        run.warn(&format!(
+            "skipped {} deletion(s) because of errors above",
+            deletes.len()
+        ));
+    }
+    ticker.abort();
+    run.phase("transferred");
+    errors.extend(run_errors);
+    if errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
+        if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
+            errors.push(crate::space::temps_held(bytes, files));
+        }
+    }
+    // Record what the destination now holds, locally and on the destination
+    // at once: both record the same state, so whichever lands first, the
+    // next run starts from what is there.
+    let manifest = Arc::new(job.manifest.lock().unwrap().clone());
+    let recorded = {
+        let (run, manifest, paths) = (run.clone(), manifest.clone(), paths.clone());
+        tokio::task::spawn_blocking(move || {
+            let mut errors = Vec::new();
+            record_locally(&run, &manifest, &paths, &mut errors);
+            errors
+        })
+    };
+    let opened = match copy_opened {
+        Some(task) => task.await.ok().and_then(Result::ok),
+        None => None,
+    };
+    if copy_is_current(&manifest, remote_copy.as_deref()) {
+        run.note("the destination's manifest copy is current".into());
+        if let Some((s, h)) = opened {
+            // Opened for nothing: the copy stays as it is, its temp file goes.
+            s.close_detached(&h);
+            let _ = s.remove(&small_tmp(&manifest_remote)).await;
+        }
+    } else {
+        let data = manifest.encode();
+        let early = match opened {
+            Some((s, h)) => finish_small(&s, &h, &manifest_remote, &data).await.is_ok(),
+            None => false,
+        };
+        // Not opened, a session lost meanwhile, or a refusal: the whole way, afresh.
+        let stored = if early {
+            Ok(())
+        } else {
+            let session = pool.session().await.map_err(transport_failure)?;
+            write_small(&session, &manifest_remote, &data).await
+        };
+        if let Err(e) = stored {
+            run.warn(&format!(
+                "could not store the manifest copy on the destination: {e}"
+            ));
+        }
+    }
+    errors.extend(recorded.await.expect("recording the manifest panicked"));
+    run.phase("recorded the manifest");
+    // Temp files no attempt will resume: leftovers of earlier runs (late
+    // requests of an abandoned connection may even have made some after
+    // they were listed) and this run's attempts that did not land.
+    let resumable: std::collections::HashSet<Vec<u8>> = job
+        .partials
+        .lock()
+        .unwrap()
+        .values()
+        .map(|p| join(&remote_root, &p.temp))
+        .collect();
+    let stale: Vec<Vec<u8>> = listing
+        .temps
+        .iter()
+        .map(|t| join(&remote_root, t))
+        .chain(job.temps.lock().unwrap().drain())
+        .filter(|t| !resumable.contains(t))
+        .collect();
+    // Again on a new session if the link drops meanwhile (removing twice is harmless).
+    let cleaned = on_session(&pool, |s| {
+        let stale = &stale;
+        async move {
+            let removed = futures::future::join_all(stale.iter().map(|t| s.remove(t))).await;
+            match removed
+                .into_iter()
+                .find_map(|r| r.err().filter(Error::is_connection))
+            {
+                Some(lost) => Err(lost),
+                None => Ok(()),
+            }
+        }
+    })
+    .await;
+    if let Err(e) = cleaned {
+        run.warn(&format!(
+            "could not remove {} temp file(s) at the destination ({e}); the next run will",
+            stale.len()
+        ));
+    }
+    crate::lease::HELD.release().await;
+    let cache = (!cache_unchanged).then_some(&cache);
+    close_run(run, &pool, cache, &paths, args.verbose > 0).await;
+    run.phase("closed");
+    unless_lost(run, &pool, errors)
+}
+
+/// Makes the destination and robosync's state directory in it, takes the
+/// destination's lease and this machine's lock on its canonical identity.
+/// A lost connection is `EXIT_LOST`, for the caller to retry on a new session.
+async fn prepare_destination(
+    pool: &Arc<Pool>,
+    s: &robosync_transport::Sftp,
+    remote_root: &[u8],
+    state_dir: &Path,
+    dest_label: &str,
+) -> Result<std::fs::File, Failure> {
+    let lost_or = |code: i32, what: &str, e: Error| {
+        let code = if e.is_connection() { EXIT_LOST } else { code };
+        fail(code, format!("{what}: {e}"))
+    };
+    // One flight: the destination, robosync's state directory in it
+    // (where the manifest copy goes), and a check of what is there.
+    // MKDIRs fail harmlessly when the directories exist.
+    let state = join(remote_root, remote::STATE_DIR);
+    let plain = Default::default();
+    // robosync's state there lists every path, size and hash: 0700,
+    // and an existing directory tightened (in the same flight).
+    let private = private_attrs(0o700);
+    // The lease's EXCL open and the REALPATH go in the same flight,
+    // after the MKDIRs (one channel's requests are answered in order).
+    let (_, _, _, there, opened, real) = futures::join!(
+        s.mkdir(remote_root, &plain),
+        s.mkdir(&state, &private),
+        s.setstat(&state, &private),
+        s.lstat(remote_root),
+        crate::lease::open_excl(s, remote_root),
+        s.realpath(remote_root)
+    );
+    let mut real = real;
+    if !there.is_ok_and(|a| a.is_dir()) {
+        // Missing parents, or not a directory: the careful way, with its errors.
+        if let Err(e) = push::mkdir_p(s, remote_root).await {
+            if let Ok(h) = &opened {
+                // An empty lease of ours must not stay behind.
+                s.close_detached(h);
+                let _ = s.remove(&join(remote_root, b".robosync/lock")).await;
+            }
+            return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
+        }
+        let _ = s.mkdir(&state, &private).await;
+        real = s.realpath(remote_root).await;
+    }
+    // One run per destination: its lease, and this machine's lock on
+    // its canonical identity (user, host, port, REALPATH).
+    let taken = crate::lease::take_remote(pool, s, remote_root, Some(opened), dest_label).await;
+    crate::lease::HELD.hold(taken?);
+    let real = real.map_err(|e| lost_or(EXIT_PARTIAL, "cannot resolve destination", e))?;
+    let c = &pool.target().config;
+    let identity = format!(
+        "{}@{}:{}:{}",
+        c.user,
+        c.hostname,
+        c.port,
+        String::from_utf8_lossy(&real)
+    );
+    crate::lease::hold_identity(state_dir, &identity, dest_label)
+}
+
+/// Lists the remote tree; when the link drops meanwhile, lists it again
+/// from the start once the pool has reconnected (a listing changes nothing,
+/// so starting over is safe).
+pub async fn list_remote(pool: &Arc<Pool>, root: &[u8]) -> Result<remote::Listing, Error> {
+    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES)).await
+}
+
+/// Runs `op`, which must be safe to repeat (it reads, or its changes are
+/// idempotent), on a live session; when the link drops meanwhile, runs it
+/// again once the pool has reconnected.
+/// Gives up when reconnecting does (see [`Pool::repair`]) or after
+/// [`RESTARTS`] drops in one operation.
+pub async fn on_session<T, F, Fut>(pool: &Pool, op: F) -> Result<T, Error>
+where
+    F: Fn(Arc<robosync_transport::Sftp>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut restarts = 0;
+    loop {
+        match op(pool.session().await?).await {
+            Err(e) if e.is_connection() && restarts < RESTARTS => {
+                restarts += 1;
+                pool.repair().await?;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A link that drops this often during one operation will not let it finish.
+const RESTARTS: usize = 10;
+
+/// The run's result: its entry errors (exit 23), unless the pool gave up on
+/// the connection, which ends the run as "connection lost" (exit 30) with
+/// those errors shown first.
+pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<String>, Failure> {
+    match pool.gave_up() {
+        Some(e) => {
+            run.keep_errors(errors);
+            Err(transport_failure(e))
+        }
+        None => Ok(errors),
+    }
+}
+
+/// The plan, or the `--delete` guard that refuses it (exit 3). A dry run
+/// gets the whole plan, deletions included, and the guard a real run would
+/// stop at.
+pub fn plan_guarded(
+    source: &Tree,
+    dest: &Tree,
+    manifest: &Manifest,
+    label: &str,
+    opts: &PlanOptions,
+    dry_run: bool,
+) -> Result<(robosync_planner::Plan, Option<String>), Failure> {
+    match plan(source, dest, Some(manifest), label, opts) {
+        Ok(p) => Ok((p, None)),
+        Err(guard) if dry_run => {
+            let open = PlanOptions {
+                guards: false,
+                ..opts.clone()
+            };
+            let p = plan(source, dest, Some(manifest), label, &open)
+                .map_err(|e| fail(EXIT_GUARD, e.to_string()))?;
+            Ok((p, Some(guard.to_string())))
+        }
+        Err(guard) => Err(fail(EXIT_GUARD, guard.to_string())),
+    }
+}
+
+/// A dry run's output: every action a real run would take, then the guard
+/// that would stop it, if any (with the code the real run would exit with).
+pub fn preview(
+    run: &Run,
+    plan: &robosync_planner::Plan,
+    guard: Option<String>,
+    errors: Vec<String>,
+) -> Result<Vec<String>, Failure> {
+    for a in &plan.actions {
+        run.planned(&a.to_string());
+    }
+    match guard {
+        Some(g) => Err(fail(
+            EXIT_GUARD,
+            format!("a real run would stop before changing anything: {g}"),
+        )),
+        None => Ok(errors),
+    }
+}
+
+/// Opens the run's journal (creating the state directory), numbers the run
+/// in `manifest` and records its start; the progress total comes from `plan`.
+pub fn start_journal(
+    run: &Run,
+    paths: &robosync_manifest::StatePaths,
+    manifest: &mut Manifest,
+    plan: &robosync_planner::Plan,
+) -> Result<(), Failure> {
+    robosync_manifest::private_dir(&paths.dir).map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot create state dir {}: {e}", paths.dir.display()),
+        )
+    })?;
+    let journal = Journal::open(&paths.journal).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    run.set_journal(journal);
+    manifest.run_id += 1;
+    manifest.written_at_unix = now_unix();
+    manifest.block_size = robosync_scanner::BLOCK_SIZE;
+    run.journal(&JournalRecord::RunStarted {
+        run_id: manifest.run_id,
+        unix: manifest.written_at_unix,
+    });
+    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+    Ok(())
+}
+
+/// Whether a plan has enough work to repay opening the pool's other
+/// channels and connections (see [`Pool::expand`]): a few files go at once
+/// over the first session.
+pub fn worth_more_sessions(plan: &robosync_planner::Plan) -> bool {
+    let files = plan
+        .actions
+        .iter()
+        .filter(|a| !matches!(a, Action::Mkdir { .. }))
+        .count();
+    enough_work(files, plan.bytes_to_send(robosync_scanner::BLOCK_SIZE))
+}
+
+fn enough_work(files: usize, bytes: u64) -> bool {
+    files >= 16 || bytes >= 8 << 20
+}
+
+/// A guess, before anything is listed, at whether a push will have enough to
+/// do for [`worth_more_sessions`]: the files the local manifest does not
+/// record as already at the destination with this size and mtime. No
+/// manifest (a first push) means everything.
+fn likely_work(snap: &robosync_scanner::Snapshot, known: Option<&Manifest>) -> bool {
+    let (mut files, mut bytes) = (0, 0);
+    for e in &snap.entries {
+        if !matches!(e.kind, robosync_scanner::EntryKind::File) {
+            continue;
+        }
+        let same = known
+            .and_then(|m| m.files.get(e.path.as_os_str().as_bytes()))
+            .is_some_and(|r| r.size == e.size && r.mtime_ns == e.mtime_ns);
+        if !same {
+            files += 1;
+            bytes += e.size;
+        }
+    }
+    enough_work(files, bytes)
+}
+
+/// The end of every run: keep the stat cache, report the pool's notes
+/// (waiting for its growth only when someone reads them), log out.
+pub async fn close_run(
+    run: &Run,
+    pool: &Pool,
+    cache: Option<&StatCache>,
+    paths: &robosync_manifest::StatePaths,
+    verbose: bool,
+) {
+    // None: the scan left it as loaded, and rewriting it would only cost a sync.
+    if let Some(Err(e)) = cache.map(|c| c.save(&paths.stat_cache)) {
+        run.warn(&format!(
+            "cannot save the stat cache {}: {e}",
+            paths.stat_cache.display()
+        ));
+    }
+    pool.settle(verbose).await;
+    for n in pool.notes.lock().unwrap().drain(..) {
+        run.note(n);
+    }
+    pool.close().await;
+}
+
+/// Ends the run's journal and records locally what the destination now
+/// holds: the manifest saved, the journal compacted to what is still pending.
+pub fn record_locally(
+    run: &Run,
+    manifest: &Manifest,
+    paths: &robosync_manifest::StatePaths,
+    errors: &mut Vec<String>,
+) {
+    if let Some(e) = run.journal_error() {
+        errors.push(format!("journal: {e}"));
+    }
+    drop(run.take_journal());
+    if let Err(e) = manifest.save(&paths.manifest) {
+        errors.push(e.to_string());
+    } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
+        errors.push(e.to_string());
+    }
+}
+
+/// The plan's trailing `--delete` removals, apart from everything else.
+pub fn split_deletes(actions: Vec<Action>) -> (Vec<Action>, Vec<Action>) {
+    let tail = actions
+        .iter()
+        .rposition(|a| !matches!(a, Action::Delete { .. }))
+        .map(|i| i + 1)
+        .unwrap_or(0);
+    let mut content = actions;
+    let deletes = content.split_off(tail);
+    // A plan of only deletions: leading wrong-kind deletions can't exist without content.
+    (content, deletes)
+}
+
+pub fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Reads a small remote file, or `None` if it cannot be read. Two round
+/// trips: OPEN, then FSTAT and reads of the first 4 MiB in one flight
+/// (reads past the end just answer EOF); a bigger file costs one more pass.
+pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec<u8>> {
+    const AHEAD: u64 = 4 << 20;
+    let h = s
+        .open(
+            path,
+            robosync_transport::proto::FXF_READ,
+            &Default::default(),
+        )
+        .await
+        .ok()?;
+    let chunk = s.limits.max_read.max(1) as u64;
+    let reads = (0..AHEAD.div_ceil(chunk)).map(|k| s.read(&h, k * chunk, chunk as u32));
+    let (attrs, parts) = futures::join!(s.fstat(&h), futures::future::join_all(reads));
+    s.close_detached(&h);
+    let size = attrs.ok()?.size?;
+    if size > (4u64 << 30) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    for p in parts {
+        // A short read ends what the speculative reads can be trusted for.
+        match p.ok()? {
+            Some(bytes) if bytes.len() as u64 == chunk => out.extend_from_slice(&bytes),
+            Some(bytes) => {
+                out.extend_from_slice(&bytes);
+                break;
+            }
+            None => break,
+        }
+    }
+    if (out.len() as u64) < size {
+        let rest = push::read_range(s, path, out.len() as u64, size - out.len() as u64)
+            .await
+            .ok()?;
+        out.extend_from_slice(&rest);
+    }
+    (out.len() as u64 == size).then_some(out)
+}
+
+/// Holds this source and destination's state directory for the run: two
+/// runs of one pair (an overlapping cron job, a manual run) would interleave
+/// one journal and race on one manifest. `flock`, so the lock ends with the
+/// process however it ends; there is never a stale lock to clear.
+pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File, Failure> {
+    let cannot = |what: &str, p: &Path, e: std::io::Error| {
+        fail(EXIT_USAGE, format!("cannot {what} {}: {e}", p.display()))
+    };
+    robosync_manifest::private_dir(&paths.dir)
+        .map_err(|e| cannot("create state dir", &paths.dir, e))?;
+    let path = paths.dir.join("lock");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.create(true).truncate(false).write(true);
+    let file =
+        robosync_manifest::open_private(&mut opts, &path).map_err(|e| cannot("open", &path, e))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(file);
+    }
+    match std::io::Error::last_os_error() {
+        e if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
+            EXIT_GUARD,
+            format!(
+                "another robosync run is syncing this source and destination (it holds {}); \
+                 this run did nothing: try again when that one has finished",
+                path.display()
+            ),
+        )),
+        e => Err(cannot("lock", &path, e)),
+    }
+}
+
+/// Whether the destination's manifest copy, as read at the start of the run,
+/// already holds exactly `manifest`'s records (a no-change rerun): storing it
+/// again would cost three round trips and change nothing but its date.
+fn copy_is_current(manifest: &Manifest, copy: Option<&[u8]>) -> bool {
+    copy.and_then(|b| Manifest::decode(b).ok())
+        .is_some_and(|old| old.block_size == manifest.block_size && old.files == manifest.files)
+}
+
+/// Writes a small remote file atomically (temp + rename) in three round
+/// trips: OPEN (creating the directory only if that fails), WRITEs and CLOSE
+/// as one ordered batch, RENAME.
+pub async fn write_small(
+    s: &robosync_transport::Sftp,
+    path: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
+    let h = open_small(s, path).await?;
+    finish_small(s, &h, path, data).await
+}
+
+/// [`write_small`]'s first step: opens (empties) `path`'s temp file, making
+/// its directory if missing. Returns the handle.
+pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec<u8>, Error> {
+    use robosync_transport::proto::{FXF_CREAT, FXF_TRUNC, FXF_WRITE};
+    let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+    let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
+    let tmp = small_tmp(path);
+    let private = private_attrs(0o600);
+    match s.open(&tmp, flags, &private).await {
+        Ok(h) => Ok(h),
+        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+            push::mkdir_p(s, dir).await?;
+            s.open(&tmp, flags, &private).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`write_small`]'s rest: `data` into the temp file opened as `h` on `s`,
+/// then the temp file renamed over `path`.
+pub async fn finish_small(
+    s: &robosync_transport::Sftp,
+    h: &[u8],
+    path: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
+    // FSETSTAT too: a temp left by an older run keeps its mode through OPEN.
+    s.write_and_close(h, 0, data, Some(&private_attrs(0o600)))
+        .await
+        .map_err(|e| e.at_path(&small_tmp(path)))?;
+    s.rename(&small_tmp(path), path).await
+}
+
+/// Attributes that set only the permission bits.
+fn private_attrs(mode: u32) -> robosync_transport::proto::Attrs {
+    robosync_transport::proto::Attrs {
+        permissions: Some(mode),
+        ..Default::default()
+    }
+}
+
+fn small_tmp(path: &[u8]) -> Vec<u8> {
+    [path, b".tmp"].concat()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use robosync_manifest::Record;
+
+    fn manifest(size: u64, run_id: u64) -> Manifest {
+        let mut m = Manifest {
+            block_size: 256 << 10,
+            written_at_unix: 1_700_000_000 + run_id as i64,
+            run_id,
+            ..Default::default()
+        };
+        let record = Record {
+            size,
+            mtime_ns: 1,
+            mode: 0o644,
+            whole: [7; 32],
+            blocks: vec![[7; 32]],
+            remote_size: size,
+            remote_mtime: 1,
+        };
+        m.files.insert(b"a/b".to_vec(), record);
+        m
+    }
+
+    #[test]
+    fn a_copy_with_the_same_records_is_current_whatever_its_date() {
+        let copy = manifest(10, 1).encode();
+        assert!(copy_is_current(&manifest(10, 2), Some(&copy)));
+        assert!(!copy_is_current(&manifest(11, 2), Some(&copy)));
+        assert!(!copy_is_current(&Manifest::default(), Some(&copy)));
+        assert!(!copy_is_current(&manifest(10, 2), None));
+        assert!(!copy_is_current(&manifest(10, 2), Some(b"not a manifest")));
+    }
+}
