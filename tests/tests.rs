@@ -6,6 +6,7 @@ mod util;
 
 mod connect;
 mod differential;
+mod engine;
 mod faults;
 mod filters;
 mod foundation;

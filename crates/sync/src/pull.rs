@@ -14,33 +14,29 @@
 //! file beside the target, and renamed into place. Completed blocks are
 //! journaled, so a rerun re-hashes them locally and fetches only the rest.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt};
-use robosync_manifest::{state_paths, JournalRecord, Manifest, Record};
-use robosync_planner::{escape, Action, Kind, Node, PlanOptions, Tree};
-use robosync_scanner::{Filter, Filters, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
+use robosync_manifest::{JournalRecord, Manifest, Record};
+use robosync_planner::{escape, Action, Kind, Node, Tree};
+use robosync_scanner::{Filters, Snapshot, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
-use robosync_transport::{Error, Pool, Sftp, Target};
+use robosync_transport::{Error, Pool, Sftp};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 
-use crate::push::{partials, temp_for, Partial};
+use crate::push::{temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
-use crate::sync::{
-    choose_manifest, close_run, default_state_dir, fail, list_remote, on_session, open_pool,
-    record_locally, split_deletes, transport_failure, unless_lost, Failure, EXIT_PARTIAL,
-    EXIT_USAGE,
-};
+use crate::sync::{fail, on_session, Failure, EXIT_PARTIAL, EXIT_USAGE};
 use crate::Options;
 use crate::{join, os};
 
@@ -56,140 +52,74 @@ const STRIPES: usize = 4;
 /// Permission bits a pull sets: never setuid/setgid from a server.
 const MODE_MASK: u32 = 0o1777;
 
-pub async fn pull_run(
+/// The leases of a pull's local destination: this machine's lock on its
+/// identity, and (when it exists) its lease (see crate::lease). A dry run
+/// takes none, and warns when a live one is held.
+pub fn take_leases(
     args: &Options,
-    run: &Arc<Run>,
-    filters: Filters,
-    remote_path: &[u8],
-    target: Target,
+    run: &Run,
     local_root: &Path,
-    label: &str,
-) -> Result<Vec<String>, Failure> {
-    let exists = match std::fs::metadata(local_root) {
-        Ok(m) if m.is_dir() => true,
-        Ok(_) => {
-            return Err(fail(
-                EXIT_USAGE,
-                format!(
-                    "destination {} is not a directory (robosync copies trees)",
-                    local_root.display()
-                ),
-            ))
-        }
-        Err(_) => false,
-    };
-    let abs_dest = std::fs::canonicalize(local_root).unwrap_or_else(|_| {
-        std::env::current_dir()
-            .map(|d| d.join(local_root))
-            .unwrap_or_else(|_| local_root.to_path_buf())
-    });
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let paths = state_paths(&state_dir, label, &abs_dest.to_string_lossy());
-    let _held = crate::sync::hold_state(&paths)?;
-    // One run per destination (see crate::lease); a dry run takes no lease.
-    let (mut _lease, mut _identity) = (None, None);
+    abs_dest: &Path,
+    state_dir: &Path,
+    exists: bool,
+) -> Result<LocalLeases, Failure> {
+    let mut held = LocalLeases::default();
     if args.dry_run {
         if let Some(w) = crate::lease::peek_local(local_root) {
             run.warn(&w);
         }
-    } else {
-        let shown = abs_dest.display().to_string();
-        let key = abs_dest.to_string_lossy();
-        _identity = Some(crate::lease::hold_identity(&state_dir, &key, &shown)?);
-        if exists {
-            _lease = Some(crate::lease::take_local(local_root)?);
-        }
+        return Ok(held);
     }
+    let shown = abs_dest.display().to_string();
+    let key = abs_dest.to_string_lossy();
+    held.identity = Some(crate::lease::hold_identity(state_dir, &key, &shown)?);
+    if exists {
+        held.lease = Some(crate::lease::take_local(local_root)?);
+    }
+    Ok(held)
+}
 
-    // Scan the destination while we connect.
-    let (count, counted) = tokio::sync::oneshot::channel();
-    let scan = {
-        let root = local_root.to_path_buf();
-        let cache_path = paths.stat_cache.clone();
-        // Pruning the scan is exact only when both sides decide alike.
-        let filter = match filters.same {
-            true => filters.receiver.clone(),
-            false => Filter::default(),
-        };
-        let checksum = args.checksum;
-        tokio::task::spawn_blocking(move || {
-            // --checksum: re-read every local file, so one whose bytes
-            // changed under an unchanged stat is noticed and fetched again.
-            let mut cache = if checksum {
-                StatCache::default()
-            } else {
-                StatCache::load(&cache_path)
-            };
-            if !exists {
-                return (Ok(Snapshot::default()), cache);
-            }
-            let opts = ScanOptions {
-                filter,
-                ignore_cache: checksum,
-            };
-            let snap = robosync_scanner::scan(&root, &opts, &mut cache);
-            if let Ok(snap) = &snap {
-                let _ = count.send(snap.entries.len());
-            }
-            (snap, cache)
-        })
-    };
-    // What a pull has to do is known only from the listing.
-    let pool = open_pool(args, run, target, async { false }).await?;
-    {
-        // A rerun's source holds about as many entries as its destination.
-        let pool = pool.clone();
-        tokio::spawn(async move {
-            if let Ok(n) = counted.await {
-                pool.widen_for_listing(n);
-            }
-        });
-    }
-    let remote_root = on_session(&pool, |s| async move {
-        remote::expand_home(&s, remote_path).await
-    })
-    .await
-    .map_err(transport_failure)?;
-    let listing = list_remote(&pool, &remote_root)
-        .await
-        .map_err(transport_failure)?;
-    if listing.root_missing {
-        let root = &remote_root;
-        let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
-        if stat.is_ok_and(|a| !a.is_dir()) {
-            return Err(fail(
-                EXIT_USAGE,
-                format!(
-                    "source {label} is a file: pulling a single file is not supported yet; \
-                     pull its directory with a filter (robosync --include NAME --exclude '*' host:DIR/ DEST)"
-                ),
-            ));
-        }
-        return Err(fail(
-            EXIT_PARTIAL,
-            format!(
-                "source {label} does not exist on the server (no such file or directory); \
-                 nothing was copied: check the remote path"
-            ),
-        ));
-    }
-    let mut errors = listing.errors.clone();
-    let mut source = remote::included(listing.tree, &filters.sender);
-    let (snap, cache) = scan.await.expect("scan task panicked");
-    let snap = snap.map_err(|e| {
-        fail(
+/// What a pull holds of its destination until the run ends.
+#[derive(Default)]
+pub struct LocalLeases {
+    identity: Option<File>,
+    lease: Option<crate::lease::LocalLease>,
+}
+
+/// Why a pull's source root did not list: a file (refused as such), or missing.
+pub async fn missing_source(pool: &Pool, remote_root: &[u8], label: &str) -> Failure {
+    let stat = on_session(pool, |s| async move { s.lstat(remote_root).await }).await;
+    if stat.is_ok_and(|a| !a.is_dir()) {
+        return fail(
             EXIT_USAGE,
-            format!("cannot scan {}: {e}", local_root.display()),
-        )
-    })?;
-    errors.extend(
-        snap.errors
-            .iter()
-            .map(|e| format!("{}: {}", escape(&e.path), e.message)),
-    );
-    let mut dest = Tree::from_snapshot(&snap);
-    // What the pruned scan left out where the source has an entry (another
-    // kind, by a dir-only rule) is in the way: known, so it gets replaced.
+            format!(
+                "source {label} is a file: pulling a single file is not supported yet; \
+                 pull its directory with a filter (robosync --include NAME --exclude '*' host:DIR/ DEST)"
+            ),
+        );
+    }
+    fail(
+        EXIT_PARTIAL,
+        format!(
+            "source {label} does not exist on the server (no such file or directory); \
+             nothing was copied: check the remote path"
+        ),
+    )
+}
+
+/// The destination's tree as the planner must see it: what the pruned scan
+/// left out where the source has an entry is in the way (known, so it gets
+/// replaced), excluded entries are protected from `--delete`, and robosync's
+/// own state, a `--backup-dir` inside and temp files are not content.
+/// Returns the tree and the temp files found.
+pub fn destination_tree(
+    mut dest: Tree,
+    source: &Tree,
+    snap: &Snapshot,
+    filters: &Filters,
+    local_root: &Path,
+    args: &Options,
+) -> (Tree, Vec<Vec<u8>>) {
     for p in snap
         .excluded
         .iter()
@@ -199,10 +129,8 @@ pub async fn pull_run(
             dest.nodes.insert(p.clone(), n);
         }
     }
-    dest = remote::protected(dest, &source, &filters.receiver, &snap.excluded);
-    let snap_cache_unchanged = snap.stats.cache_unchanged;
+    dest = remote::protected(dest, source, &filters.receiver, &snap.excluded);
     let mut stale_temps = Vec::new();
-    // robosync's own state and a --backup-dir inside the destination are not content.
     let mut own: Vec<&Path> = vec![Path::new(std::ffi::OsStr::from_bytes(STATE_DIR))];
     if let Some(b) = args.backup_dir.as_deref().filter(|b| b.is_relative()) {
         own.push(b);
@@ -218,42 +146,41 @@ pub async fn pull_run(
         }
         true
     });
+    (dest, stale_temps)
+}
 
-    if !exists && !args.dry_run {
+/// Makes a missing destination (taking its lease) and opens it; `None` on
+/// a dry run into a destination that does not exist.
+pub fn open_destination(
+    args: &Options,
+    local_root: &Path,
+    exists: bool,
+    held: &mut LocalLeases,
+) -> Result<Option<LocalRoot>, Failure> {
+    if !exists && args.dry_run {
+        return Ok(None);
+    }
+    if !exists {
         std::fs::create_dir_all(local_root).map_err(|e| {
             fail(
                 EXIT_USAGE,
                 format!("cannot create destination {}: {e}", local_root.display()),
             )
         })?;
-        _lease = Some(crate::lease::take_local(local_root)?);
+        held.lease = Some(crate::lease::take_local(local_root)?);
     }
-    let root = if exists || !args.dry_run {
-        Some(LocalRoot::open(local_root).map_err(|e| {
-            fail(
-                EXIT_USAGE,
-                format!("cannot open destination {}: {e}", local_root.display()),
-            )
-        })?)
-    } else {
-        None
-    };
-    let local_copy = root
-        .as_ref()
-        .and_then(|r| r.read_small(&[STATE_DIR, b"/manifest"].concat()));
-    let local = robosync_manifest::compact(&paths.manifest, &paths.journal);
-    let (mut manifest, pending) = choose_manifest(run, local, &paths, local_copy.as_deref());
-    // Records of files no longer at the destination mean nothing.
-    dest.forget_missing(&mut manifest);
-    if args.checksum {
-        // rsync -c: the source's content read back, for every file whose
-        // size would let it pass as unchanged (never the records' word).
-        let same_size = |p: &Path, n: &Node| dest.nodes.get(p).is_some_and(|d| d.size == n.size);
-        errors.extend(remote::hash_files(&pool, &remote_root, &mut source, same_size).await);
-    }
-    // A remote file whose stat still matches what robosync fetched last time
-    // has the content recorded then: the planner sees it as unchanged.
-    for (p, n) in source.nodes.iter_mut().filter(|_| !args.checksum) {
+    LocalRoot::open(local_root).map(Some).map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot open destination {}: {e}", local_root.display()),
+        )
+    })
+}
+
+/// A remote file whose stat still matches what robosync fetched last time
+/// has the content recorded then.
+pub fn recorded_content(source: &mut Tree, manifest: &Manifest) {
+    for (p, n) in source.nodes.iter_mut() {
         if n.kind != Kind::File {
             continue;
         }
@@ -264,100 +191,19 @@ pub async fn pull_run(
             }
         }
     }
+}
 
-    let opts = PlanOptions {
-        delete: args.delete,
-        max_delete: args.max_delete,
-        // No remote hashes: a changed file is fetched whole.
-        delta: false,
-        ..Default::default()
+/// The `--backup-dir` of a pull, made and opened.
+pub fn open_backup(args: &Options, root: &LocalRoot) -> Result<Option<Backup>, Failure> {
+    let Some(b) = &args.backup_dir else {
+        return Ok(None);
     };
-    let (plan, guard) =
-        crate::sync::plan_guarded(&source, &dest, &manifest, label, &opts, args.dry_run)?;
-    for w in &plan.warnings {
-        run.warn(w);
-    }
-    run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
-    if args.dry_run {
-        pool.close().await;
-        return crate::sync::preview(run, &plan, guard, errors);
-    }
-    if crate::sync::worth_more_sessions(&plan) {
-        pool.expand();
-    }
-    let root = root.expect("destination opened");
-    if !errors.is_empty() && args.delete {
-        // An incomplete remote view must never decide deletions.
-        run.warn("not deleting anything: the source could not be read completely");
-    }
-    let backup = match &args.backup_dir {
-        Some(b) => Some(Backup::open(&root, b).map_err(|e| {
-            fail(
-                EXIT_USAGE,
-                format!("cannot use backup dir {}: {e}", b.display()),
-            )
-        })?),
-        None => None,
-    };
-
-    crate::sync::start_journal(run, &paths, &mut manifest, &plan)?;
-
-    source.nodes.retain(|p, _| !p.as_os_str().is_empty());
-    let job = Arc::new(Pull {
-        run: run.clone(),
-        pool: pool.clone(),
-        root,
-        backup,
-        remote_root,
-        source,
-        partials: Mutex::new(partials(&pending)),
-        manifest: Mutex::new(manifest),
-        data: crate::push::ReadAhead::for_sessions(pool.capacity()),
-    });
-    let ticker = {
-        let run = run.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-                run.checkpoint();
-            }
-        })
-    };
-    let (content, deletes) = split_deletes(plan.actions);
-    let mut run_errors = job.execute(content, false).await;
-    if run_errors.is_empty() && errors.is_empty() {
-        run_errors.extend(job.execute(deletes, true).await);
-    } else if !deletes.is_empty() {
-        run.warn(&format!(
-            "skipped {} deletion(s) because of errors above",
-            deletes.len()
-        ));
-    }
-    if run_errors.is_empty() {
-        // Directory attributes last: writing inside changed their mtimes.
-        run_errors.extend(job.set_dir_attrs());
-    }
-    ticker.abort();
-    errors.extend(run_errors);
-    let manifest = job.manifest.lock().unwrap().clone();
-    record_locally(run, &manifest, &paths, &mut errors);
-    if let Err(e) = job
-        .root
-        .write_small(STATE_DIR, b"manifest", &manifest.encode())
-    {
-        run.warn(&format!(
-            "could not store the manifest copy in the destination: {e}"
-        ));
-    }
-    if errors.is_empty() {
-        // Temp files of interrupted runs that this run did not resume.
-        for t in &stale_temps {
-            let _ = job.root.remove(t);
-        }
-    }
-    let cache = (!snap_cache_unchanged).then_some(&cache);
-    close_run(run, &pool, cache, &paths, args.verbose > 0).await;
-    unless_lost(run, &pool, errors)
+    Backup::open(root, b).map(Some).map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot use backup dir {}: {e}", b.display()),
+        )
+    })
 }
 
 /// Why one entry failed.
@@ -386,24 +232,27 @@ fn local(what: &str) -> impl Fn(io::Error) -> PullError + '_ {
     move |e| PullError::Local(crate::space::local_failed(what, &e))
 }
 
-struct Pull {
-    run: Arc<Run>,
-    pool: Arc<Pool>,
-    root: LocalRoot,
-    backup: Option<Backup>,
-    remote_root: Vec<u8>,
-    source: Tree,
-    partials: Mutex<HashMap<Vec<u8>, Partial>>,
-    manifest: Mutex<Manifest>,
+pub struct Pull {
+    pub run: Arc<Run>,
+    pub pool: Arc<Pool>,
+    pub root: LocalRoot,
+    pub backup: Option<Backup>,
+    pub remote_root: Vec<u8>,
+    pub source: Tree,
+    pub partials: Mutex<HashMap<Vec<u8>, Partial>>,
+    pub manifest: Mutex<Manifest>,
     /// Bytes asked of the server and not yet written locally, all files together.
-    data: crate::push::ReadAhead,
+    pub data: crate::push::ReadAhead,
+    /// Directories already right at the destination (see `sync::dirs_in_place`).
+    pub dirs_in_place: HashSet<PathBuf>,
 }
 
 impl Pull {
     /// Runs actions in plan order: wrong-kind deletions, directories (parents
-    /// first), then files and links concurrently. `removals`: these are the
-    /// `--delete` removals (`--backup-dir` applies).
-    async fn execute(self: &Arc<Self>, actions: Vec<Action>, removals: bool) -> Vec<String> {
+    /// first), then files and links concurrently, then directory attributes.
+    /// `removals`: these are the `--delete` removals (`--backup-dir` applies).
+    pub async fn execute(self: &Arc<Self>, actions: Vec<Action>, removals: bool) -> Vec<String> {
+        let touched = crate::sync::dirs_touched(&actions);
         let mut errors = Vec::new();
         let mut files = Vec::new();
         for a in actions {
@@ -432,6 +281,10 @@ impl Pull {
             .collect()
             .await;
         errors.extend(results.into_iter().filter_map(Result::err));
+        if errors.is_empty() {
+            // Directory attributes last: writing inside changed their mtimes.
+            errors.extend(self.set_dir_attrs(&touched));
+        }
         errors
     }
 
@@ -514,10 +367,13 @@ impl Pull {
         }
     }
 
-    fn set_dir_attrs(&self) -> Vec<String> {
+    /// Sets the attributes of the directories `touched` by this step and of
+    /// those not already right; the rest are left alone (as a push does: a
+    /// rerun of a big tree would otherwise re-set every directory).
+    fn set_dir_attrs(&self, touched: &HashSet<PathBuf>) -> Vec<String> {
         let mut errors = Vec::new();
         for (p, n) in self.source.nodes.iter().rev() {
-            if n.kind != Kind::Dir {
+            if n.kind != Kind::Dir || (self.dirs_in_place.contains(p) && !touched.contains(p)) {
                 continue;
             }
             let r = self
@@ -943,7 +799,7 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 
 /// The destination directory, as an open handle that every local operation
 /// resolves beneath.
-struct LocalRoot {
+pub struct LocalRoot {
     fd: OwnedFd,
 }
 
@@ -1036,12 +892,12 @@ impl LocalRoot {
     }
 
     /// Removes `rel`, a directory with everything in it; links are removed, not followed.
-    fn remove(&self, rel: &[u8]) -> io::Result<()> {
+    pub fn remove(&self, rel: &[u8]) -> io::Result<()> {
         let (p, n) = self.parent(rel)?;
         remove_at(&p, &n)
     }
 
-    fn read_small(&self, rel: &[u8]) -> Option<Vec<u8>> {
+    pub fn read_small(&self, rel: &[u8]) -> Option<Vec<u8>> {
         let (p, n) = self.parent(rel).ok()?;
         let fd = rustix::fs::openat(
             &p,
@@ -1056,7 +912,7 @@ impl LocalRoot {
     }
 
     /// Writes `dir/name` atomically (temp + rename), creating `dir`.
-    fn write_small(&self, dir: &[u8], name: &[u8], data: &[u8]) -> io::Result<()> {
+    pub fn write_small(&self, dir: &[u8], name: &[u8], data: &[u8]) -> io::Result<()> {
         self.mkdir(dir, 0o700)?;
         let d = self.dir(dir)?;
         let tmp = [name, b".tmp"].concat();
@@ -1091,7 +947,7 @@ fn remove_at(dir: &OwnedFd, name: &[u8]) -> io::Result<()> {
 
 /// `--backup-dir` for a pull: a relative path is inside the destination, an
 /// absolute one is wherever the user said.
-struct Backup {
+pub struct Backup {
     root: LocalRoot,
     prefix: Vec<u8>,
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::stream::{self, StreamExt, TryStreamExt};
 use robosync_manifest::{JournalRecord, Manifest, Record};
-use robosync_planner::{escape, Action, Kind, Node, Tree};
+use robosync_planner::{escape, Action};
 use robosync_scanner::{Entry, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp};
@@ -306,14 +306,7 @@ impl Push {
         let mut errors = Vec::new();
         // Directories whose attributes this call may disturb: new ones, and
         // those where something is created, renamed or removed.
-        let touched: std::collections::HashSet<PathBuf> = actions
-            .iter()
-            .flat_map(|a| {
-                let here = matches!(a, Action::Mkdir { .. }).then(|| a.path().to_path_buf());
-                let parent = a.path().parent().map(Path::to_path_buf);
-                here.into_iter().chain(parent)
-            })
-            .collect();
+        let touched = crate::sync::dirs_touched(&actions);
         // Deletions before any directory are wrong-kind removals; the plan's
         // trailing `--delete` removals arrive in their own call (all Deletes).
         let (mut pre, mut dirs, mut files) = (Vec::new(), Vec::new(), Vec::new());
@@ -1405,65 +1398,6 @@ pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<
         out.extend_from_slice(&p.unwrap_or_default());
     }
     Ok(out)
-}
-
-/// Directories the destination already holds with the source's mode and
-/// mtime (whole seconds, as SFTP v3 carries them).
-pub fn dirs_in_place(
-    entries: &HashMap<PathBuf, Entry>,
-    dest: &Tree,
-) -> std::collections::HashSet<PathBuf> {
-    entries
-        .values()
-        .filter(|e| matches!(e.kind, robosync_scanner::EntryKind::Dir))
-        .filter(|e| {
-            dest.nodes.get(&e.path).is_some_and(|n| {
-                n.kind == Kind::Dir
-                    && n.mode == e.mode & 0o7777
-                    && n.mtime == i64::from(mtime_secs(e))
-            })
-        })
-        .map(|e| e.path.clone())
-        .collect()
-}
-
-/// Remote tree nodes as the planner sees them, for files the manifest lacks
-/// but the quick check found equal: their records are added so the next run
-/// can use block deltas.
-pub fn adopt_unchanged(push: &Push, dest: &Tree) {
-    let mut m = push.manifest.lock().unwrap();
-    for (p, e) in &push.entries {
-        let key = p.as_os_str().as_bytes();
-        if m.files.contains_key(key) {
-            continue;
-        }
-        let (
-            Some(d),
-            Some(Node {
-                kind: Kind::File,
-                size,
-                mtime,
-                ..
-            }),
-        ) = (&e.digest, dest.nodes.get(p))
-        else {
-            continue;
-        };
-        if *size == e.size && *mtime == e.mtime_ns.div_euclid(1_000_000_000) {
-            m.files.insert(
-                key.to_vec(),
-                Record {
-                    size: e.size,
-                    mtime_ns: e.mtime_ns,
-                    mode: e.mode & 0o7777,
-                    whole: d.whole,
-                    blocks: d.blocks.clone(),
-                    remote_size: *size,
-                    remote_mtime: *mtime,
-                },
-            );
-        }
-    }
 }
 
 /// The blocks of `file` (of `size` bytes) that lie wholly inside holes, as

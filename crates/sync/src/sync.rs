@@ -1,6 +1,6 @@
 //! One run from start to end: scan, connect, list, plan, execute, record.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -9,9 +9,10 @@ use std::sync::{Arc, Mutex};
 
 use robosync_manifest::{
     compact, pick_newer, state_paths, Compacted, Journal, JournalRecord, Manifest, ManifestError,
+    Record,
 };
-use robosync_planner::{plan, Action, PlanOptions, Tree};
-use robosync_scanner::{Filters, ScanOptions, StatCache};
+use robosync_planner::{plan, Action, Kind, PlanOptions, Tree};
+use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache};
 use robosync_transport::{Error, Pool, PoolOptions, Target};
 
 use crate::join;
@@ -64,25 +65,6 @@ pub fn default_state_dir() -> PathBuf {
     match std::env::var_os("HOME") {
         Some(h) => PathBuf::from(h).join(".local/state/robosync"),
         None => PathBuf::from(".robosync-state"),
-    }
-}
-
-/// Runs `job`: its entry errors, or what stopped it.
-pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
-    let Job {
-        direction,
-        local,
-        remote,
-        filters,
-        label,
-        target,
-        options,
-    } = job;
-    match direction {
-        Direction::Push => push_run(&options, run, filters, &local, target, &remote, &label).await,
-        Direction::Pull => {
-            crate::pull::pull_run(&options, run, filters, &remote, target, &local, &label).await
-        }
     }
 }
 
@@ -185,174 +167,268 @@ pub fn choose_manifest(
     (m.unwrap_or_default(), pending)
 }
 
-async fn push_run(
-    args: &Options,
-    run: &Arc<Run>,
-    filters: Filters,
-    local_root: &Path,
-    target: Target,
-    remote_path: &[u8],
-    dest_label: &str,
-) -> Result<Vec<String>, Failure> {
-    let meta = std::fs::metadata(local_root)
-        .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
-    if !meta.is_dir() {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {} is not a directory (robosync copies trees)",
-                local_root.display()
-            ),
-        ));
-    }
-    let abs_src = std::fs::canonicalize(local_root).unwrap_or_else(|_| local_root.to_path_buf());
-    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
-    let paths = state_paths(&state_dir, &abs_src.to_string_lossy(), dest_label);
-    let _held = hold_state(&paths)?;
+/// Runs `job`: its entry errors, or what stopped it. Written once for both
+/// directions; where they differ (which side is scanned, where the lease and
+/// the manifest copy live, which executor moves the bytes) it says so.
+pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
+    let Job {
+        direction,
+        local: local_root,
+        remote: remote_path,
+        filters,
+        label,
+        target,
+        options,
+    } = job;
+    let args = &options;
+    let push = direction == Direction::Push;
+    let local_root = local_root.as_path();
 
-    // Scan while we connect.
-    let scan_root = local_root.to_path_buf();
-    let cache_path = paths.stat_cache.clone();
-    let (filter, receiving) = (filters.sender, filters.receiver);
-    let checksum = args.checksum;
-    let (predict, work) = tokio::sync::oneshot::channel();
-    let state = paths.clone();
-    let scan = tokio::task::spawn_blocking(move || {
-        let mut cache = if checksum {
-            StatCache::default()
-        } else {
-            StatCache::load(&cache_path)
-        };
-        let opts = ScanOptions {
-            filter,
-            ignore_cache: checksum,
-        };
-        let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
-        // Last run's journal folded in now, off the critical path.
-        let local = compact(&state.manifest, &state.journal);
-        if let Ok(snap) = &snap {
-            let known = local.as_ref().ok().map(|c| &c.manifest);
-            let _ = predict.send(likely_work(snap, known));
-        }
-        (snap, cache, local)
+    // The local root, this pair's state and its lock.
+    let exists = local_root_exists(direction, local_root)?;
+    let abs_local = std::fs::canonicalize(local_root).unwrap_or_else(|_| {
+        std::env::current_dir()
+            .map(|d| d.join(local_root))
+            .unwrap_or_else(|_| local_root.to_path_buf())
     });
-    // A dry run transfers nothing: no logins ahead of need.
+    let state_dir = args.state_dir.clone().unwrap_or_else(default_state_dir);
+    let abs_shown = abs_local.to_string_lossy();
+    let paths = match direction {
+        Direction::Push => state_paths(&state_dir, &abs_shown, &label),
+        Direction::Pull => state_paths(&state_dir, &label, &abs_shown),
+    };
+    let _held = hold_state(&paths)?;
+    // A pull's destination is here: its lease now (see crate::lease). A
+    // push's is taken with the destination made, below.
+    let mut local_lease = match direction {
+        Direction::Pull => {
+            crate::pull::take_leases(args, run, local_root, &abs_local, &state_dir, exists)?
+        }
+        Direction::Push => Default::default(),
+    };
+
+    // The local side is scanned while the pool connects.
+    let (count, counted) = tokio::sync::oneshot::channel();
+    let (predict, work) = tokio::sync::oneshot::channel();
+    let scan = {
+        let root = local_root.to_path_buf();
+        let state = paths.clone();
+        let filter = match direction {
+            Direction::Push => filters.sender.clone(),
+            // Pruning a destination's scan is exact only when both sides decide alike.
+            Direction::Pull if filters.same => filters.receiver.clone(),
+            Direction::Pull => Filter::default(),
+        };
+        let checksum = args.checksum;
+        tokio::task::spawn_blocking(move || {
+            // --checksum: every local file read again, never the cache's word.
+            let mut cache = if checksum {
+                StatCache::default()
+            } else {
+                StatCache::load(&state.stat_cache)
+            };
+            // Last run's journal folded in now, off the critical path.
+            let local = compact(&state.manifest, &state.journal);
+            let snap = if exists {
+                let opts = ScanOptions {
+                    filter,
+                    ignore_cache: checksum,
+                };
+                robosync_scanner::scan(&root, &opts, &mut cache)
+            } else {
+                Ok(Snapshot::default())
+            };
+            let scanned = snap.map(|snap| {
+                let _ = count.send(snap.entries.len());
+                if push {
+                    let known = local.as_ref().ok().map(|c| &c.manifest);
+                    let _ = predict.send(likely_work(&snap, known));
+                }
+                LocalScan::new(snap, push)
+            });
+            (scanned, cache, local)
+        })
+    };
+    // A dry run transfers nothing: no logins ahead of need. What a pull
+    // has to do is known only from the listing.
     let dry_run = args.dry_run;
-    let work = async move { !dry_run && work.await.unwrap_or(false) };
+    let work = async move { push && !dry_run && work.await.unwrap_or(false) };
     let pool = open_pool(args, run, target, work).await?;
     run.phase("connected");
-    let (snap, cache, local) = scan.await.expect("scan task panicked");
-    run.phase("scanned");
-    if let Ok(snap) = &snap {
-        // The destination will hold about as many entries as the source.
-        pool.widen_for_listing(snap.entries.len());
+    {
+        // Both sides hold about as many entries (a rerun's, at least).
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            if let Ok(n) = counted.await {
+                pool.widen_for_listing(n);
+            }
+        });
     }
-    let snap = snap.map_err(|e| {
-        fail(
-            EXIT_USAGE,
-            format!("cannot scan {}: {e}", local_root.display()),
-        )
-    })?;
-    let mut errors: Vec<String> = snap
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message))
-        .collect();
-    for s in &snap.skipped {
-        run.warn(&format!(
-            "skipping {:?} {} (not a regular file, directory or symlink)",
-            s.kind,
-            robosync_planner::escape(&s.path)
-        ));
-    }
-    run.note(format!(
-        "scanned {} entries ({} hashed, {} from cache)",
-        snap.entries.len(),
-        snap.stats.files_hashed,
-        snap.stats.cache_hits
-    ));
-    let cache_unchanged = snap.stats.cache_unchanged;
-    // The source's tree and entry index need nothing from the server: they
-    // are built while it lists the destination.
-    let source = tokio::task::spawn_blocking(move || {
-        let tree = Tree::from_snapshot(&snap);
-        let entries: HashMap<PathBuf, _> = snap
-            .entries
-            .into_iter()
-            .map(|e| (e.path.clone(), e))
-            .collect();
-        (tree, entries)
-    });
 
-    let remote_root = on_session(&pool, |s| async move {
-        remote::expand_home(&s, remote_path).await
+    let remote_root = on_session(&pool, |s| {
+        let path = &remote_path;
+        async move { remote::expand_home(&s, path).await }
     })
     .await
     .map_err(transport_failure)?;
     let session = pool.session().await.map_err(transport_failure)?;
     let manifest_remote = join(&remote_root, b".robosync/manifest");
-    // Destination, listing and manifest copy at once: each is a few round
-    // trips, and a missing destination just lists empty.
-    let (made, listing, remote_copy) = futures::join!(
-        async {
-            if args.dry_run {
-                // A dry run changes nothing: no lease, a warning if one is live.
-                if let Some(w) = crate::lease::peek_remote(&session, &remote_root).await {
-                    run.warn(&w);
-                }
-                return Ok::<_, Failure>(None);
+    // A push's destination, listing and manifest copy at once: each is a
+    // few round trips, and a missing destination just lists empty.
+    let destination = async {
+        if !push {
+            return Ok::<_, Failure>(None);
+        }
+        if args.dry_run {
+            // A dry run changes nothing: no lease, a warning if one is live.
+            if let Some(w) = crate::lease::peek_remote(&session, &remote_root).await {
+                run.warn(&w);
             }
-            // Again on a new session when the link drops meanwhile: the
-            // MKDIRs are idempotent, and the lease knows its own.
-            let mut s = session.clone();
-            loop {
-                match prepare_destination(&pool, &s, &remote_root, &state_dir, dest_label).await {
-                    Err(f) if f.code == EXIT_LOST => {
-                        pool.repair().await.map_err(transport_failure)?;
-                        s = pool.session().await.map_err(transport_failure)?;
-                    }
-                    r => return r.map(Some),
+            return Ok(None);
+        }
+        // Again on a new session when the link drops meanwhile: the
+        // MKDIRs are idempotent, and the lease knows its own.
+        let mut s = session.clone();
+        loop {
+            match prepare_destination(&pool, &s, &remote_root, &state_dir, &label).await {
+                Err(f) if f.code == EXIT_LOST => {
+                    pool.repair().await.map_err(transport_failure)?;
+                    s = pool.session().await.map_err(transport_failure)?;
                 }
+                r => return r.map(Some),
             }
-        },
-        list_remote(&pool, &remote_root),
-        read_small(&session, &manifest_remote)
-    );
+        }
+    };
+    let remote_copy = async {
+        match push {
+            true => read_small(&session, &manifest_remote).await,
+            false => None,
+        }
+    };
+    let listed = async {
+        let r = futures::join!(destination, list_remote(&pool, &remote_root), remote_copy);
+        run.phase("listed");
+        r
+    };
+    let scanned = async {
+        let r = scan.await.expect("scan task panicked");
+        run.phase("scanned");
+        r
+    };
+    let ((scanned, cache, local), (made, listing, remote_copy)) = futures::join!(scanned, listed);
     let _identity = made?;
-    let listing = listing.map_err(transport_failure)?;
-    run.phase("listed the destination");
+    let mut listing = listing.map_err(transport_failure)?;
+    if !push && listing.root_missing {
+        return Err(crate::pull::missing_source(&pool, &remote_root, &label).await);
+    }
+    let scanned = scanned.map_err(|e| {
+        fail(
+            EXIT_USAGE,
+            format!("cannot scan {}: {e}", local_root.display()),
+        )
+    })?;
+    let LocalScan {
+        tree: local_tree,
+        entries,
+        snap,
+    } = scanned;
+    let mut errors = Vec::new();
     errors.extend(listing.errors.iter().cloned());
-    let mut listing = listing;
-    if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
-        // A backup dir inside the destination is not part of the mirror.
-        listing.tree.nodes.retain(|p, _| !p.starts_with(b));
+    errors.extend(
+        snap.errors
+            .iter()
+            .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message)),
+    );
+    if push {
+        for s in &snap.skipped {
+            run.warn(&format!(
+                "skipping {:?} {} (not a regular file, directory or symlink)",
+                s.kind,
+                robosync_planner::escape(&s.path)
+            ));
+        }
     }
-    let (mut manifest, pending) = choose_manifest(run, local, &paths, remote_copy.as_deref());
-    // Records of files no longer at the destination mean nothing.
-    listing.tree.forget_missing(&mut manifest);
+    run.note(format!(
+        "scanned {} entries ({} hashed, {} from cache)",
+        local_tree.nodes.len(),
+        snap.stats.files_hashed,
+        snap.stats.cache_hits
+    ));
+    let cache_unchanged = snap.stats.cache_unchanged;
 
-    let (source, entries) = source.await.expect("indexing the source panicked");
-    // Excluded entries at the destination are protected from --delete, as rsync does.
-    listing.tree = remote::protected(listing.tree, &source, &receiving, &[]);
+    // Source and destination trees, each as its side saw it; a
+    // destination's excluded entries are protected from --delete (rsync).
+    let (mut source, mut dest, stale_local_temps) = match direction {
+        Direction::Push => {
+            let mut dest = std::mem::take(&mut listing.tree);
+            if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
+                // A backup dir inside the destination is not part of the mirror.
+                dest.nodes.retain(|p, _| !p.starts_with(b));
+            }
+            let dest = remote::protected(dest, &local_tree, &filters.receiver, &[]);
+            (local_tree, dest, Vec::new())
+        }
+        Direction::Pull => {
+            let source = remote::included(std::mem::take(&mut listing.tree), &filters.sender);
+            let (dest, temps) = crate::pull::destination_tree(
+                local_tree, &source, &snap, &filters, local_root, args,
+            );
+            (source, dest, temps)
+        }
+    };
+
+    // A pull's destination is made now that the source is known to exist.
+    let local_dest = match direction {
+        Direction::Pull => Some(crate::pull::open_destination(
+            args,
+            local_root,
+            exists,
+            &mut local_lease,
+        )?),
+        Direction::Push => None,
+    };
+    // The destination's manifest copy: read with the listing (push), or
+    // from the local destination (pull).
+    let copy = match &local_dest {
+        Some(Some(root)) => root.read_small(&[remote::STATE_DIR, b"/manifest"].concat()),
+        _ => remote_copy,
+    };
+    let (mut manifest, pending) = choose_manifest(run, local, &paths, copy.as_deref());
+    // Records of files no longer at the destination mean nothing.
+    dest.forget_missing(&mut manifest);
     if args.checksum {
-        // rsync -c: the destination's content too, for every file whose
-        // size would let it pass as unchanged.
-        let same_size = |p: &Path, n: &robosync_planner::Node| {
-            source.nodes.get(p).is_some_and(|s| s.size == n.size)
+        // rsync -c: the remote side's content too, for every file whose
+        // size would let it pass as unchanged (never the records' word).
+        let (remote_tree, local_tree) = match direction {
+            Direction::Push => (&mut dest, &source),
+            Direction::Pull => (&mut source, &dest),
         };
-        errors.extend(remote::hash_files(&pool, &remote_root, &mut listing.tree, same_size).await);
+        let same_size = |p: &Path, n: &robosync_planner::Node| {
+            local_tree.nodes.get(p).is_some_and(|l| l.size == n.size)
+        };
+        errors.extend(remote::hash_files(&pool, &remote_root, remote_tree, same_size).await);
+    } else if !push {
+        // A remote file whose stat still matches what robosync fetched last
+        // time has the content recorded then: the planner sees it unchanged.
+        crate::pull::recorded_content(&mut source, &manifest);
     }
+
     let opts = PlanOptions {
         delete: args.delete,
         max_delete: args.max_delete,
-        delta: session.extensions.copy_data || args.inplace,
+        // Deltas are built at the destination: only a push has remote hashes to build from.
+        delta: push && (session.extensions.copy_data || args.inplace),
         ..Default::default()
+    };
+    let source_label = match direction {
+        Direction::Push => local_root.display().to_string(),
+        Direction::Pull => label.clone(),
     };
     let (plan, guard) = plan_guarded(
         &source,
-        &listing.tree,
+        &dest,
         &manifest,
-        &local_root.display().to_string(),
+        &source_label,
         &opts,
         args.dry_run,
     )?;
@@ -369,28 +445,49 @@ async fn push_run(
         pool.expand();
     }
     if !errors.is_empty() && args.delete {
-        // Scan errors mean the source view is incomplete: never delete on it.
+        // An incomplete view of the source must never decide deletions.
         run.warn("not deleting anything: the source could not be read completely");
     }
 
+    // Files the destination already holds and the manifest lacks are
+    // recorded, so the next run can trust (and delta) them.
+    adopt_unchanged(&mut manifest, &source, &dest, direction, &entries);
+    let in_place = dirs_in_place(&source, &dest, direction);
     start_journal(run, &paths, &mut manifest, &plan)?;
-
-    let dirs_in_place = push::dirs_in_place(&entries, &listing.tree);
-    let job = Arc::new(push::Push {
-        run: run.clone(),
-        pool: pool.clone(),
-        local_root: local_root.to_path_buf(),
-        remote_root: remote_root.clone(),
-        entries,
-        partials: Mutex::new(push::partials(&pending)),
-        manifest: Mutex::new(manifest),
-        data: push::ReadAhead::for_sessions(pool.capacity()),
-        slots: Default::default(),
-        dirs_in_place,
-        temps: Default::default(),
-        root_real: Default::default(),
-    });
-    push::adopt_unchanged(&job, &listing.tree);
+    let partials = Mutex::new(push::partials(&pending));
+    let executor = match local_dest {
+        None => Executor::Upload(Arc::new(push::Push {
+            run: run.clone(),
+            pool: pool.clone(),
+            local_root: local_root.to_path_buf(),
+            remote_root: remote_root.clone(),
+            entries,
+            partials,
+            manifest: Mutex::new(manifest),
+            data: push::ReadAhead::for_sessions(pool.capacity()),
+            slots: Default::default(),
+            dirs_in_place: in_place,
+            temps: Default::default(),
+            root_real: Default::default(),
+        })),
+        Some(root) => {
+            let root = root.expect("a real run opens its destination");
+            let backup = crate::pull::open_backup(args, &root)?;
+            source.nodes.retain(|p, _| !p.as_os_str().is_empty());
+            Executor::Download(Arc::new(crate::pull::Pull {
+                run: run.clone(),
+                pool: pool.clone(),
+                root,
+                backup,
+                remote_root: remote_root.clone(),
+                source,
+                partials,
+                manifest: Mutex::new(manifest),
+                data: push::ReadAhead::for_sessions(pool.capacity()),
+                dirs_in_place: in_place,
+            }))
+        }
+    };
 
     // Timer checkpoints keep the journal durable while appends pause.
     let ticker = {
@@ -403,15 +500,15 @@ async fn push_run(
         })
     };
     let (content, deletes): (Vec<Action>, Vec<Action>) = split_deletes(plan.actions);
-    // The manifest copy's temp file opens while the files go: storing the
-    // copy afterwards then takes two round trips, not three.
+    // A push's manifest copy opens its temp file while the files go:
+    // storing it afterwards then takes two round trips, not three.
     let records_change = content.iter().any(|a| {
         matches!(
             a,
             Action::Copy { .. } | Action::Delta { .. } | Action::SetAttrs { .. }
         )
     });
-    let copy_opened = records_change.then(|| {
+    let copy_opened = (push && records_change).then(|| {
         let (pool, path) = (pool.clone(), manifest_remote.clone());
         tokio::spawn(async move {
             let s = pool.session().await?;
@@ -419,9 +516,9 @@ async fn push_run(
             Ok::<_, Error>((s, h))
         })
     });
-    let mut run_errors = job.execute(content).await;
+    let mut run_errors = executor.execute(content, false).await;
     if run_errors.is_empty() && errors.is_empty() {
-        run_errors.extend(job.execute(deletes).await);
+        run_errors.extend(executor.execute(deletes, true).await);
     } else if !deletes.is_empty() {
         run.warn(&format!(
             "skipped {} deletion(s) because of errors above",
@@ -431,15 +528,16 @@ async fn push_run(
     ticker.abort();
     run.phase("transferred");
     errors.extend(run_errors);
-    if errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
+    if push && errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
         if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
             errors.push(crate::space::temps_held(bytes, files));
         }
     }
-    // Record what the destination now holds, locally and on the destination
-    // at once: both record the same state, so whichever lands first, the
-    // next run starts from what is there.
-    let manifest = Arc::new(job.manifest.lock().unwrap().clone());
+
+    // Record what the destination now holds, locally and at the
+    // destination at once: both record the same state, so whichever lands
+    // first, the next run starts from what is there.
+    let manifest = Arc::new(executor.manifest());
     let recorded = {
         let (run, manifest, paths) = (run.clone(), manifest.clone(), paths.clone());
         tokio::task::spawn_blocking(move || {
@@ -448,57 +546,272 @@ async fn push_run(
             errors
         })
     };
-    let opened = match copy_opened {
-        Some(task) => task.await.ok().and_then(Result::ok),
-        None => None,
-    };
-    if copy_is_current(&manifest, remote_copy.as_deref()) {
-        run.note("the destination's manifest copy is current".into());
-        if let Some((s, h)) = opened {
-            // Opened for nothing: the copy stays as it is, its temp file goes.
-            s.close_detached(&h);
-            let _ = s.remove(&small_tmp(&manifest_remote)).await;
+    match &executor {
+        Executor::Upload(_) => {
+            let opened = match copy_opened {
+                Some(task) => task.await.ok().and_then(Result::ok),
+                None => None,
+            };
+            let current = copy_is_current(&manifest, copy.as_deref());
+            store_remote_copy(run, &pool, &manifest_remote, &manifest, opened, current).await?;
         }
-    } else {
-        let data = manifest.encode();
-        let early = match opened {
-            Some((s, h)) => finish_small(&s, &h, &manifest_remote, &data).await.is_ok(),
-            None => false,
-        };
-        // Not opened, a session lost meanwhile, or a refusal: the whole way, afresh.
-        let stored = if early {
-            Ok(())
-        } else {
-            let session = pool.session().await.map_err(transport_failure)?;
-            write_small(&session, &manifest_remote, &data).await
-        };
-        if let Err(e) = stored {
-            run.warn(&format!(
-                "could not store the manifest copy on the destination: {e}"
-            ));
+        Executor::Download(job) => {
+            if let Err(e) = job
+                .root
+                .write_small(remote::STATE_DIR, b"manifest", &manifest.encode())
+            {
+                run.warn(&format!(
+                    "could not store the manifest copy in the destination: {e}"
+                ));
+            }
         }
     }
     errors.extend(recorded.await.expect("recording the manifest panicked"));
     run.phase("recorded the manifest");
-    // Temp files no attempt will resume: leftovers of earlier runs (late
-    // requests of an abandoned connection may even have made some after
-    // they were listed) and this run's attempts that did not land.
-    let resumable: std::collections::HashSet<Vec<u8>> = job
+
+    // Temp files no attempt will resume.
+    match &executor {
+        Executor::Upload(job) => remove_remote_temps(run, &pool, job, &listing.temps).await,
+        Executor::Download(job) if errors.is_empty() => {
+            // Those of interrupted runs that this run did not resume.
+            for t in &stale_local_temps {
+                let _ = job.root.remove(t);
+            }
+        }
+        Executor::Download(_) => {}
+    }
+    crate::lease::HELD.release().await;
+    drop(local_lease);
+    let cache = (!cache_unchanged).then_some(&cache);
+    close_run(run, &pool, cache, &paths, args.verbose > 0).await;
+    run.phase("closed");
+    unless_lost(run, &pool, errors)
+}
+
+/// Whether the local root is there: a push's source must be a directory; a
+/// pull's destination is a directory or is made.
+fn local_root_exists(direction: Direction, root: &Path) -> Result<bool, Failure> {
+    let what = match direction {
+        Direction::Push => "source",
+        Direction::Pull => "destination",
+    };
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(fail(
+            EXIT_USAGE,
+            format!(
+                "{what} {} is not a directory (robosync copies trees)",
+                root.display()
+            ),
+        )),
+        Err(_) if direction == Direction::Pull => Ok(false),
+        Err(e) => Err(fail(EXIT_USAGE, format!("{what} {}: {e}", root.display()))),
+    }
+}
+
+/// The local scan, as trees and (for a push, whose executor reads them) entries.
+struct LocalScan {
+    tree: Tree,
+    entries: HashMap<PathBuf, robosync_scanner::Entry>,
+    /// The rest of the snapshot: errors, skipped and excluded entries, statistics.
+    snap: Snapshot,
+}
+
+impl LocalScan {
+    fn new(mut snap: Snapshot, keep_entries: bool) -> LocalScan {
+        let tree = Tree::from_snapshot(&snap);
+        let entries = match keep_entries {
+            true => std::mem::take(&mut snap.entries)
+                .into_iter()
+                .map(|e| (e.path.clone(), e))
+                .collect(),
+            false => HashMap::new(),
+        };
+        LocalScan {
+            tree,
+            entries,
+            snap,
+        }
+    }
+}
+
+/// The data plane of the run's direction.
+enum Executor {
+    Upload(Arc<push::Push>),
+    Download(Arc<crate::pull::Pull>),
+}
+
+impl Executor {
+    /// Runs actions in plan order; `removals`: these are the `--delete`
+    /// removals (`--backup-dir` applies). Directory attributes come last.
+    async fn execute(&self, actions: Vec<Action>, removals: bool) -> Vec<String> {
+        match self {
+            Executor::Upload(p) => p.execute(actions).await,
+            Executor::Download(p) => p.execute(actions, removals).await,
+        }
+    }
+
+    fn manifest(&self) -> Manifest {
+        match self {
+            Executor::Upload(p) => p.manifest.lock().unwrap().clone(),
+            Executor::Download(p) => p.manifest.lock().unwrap().clone(),
+        }
+    }
+}
+
+/// Permission bits the destination gets: a pull never sets setuid/setgid
+/// from a server.
+pub fn mode_mask(direction: Direction) -> u32 {
+    match direction {
+        Direction::Push => 0o7777,
+        Direction::Pull => 0o1777,
+    }
+}
+
+/// Directories the destination already holds with the source's mode and
+/// mtime (whole seconds, as SFTP v3 carries them): their attributes are
+/// left alone unless something inside them changes.
+fn dirs_in_place(source: &Tree, dest: &Tree, direction: Direction) -> HashSet<PathBuf> {
+    let mask = mode_mask(direction);
+    source
+        .nodes
+        .iter()
+        .filter(|(_, s)| s.kind == Kind::Dir)
+        .filter(|(p, s)| {
+            dest.nodes.get(*p).is_some_and(|d| {
+                d.kind == Kind::Dir && d.mode == s.mode & mask && d.mtime == s.mtime
+            })
+        })
+        .map(|(p, _)| p.clone())
+        .collect()
+}
+
+/// Directories whose attributes `actions` may disturb: new ones, and those
+/// where something is created, renamed or removed.
+pub fn dirs_touched(actions: &[Action]) -> HashSet<PathBuf> {
+    actions
+        .iter()
+        .flat_map(|a| {
+            let here = matches!(a, Action::Mkdir { .. }).then(|| a.path().to_path_buf());
+            let parent = a.path().parent().map(Path::to_path_buf);
+            here.into_iter().chain(parent)
+        })
+        .collect()
+}
+
+/// Records, for files the manifest lacks but the quick check found equal
+/// (same kind, size and mtime), what the local side's scan hashed: the next
+/// run can then trust them and build deltas from them.
+fn adopt_unchanged(
+    manifest: &mut Manifest,
+    source: &Tree,
+    dest: &Tree,
+    direction: Direction,
+    entries: &HashMap<PathBuf, robosync_scanner::Entry>,
+) {
+    let mask = mode_mask(direction);
+    for (p, s) in &source.nodes {
+        let key = p.as_os_str().as_bytes();
+        if s.kind != Kind::File || manifest.files.contains_key(key) {
+            continue;
+        }
+        let Some(d) = dest.nodes.get(p).filter(|d| d.kind == Kind::File) else {
+            continue;
+        };
+        if d.size != s.size || d.mtime != s.mtime {
+            continue;
+        }
+        // The content's hashes come from the local side: a push's source, a pull's destination.
+        let local = match direction {
+            Direction::Push => s,
+            Direction::Pull => d,
+        };
+        let Some(whole) = local.whole else {
+            continue;
+        };
+        // A push's scan knows the mtime to the nanosecond.
+        let mtime_ns = entries
+            .get(p)
+            .map_or(s.mtime * 1_000_000_000, |e| e.mtime_ns);
+        manifest.files.insert(
+            key.to_vec(),
+            Record {
+                size: s.size,
+                mtime_ns,
+                mode: s.mode & mask,
+                whole,
+                // A file of one block is known by its whole hash alone.
+                blocks: match local.blocks.len() {
+                    0 | 1 => Vec::new(),
+                    _ => local.blocks.clone(),
+                },
+                remote_size: d.size,
+                remote_mtime: d.mtime,
+            },
+        );
+    }
+}
+
+/// Stores a push's manifest copy at the destination: finishing the temp
+/// file `opened` during the transfer, or the whole way afresh. Nothing to
+/// do when the copy read at the start is already `current`.
+async fn store_remote_copy(
+    run: &Run,
+    pool: &Pool,
+    path: &[u8],
+    manifest: &Manifest,
+    opened: Option<(Arc<robosync_transport::Sftp>, Vec<u8>)>,
+    current: bool,
+) -> Result<(), Failure> {
+    if current {
+        run.note("the destination's manifest copy is current".into());
+        if let Some((s, h)) = opened {
+            // Opened for nothing: the copy stays as it is, its temp file goes.
+            s.close_detached(&h);
+            let _ = s.remove(&small_tmp(path)).await;
+        }
+        return Ok(());
+    }
+    let data = manifest.encode();
+    let early = match opened {
+        Some((s, h)) => finish_small(&s, &h, path, &data).await.is_ok(),
+        None => false,
+    };
+    // Not opened, a session lost meanwhile, or a refusal: the whole way, afresh.
+    let stored = if early {
+        Ok(())
+    } else {
+        let session = pool.session().await.map_err(transport_failure)?;
+        write_small(&session, path, &data).await
+    };
+    if let Err(e) = stored {
+        run.warn(&format!(
+            "could not store the manifest copy on the destination: {e}"
+        ));
+    }
+    Ok(())
+}
+
+/// Removes a push's temp files that no attempt will resume: leftovers of
+/// earlier runs (late requests of an abandoned connection may even have
+/// made some after they were listed) and this run's attempts that did not land.
+async fn remove_remote_temps(run: &Run, pool: &Pool, job: &push::Push, listed: &[Vec<u8>]) {
+    let root = &job.remote_root;
+    let resumable: HashSet<Vec<u8>> = job
         .partials
         .lock()
         .unwrap()
         .values()
-        .map(|p| join(&remote_root, &p.temp))
+        .map(|p| join(root, &p.temp))
         .collect();
-    let stale: Vec<Vec<u8>> = listing
-        .temps
+    let stale: Vec<Vec<u8>> = listed
         .iter()
-        .map(|t| join(&remote_root, t))
+        .map(|t| join(root, t))
         .chain(job.temps.lock().unwrap().drain())
         .filter(|t| !resumable.contains(t))
         .collect();
     // Again on a new session if the link drops meanwhile (removing twice is harmless).
-    let cleaned = on_session(&pool, |s| {
+    let cleaned = on_session(pool, |s| {
         let stale = &stale;
         async move {
             let removed = futures::future::join_all(stale.iter().map(|t| s.remove(t))).await;
@@ -518,11 +831,6 @@ async fn push_run(
             stale.len()
         ));
     }
-    crate::lease::HELD.release().await;
-    let cache = (!cache_unchanged).then_some(&cache);
-    close_run(run, &pool, cache, &paths, args.verbose > 0).await;
-    run.phase("closed");
-    unless_lost(run, &pool, errors)
 }
 
 /// Makes the destination and robosync's state directory in it, takes the
