@@ -307,7 +307,7 @@ fn main() {
             _ = interrupted() => {
                 // Everything landed so far is in place and journaled; the
                 // destination's lease goes now (bounded: the link may hang).
-                let release = robosync_sync::lease::HELD.release();
+                let release = robosync_sync::release_lease();
                 let _ = tokio::time::timeout(Duration::from_secs(3), release).await;
                 eprintln!("robosync: interrupted: rerun to resume");
                 EXIT_INTERRUPTED

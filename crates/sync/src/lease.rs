@@ -188,7 +188,7 @@ pub struct RemoteLease {
 pub struct Slot(Mutex<Option<RemoteLease>>);
 
 /// The process's one run's remote lease: a static, so that every early
-/// return of a push still leaves it for `sync::go` to release.
+/// return of a push still leaves it for `crate::run` (or a signal handler) to release.
 pub static HELD: Slot = Slot(Mutex::new(None));
 
 impl Slot {

@@ -32,6 +32,8 @@
 //! # }
 //! ```
 
+#![deny(missing_docs)]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +41,7 @@ use std::time::Duration;
 use robosync_scanner::Filters;
 use robosync_transport::Target;
 
-pub mod lease;
+mod lease;
 mod pull;
 mod push;
 mod remote;
@@ -192,6 +194,13 @@ pub async fn run(job: Job, observer: Arc<dyn Observer>) -> Report {
         errors,
         failure,
     }
+}
+
+/// Gives up the remote destination's lease of the run in progress, if any:
+/// for a front-end that stops the run (Ctrl-C, SIGTERM). Everything landed
+/// so far is in place and journaled; the next run resumes.
+pub async fn release_lease() {
+    lease::HELD.release().await;
 }
 
 /// `a` joined with relative `b` as remote path bytes.

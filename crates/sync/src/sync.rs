@@ -19,10 +19,15 @@ use crate::join;
 use crate::run::Run;
 use crate::{push, remote, Direction, Job, Options};
 
+/// Usage or configuration error.
 pub const EXIT_USAGE: i32 = 1;
+/// Could not connect, authenticate, verify the host key, or start SFTP.
 pub const EXIT_CONNECT: i32 = 2;
+/// A safety guard refused (`--delete`), or another run holds the destination.
 pub const EXIT_GUARD: i32 = 3;
+/// Some entries failed, the rest landed.
 pub const EXIT_PARTIAL: i32 = 23;
+/// Connection lost and not re-established within `--retry-for`.
 pub const EXIT_LOST: i32 = 30;
 
 /// The most entries a remote listing may hold before we call the server absurd.
@@ -37,6 +42,7 @@ pub struct Failure {
     pub message: String,
 }
 
+/// A [`Failure`] with this exit code and message.
 pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
@@ -1254,7 +1260,7 @@ fn small_tmp(path: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use robosync_manifest::Record;
+    use robosync_planner::Node;
 
     fn manifest(size: u64, run_id: u64) -> Manifest {
         let mut m = Manifest {
@@ -1274,6 +1280,92 @@ mod tests {
         };
         m.files.insert(b"a/b".to_vec(), record);
         m
+    }
+
+    fn node(kind: Kind, size: u64, mtime: i64, mode: u32, whole: Option<[u8; 32]>) -> Node {
+        Node {
+            kind,
+            size,
+            mtime,
+            mode,
+            whole,
+            blocks: whole.into_iter().collect(),
+        }
+    }
+
+    fn tree(nodes: &[(&str, Node)]) -> Tree {
+        Tree::from_unsorted(
+            nodes
+                .iter()
+                .map(|(p, n)| (PathBuf::from(p), n.clone()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn directories_in_place_need_the_same_mode_and_mtime_as_the_receiver_sets_them() {
+        let source = tree(&[
+            ("same", node(Kind::Dir, 0, 10, 0o755, None)),
+            ("newer", node(Kind::Dir, 0, 11, 0o755, None)),
+            ("setgid", node(Kind::Dir, 0, 10, 0o2755, None)),
+            ("missing", node(Kind::Dir, 0, 10, 0o755, None)),
+        ]);
+        let dest = tree(&[
+            ("same", node(Kind::Dir, 0, 10, 0o755, None)),
+            ("newer", node(Kind::Dir, 0, 10, 0o755, None)),
+            ("setgid", node(Kind::Dir, 0, 10, 0o755, None)),
+        ]);
+        let push = dirs_in_place(&source, &dest, Direction::Push);
+        assert_eq!(push, HashSet::from([PathBuf::from("same")]));
+        // A pull never sets setgid, so a directory without it is right.
+        let pull = dirs_in_place(&source, &dest, Direction::Pull);
+        assert_eq!(
+            pull,
+            HashSet::from([PathBuf::from("same"), PathBuf::from("setgid")])
+        );
+    }
+
+    #[test]
+    fn actions_touch_their_parents_and_new_directories() {
+        let touched = dirs_touched(&[
+            Action::Mkdir {
+                path: "a/new".into(),
+                mode: 0o755,
+            },
+            Action::Delete {
+                path: "b/gone".into(),
+                dir: false,
+            },
+        ]);
+        let want = ["a/new", "a", "b"].map(PathBuf::from);
+        assert_eq!(touched, HashSet::from(want));
+    }
+
+    #[test]
+    fn files_equal_by_the_quick_check_are_adopted_with_the_local_sides_hashes() {
+        let (h1, h2) = ([1; 32], [2; 32]);
+        let source = tree(&[
+            ("same", node(Kind::File, 5, 10, 0o644, Some(h1))),
+            ("other", node(Kind::File, 5, 11, 0o644, Some(h1))),
+        ]);
+        let dest = tree(&[
+            ("same", node(Kind::File, 5, 10, 0o644, Some(h2))),
+            ("other", node(Kind::File, 5, 10, 0o644, Some(h2))),
+        ]);
+        let none = HashMap::new();
+        for (direction, whole) in [(Direction::Push, h1), (Direction::Pull, h2)] {
+            let mut m = Manifest::default();
+            adopt_unchanged(&mut m, &source, &dest, direction, &none);
+            assert_eq!(m.files.len(), 1, "{direction:?}");
+            let r = &m.files[&b"same".to_vec()];
+            assert_eq!(r.whole, whole, "{direction:?}");
+            assert_eq!(
+                (r.size, r.mtime_ns, r.remote_size, r.remote_mtime),
+                (5, 10_000_000_000, 5, 10)
+            );
+            // One block: known by its whole hash alone, as a landing records it.
+            assert!(r.blocks.is_empty());
+        }
     }
 
     #[test]
