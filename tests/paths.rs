@@ -291,7 +291,7 @@ fn several_sources_refused_with_a_hint() {
 
 /// A single file into a directory (`a.txt host:x/`), as rsync: only that
 /// file lands; `--delete` (and `--delete-excluded`) delete nothing else; a
-/// rerun sends nothing; a destination without `/` (a new name) is refused.
+/// rerun sends nothing.
 #[test]
 fn single_file_push_into_a_directory() {
     let sshd = Sshd::start();
@@ -349,32 +349,119 @@ fn single_file_push_into_a_directory() {
         "{}",
         again.stdout()
     );
-
-    let r = run(robosync(&sshd, &state)
-        .arg(d.join("top.txt"))
-        .arg(format!("robot:{}", root.join("newname.txt").display())));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(
-        r.stderr().contains("end the destination with /"),
-        "{}",
-        r.stderr()
-    );
-    assert!(!root.join("newname.txt").exists());
 }
 
-/// A single file pulled (`host:x/a.txt DEST`) is not supported yet: refused,
-/// non-zero, and nothing named after it is made locally.
+/// Makes what a case needs before its run.
+type Prepare = fn(&Path);
+
+/// `robosync a.txt host:x/NAME`, as `rsync -a a.txt x/NAME`: NAME missing
+/// or a file → the file under that name (replaced); NAME a directory → into
+/// it. A rerun sends nothing.
 #[test]
-fn single_file_pull_refused_cleanly() {
+fn single_file_push_to_a_new_name_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let d = data(&t.path().join("base"));
+    let state = t.path().join("state");
+    let root = sshd.mkdir("r");
+    // What x/b.txt is before the run.
+    let before: [(&str, Prepare); 3] = [
+        ("missing", |_| {}),
+        ("a file", |b| {
+            write(b, b"old, longer content\n");
+            set_mtime(b, 1_500_000_000);
+        }),
+        ("a directory", |b| {
+            write(&b.join("keep.txt"), b"keep\n");
+            set_mtime(&b.join("keep.txt"), 1_500_000_000);
+        }),
+    ];
+    for (i, (what, make)) in before.iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}/x"));
+        fs::create_dir_all(&oracle).unwrap();
+        make(&oracle.join("b.txt"));
+        rsync(&d, "top.txt", &oracle.join("b.txt"));
+        let x = root.join(format!("x{i}"));
+        fs::create_dir_all(&x).unwrap();
+        make(&x.join("b.txt"));
+        let dest = format!("robot:{}", x.join("b.txt").display());
+        run(robosync(&sshd, &state)
+            .current_dir(&d)
+            .arg("top.txt")
+            .arg(&dest))
+        .success();
+        assert_trees(&oracle, &x, &format!("robosync top.txt {dest} ({what})"));
+        let again = run(robosync(&sshd, &state)
+            .current_dir(&d)
+            .arg("--json")
+            .arg("top.txt")
+            .arg(&dest))
+        .success();
+        assert_eq!(
+            again.json()["files_transferred"].as_u64(),
+            Some(0),
+            "{what}: {}",
+            again.stdout()
+        );
+    }
+}
+
+/// A single file pulled, as rsync: `host:x/a.txt DIR/` and `host:x/a.txt DIR`
+/// (an existing directory) land DIR/a.txt; `host:x/a.txt ./b.txt` makes or
+/// replaces b.txt, or lands inside b.txt when that is a directory.
+#[test]
+fn single_file_pull_as_rsync() {
     let sshd = Sshd::start();
     let t = tempdir();
     let there = sshd.mkdir("there");
     write(&there.join("a.txt"), b"a\n");
-    let local = t.path().join("local");
-    let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg(format!("robot:{}", there.join("a.txt").display()))
-        .arg(&local));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(r.stderr().contains("is a file"), "{}", r.stderr());
-    assert!(!local.join("a.txt").exists(), "{}", r.stderr());
+    set_mtime(&there.join("a.txt"), 1_600_000_000);
+    write(&there.join("other.txt"), b"not this one\n");
+    let src = format!("{}", there.join("a.txt").display());
+    let state = t.path().join("state");
+    let cases: [(&str, &str, Prepare); 5] = [
+        ("into ./", "./", |_| {}),
+        ("into an existing dir", "d", |l| {
+            fs::create_dir_all(l.join("d")).unwrap()
+        }),
+        ("to a new name", "b.txt", |_| {}),
+        ("over a file", "b.txt", |l| {
+            write(&l.join("b.txt"), b"old, longer\n")
+        }),
+        ("into a dir by name", "b.txt", |l| {
+            write(&l.join("b.txt/keep"), b"k\n");
+            set_mtime(&l.join("b.txt/keep"), 1_500_000_000);
+        }),
+    ];
+    for (i, (what, dest, make)) in cases.iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        let local = t.path().join(format!("local{i}"));
+        for l in [&oracle, &local] {
+            fs::create_dir_all(l).unwrap();
+            make(l);
+        }
+        rsync(&oracle, &src, Path::new(dest));
+        run(robosync(&sshd, &state)
+            .current_dir(&local)
+            .arg(format!("robot:{src}"))
+            .arg(dest))
+        .success();
+        assert_trees(
+            &oracle,
+            &local,
+            &format!("robosync robot:{src} {dest} ({what})"),
+        );
+        let again = run(robosync(&sshd, &state)
+            .current_dir(&local)
+            .arg("--json")
+            .arg(format!("robot:{src}"))
+            .arg(dest))
+        .success();
+        assert_eq!(
+            again.json()["files_transferred"].as_u64(),
+            Some(0),
+            "{what}: {}",
+            again.stdout()
+        );
+    }
 }

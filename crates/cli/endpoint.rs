@@ -84,6 +84,14 @@ impl Endpoint {
     }
 }
 
+/// A single file copied under another name (or the same): its sync root
+/// holds it as `from` on the sending side and as `to` on the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    pub from: PathBuf,
+    pub to: PathBuf,
+}
+
 /// rsync's trailing-slash rule: a source path names "the contents of" its
 /// directory when it ends in `/`, its last component is `.` or `..`, or (a
 /// remote `host:`) it is empty; otherwise it names the entry itself, which

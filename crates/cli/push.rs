@@ -289,11 +289,24 @@ pub struct Push {
     /// The destination's real path (REALPATH), asked once by the first
     /// deletion: each checks that it removes inside what was listed.
     pub root_real: tokio::sync::OnceCell<Vec<u8>>,
+    /// Entries whose local name differs (a single file to a new name):
+    /// destination-relative path → local-relative path.
+    pub local_names: HashMap<PathBuf, PathBuf>,
 }
 
 impl Push {
     fn abs(&self, rel: &[u8]) -> Vec<u8> {
         join(&self.remote_root, rel)
+    }
+
+    /// Where the entry `rel` of the destination is read from locally.
+    fn local(&self, rel: &Path) -> PathBuf {
+        self.local_root.join(
+            self.local_names
+                .get(rel)
+                .map(PathBuf::as_path)
+                .unwrap_or(rel),
+        )
     }
 
     fn entry(&self, rel: &Path) -> &Entry {
@@ -591,7 +604,7 @@ impl Push {
             return Err(Error::Connect("file has no digest (scan error)".into()));
         };
         let key = rel.as_os_str().as_bytes().to_vec();
-        let local = self.local_root.join(rel);
+        let local = self.local(rel);
         let file = std::fs::File::open(&local)
             .map_err(|err| Error::Connect(format!("cannot open {}: {err}", local.display())))?;
         let mut delta = delta;
@@ -643,7 +656,7 @@ impl Push {
     /// BLAKE3 pass over the data, on the CPU the ciphers need.)
     fn unchanged_since_scan(&self, e: &Entry) -> Result<(), Error> {
         use std::os::unix::fs::MetadataExt;
-        let path = self.local_root.join(&e.path);
+        let path = self.local(&e.path);
         let m = std::fs::symlink_metadata(&path)
             .map_err(|err| Error::Connect(format!("cannot stat {}: {err}", path.display())))?;
         let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();

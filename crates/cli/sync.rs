@@ -16,7 +16,7 @@ use robosync_scanner::{Filters, Rule, ScanOptions, StatCache};
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{Error, Pool, PoolOptions, SessionOptions, Target};
 
-use crate::endpoint::{join, Endpoint};
+use crate::endpoint::{join, Endpoint, Rename};
 use crate::run::{Run, RunOptions};
 use crate::{push, remote, Args};
 
@@ -32,12 +32,33 @@ pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
 pub struct Failure {
     pub code: i32,
     pub message: String,
+    /// Set when the run found the other side is not what the spelling
+    /// assumed; `go()` runs it again in the right form.
+    pub redo: Option<Redo>,
+}
+
+/// What a single-file run learns only from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redo {
+    /// `a.txt host:x/NAME`: NAME is a directory, so the file goes into it.
+    DestIsDir,
+    /// `host:x/a.txt DEST`: the source is a file, not a tree.
+    SourceIsFile,
 }
 
 pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
+        redo: None,
+    }
+}
+
+/// A failure that `go()` answers by running again as `redo` says.
+pub fn redo(redo: Redo, message: impl Into<String>) -> Failure {
+    Failure {
+        redo: Some(redo),
+        ..fail(EXIT_USAGE, message)
     }
 }
 
@@ -125,29 +146,64 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
         Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
     match (&src, &dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
-            let (local, root, filters, label) = match single_file(l, path, &rules, args)? {
-                Some((parent, filters, name)) => {
-                    let root = crate::endpoint::trim_slashes(path).to_vec();
-                    // Its own state (not the parent's whole-tree pair).
-                    let label = format!("{} [{name}]", remote_label(user, host, &root));
-                    (parent, root, filters, label)
-                }
-                None => {
-                    let root = push_root(l, path)?;
-                    let label = remote_label(user, host, &root);
-                    (l.to_path_buf(), root, filters, label)
-                }
-            };
             let target = target(args, user, host).await?;
-            let r = push_run(args, run, filters, &local, target, &root, &label).await;
-            // The destination's lease ends here, whatever the run's outcome.
-            crate::lease::HELD.release().await;
-            r
+            let mut into = false;
+            loop {
+                let roots = match single_file(l, path, &rules, args, into)? {
+                    Some(mut r) => {
+                        // Its own state (not the parent's whole-tree pair).
+                        let name = r.rename.as_ref().map(|n| n.to.display().to_string());
+                        let at = remote_label(user, host, &r.remote);
+                        r.label = format!("{at} [{}]", name.unwrap_or_default());
+                        r
+                    }
+                    None => {
+                        let remote = push_root(l, path)?;
+                        Roots {
+                            local: l.to_path_buf(),
+                            label: remote_label(user, host, &remote),
+                            remote,
+                            filters: filters.clone(),
+                            rename: None,
+                        }
+                    }
+                };
+                let r = push_run(args, run, target.clone(), roots).await;
+                // The destination's lease ends here, whatever the run's outcome.
+                crate::lease::HELD.release().await;
+                match r {
+                    Err(f) if f.redo == Some(Redo::DestIsDir) && !into => into = true,
+                    r => return r,
+                }
+            }
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
-            let root = pull_root(path, l)?;
             let target = target(args, user, host).await?;
-            crate::pull::pull_run(args, run, filters, path, target, &root, &src.label()).await
+            // Where a file already is (DEST, or DEST/NAME from a previous
+            // run), only a file can land: no tree run first.
+            let is_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_dir());
+            let root = pull_root(path, l);
+            let file_there = match &root {
+                Ok(r) => is_file(r),
+                Err(_) => is_file(l) && !crate::endpoint::means_contents(path),
+            };
+            if !file_there {
+                let roots = Roots {
+                    local: root?,
+                    remote: path.clone(),
+                    filters,
+                    label: src.label(),
+                    rename: None,
+                };
+                match crate::pull::pull_run(args, run, target.clone(), roots).await {
+                    Err(f) if f.redo == Some(Redo::SourceIsFile) => {}
+                    r => return r,
+                }
+            }
+            let mut roots = pulled_file(path, l, &rules, args)?;
+            let name = roots.rename.as_ref().map(|n| n.to.display().to_string());
+            roots.label = format!("{} [{}]", src.label(), name.unwrap_or_default());
+            crate::pull::pull_run(args, run, target, roots).await
         }
         (Endpoint::Local(_), Endpoint::Local(_)) => Err(fail(
             EXIT_USAGE,
@@ -169,64 +225,159 @@ fn remote_label(user: &Option<String>, host: &str, path: &[u8]) -> String {
     .label()
 }
 
-/// A single-file push (`a.txt host:x/`): the file's parent synced with
-/// rules that select that one name on both sides, so the engine stays
-/// tree-based and `--delete` (even `--delete-excluded`) touches nothing else.
-/// `None` when the source is not a file.
+/// What one run syncs: a local directory with a remote one, the rules,
+/// the label its state is kept under, and for a single file the names it
+/// has on each side.
+pub struct Roots {
+    pub local: PathBuf,
+    /// As typed (before `~` expansion).
+    pub remote: Vec<u8>,
+    pub filters: Filters,
+    pub label: String,
+    pub rename: Option<Rename>,
+}
+
+/// A single-file push, as rsync: `a.txt host:x/` (or `into`, once the
+/// server said x/NAME is a directory) copies into that directory;
+/// `a.txt host:x/NAME` copies it as NAME. Either way the file's parent is
+/// synced with rules that select that one name on each side, so the engine
+/// stays tree-based and `--delete` (even `--delete-excluded`) touches
+/// nothing else. `None` when the source is not a file.
 fn single_file(
     local: &Path,
     dest: &[u8],
     rules: &[Rule],
     args: &Args,
-) -> Result<Option<(PathBuf, Filters, String)>, Failure> {
+    into: bool,
+) -> Result<Option<Roots>, Failure> {
     let src = local.as_os_str().as_bytes();
     let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
     if !is_file || crate::endpoint::means_contents(src) {
         return Ok(None);
     }
-    let shown = local.display();
-    let name = std::str::from_utf8(crate::endpoint::last_component(src)).map_err(|_| {
-        fail(
-            EXIT_USAGE,
-            format!("source {shown}: a single file's name must be UTF-8 here; copy its directory with a filter instead"),
-        )
-    })?;
-    if !crate::endpoint::means_contents(dest) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {shown} is a file: end the destination with / to copy it into that directory (a new name is not supported yet)"
-            ),
-        ));
-    }
+    let name = crate::endpoint::last_component(src);
     let parent = match local.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let mut escaped = String::from("/");
-    for c in name.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
+    let (root, to) = file_target(dest, name, into);
+    let filters = one_name(
+        name,
+        &to,
+        rules,
+        args,
+        &format!("source {}", local.display()),
+    )?;
+    Ok(Some(Roots {
+        local: parent,
+        remote: root,
+        filters,
+        label: String::new(),
+        rename: Some(Rename {
+            from: crate::endpoint::os(name),
+            to: crate::endpoint::os(&to),
+        }),
+    }))
+}
+
+/// A single file pulled (the server said `src` is one), as rsync: into DEST
+/// when it ends in `/` or is a directory, else as DEST's own name.
+fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<Roots, Failure> {
+    let root = parent_of(crate::endpoint::trim_slashes(src));
+    let name = crate::endpoint::last_component(src);
+    let d = dest.as_os_str().as_bytes();
+    let into = std::fs::metadata(dest).is_ok_and(|m| m.is_dir());
+    let (local, to) = file_target(d, name, into);
+    let local = if local.is_empty() {
+        PathBuf::from(".")
+    } else {
+        crate::endpoint::os(&local).to_path_buf()
+    };
+    let filters = one_name(
+        name,
+        &to,
+        rules,
+        args,
+        &format!("source {}", String::from_utf8_lossy(src)),
+    )?;
+    Ok(Roots {
+        local,
+        remote: root,
+        filters,
+        label: String::new(),
+        rename: Some(Rename {
+            from: crate::endpoint::os(name),
+            to: crate::endpoint::os(&to),
+        }),
+    })
+}
+
+/// Where a file named `name` lands for destination `dest`: (directory, name
+/// there). Into `dest` when it ends in `/` (or `.`), names a home (`~`), or
+/// is known to be a directory; otherwise as `dest`'s last component.
+fn file_target(dest: &[u8], name: &[u8], into: bool) -> (Vec<u8>, Vec<u8>) {
+    let last = crate::endpoint::last_component(dest);
+    if into || crate::endpoint::means_contents(dest) || last.starts_with(b"~") {
+        return (crate::endpoint::trim_slashes(dest).to_vec(), name.to_vec());
     }
-    let both = robosync_scanner::Side::SenderAndReceiver;
+    (
+        parent_of(crate::endpoint::trim_slashes(dest)),
+        last.to_vec(),
+    )
+}
+
+/// The directory part of a slash-trimmed path: "" (the login or current
+/// directory) when it has none, `/` for a top-level name.
+fn parent_of(path: &[u8]) -> Vec<u8> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// Rules selecting `from` on the sending side and `to` on the receiving
+/// side, ahead of the user's.
+fn one_name(
+    from: &[u8],
+    to: &[u8],
+    rules: &[Rule],
+    args: &Args,
+    what: &str,
+) -> Result<Filters, Failure> {
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b).map(str::to_string).map_err(|_| {
+            fail(
+                EXIT_USAGE,
+                format!("{what}: a single file's name must be UTF-8 here; copy its directory with a filter instead"),
+            )
+        })
+    };
+    let (from, to) = (utf8(from)?, utf8(to)?);
+    let anchored = |name: &str| {
+        let mut escaped = String::from("/");
+        for c in name.chars() {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
+                escaped.push('\\');
+            }
+            escaped.push(c);
+        }
+        escaped
+    };
+    let rule = |include: bool, pattern: String, side| Rule {
+        include,
+        pattern,
+        side,
+    };
+    use robosync_scanner::Side;
     let mut mine = vec![
-        Rule {
-            include: true,
-            pattern: escaped,
-            side: both,
-        },
-        Rule {
-            include: false,
-            pattern: "*".into(),
-            side: both,
-        },
+        rule(true, anchored(&from), Side::Sender),
+        rule(false, "*".into(), Side::Sender),
+        rule(true, anchored(&to), Side::Receiver),
+        rule(false, "*".into(), Side::Receiver),
     ];
     mine.extend_from_slice(rules);
-    let filters =
-        Filters::new(&mine, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    Ok(Some((parent, filters, name.to_string())))
+    Filters::new(&mine, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))
 }
 
 /// The remote sync root of a push, as rsync decides it: `data/` (contents)
@@ -413,12 +564,17 @@ pub fn choose_manifest(
 async fn push_run(
     args: &Args,
     run: &Arc<Run>,
-    filters: Filters,
-    local_root: &Path,
     target: Target,
-    remote_path: &[u8],
-    dest_label: &str,
+    roots: Roots,
 ) -> Result<Vec<String>, Failure> {
+    let Roots {
+        local: ref local_root,
+        remote: ref remote_path,
+        filters,
+        label: ref dest_label,
+        ref rename,
+    } = roots;
+    let rename = rename.as_ref();
     let meta = std::fs::metadata(local_root)
         .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
     if !meta.is_dir() {
@@ -472,12 +628,18 @@ async fn push_run(
         // The destination will hold about as many entries as the source.
         pool.widen_for_listing(snap.entries.len());
     }
-    let snap = snap.map_err(|e| {
+    let mut snap = snap.map_err(|e| {
         fail(
             EXIT_USAGE,
             format!("cannot scan {}: {e}", local_root.display()),
         )
     })?;
+    if let Some(r) = rename {
+        // The file is known by its destination name from here on.
+        for e in snap.entries.iter_mut().filter(|e| e.path == r.from) {
+            e.path = r.to.clone();
+        }
+    }
     let mut errors: Vec<String> = snap
         .errors
         .iter()
@@ -545,6 +707,19 @@ async fn push_run(
     );
     let _identity = made?;
     let listing = listing.map_err(transport_failure)?;
+    if let Some(r) = rename {
+        if listing
+            .tree
+            .nodes
+            .get(&r.to)
+            .is_some_and(|n| n.kind == robosync_planner::Kind::Dir)
+        {
+            return Err(redo(
+                Redo::DestIsDir,
+                format!("{} is a directory", r.to.display()),
+            ));
+        }
+    }
     run.phase("listed the destination");
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
@@ -614,6 +789,9 @@ async fn push_run(
         dirs_in_place,
         temps: Default::default(),
         root_real: Default::default(),
+        local_names: rename
+            .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
+            .unwrap_or_default(),
     });
     push::adopt_unchanged(&job, &listing.tree);
 
