@@ -465,3 +465,76 @@ fn single_file_pull_as_rsync() {
         );
     }
 }
+
+/// A big single file under a new name, killed mid-transfer, resumes: the
+/// rerun sends (push) and fetches (pull) less than the whole file, and the
+/// copy is whole under the new name.
+#[test]
+fn a_renamed_single_file_resumes_both_ways() {
+    let sshd = Sshd::start();
+    let proxy = Proxy::start(sshd.port);
+    let cfg = via_proxy(&sshd, &proxy);
+    let t = tempdir();
+    let size = 64 << 20;
+    let big = t.path().join("src/big.bin");
+    write(&big, &bytes(size, 7));
+    let x = sshd.mkdir("x");
+    let state = t.path().join("state");
+    let args = ["--connections", "1", "--channels", "1"];
+    let push_dest = format!("robot:{}", x.join("renamed.bin").display());
+    let mut push = robosync_with(&cfg, &state);
+    push.args(args).arg(&big).arg(&push_dest);
+    assert!(
+        kill_when(&mut push, || proxy.stats().up, (size / 2) as u64),
+        "the push finished before it could be killed"
+    );
+    let r = run(robosync_with(&cfg, &state)
+        .args(args)
+        .arg("--json")
+        .arg(&big)
+        .arg(&push_dest))
+    .success();
+    let sent = r.json()["bytes_transferred"].as_u64().unwrap();
+    assert!(sent < size as u64, "the rerun sent {sent} of {size} bytes");
+    assert_eq!(
+        fs::read(x.join("renamed.bin")).unwrap(),
+        fs::read(&big).unwrap()
+    );
+    assert!(!x.join("big.bin").exists());
+
+    let local = t.path().join("local");
+    fs::create_dir_all(&local).unwrap();
+    let pull_src = format!("robot:{}", x.join("renamed.bin").display());
+    let mut pull = robosync_with(&cfg, &state);
+    pull.current_dir(&local)
+        .args(args)
+        .arg(&pull_src)
+        .arg("again.bin");
+    let down = proxy.stats().down;
+    assert!(
+        kill_when(&mut pull, || proxy.stats().down - down, (size / 2) as u64),
+        "the pull finished before it could be killed"
+    );
+    let r = run(robosync_with(&cfg, &state)
+        .current_dir(&local)
+        .args(args)
+        .arg("--json")
+        .arg(&pull_src)
+        .arg("again.bin"))
+    .success();
+    let fetched = r.json()["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        fetched < size as u64,
+        "the rerun fetched {fetched} of {size} bytes"
+    );
+    assert_eq!(
+        fs::read(local.join("again.bin")).unwrap(),
+        fs::read(&big).unwrap()
+    );
+    let names: Vec<_> = fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".robosync")
+        .collect();
+    assert_eq!(names, ["again.bin"], "no temp or other name left");
+}
