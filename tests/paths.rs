@@ -272,21 +272,182 @@ fn readme_usage_examples_run() {
     assert!(ran.len() >= 7, "{ran:?}");
 }
 
-/// Several sources: refused with what to do, exit 1, nothing copied.
+/// `rsync -a ARGS...` run in `cwd`, the oracle for several sources.
+fn rsync_all(cwd: &Path, args: &[&str]) {
+    let out = Command::new("rsync")
+        .current_dir(cwd)
+        .arg("-a")
+        .args(args)
+        .output()
+        .expect("rsync is installed by fixtures/setup.sh");
+    assert!(out.status.success(), "rsync {args:?}: {out:?}");
+}
+
+/// `base` with a tree (`data`), another (`b`) and a file (`c.txt`).
+fn three_sources(base: &Path) {
+    data(base);
+    write(&base.join("b/b1.txt"), b"b1\n");
+    write(&base.join("b/deep/b2.txt"), b"b2\n");
+    write(&base.join("c.txt"), b"c\n");
+    for (f, t) in [("b/b1.txt", 1), ("b/deep/b2.txt", 2), ("c.txt", 3)] {
+        set_mtime(&base.join(f), 1_600_000_000 + t);
+    }
+}
+
+/// What a destination holds before a `--delete` run: strays at its top and
+/// inside `data`, where rsync deletes them.
+fn strays(dest: &Path) {
+    write(&dest.join("stray.txt"), b"stray\n");
+    write(&dest.join("data/stray2.txt"), b"stray\n");
+}
+
+/// `robosync data b/ c.txt host:x/` as rsync: into an existing DEST, a
+/// missing one (made a directory), and with `--delete` (inside each
+/// source's root, never what another source brought).
 #[test]
-fn several_sources_refused_with_a_hint() {
+fn several_sources_push_as_rsync() {
     let sshd = Sshd::start();
     let t = tempdir();
     let base = t.path().join("base");
-    data(&base);
+    three_sources(&base);
+    let root = sshd.mkdir("r");
+    let state = t.path().join("state");
+    let srcs = ["data", "b/", "c.txt"];
+    for (i, (what, dest, delete)) in [
+        ("existing DEST/", "x/", false),
+        ("missing DEST", "new", false),
+        ("--delete", "del/", true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let oracle = t.path().join(format!("oracle{i}"));
+        let there = root.join(dest.trim_end_matches('/'));
+        if dest.ends_with('/') {
+            fs::create_dir_all(&oracle).unwrap();
+            fs::create_dir_all(&there).unwrap();
+        }
+        let slash = if dest.ends_with('/') { "/" } else { "" };
+        let o = format!("{}{slash}", oracle.display());
+        let both = |extra: &[&str]| {
+            rsync_all(&base, &[extra, &srcs, &[o.as_str()]].concat());
+            run(robosync(&sshd, &state)
+                .current_dir(&base)
+                .args(extra)
+                .args(srcs)
+                .arg(format!("robot:{}/{dest}", root.display())))
+            .success();
+        };
+        both(&[]);
+        if *delete {
+            // A mirror's rerun: what the sources no longer have goes.
+            strays(&oracle);
+            strays(&there);
+            both(&["--delete"]);
+            assert!(!there.join("stray.txt").exists());
+        }
+        assert_trees(
+            &oracle,
+            &there,
+            &format!("robosync {srcs:?} robot:{dest} ({what})"),
+        );
+    }
+}
+
+/// `robosync host:p/data host:p/b/ host:p/c.txt DEST` as rsync, with
+/// `--delete` too; a missing source among them is reported (23) and the
+/// others land.
+#[test]
+fn several_sources_pull_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let p = sshd.mkdir("p");
+    three_sources(&p);
+    let state = t.path().join("state");
+    let srcs: Vec<String> = ["data", "b/", "c.txt"]
+        .iter()
+        .map(|s| format!("{}/{s}", p.display()))
+        .collect();
+    for (i, (what, delete)) in [("into a new DEST", false), ("--delete", true)]
+        .iter()
+        .enumerate()
+    {
+        let oracle = t.path().join(format!("oracle{i}"));
+        let local = t.path().join(format!("local{i}"));
+        let args: Vec<&str> = srcs.iter().map(String::as_str).collect();
+        let o = oracle.display().to_string();
+        let both = |extra: &[&str]| {
+            rsync_all(t.path(), &[extra, &args, &[o.as_str()]].concat());
+            run(robosync(&sshd, &state)
+                .args(extra)
+                .args(srcs.iter().map(|s| format!("robot:{s}")))
+                .arg(&local))
+            .success();
+        };
+        both(&[]);
+        if *delete {
+            strays(&oracle);
+            strays(&local);
+            both(&["--delete"]);
+            assert!(!local.join("stray.txt").exists());
+        }
+        assert_trees(
+            &oracle,
+            &local,
+            &format!("robosync robot:{srcs:?} DEST ({what})"),
+        );
+    }
+    let local = t.path().join("partial");
+    let r = run(robosync(&sshd, &state)
+        .arg(format!("robot:{}/missing", p.display()))
+        .arg(format!("robot:{}/c.txt", p.display()))
+        .arg(&local));
+    assert_eq!(r.code(), 23, "{}", r.stderr());
+    assert!(r.stderr().contains("missing"), "{}", r.stderr());
+    assert_eq!(fs::read(local.join("c.txt")).unwrap(), b"c\n");
+}
+
+/// Several sources must be all local or all from one host, and DEST a
+/// directory: otherwise exit 1 naming the rule, nothing copied.
+#[test]
+fn several_sources_rules() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    three_sources(&base);
     let dest = sshd.mkdir("dest");
-    let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg(base.join("data/top.txt"))
-        .arg(base.join("data/sub"))
-        .arg(remote(&dest)));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(r.stderr().contains("once per source"), "{}", r.stderr());
+    let state = t.path().join("state");
+    let file = t.path().join("afile");
+    write(&file, b"x");
+    let p = |s: &str| base.join(s).display().to_string();
+    for (args, says) in [
+        (
+            vec![p("c.txt"), format!("robot:{}", p("b")), remote(&dest)],
+            "must all be local or all on one remote",
+        ),
+        (
+            vec![
+                format!("robot:{}", p("b")),
+                format!("other:{}", p("c.txt")),
+                p("x"),
+            ],
+            "must all be local or all on one remote",
+        ),
+        (
+            vec![
+                format!("robot:{}", p("b")),
+                format!("robot:{}", p("c.txt")),
+                file.display().to_string(),
+            ],
+            "not a directory",
+        ),
+    ] {
+        let r = run(robosync(&sshd, &state).args(&args));
+        assert_eq!(r.code(), 1, "{args:?}: {}", r.stderr());
+        assert!(r.stderr().contains(says), "{args:?}: {}", r.stderr());
+    }
     assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    assert_eq!(fs::read(&file).unwrap(), b"x");
 }
 
 /// A single file into a directory (`a.txt host:x/`), as rsync: only that

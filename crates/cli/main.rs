@@ -38,7 +38,7 @@ pub struct Args {
     pub src: OsString,
     /// Destination: a local path or [user@]host:path.
     pub dest: OsString,
-    /// Further paths (`SRC... DEST`): refused with a hint until supported.
+    /// Further paths (`SRC... DEST`): the last is the destination.
     #[arg(hide = true)]
     pub more: Vec<OsString>,
 
@@ -172,15 +172,21 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is not a usable duration"))
 }
 
+impl Args {
+    /// The sources and the destination, as typed (`SRC... DEST`).
+    pub fn paths(&self) -> (Vec<&OsString>, &OsString) {
+        let mut all: Vec<&OsString> = [&self.src, &self.dest]
+            .into_iter()
+            .chain(&self.more)
+            .collect();
+        let dest = all.pop().expect("clap requires two paths");
+        (all, dest)
+    }
+}
+
 /// Values that parse but cannot work: refused before anything connects,
 /// with the option's name and what would.
 fn check_values(args: &Args) -> Result<(), String> {
-    if !args.more.is_empty() {
-        return Err(format!(
-            "several sources are not supported yet ({} paths given): run robosync once per source, as `robosync SRC DEST`",
-            args.more.len() + 2
-        ));
-    }
     const DAY: Duration = Duration::from_secs(86_400);
     let within = |name: &str, v: Duration, lo: Duration, hi: Duration| {
         if v < lo || v > hi {
@@ -208,7 +214,9 @@ fn check_values(args: &Args) -> Result<(), String> {
             ));
         }
     }
-    for (what, p) in [("source", &args.src), ("destination", &args.dest)] {
+    let (sources, dest) = args.paths();
+    let named = sources.iter().map(|p| ("source", *p));
+    for (what, p) in named.chain([("destination", dest)]) {
         if p.as_encoded_bytes().contains(&b'\n') {
             return Err(format!(
                 "the {what} {p:?} contains a newline (a quoting mistake?); refusing to use it"

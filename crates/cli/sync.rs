@@ -138,13 +138,150 @@ pub(crate) fn default_state_dir() -> PathBuf {
     }
 }
 
+/// `SRC... DEST`: every source checked first (one side local, the other
+/// one host), then one run per source in order, as rsync copies them. A
+/// source that could not be copied (23) does not stop the next; anything
+/// worse (connection, guard, busy) stops there.
 async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
-    let src = Endpoint::parse(&args.src).map_err(|e| fail(EXIT_USAGE, format!("source: {e}")))?;
-    let dst =
-        Endpoint::parse(&args.dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
+    let (sources, dest) = args.paths();
+    let dst = Endpoint::parse(dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
+    let srcs = sources
+        .iter()
+        .map(|s| Endpoint::parse(s).map_err(|e| fail(EXIT_USAGE, format!("source: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if srcs.len() == 1 {
+        return go_one(args, &rules, run, &srcs[0], &dst).await;
+    }
+    let host = |e: &Endpoint| match e {
+        Endpoint::Local(_) => None,
+        Endpoint::Remote { user, host, .. } => Some((user.clone(), host.clone())),
+    };
+    if srcs.iter().any(|s| host(s) != host(&srcs[0])) {
+        return Err(fail(
+            EXIT_USAGE,
+            "several sources must all be local or all on one remote [user@]host (as rsync): run robosync once per host",
+        ));
+    }
+    // Several sources go into DEST as a directory (rsync makes it if missing).
+    let dst = match dst {
+        Endpoint::Local(l) => {
+            if std::fs::metadata(&l).is_ok_and(|m| !m.is_dir()) {
+                return Err(fail(
+                    EXIT_USAGE,
+                    format!(
+                        "destination {} is not a directory: several sources need one (as rsync)",
+                        l.display()
+                    ),
+                ));
+            }
+            let mut d = l.into_os_string();
+            d.push("/");
+            Endpoint::Local(d.into())
+        }
+        Endpoint::Remote { user, host, path } => {
+            let path = if crate::endpoint::means_contents(&path) {
+                path
+            } else {
+                [&path[..], b"/"].concat()
+            };
+            Endpoint::Remote { user, host, path }
+        }
+    };
+    // Only a contents source's run has DEST itself as its root.
+    let contents = srcs.iter().filter(|s| is_contents(s)).count();
+    let tops = match args.delete && contents > 0 {
+        true => srcs
+            .iter()
+            .map(|s| top_names(s, contents > 1))
+            .collect::<Result<Vec<_>, _>>()?,
+        false => vec![Vec::new(); srcs.len()],
+    };
+    let mut errors = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        // rsync deletes inside each source's root, never what another
+        // source brings: those names are protected in this run.
+        let others = tops
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i && is_contents(src));
+        let mut mine: Vec<Rule> = others
+            .flat_map(|(_, names)| names)
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .map(|n| Rule {
+                include: false,
+                pattern: anchored(n),
+                side: robosync_scanner::Side::Receiver,
+            })
+            .collect();
+        mine.extend_from_slice(&rules);
+        match go_one(args, &mine, run, src, &dst).await {
+            Ok(e) => errors.extend(e),
+            Err(f) if f.code == EXIT_PARTIAL => errors.push(f.message),
+            Err(mut f) => {
+                let rest: Vec<String> = srcs[i + 1..].iter().map(Endpoint::label).collect();
+                if !rest.is_empty() {
+                    f.message = format!("{}; not copied: {}", f.message, rest.join(", "));
+                }
+                if !errors.is_empty() {
+                    f.message = format!("{}; earlier: {}", f.message, errors.join("; "));
+                }
+                return Err(f);
+            }
+        }
+    }
+    Ok(errors)
+}
+
+/// The names a source makes at the top of DEST: its own (`data`, `a.txt`),
+/// or its entries (`data/`, local only: a remote one is listed by its run).
+/// `needed`: another contents source's run could delete them.
+fn top_names(src: &Endpoint, needed: bool) -> Result<Vec<Vec<u8>>, Failure> {
+    if !is_contents(src) {
+        return Ok(vec![crate::endpoint::last_component(path_of(src)).to_vec()]);
+    }
+    match src {
+        _ if !needed => Ok(Vec::new()),
+        Endpoint::Local(l) => Ok(std::fs::read_dir(l)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default()),
+        Endpoint::Remote { .. } => Err(fail(
+            EXIT_USAGE,
+            format!(
+                "--delete with several sources cannot yet take a remote contents source ({}): \
+                 write it without the trailing / or run it on its own",
+                src.label()
+            ),
+        )),
+    }
+}
+
+fn path_of(e: &Endpoint) -> &[u8] {
+    match e {
+        Endpoint::Local(l) => l.as_os_str().as_bytes(),
+        Endpoint::Remote { path, .. } => path,
+    }
+}
+
+fn is_contents(e: &Endpoint) -> bool {
+    crate::endpoint::means_contents(path_of(e))
+}
+
+/// One source to DEST.
+async fn go_one(
+    args: &Args,
+    rules: &[Rule],
+    run: &Arc<Run>,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Result<Vec<String>, Failure> {
+    let rules = rules.to_vec();
     let filters =
         Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    match (&src, &dst) {
+    match (src, dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             let target = target(args, user, host).await?;
             let mut into = false;
@@ -336,6 +473,18 @@ fn parent_of(path: &[u8]) -> Vec<u8> {
     }
 }
 
+/// A rule pattern matching exactly `name` at the sync root.
+fn anchored(name: &str) -> String {
+    let mut escaped = String::from("/");
+    for c in name.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
 /// Rules selecting `from` on the sending side and `to` on the receiving
 /// side, ahead of the user's.
 fn one_name(
@@ -354,16 +503,6 @@ fn one_name(
         })
     };
     let (from, to) = (utf8(from)?, utf8(to)?);
-    let anchored = |name: &str| {
-        let mut escaped = String::from("/");
-        for c in name.chars() {
-            if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
-                escaped.push('\\');
-            }
-            escaped.push(c);
-        }
-        escaped
-    };
     let rule = |include: bool, pattern: String, side| Rule {
         include,
         pattern,
