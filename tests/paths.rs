@@ -699,3 +699,157 @@ fn a_renamed_single_file_resumes_both_ways() {
         .collect();
     assert_eq!(names, ["again.bin"], "no temp or other name left");
 }
+
+/// `rsync -a ARGS...` in `cwd` that may fail: its exit code.
+fn rsync_code(cwd: &Path, args: &[&str]) -> i32 {
+    Command::new("rsync")
+        .current_dir(cwd)
+        .arg("-a")
+        .args(args)
+        .output()
+        .expect("rsync is installed by fixtures/setup.sh")
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// `base/src` with f.txt and g.txt; `dest/f.txt` a directory (with
+/// `inner/z` when `full`) where the file should go.
+fn dir_in_the_way(base: &Path, dest: &Path, full: bool) {
+    write(&base.join("src/f.txt"), b"f\n");
+    write(&base.join("src/g.txt"), b"g\n");
+    set_mtime(&base.join("src/f.txt"), 1_600_000_000);
+    set_mtime(&base.join("src/g.txt"), 1_600_000_001);
+    fs::create_dir_all(dest.join("f.txt/inner")).unwrap();
+    if full {
+        write(&dest.join("f.txt/inner/z"), b"z\n");
+        set_mtime(&dest.join("f.txt/inner/z"), 1_500_000_000);
+    }
+}
+
+/// A non-empty directory where a file goes, as rsync: not replaced without
+/// --delete (exit 23, "cannot delete non-empty directory", the rest lands),
+/// replaced with it; an empty one is replaced either way. Push and pull,
+/// tree and single-file forms.
+#[test]
+fn non_empty_directory_in_the_way_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let mut i = 0;
+    for pull in [false, true] {
+        for (full, delete, single) in [
+            (true, false, false),
+            (true, true, false),
+            (false, false, false),
+            (true, false, true),
+            (false, false, true),
+        ] {
+            i += 1;
+            let what = format!("pull {pull}, non-empty {full}, --delete {delete}, single {single}");
+            let oracle = t.path().join(format!("oracle{i}"));
+            let base = if pull {
+                sshd.mkdir(&format!("base{i}"))
+            } else {
+                t.path().join(format!("base{i}"))
+            };
+            let dest = if pull {
+                t.path().join(format!("dest{i}"))
+            } else {
+                sshd.mkdir(&format!("dest{i}"))
+            };
+            dir_in_the_way(&base, &oracle, full);
+            dir_in_the_way(&base, &dest, full);
+            let src = base.join(if single { "src/f.txt" } else { "src/" });
+            let src = format!("{}{}", src.display(), if single { "" } else { "/" });
+            let mut args: Vec<String> =
+                delete.then(|| "--delete".to_string()).into_iter().collect();
+            let o = format!("{}/", oracle.display());
+            let code = rsync_code(
+                t.path(),
+                &[
+                    args.iter().map(String::as_str).collect::<Vec<_>>(),
+                    vec![src.as_str(), o.as_str()],
+                ]
+                .concat(),
+            );
+            if delete {
+                // robosync's own guard (half the destination) is not rsync's.
+                args.extend(["--max-delete".to_string(), "100".to_string()]);
+            }
+            if pull {
+                args.push(format!("robot:{src}"));
+                args.push(format!("{}/", dest.display()));
+            } else {
+                args.push(src.clone());
+                args.push(remote(&dest));
+            }
+            let r = run(robosync(&sshd, &state).args(&args));
+            assert_eq!(r.code(), code, "{what}: {}", r.stderr());
+            if code == 23 {
+                assert!(
+                    r.stderr().contains("cannot delete non-empty directory"),
+                    "{what}: {}",
+                    r.stderr()
+                );
+            }
+            assert_trees(&oracle, &dest, &what);
+        }
+    }
+}
+
+/// DEST a symlink to a directory is followed, as rsync (push and pull);
+/// DEST a file for a directory source is refused (rsync: "destination must
+/// be a directory"), nothing changed.
+#[test]
+fn symlink_and_file_destinations_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let base = t.path().join("base");
+    data(&base);
+    // Push into a remote symlink to a directory.
+    let real = sshd.mkdir("real");
+    let link = real.parent().unwrap().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let oracle_real = t.path().join("oracle-real");
+    fs::create_dir_all(&oracle_real).unwrap();
+    let oracle_link = t.path().join("oracle-link");
+    std::os::unix::fs::symlink(&oracle_real, &oracle_link).unwrap();
+    rsync(&base, "data", &oracle_link);
+    run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .arg("data")
+        .arg(format!("robot:{}", link.display())))
+    .success();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_trees(&oracle_real, &real, "push into a symlink DEST");
+    // Pull into a local one.
+    let local_real = t.path().join("local-real");
+    fs::create_dir_all(&local_real).unwrap();
+    let local_link = t.path().join("local-link");
+    std::os::unix::fs::symlink(&local_real, &local_link).unwrap();
+    run(robosync(&sshd, &state)
+        .arg(format!("robot:{}", real.join("data").display()))
+        .arg(&local_link))
+    .success();
+    assert!(fs::symlink_metadata(&local_link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_trees(&oracle_real, &local_real, "pull into a symlink DEST");
+
+    // A remote file as DEST of a directory.
+    let file = sshd.mkdir("files").join("afile");
+    write(&file, b"x");
+    let r = run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .arg("data/")
+        .arg(format!("robot:{}", file.display())));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+}

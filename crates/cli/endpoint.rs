@@ -90,6 +90,9 @@ impl Endpoint {
 pub struct Rename {
     pub from: PathBuf,
     pub to: PathBuf,
+    /// DEST was spelled as a name (no `/`): should `to` be a directory
+    /// there, the file goes into it instead, as rsync reads DEST.
+    pub or_into: bool,
 }
 
 /// rsync's trailing-slash rule: a source path names "the contents of" its

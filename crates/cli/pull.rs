@@ -319,6 +319,7 @@ pub async fn pull_run(
     };
     let (plan, guard) =
         crate::sync::plan_guarded(&source, &dest, &manifest, label, &opts, args.dry_run)?;
+    errors.extend(plan.refused.iter().cloned());
     for w in &plan.warnings {
         run.warn(w);
     }

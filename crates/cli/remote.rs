@@ -219,7 +219,10 @@ pub fn included(tree: Tree, filter: &Filter) -> Tree {
             excluded.insert(p);
         }
     }
-    Tree { nodes }
+    Tree {
+        nodes,
+        ..Tree::default()
+    }
 }
 
 /// `dest` without what `--delete` must not touch, as rsync's receiver
@@ -251,6 +254,14 @@ pub fn protected(mut dest: Tree, source: &Tree, receiver: &Filter, pruned: &[Pat
         .filter(|a| !source.nodes.contains_key(*a))
         .map(Path::to_path_buf)
         .collect();
+    // A directory the source has as a file or symlink cannot make way.
+    let is_dir = |p: &Path| source.nodes.get(p).is_some_and(|n| n.kind == Kind::Dir);
+    dest.held.extend(
+        kept.iter()
+            .flat_map(|k| k.ancestors().skip(1))
+            .filter(|a| source.nodes.contains_key(*a) && !is_dir(a))
+            .map(Path::to_path_buf),
+    );
     dest.nodes
         .retain(|p, _| !holders.contains(p) && !p.ancestors().any(|a| kept.contains(a)));
     dest

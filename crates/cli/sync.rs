@@ -397,7 +397,7 @@ fn single_file(
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let (root, to) = file_target(dest, name, into);
+    let (root, to, or_into) = file_target(dest, name, into);
     let filters = one_name(
         name,
         &to,
@@ -413,6 +413,7 @@ fn single_file(
         rename: Some(Rename {
             from: crate::endpoint::os(name),
             to: crate::endpoint::os(&to),
+            or_into,
         }),
     }))
 }
@@ -424,7 +425,8 @@ fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<R
     let name = crate::endpoint::last_component(src);
     let d = dest.as_os_str().as_bytes();
     let into = std::fs::metadata(dest).is_ok_and(|m| m.is_dir());
-    let (local, to) = file_target(d, name, into);
+    // (A local DEST is known to be a directory or not already.)
+    let (local, to, _) = file_target(d, name, into);
     let local = if local.is_empty() {
         PathBuf::from(".")
     } else {
@@ -445,22 +447,23 @@ fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<R
         rename: Some(Rename {
             from: crate::endpoint::os(name),
             to: crate::endpoint::os(&to),
+            or_into: false,
         }),
     })
 }
 
 /// Where a file named `name` lands for destination `dest`: (directory, name
-/// there). Into `dest` when it ends in `/` (or `.`), names a home (`~`), or
-/// is known to be a directory; otherwise as `dest`'s last component.
-fn file_target(dest: &[u8], name: &[u8], into: bool) -> (Vec<u8>, Vec<u8>) {
+/// there, whether that name is DEST's own). Into `dest` when it ends in `/`
+/// (or `.`), names a home (`~`), or is known to be a directory; otherwise
+/// as `dest`'s last component.
+fn file_target(dest: &[u8], name: &[u8], into: bool) -> (Vec<u8>, Vec<u8>, bool) {
     let last = crate::endpoint::last_component(dest);
     if into || crate::endpoint::means_contents(dest) || last.starts_with(b"~") {
-        return (crate::endpoint::trim_slashes(dest).to_vec(), name.to_vec());
+        let dir = crate::endpoint::trim_slashes(dest).to_vec();
+        return (dir, name.to_vec(), false);
     }
-    (
-        parent_of(crate::endpoint::trim_slashes(dest)),
-        last.to_vec(),
-    )
+    let dir = parent_of(crate::endpoint::trim_slashes(dest));
+    (dir, last.to_vec(), true)
 }
 
 /// The directory part of a slash-trimmed path: "" (the login or current
@@ -513,6 +516,9 @@ fn one_name(
         rule(true, anchored(&from), Side::Sender),
         rule(false, "*".into(), Side::Sender),
         rule(true, anchored(&to), Side::Receiver),
+        // A directory in the way is seen whole (rsync replaces it only when
+        // empty, or with --delete).
+        rule(true, format!("{}/**", anchored(&to)), Side::Receiver),
         rule(false, "*".into(), Side::Receiver),
     ];
     mine.extend_from_slice(rules);
@@ -846,7 +852,7 @@ async fn push_run(
     );
     let _identity = made?;
     let listing = listing.map_err(transport_failure)?;
-    if let Some(r) = rename {
+    if let Some(r) = rename.filter(|r| r.or_into) {
         if listing
             .tree
             .nodes
@@ -895,6 +901,7 @@ async fn push_run(
         &opts,
         args.dry_run,
     )?;
+    errors.extend(plan.refused.iter().cloned());
     for w in &plan.warnings {
         run.warn(w);
     }
@@ -1100,14 +1107,31 @@ async fn prepare_destination(
         s.realpath(remote_root)
     );
     let mut real = real;
-    if !there.is_ok_and(|a| a.is_dir()) {
+    if !there.as_ref().is_ok_and(|a| a.is_dir()) {
+        // A file there: what rsync calls "destination must be a directory".
+        let file = there.is_ok_and(|a| !a.is_symlink());
         // Missing parents, or not a directory: the careful way, with its errors.
-        if let Err(e) = push::mkdir_p(s, remote_root).await {
+        let made = match file {
+            true => Ok(()),
+            false => push::mkdir_p(s, remote_root).await,
+        };
+        if file || made.is_err() {
             if let Ok(h) = &opened {
                 // An empty lease of ours must not stay behind.
                 s.close_detached(h);
                 let _ = s.remove(&join(remote_root, b".robosync/lock")).await;
             }
+        }
+        if file {
+            return Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "destination {} is not a directory: a directory or several sources need one (as rsync)",
+                    String::from_utf8_lossy(remote_root)
+                ),
+            ));
+        }
+        if let Err(e) = made {
             return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
         }
         let _ = s.mkdir(&state, &private).await;
