@@ -46,8 +46,7 @@ fn data(base: &Path) -> PathBuf {
     set_mtime(&d.join("top.txt"), 1_600_000_000);
     set_mtime(&d.join("sub/inner.txt"), 1_600_000_001);
     fs::set_permissions(d.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
-    // The sync root's own mode and mtime are not carried yet (rsync's `.`
-    // entry; neither for `data/` on main): `data` keeps the usual 0755.
+    // The sync root's own mode (carried as rsync's `.`): the usual 0755.
     fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -852,4 +851,57 @@ fn symlink_and_file_destinations_as_rsync() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
     assert_eq!(fs::read(&file).unwrap(), b"x");
+}
+
+/// A directory's mode and mtime (seconds).
+fn dir_attrs(p: &Path) -> (u32, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.mtime())
+}
+
+/// The sync root's own mode and mtime, as rsync -a carries them: `data/`
+/// gives DEST data's, `data` gives DEST/data data's. Push and pull.
+#[test]
+fn sync_root_mode_and_mtime_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let there = sshd.mkdir("there");
+    let base = t.path().join("base");
+    for side in [&base, &there] {
+        let d = data(side);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+        set_mtime(&d, 1_500_000_000);
+    }
+    for (i, spelling) in ["data/", "data"].iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir_all(&oracle).unwrap();
+        rsync(&base, spelling, &oracle);
+        let root = |d: &Path| {
+            if i == 0 {
+                d.to_path_buf()
+            } else {
+                d.join("data")
+            }
+        };
+        let want = dir_attrs(&root(&oracle));
+        assert_eq!(want, (0o750, 1_500_000_000), "rsync's own result");
+
+        let dest = sshd.mkdir(&format!("push{i}"));
+        run(robosync(&sshd, &state)
+            .current_dir(&base)
+            .arg(spelling)
+            .arg(remote(&dest)))
+        .success();
+        assert_eq!(dir_attrs(&root(&dest)), want, "push {spelling}");
+
+        let local = t.path().join(format!("pull{i}"));
+        fs::create_dir_all(&local).unwrap();
+        run(robosync(&sshd, &state)
+            .arg(format!("robot:{}/{spelling}", there.display()))
+            .arg(&local))
+        .success();
+        assert_eq!(dir_attrs(&root(&local)), want, "pull {spelling}");
+    }
 }

@@ -386,6 +386,31 @@ pub async fn pull_run(
         // Directory attributes last: writing inside changed their mtimes.
         run_errors.extend(job.set_dir_attrs());
     }
+    if run_errors.is_empty() && errors.is_empty() && rename.is_none() {
+        // rsync -a's `.`: the sync root takes the source directory's.
+        let root = &job.remote_root;
+        let stat = on_session(&pool, |s| async move { s.stat(root).await }).await;
+        let set = stat.map_err(|e| e.to_string()).and_then(|a| {
+            let n = Node {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: a.mtime().map(i64::from).unwrap_or(0),
+                mode: a.permissions.unwrap_or(0o755),
+                whole: None,
+                blocks: Vec::new(),
+            };
+            let fd = rustix::fs::openat(&job.root.fd, ".", DIR_FLAGS, Mode::empty());
+            fd.map_err(io::Error::from)
+                .and_then(|d| set_file_attrs(&d, &n))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = set {
+            run_errors.push(format!(
+                "cannot set attributes of {}: {e}",
+                local_root.display()
+            ));
+        }
+    }
     ticker.abort();
     errors.extend(run_errors);
     let manifest = job.manifest.lock().unwrap().clone();

@@ -980,6 +980,25 @@ async fn push_run(
     ticker.abort();
     run.phase("transferred");
     errors.extend(run_errors);
+    if rename.is_none() && errors.is_empty() {
+        // rsync -a's `.`: the sync root takes the source directory's mode
+        // and mtime, after its contents changed it.
+        use std::os::unix::fs::MetadataExt;
+        let t = meta.mtime().clamp(0, u32::MAX as i64) as u32;
+        let attrs = robosync_transport::proto::Attrs {
+            permissions: Some(meta.mode() & 0o7777),
+            times: Some((t, t)),
+            ..Default::default()
+        };
+        let root = &remote_root;
+        let set = on_session(&pool, |s| {
+            let attrs = attrs.clone();
+            async move { s.setstat(root, &attrs).await }
+        });
+        if let Err(e) = set.await {
+            errors.push(format!("cannot set attributes of {dest_label}: {e}"));
+        }
+    }
     if errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
         if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
             errors.push(crate::space::temps_held(bytes, files));
