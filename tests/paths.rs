@@ -268,7 +268,19 @@ fn readme_usage_examples_run() {
     );
     assert!(work.join("res/r.txt").is_file(), "results/ → ./res");
     assert!(root.join("project/f/top.txt").is_file(), "a file into f/");
-    assert!(ran.len() >= 7, "{ran:?}");
+    assert!(root.join("project/f/t.txt").is_file(), "a file as f/t.txt");
+    assert!(work.join("r.txt").is_file(), "one file pulled as ./r.txt");
+    assert!(root.join("project/s/top.txt").is_file(), "several: a file");
+    assert!(
+        root.join("project/s/sub/inner.txt").is_file(),
+        "several: a dir"
+    );
+    assert!(work.join("both/t.txt").is_file(), "several pulled: a file");
+    assert!(
+        work.join("both/results/r.txt").is_file(),
+        "several pulled: a dir"
+    );
+    assert!(ran.len() >= 11, "{ran:?}");
 }
 
 /// `rsync -a ARGS...` run in `cwd`, the oracle for several sources.
