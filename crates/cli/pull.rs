@@ -155,7 +155,8 @@ pub async fn pull_run(
     })
     .await
     .map_err(transport_failure)?;
-    let listing = list_remote(&pool, &remote_root)
+    // A single file's: nothing below (a directory there is refused).
+    let listing = list_remote(&pool, &remote_root, rename.map(|_| &b""[..]))
         .await
         .map_err(transport_failure)?;
     if listing.root_missing {

@@ -46,7 +46,14 @@ pub struct Listing {
 }
 
 /// Lists everything under `root` (remote path bytes). A missing root is an empty listing.
-pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<Listing, Error> {
+/// `only`: of the root's directories, descend into this one alone (a
+/// single file's run needs nothing below its neighbours).
+pub async fn list(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    max_entries: usize,
+    only: Option<&[u8]>,
+) -> Result<Listing, Error> {
     let mut out = Listing::default();
     // Collected, then built in one pass (see Tree::from_unsorted).
     let mut nodes: Vec<(PathBuf, Node)> = Vec::new();
@@ -114,7 +121,9 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
             }
             let a = &n.attrs;
             let kind = if a.is_dir() {
-                queue.push(path.clone());
+                if !rel.is_empty() || only.is_none_or(|o| o == &n.filename[..]) {
+                    queue.push(path.clone());
+                }
                 Kind::Dir
             } else if a.is_file() {
                 Kind::File

@@ -847,7 +847,12 @@ async fn push_run(
                 }
             }
         },
-        list_remote(&pool, &remote_root),
+        // A single file's: its name alone (a directory in the way whole).
+        list_remote(
+            &pool,
+            &remote_root,
+            rename.map(|r| r.to.as_os_str().as_bytes())
+        ),
         read_small(&session, &manifest_remote)
     );
     let _identity = made?;
@@ -1175,8 +1180,13 @@ async fn prepare_destination(
 /// Lists the remote tree; when the link drops meanwhile, lists it again
 /// from the start once the pool has reconnected (a listing changes nothing,
 /// so starting over is safe).
-pub async fn list_remote(pool: &Arc<Pool>, root: &[u8]) -> Result<remote::Listing, Error> {
-    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES)).await
+/// `only`: see [`remote::list`].
+pub async fn list_remote(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    only: Option<&[u8]>,
+) -> Result<remote::Listing, Error> {
+    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES, only)).await
 }
 
 /// Runs `op`, which must be safe to repeat (it reads, or its changes are
