@@ -917,3 +917,29 @@ fn sync_root_mode_and_mtime_as_rsync() {
         assert_eq!(dir_attrs(&root(&local)), want, "pull {spelling}");
     }
 }
+
+/// A local source that does not exist is rsync's "link_stat failed": exit
+/// 23 naming it, nothing made; among several, the others still land.
+#[test]
+fn missing_local_source_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    three_sources(&base);
+    let state = t.path().join("state");
+    let dest = sshd.mkdir("dest");
+    let r = run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .arg("nothere")
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 23, "{}", r.stderr());
+    assert!(r.stderr().contains("nothere"), "{}", r.stderr());
+    assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    let r = run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .args(["nothere", "c.txt"])
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 23, "{}", r.stderr());
+    assert!(r.stderr().contains("nothere"), "{}", r.stderr());
+    assert_eq!(fs::read(dest.join("c.txt")).unwrap(), b"c\n");
+}

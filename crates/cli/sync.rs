@@ -283,6 +283,18 @@ async fn go_one(
         Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
     match (src, dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
+            if let Err(e) = std::fs::symlink_metadata(l) {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // rsync's "link_stat failed" (23), before any login.
+                    return Err(fail(
+                        EXIT_PARTIAL,
+                        format!(
+                            "source {} does not exist (no such file or directory); nothing was copied from it: check the local path",
+                            l.display()
+                        ),
+                    ));
+                }
+            }
             let target = target(args, user, host).await?;
             let mut into = false;
             loop {
