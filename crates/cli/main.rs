@@ -31,7 +31,8 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     name = "robosync",
     version,
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST."
+    override_usage = "robosync [OPTIONS] SRC... DEST",
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST."
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
