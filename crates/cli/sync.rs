@@ -1556,6 +1556,28 @@ mod tests {
     use super::*;
     use robosync_manifest::Record;
 
+    #[test]
+    fn where_a_single_file_lands() {
+        let t = |dest: &str, into| {
+            let (dir, name, named) = file_target(dest.as_bytes(), b"a.txt", into);
+            (
+                String::from_utf8(dir).unwrap(),
+                String::from_utf8(name).unwrap(),
+                named,
+            )
+        };
+        let s = |d: &str, n: &str, named| (d.to_string(), n.to_string(), named);
+        assert_eq!(t("x/", false), s("x", "a.txt", false));
+        assert_eq!(t("x/b.txt", false), s("x", "b.txt", true));
+        assert_eq!(t("x/b.txt", true), s("x/b.txt", "a.txt", false));
+        assert_eq!(t("b.txt", false), s("", "b.txt", true));
+        assert_eq!(t("/b.txt", false), s("/", "b.txt", true));
+        assert_eq!(t("", false), s("", "a.txt", false));
+        assert_eq!(t("~", false), s("~", "a.txt", false));
+        assert_eq!(t("x/.", false), s("x/.", "a.txt", false));
+        assert_eq!(parent_of(b"/p/x"), b"/p");
+    }
+
     fn manifest(size: u64, run_id: u64) -> Manifest {
         let mut m = Manifest {
             block_size: 256 << 10,
