@@ -163,7 +163,7 @@ fn dry_run_lists_deletions_and_names_the_guard_that_would_stop_them() {
             .args(["-n", "--delete"])
             .arg(&from)
             .arg(&to));
-        assert_eq!(ran.code(), 3, "{}", ran.stderr());
+        assert_eq!(ran.code(), 25, "{}", ran.stderr());
         for i in 0..4 {
             assert!(
                 ran.stdout().contains(&format!("*deleting   extra{i}")),

@@ -25,7 +25,7 @@ use std::time::Duration;
 use robosync_transport::connect::{certificate_paths, certificate_time_left};
 use robosync_transport::ssh_config::HostConfig;
 
-use crate::sync::{fail, Failure, EXIT_CONNECT, EXIT_USAGE};
+use crate::sync::{fail, Failure, EXIT_DENIED, EXIT_USAGE};
 use crate::{parse_duration, Args};
 
 const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
@@ -69,7 +69,7 @@ pub async fn before_connect(args: &Args, host: &str, cfg: &HostConfig) -> Result
     tokio::task::spawn_blocking(move || run_if_needed(&hook, &host, &cfg, &state_dir))
         .await
         .expect("auth hook task panicked")
-        .map_err(|e| fail(EXIT_CONNECT, e))
+        .map_err(|e| fail(EXIT_DENIED, e))
 }
 
 fn config_path() -> Option<PathBuf> {

@@ -23,7 +23,7 @@
 //! A dry run changes nothing, so it takes no lease; it warns when a live one
 //! is held (its listing may be mid-change) and still exits 0.
 //!
-//! A refused run exits [`EXIT_GUARD`] (3), having changed nothing, and says
+//! A refused run exits [`EXIT_BUSY`] (75), having changed nothing, and says
 //! who holds the destination and what to do.
 
 use std::fs::File;
@@ -39,7 +39,7 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Pool, Sftp};
 
 use crate::endpoint::join;
-use crate::sync::{fail, now_unix, Failure, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL};
+use crate::sync::{fail, now_unix, Failure, EXIT_BUSY, EXIT_LOST, EXIT_PARTIAL};
 
 /// How often a held remote lease's mtime is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -149,7 +149,7 @@ fn busy(what: &str, holder: Option<&Holder>, refreshed_ago: Option<i64>, file: &
         .map(|s| format!("; last refreshed {} ago", ago(s)))
         .unwrap_or_default();
     fail(
-        EXIT_GUARD,
+        EXIT_BUSY,
         format!(
             "another robosync run holds {what} ({who}{fresh}); this run changed nothing. \
              Try again when it has finished. A lease not refreshed for {} min is taken over \
@@ -322,7 +322,7 @@ pub async fn take_remote(
         let _ = s.remove(&aside).await;
     }
     Err(fail(
-        EXIT_GUARD,
+        EXIT_BUSY,
         format!("the lease {shown} on {label} keeps changing hands; try again later"),
     ))
 }
@@ -437,7 +437,7 @@ pub fn take_local(root: &Path) -> Result<LocalLease, Failure> {
         return Ok(LocalLease { file, path });
     }
     Err(fail(
-        EXIT_GUARD,
+        EXIT_BUSY,
         format!(
             "the lease {} keeps changing hands; try again later",
             path.display()

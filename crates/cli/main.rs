@@ -232,7 +232,7 @@ fn check_values(args: &Args) -> Result<(), String> {
 fn filter_rules(
     matches: &clap::ArgMatches,
     args: &Args,
-) -> Result<Vec<robosync_scanner::Rule>, String> {
+) -> Result<Vec<robosync_scanner::Rule>, robosync_scanner::FilterError> {
     enum Opt<'a> {
         Pattern(&'a str, bool),
         File(&'a std::path::Path, bool),
@@ -272,8 +272,7 @@ fn filter_rules(
             Opt::Pattern(p, include) => rules.pattern(p, include),
             Opt::File(f, include) => rules.pattern_file(f, include),
             Opt::Filter(r) => rules.filter(r),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
     }
     Ok(rules.into_vec())
 }
@@ -302,7 +301,13 @@ fn main() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("robosync: error: {e}");
-            std::process::exit(1);
+            // As rsync: a rules file that cannot be read is a file-selection
+            // error (3); a rule that makes no sense is a usage error.
+            let code = match e {
+                robosync_scanner::FilterError::Read { .. } => sync::EXIT_SELECTION,
+                _ => sync::EXIT_USAGE,
+            };
+            std::process::exit(code);
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -374,6 +374,7 @@ pub async fn pull_run(
         })
     };
     let (content, deletes) = split_deletes(plan.actions);
+    crate::sync::before_transfer();
     let mut run_errors = job.execute(content, false).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes, true).await);
@@ -533,6 +534,15 @@ impl Pull {
         match result {
             Ok(()) => {
                 self.run.itemize(&line);
+                Ok(())
+            }
+            // Listed, then "no such file" on the server: it vanished from
+            // the source (rsync's exit 24), which is not an error.
+            Err(PullError::Remote(e))
+                if matches!(a, Action::Copy { .. } | Action::Delta { .. })
+                    && e.status_code() == Some(proto::FX_NO_SUCH_FILE) =>
+            {
+                self.run.vanished(&escape(&path));
                 Ok(())
             }
             Err(e) => Err(format!("{}: {e}", escape(&path))),

@@ -501,6 +501,7 @@ impl Push {
     async fn file_action(&self, a: Action) -> Result<(), String> {
         let line = a.to_string();
         let path = a.path().to_path_buf();
+        let sends = matches!(a, Action::Copy { .. } | Action::Delta { .. });
         let result = match a {
             Action::Copy { .. } => self.upload(&path, None).await,
             Action::Delta { send, reuse, .. } => self.upload(&path, Some((send, reuse))).await,
@@ -518,6 +519,9 @@ impl Push {
                 self.run.itemize(&line);
                 Ok(())
             }
+            // Gone from the source since the scan: whatever failed, there
+            // is nothing left to send.
+            Err(_) if sends && self.vanished(&path) => Ok(()),
             Err(e) => Err(crate::space::send_failed(
                 &escape(&path),
                 &self.abs(path.as_os_str().as_bytes()),
@@ -595,6 +599,19 @@ impl Push {
         });
         self.manifest.lock().unwrap().files.insert(key, record);
         Ok(())
+    }
+
+    /// Whether a file the scan listed is gone now (rsync's "file has
+    /// vanished", exit 24): then it is reported, and is not an error.
+    fn vanished(&self, rel: &Path) -> bool {
+        let gone = matches!(
+            std::fs::symlink_metadata(self.local_root.join(rel)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if gone {
+            self.run.vanished(&escape(rel));
+        }
+        gone
     }
 
     /// Sends one file (whole, or only `delta.0` blocks when the old copy holds the rest).

@@ -92,7 +92,8 @@ pub async fn list(
                 out.root_missing = true;
                 continue;
             }
-            Err(e) if e.is_connection() => return Err(e),
+            // A server that breaks the protocol ends the run (exit 12).
+            Err(e) if e.is_connection() || matches!(e, Error::Protocol { .. }) => return Err(e),
             Err(e) => {
                 out.errors.push(format!(
                     "cannot list {}: {e}",

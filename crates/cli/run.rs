@@ -39,6 +39,7 @@ pub struct Run {
     journal_error: Mutex<Option<String>>,
     bar: Option<ProgressBar>,
     notes_shown: Mutex<std::collections::HashSet<String>>,
+    vanished: Mutex<Vec<String>>,
 }
 
 impl Run {
@@ -61,6 +62,7 @@ impl Run {
             journal_error: Mutex::new(None),
             bar,
             notes_shown: Mutex::new(Default::default()),
+            vanished: Mutex::new(Vec::new()),
         }
     }
 
@@ -152,6 +154,18 @@ impl Run {
         if !self.opts.quiet {
             self.eprintln(&format!("robosync: warning: {msg}"));
         }
+    }
+
+    /// A source entry that was listed and is gone when opened (rsync's
+    /// wording): not a failure, but the run exits 24 if nothing else failed.
+    pub fn vanished(&self, path: &str) {
+        self.warn(&format!("file has vanished: {path}"));
+        self.vanished.lock().unwrap().push(path.to_string());
+    }
+
+    /// The source entries that vanished during the run.
+    pub fn vanished_list(&self) -> Vec<String> {
+        self.vanished.lock().unwrap().clone()
     }
 
     pub fn error(&self, msg: &str) {

@@ -20,11 +20,31 @@ use crate::endpoint::{join, Endpoint, Rename};
 use crate::run::{Run, RunOptions};
 use crate::{push, remote, Args};
 
+// The exit codes (documented in main.rs and the README): rsync's numbers
+// where the meaning matches, so cron wrappers written for rsync keep working.
+/// Usage or configuration error (as rsync 1).
 pub const EXIT_USAGE: i32 = 1;
-pub const EXIT_CONNECT: i32 = 2;
-pub const EXIT_GUARD: i32 = 3;
+/// File selection error: a rules or list file that cannot be read (rsync 3).
+pub const EXIT_SELECTION: i32 = 3;
+/// The server would not start SFTP (rsync 5: error starting client-server protocol).
+pub const EXIT_NO_SFTP: i32 = 5;
+/// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
+pub const EXIT_CONNECT: i32 = 10;
+/// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
+pub const EXIT_PROTOCOL: i32 = 12;
+/// Some entries failed, the rest landed (rsync 23).
 pub const EXIT_PARTIAL: i32 = 23;
+/// Some source files vanished during the run, and nothing else failed (rsync 24).
+pub const EXIT_VANISHED: i32 = 24;
+/// A `--delete` guard stopped the deletions (rsync 25: --max-delete limit).
+pub const EXIT_GUARD: i32 = 25;
+/// Connection lost and not re-established within `--retry-for` (rsync 30: timeout).
 pub const EXIT_LOST: i32 = 30;
+/// Another run holds this destination: sysexits' EX_TEMPFAIL ("try again
+/// later"); rsync has no such code, and its 35 means a daemon timeout.
+pub const EXIT_BUSY: i32 = 75;
+/// Authentication refused or host key not accepted (as ssh's 255).
+pub const EXIT_DENIED: i32 = 255;
 
 /// The most entries a remote listing may hold before we call the server absurd.
 pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
@@ -62,16 +82,35 @@ pub fn redo(redo: Redo, message: impl Into<String>) -> Failure {
     }
 }
 
-/// Exit 30 for a connection lost and not re-established within
-/// `--retry-for`, exit 2 for one that could not be made (decided by the
-/// error's variant, not its text).
+/// The exit code for a transport error, decided by its variant, never its text.
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::ConnectionLost { .. } | Error::Timeout { .. } => EXIT_LOST,
+        Error::Unreachable(_) | Error::Connect(_) => EXIT_CONNECT,
+        Error::Denied(_) => EXIT_DENIED,
+        Error::Refused { .. } | Error::ChannelRefused { .. } => EXIT_NO_SFTP,
+        Error::Protocol { .. } => EXIT_PROTOCOL,
+        // A refusal about one path (e.g. the destination cannot be made).
+        Error::Status { .. } => EXIT_PARTIAL,
+    }
+}
+
+/// Debug builds only: runs `$ROBOSYNC_TEST_BEFORE_TRANSFER` (a shell
+/// command) between planning and sending, so a test can change the source
+/// at exactly that point (a file vanishing, exit 24) without a race.
+pub fn before_transfer() {
+    #[cfg(debug_assertions)]
+    if let Some(cmd) = std::env::var_os("ROBOSYNC_TEST_BEFORE_TRANSFER") {
+        let _ = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .status();
+    }
+}
+
+/// A run-ending transport error, with its [`exit_code`].
 pub fn transport_failure(e: Error) -> Failure {
-    let code = if e.is_connection() {
-        EXIT_LOST
-    } else {
-        EXIT_CONNECT
-    };
-    fail(code, e.to_string())
+    fail(exit_code(&e), e.to_string())
 }
 
 pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
@@ -87,7 +126,9 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
     }));
     let result = go(&args, rules, &run).await;
     run.finish_progress();
+    let vanished = run.vanished_list();
     let (code, errors) = match result {
+        Ok(errors) if errors.is_empty() && !vanished.is_empty() => (EXIT_VANISHED, errors),
         Ok(errors) if errors.is_empty() => (0, errors),
         Ok(errors) => {
             for e in &errors {
@@ -110,6 +151,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
             "deleted": s.deleted.load(Ordering::Relaxed),
             "verified": s.verified.load(Ordering::Relaxed),
             "errors": errors,
+            "vanished": vanished,
             "dry_run": args.dry_run,
             "elapsed_seconds": elapsed,
             "exit_code": code,
@@ -797,11 +839,15 @@ async fn push_run(
             e.path = r.to.clone();
         }
     }
-    let mut errors: Vec<String> = snap
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message))
-        .collect();
+    let mut errors = Vec::new();
+    for e in &snap.errors {
+        let path = robosync_planner::escape(&e.path);
+        if e.vanished {
+            run.vanished(&path);
+        } else {
+            errors.push(format!("{path}: {}", e.message));
+        }
+    }
     for s in &snap.skipped {
         run.warn(&format!(
             "skipping {:?} {} (not a regular file, directory or symlink)",
@@ -985,6 +1031,7 @@ async fn push_run(
             Ok::<_, Error>((s, h))
         })
     });
+    before_transfer();
     let mut run_errors = job.execute(content).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes).await);
@@ -1241,7 +1288,7 @@ pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<St
     }
 }
 
-/// The plan, or the `--delete` guard that refuses it (exit 3). A dry run
+/// The plan, or the `--delete` guard that refuses it (exit 25). A dry run
 /// gets the whole plan, deletions included, and the guard a real run would
 /// stop at.
 pub fn plan_guarded(
@@ -1475,7 +1522,7 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
     }
     match std::io::Error::last_os_error() {
         e if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
-            EXIT_GUARD,
+            EXIT_BUSY,
             format!(
                 "another robosync run is syncing this source and destination (it holds {}); \
                  this run did nothing: try again when that one has finished",

@@ -144,6 +144,9 @@ pub struct Entry {
 pub struct ScanError {
     pub path: PathBuf,
     pub message: String,
+    /// Listed, then gone when opened or stat'ed (rsync's "file has
+    /// vanished"): the source changed under the scan, nothing failed.
+    pub vanished: bool,
 }
 
 /// What kind of non-regular file was skipped.

@@ -98,6 +98,9 @@ pub(crate) struct Shared {
     /// It ended because the link failed under it (a request unanswered in
     /// time, a send that failed), not because the server closed it.
     link_failed: AtomicBool,
+    /// It ended because the server sent a reply that does not decode: what
+    /// was in flight fails as a protocol error, which a reconnect won't cure.
+    malformed: AtomicBool,
     /// Turns true when it ends: wakes a writer stuck on a dead channel.
     ended: tokio::sync::watch::Sender<bool>,
 }
@@ -110,6 +113,7 @@ impl Shared {
             waiters: Mutex::new(Some(waiters)),
             dead: Mutex::new(None),
             link_failed: AtomicBool::new(false),
+            malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -243,6 +247,7 @@ impl Sftp {
             waiters: Mutex::new(Some(HashMap::new())),
             dead: Mutex::new(None),
             link_failed: AtomicBool::new(false),
+            malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
@@ -566,6 +571,9 @@ impl Sftp {
     }
 
     fn lost(&self) -> Error {
+        if self.shared.malformed.load(Ordering::Relaxed) {
+            return self.protocol(self.shared.dead.lock().unwrap().clone().unwrap_or_default());
+        }
         Error::ConnectionLost {
             peer: self.peer.clone(),
             detail: self
@@ -1107,7 +1115,10 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
                     let _ = tx.send(reply);
                 }
             }
-            Err(e) => break format!("{e} from {peer}"),
+            Err(e) => {
+                shared.malformed.store(true, Ordering::Relaxed);
+                break format!("{e} from {peer}");
+            }
         }
     };
     shared.end(why, false);

@@ -250,14 +250,14 @@ fn load_certificate(
         return Ok(None);
     }
     let cert = load_openssh_certificate(path)
-        .map_err(|e| Error::Connect(format!("cannot read certificate {}: {e}", path.display())))?;
+        .map_err(|e| Error::Denied(format!("cannot read certificate {}: {e}", path.display())))?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let before = cert.valid_before();
     if now >= before {
-        return Err(Error::Connect(format!(
+        return Err(Error::Denied(format!(
             "certificate {} expired {} ago (valid until {}): renew it (e.g. run your site's key-signing tool) and try again",
             path.display(),
             human_duration(now - before),
@@ -265,7 +265,7 @@ fn load_certificate(
         )));
     }
     if now < cert.valid_after() {
-        return Err(Error::Connect(format!(
+        return Err(Error::Denied(format!(
             "certificate {} is not valid yet (valid from {}): check the clock",
             path.display(),
             unix_to_utc(i64::try_from(cert.valid_after()).unwrap_or(i64::MAX))
@@ -519,7 +519,7 @@ impl Connection {
                             Ok(h) => h,
                             Err(e) => {
                                 if let Some(why) = refusal.lock().unwrap().take() {
-                                    return Err(Error::Connect(why));
+                                    return Err(Error::Denied(why));
                                 }
                                 last_err = Some(classify(&peer, "SSH handshake", e, |e| {
                                     Error::Connect(format!("SSH handshake with {peer} failed: {e}"))
@@ -592,7 +592,7 @@ impl Connection {
         let peer = self.peer.clone();
         let auth_err = |e: russh::Error| {
             classify(&peer, "during authentication", e, |e| {
-                Error::Connect(format!("authentication with {} failed: {e}", cfg.hostname))
+                Error::Denied(format!("authentication with {} failed: {e}", cfg.hostname))
             })
         };
 
@@ -654,7 +654,7 @@ impl Connection {
                     let prompt = format!("Enter passphrase for key '{}': ", path.display());
                     let pass = read_password(&prompt);
                     load_secret_key(path, Some(&pass)).map_err(|e| {
-                        Error::Connect(format!("cannot decrypt {}: {e}", path.display()))
+                        Error::Denied(format!("cannot decrypt {}: {e}", path.display()))
                     })?
                 }
                 Err(e) => {
@@ -721,7 +721,7 @@ impl Connection {
                 if a.is_ipv6() { "-4" } else { "-6" }
             );
         }
-        Err(Error::Connect(msg))
+        Err(Error::Denied(msg))
     }
 
     async fn keyboard_interactive(&mut self, user: &str) -> Result<(), Error> {
@@ -730,12 +730,12 @@ impl Connection {
             .handle
             .authenticate_keyboard_interactive_start(user, None)
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Denied(e.to_string()))?;
         loop {
             match reply {
                 R::Success => return Ok(()),
                 R::Failure { .. } => {
-                    return Err(Error::Connect("keyboard-interactive failed".into()))
+                    return Err(Error::Denied("keyboard-interactive failed".into()))
                 }
                 R::InfoRequest {
                     name,
@@ -765,7 +765,7 @@ impl Connection {
                         .handle
                         .authenticate_keyboard_interactive_respond(answers)
                         .await
-                        .map_err(|e| Error::Connect(e.to_string()))?;
+                        .map_err(|e| Error::Denied(e.to_string()))?;
                 }
             }
         }
@@ -813,8 +813,9 @@ impl Connection {
                 }),
             })?;
         channel.request_subsystem(true, "sftp").await.map_err(|e| {
-            classify(&self.peer, "subsystem request", e, |e| {
-                Error::Connect(format!("subsystem request failed: {e}"))
+            classify(&self.peer, "subsystem request", e, |e| Error::Refused {
+                peer: self.peer.clone(),
+                text: format!("subsystem request failed: {e}"),
             })
         })?;
         // INIT is queued at once, but it cannot leave before the server's
@@ -822,8 +823,9 @@ impl Connection {
         // subsystem has started (measured across 50 ms: the INIT went out
         // with the reply, one round trip after the request).
         channel.data_bytes(Sftp::init()).await.map_err(|e| {
-            classify(&self.peer, "starting SFTP", e, |e| {
-                Error::Connect(format!("cannot start SFTP: {e}"))
+            classify(&self.peer, "starting SFTP", e, |e| Error::Refused {
+                peer: self.peer.clone(),
+                text: format!("cannot start SFTP: {e}"),
             })
         })?;
         // The reply to want_reply comes as a message; a refusal is Failure.

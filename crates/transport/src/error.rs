@@ -29,10 +29,15 @@ pub enum Error {
         "{peer} refused a new channel ({detail}); its MaxSessions may be lower than --channels"
     )]
     ChannelRefused { peer: String, detail: String },
-    /// A final refusal or a configuration problem (authentication, host
-    /// key, certificate, resolution): retrying will not change it.
+    /// Could not reach the server for good (resolution, no address of the
+    /// family asked for, a proxy command that cannot run): retrying will
+    /// not change it.
     #[error("{0}")]
     Connect(String),
+    /// The server or we said no to who the other is: authentication refused,
+    /// a key or certificate unusable, a host key not accepted.
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Whether a russh error means the connection itself is gone (rather than

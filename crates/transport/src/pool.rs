@@ -683,7 +683,7 @@ async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
 }
 
 /// A copy of a connection error (errors are not `Clone`: they may carry
-/// sources elsewhere); other kinds keep their message.
+/// sources elsewhere); each keeps its kind, which decides the exit code.
 fn copy(e: &Error) -> Error {
     match e {
         Error::ConnectionLost { peer, detail } => Error::ConnectionLost {
@@ -694,6 +694,31 @@ fn copy(e: &Error) -> Error {
             peer: peer.clone(),
             after: *after,
         },
-        e => Error::Connect(e.to_string()),
+        Error::Refused { peer, text } => Error::Refused {
+            peer: peer.clone(),
+            text: text.clone(),
+        },
+        Error::ChannelRefused { peer, detail } => Error::ChannelRefused {
+            peer: peer.clone(),
+            detail: detail.clone(),
+        },
+        Error::Protocol { peer, detail } => Error::Protocol {
+            peer: peer.clone(),
+            detail: detail.clone(),
+        },
+        Error::Unreachable(m) => Error::Unreachable(m.clone()),
+        Error::Denied(m) => Error::Denied(m.clone()),
+        Error::Connect(m) => Error::Connect(m.clone()),
+        Error::Status {
+            op,
+            path,
+            code,
+            message,
+        } => Error::Status {
+            op,
+            path: path.clone(),
+            code: *code,
+            message: message.clone(),
+        },
     }
 }
