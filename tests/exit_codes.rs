@@ -32,6 +32,20 @@ fn nothing_listening_on_the_port_is_10() {
     assert_eq!(r.json()["exit_code"], 10);
 }
 
+/// A proxy that cannot reach the host (as a ProxyJump hop that is down):
+/// the login never happens, which is not a lost connection (30) either.
+#[test]
+fn a_proxy_command_that_fails_is_10() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let (src, dest) = one_file(&sshd, t.path());
+    let r = run(robosync(&sshd, &t.path().join("state"))
+        .args(["-o", "ProxyCommand=exit 1", "--retry-for", "1s"])
+        .arg(&src)
+        .arg(&dest));
+    assert_eq!(r.code(), 10, "{}", r.stderr());
+}
+
 #[test]
 fn a_key_the_server_does_not_accept_is_255() {
     let sshd = Sshd::start();

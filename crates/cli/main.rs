@@ -2,13 +2,29 @@
 //! automation ("robot") nodes that allow nothing but sftp-server.
 //!
 //! This binary is thin: it parses arguments, wires the library crates
-//! (scanner → planner ← transport, manifest) together and reports. Exit
-//! codes: 0 everything landed; 1 usage or configuration error; 2 could not
-//! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
-//! safety guard (e.g. `--delete` on an empty source), or another run holds
-//! this destination (see `lease.rs`); 20 interrupted; 23 some entries
-//! failed; 30 connection lost and not recovered within `--retry-for`;
-//! 70 internal error.
+//! (scanner → planner ← transport, manifest) together and reports.
+//!
+//! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
+//! written for rsync read them right), decided by typed error variants
+//! (`sync::exit_code`), never by message text; `--json` carries the same:
+//!
+//! - 0 everything landed
+//! - 1 usage or configuration error (every argument error, values that cannot work)
+//! - 3 file selection error: a rules file that cannot be read (rsync 3)
+//! - 5 the server would not start SFTP: subsystem refused, or the forced
+//!   command (e.g. transfer_commands.sh) rejected it (rsync 5)
+//! - 10 could not connect: resolution, TCP, ProxyCommand/ProxyJump (rsync 10)
+//! - 12 the server broke the SFTP protocol (rsync 12)
+//! - 20 interrupted (SIGINT, SIGTERM): rerun to resume (rsync 20)
+//! - 23 some entries failed, the rest landed; or a pull's source is missing (rsync 23)
+//! - 24 some source files vanished during the run, nothing else failed (rsync 24)
+//! - 25 a `--delete` guard stopped the deletions (rsync 25, its --max-delete)
+//! - 30 connection lost and not recovered within `--retry-for` (rsync 30)
+//! - 70 internal error (a bug)
+//! - 75 another run holds this destination (see `lease.rs`): sysexits'
+//!   EX_TEMPFAIL, "try again later"; rsync has no such code, and its 35 is
+//!   a daemon timeout, so a wrapper can retry on 75 alone
+//! - 255 authentication refused, or the host key not accepted (as ssh)
 
 mod auth_hook;
 mod endpoint;
@@ -32,7 +48,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     version,
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
     override_usage = "robosync [OPTIONS] SRC... DEST",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST."
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused."
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
@@ -278,8 +294,8 @@ fn filter_rules(
 }
 
 fn main() {
-    // clap's errors exit 2, robosync's code for "could not connect": a
-    // wrapper retrying on that would retry a typo forever. Usage is 1.
+    // clap's errors would exit 2 (rsync's "protocol incompatibility"): a
+    // wrapper would not know a typo from a fault. Usage is 1.
     let usage = |e: clap::Error| -> ! {
         if e.use_stderr() {
             let _ = e.print();

@@ -703,7 +703,12 @@ pub async fn open_pool(
         work,
     )
     .await
-    .map_err(transport_failure)?;
+    .map_err(|e| match exit_code(&e) {
+        // Never connected, so nothing was lost: the login kept failing
+        // (e.g. a ProxyJump host that is down) within --retry-for.
+        EXIT_LOST => fail(EXIT_CONNECT, e.to_string()),
+        _ => transport_failure(e),
+    })?;
     for n in pool.notes.lock().unwrap().drain(..) {
         if n.starts_with("warning") {
             run.warn(n.trim_start_matches("warning: "));
