@@ -126,6 +126,19 @@ pub struct Args {
     /// hide, show), `merge FILE`, `!` (clear); e.g. -f '- *.tmp' -f 'P /keep/'.
     #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
     pub filter: Vec<String>,
+    /// Transfer only the paths listed in FILE (`-` for standard input), one a
+    /// line, relative to the source; `#`/`;` lines are comments. As rsync:
+    /// the directories leading to them come too, a listed directory's
+    /// contents only with -r.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// With --files-from, also everything below a listed directory (robosync
+    /// always recurses otherwise).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The paths read from --files-from.
+    #[arg(skip)]
+    pub files_list: Option<robosync_scanner::FileList>,
     /// Also delete destination entries the rules exclude (implies --delete;
     /// protect/risk rules and `-sr` rules still protect).
     #[arg(long)]
@@ -312,6 +325,18 @@ fn main() {
     if let Err(e) = check_values(&args) {
         eprintln!("robosync: error: {e}");
         std::process::exit(1);
+    }
+    if let Some(f) = &args.files_from {
+        match robosync_scanner::FileList::read(f, args.recursive) {
+            Ok(list) => args.files_list = Some(list),
+            Err(e) => {
+                eprintln!("robosync: error: {e}");
+                std::process::exit(match e {
+                    robosync_scanner::FilterError::Read { .. } => sync::EXIT_SELECTION,
+                    _ => sync::EXIT_USAGE,
+                });
+            }
+        }
     }
     let rules = match filter_rules(&matches, &args) {
         Ok(r) => r,

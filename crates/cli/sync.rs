@@ -321,8 +321,9 @@ async fn go_one(
     dst: &Endpoint,
 ) -> Result<Vec<String>, Failure> {
     let rules = rules.to_vec();
-    let filters =
-        Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    let filters = Filters::new(&rules, args.delete_excluded)
+        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?
+        .with_list(args.files_list.clone());
     match (src, dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             if let Err(e) = std::fs::symlink_metadata(l) {

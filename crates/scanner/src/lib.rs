@@ -51,7 +51,7 @@ mod walk;
 mod tests;
 
 pub use cache::{StatCache, RACY_WINDOW_NS};
-pub use filter::{Filter, FilterError, Filters, Rule, Rules, Side};
+pub use filter::{FileList, Filter, FilterError, Filters, Rule, Rules, Side};
 pub use hash::{hash_block, hash_bytes, whole_from_blocks};
 pub use walk::scan;
 
