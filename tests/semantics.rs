@@ -471,3 +471,74 @@ fn files_from_that_cannot_be_read_is_3_and_dotdot_is_refused() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(r.stderr().contains(".."), "{}", r.stderr());
 }
+
+/// The groups of names sharing an inode under `root`, as sorted path lists.
+fn link_groups(root: &Path) -> Vec<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_ino: std::collections::BTreeMap<u64, Vec<PathBuf>> = Default::default();
+    for (rel, _) in snapshot(root) {
+        let m = fs::symlink_metadata(root.join(&rel)).unwrap();
+        if m.is_file() && m.nlink() > 1 {
+            by_ino.entry(m.ino()).or_default().push(rel);
+        }
+    }
+    let mut groups: Vec<Vec<PathBuf>> = by_ino.into_values().collect();
+    for g in &mut groups {
+        g.sort();
+    }
+    groups.sort();
+    groups
+}
+
+/// `-H`: names of one local file land as links to one remote file, as
+/// `rsync -aH` makes them; a rerun keeps them; a pull with -H is refused.
+#[test]
+fn hard_links_arrive_as_links_as_rsync_h_makes_them() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("a.bin"), &bytes(300 << 10, 1));
+    write(&src.join("single.txt"), b"one name\n");
+    write(&src.join("x/y.txt"), b"two names\n");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::hard_link(src.join("a.bin"), src.join("sub/b.bin")).unwrap();
+    fs::hard_link(src.join("a.bin"), src.join("z.bin")).unwrap();
+    fs::hard_link(src.join("x/y.txt"), src.join("w.txt")).unwrap();
+
+    let oracle = t.path().join("oracle");
+    let out = Command::new("rsync")
+        .arg("-aH")
+        .arg(contents(&src))
+        .arg(&oracle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let want = link_groups(&oracle);
+    assert_eq!(want.len(), 2, "{want:?}");
+
+    let dest = sshd.mkdir("d");
+    let state = t.path().join("state");
+    let push = || {
+        run(robosync(&sshd, &state)
+            .arg("-H")
+            .arg(contents(&src))
+            .arg(remote(&dest)))
+        .success()
+    };
+    push();
+    assert_same_tree(&oracle, &dest);
+    assert_eq!(link_groups(&dest), want);
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
+    // A new name for an unchanged file links to the one in place.
+    fs::hard_link(src.join("a.bin"), src.join("x/new.bin")).unwrap();
+    push();
+    let groups = link_groups(&dest);
+    assert!(groups.iter().any(|g| g.len() == 4), "{groups:?}");
+
+    let r = run(robosync(&sshd, &t.path().join("s2"))
+        .arg("-H")
+        .arg(remote(&dest))
+        .arg(t.path().join("back")));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("-H"), "{}", r.stderr());
+}

@@ -107,6 +107,10 @@ pub struct Args {
     /// (the destination file gets holes where the source has them).
     #[arg(short = 'S', long)]
     pub sparse: bool,
+    /// Keep hard links (push): names of one local file arrive as links to
+    /// one remote file (hardlink@openssh.com), not as copies.
+    #[arg(short = 'H', long)]
+    pub hard_links: bool,
     /// fsync each file on the destination before renaming it into place.
     #[arg(long)]
     pub fsync: bool,

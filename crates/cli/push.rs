@@ -292,6 +292,8 @@ pub struct Push {
     /// Entries whose local name differs (a single file to a new name):
     /// destination-relative path → local-relative path.
     pub local_names: HashMap<PathBuf, PathBuf>,
+    /// `-H`: the second and later names of a local file are linked to the first.
+    pub hard_links: bool,
 }
 
 impl Push {
@@ -361,6 +363,7 @@ impl Push {
                 .await;
             errors.extend(results.into_iter().filter_map(Result::err));
         }
+        let (files, links) = self.split_links(files);
         let files = across_directories(files);
         // Sized for the whole pool (sessions keep joining while work starts):
         // a small file costs three round trips, so across latency only many
@@ -381,6 +384,13 @@ impl Push {
         let results: Vec<Result<(), String>> = stream::iter(files)
             .map(|a| async move { self.file_action(a).await })
             .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        errors.extend(results.into_iter().filter_map(Result::err));
+        // Hard links once the files they name have landed.
+        let results: Vec<Result<(), String>> = stream::iter(links)
+            .map(|(a, leader)| async move { self.link_or_send(a, &leader).await })
+            .buffer_unordered(64)
             .collect()
             .await;
         errors.extend(results.into_iter().filter_map(Result::err));
@@ -601,11 +611,116 @@ impl Push {
         Ok(())
     }
 
+    /// With `-H`: sets apart the sends of names whose local file has another
+    /// name in the tree (the first of them by path, the leader, is sent);
+    /// each comes back with its leader, to be linked once the leader landed.
+    fn split_links(&self, files: Vec<Action>) -> (Vec<Action>, Vec<(Action, PathBuf)>) {
+        use std::os::unix::fs::MetadataExt;
+        if !self.hard_links {
+            return (files, Vec::new());
+        }
+        // Every name of every multiply-linked file, also those with nothing
+        // to send: an unchanged leader is already in place to link to.
+        let mut leaders: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        let mut group_of: HashMap<PathBuf, (u64, u64)> = HashMap::new();
+        for e in self.entries.values() {
+            if !matches!(e.kind, robosync_scanner::EntryKind::File) {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(self.local(&e.path)) else {
+                continue;
+            };
+            if m.nlink() < 2 {
+                continue;
+            }
+            let key = (m.dev(), m.ino());
+            group_of.insert(e.path.clone(), key);
+            let leader = leaders.entry(key).or_insert_with(|| e.path.clone());
+            if e.path < *leader {
+                *leader = e.path.clone();
+            }
+        }
+        let (mut sends, mut links) = (Vec::new(), Vec::new());
+        for a in files {
+            let leader = match &a {
+                Action::Copy { path, .. } | Action::Delta { path, .. } => group_of
+                    .get(path)
+                    .map(|k| &leaders[k])
+                    .filter(|l| *l != path)
+                    .cloned(),
+                _ => None,
+            };
+            match leader {
+                Some(l) => links.push((a, l)),
+                None => sends.push(a),
+            }
+        }
+        (sends, links)
+    }
+
+    /// Lands `a`'s file as a new name of its `leader`'s remote file: a link
+    /// made under a temp name, then renamed into place, as every landing.
+    /// When the leader did not land with the same content (it failed, or
+    /// changed), or the server cannot link, the file is sent instead.
+    async fn link_or_send(&self, a: Action, leader: &Path) -> Result<(), String> {
+        let rel = a.path().to_path_buf();
+        let e = self.entry(&rel);
+        let key = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let in_place = {
+            let m = self.manifest.lock().unwrap();
+            match (m.files.get(&key(leader)), &e.digest) {
+                (Some(r), Some(d)) => r.whole == d.whole && r.size == e.size,
+                _ => false,
+            }
+        };
+        let linkable = self
+            .pool
+            .session()
+            .await
+            .is_ok_and(|s| s.extensions.hardlink);
+        if !in_place || !linkable {
+            if !linkable {
+                self.run.note_once(
+                    "the server lacks hardlink@openssh.com: hard links are sent as copies".into(),
+                );
+            }
+            return self.file_action(a).await;
+        }
+        let line = a.to_string();
+        let target = self.abs(&key(leader));
+        let abs = self.abs(&key(&rel));
+        let linked = self
+            .with_session(|s| {
+                let (target, abs) = (target.clone(), abs.clone());
+                let temp = self.abs(&fresh_temp(&key(&rel)));
+                async move {
+                    self.temps.lock().unwrap().insert(temp.clone());
+                    s.hardlink(&target, &temp).await?;
+                    let stat = s.rename_and_lstat(&temp, &abs).await?;
+                    self.temps.lock().unwrap().remove(&temp);
+                    Ok(stat)
+                }
+            })
+            .await;
+        match linked {
+            Ok(stat) => {
+                self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                self.run.itemize(&line);
+                self.land(&rel, e, &stat).map_err(|err| err.to_string())
+            }
+            Err(err) => Err(format!(
+                "{}: cannot link to {}: {err}",
+                escape(&rel),
+                escape(leader)
+            )),
+        }
+    }
+
     /// Whether a file the scan listed is gone now (rsync's "file has
     /// vanished", exit 24): then it is reported, and is not an error.
     fn vanished(&self, rel: &Path) -> bool {
         let gone = matches!(
-            std::fs::symlink_metadata(self.local_root.join(rel)),
+            std::fs::symlink_metadata(self.local(rel)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound
         );
         if gone {

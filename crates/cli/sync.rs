@@ -324,6 +324,13 @@ async fn go_one(
     let filters = Filters::new(&rules, args.delete_excluded)
         .map_err(|e| fail(EXIT_USAGE, e.to_string()))?
         .with_list(args.files_list.clone());
+    if args.hard_links && matches!(src, Endpoint::Remote { .. }) {
+        return Err(fail(
+            EXIT_USAGE,
+            "-H works on a push only: an SFTP listing carries no inode numbers, so a \
+             server's hard links cannot be told from copies (run without -H)",
+        ));
+    }
     match (src, dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             if let Err(e) = std::fs::symlink_metadata(l) {
@@ -1007,6 +1014,7 @@ async fn push_run(
         local_names: rename
             .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
             .unwrap_or_default(),
+        hard_links: args.hard_links,
     });
     push::adopt_unchanged(&job, &listing.tree);
 

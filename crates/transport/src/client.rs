@@ -784,6 +784,21 @@ impl Sftp {
             .map(|_| ())
     }
 
+    /// A new name `link` for the existing file `existing` (hardlink@openssh.com, link(2)).
+    pub async fn hardlink(&self, existing: &[u8], link: &[u8]) -> Result<(), Error> {
+        if !self.extensions.hardlink {
+            return Err(self.status_error(
+                "hardlink",
+                link,
+                proto::FX_FAILURE,
+                "unsupported".into(),
+            ));
+        }
+        self.extended("hardlink@openssh.com", |p| p.bytes(existing).bytes(link), 0)
+            .await
+            .map(|_| ())
+    }
+
     pub async fn mkdir(&self, path: &[u8], attrs: &Attrs) -> Result<(), Error> {
         self.expect_ok("mkdir", path, proto::FXP_MKDIR, |p| {
             p.bytes(path).attrs(attrs)
