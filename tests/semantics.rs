@@ -403,7 +403,7 @@ fn files_from_selects_as_rsync_does_push_and_pull() {
     let list = t.path().join("list");
     fs::write(
         &list,
-        "# a comment\n; another\n\ndeep/er/x.txt\n/run.sh\n./name with spaces.txt\nlisted-dir\nno-such-entry-is-skipped\n",
+        "# a comment\n; another\n\ndeep/er/x.txt\n/run.sh\n./name with spaces.txt\nlisted-dir\nno-such-entry\n",
     )
     .unwrap();
     for recursive in [false, true] {
@@ -420,8 +420,8 @@ fn files_from_selects_as_rsync_does_push_and_pull() {
             .arg(&oracle)
             .output()
             .unwrap();
-        // rsync exits 23 for the missing entry; robosync skips it silently
-        // as a list entry matching nothing (see the README).
+        // The missing entry: rsync says so and exits 23, and so must we.
+        assert_eq!(out.status.code(), Some(23), "{out:?}");
         assert!(oracle.join("deep/er/x.txt").exists(), "{out:?}");
 
         let dest = sshd.mkdir(&format!("push-{tag}"));
@@ -430,7 +430,9 @@ fn files_from_selects_as_rsync_does_push_and_pull() {
         if recursive {
             push.arg("-r");
         }
-        run(push.arg(contents(&src)).arg(remote(&dest))).success();
+        let r = run(push.arg(contents(&src)).arg(remote(&dest)));
+        assert_eq!(r.code(), 23, "{}", r.stderr());
+        assert!(r.stderr().contains("no-such-entry"), "{}", r.stderr());
         assert_same_tree(&oracle, &dest);
 
         // Pull, the list on standard input.
@@ -443,7 +445,9 @@ fn files_from_selects_as_rsync_does_push_and_pull() {
         pull.arg(remote(&src))
             .arg(&back)
             .stdin(fs::File::open(&list).unwrap());
-        run(&mut pull).success();
+        let r = run(&mut pull);
+        assert_eq!(r.code(), 23, "{}", r.stderr());
+        assert!(r.stderr().contains("no-such-entry"), "{}", r.stderr());
         assert_same_tree(&oracle, &back);
     }
 }

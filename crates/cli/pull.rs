@@ -201,6 +201,9 @@ pub async fn pull_run(
         }
     }
     let mut errors = listing.errors.clone();
+    errors.extend(crate::sync::unlisted(args, |p| {
+        listing.tree.nodes.contains_key(p)
+    }));
     let mut source = remote::included(listing.tree, &filters.sender);
     if let Some(r) = rename {
         // The file is known by its local name from here on.

@@ -108,6 +108,24 @@ pub fn before_transfer() {
     }
 }
 
+/// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
+/// `link_stat … failed`, so a typo in a list never passes silently.
+pub fn unlisted(args: &Args, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+    let Some(list) = &args.files_list else {
+        return Vec::new();
+    };
+    list.paths()
+        .into_iter()
+        .filter(|p| !exists(p))
+        .map(|p| {
+            format!(
+                "{}: listed in --files-from but not in the source",
+                robosync_planner::escape(p)
+            )
+        })
+        .collect()
+}
+
 /// A run-ending transport error, with its [`exit_code`].
 pub fn transport_failure(e: Error) -> Failure {
     fail(exit_code(&e), e.to_string())
@@ -852,7 +870,7 @@ async fn push_run(
             e.path = r.to.clone();
         }
     }
-    let mut errors = Vec::new();
+    let mut errors = unlisted(args, |p| local_root.join(p).symlink_metadata().is_ok());
     for e in &snap.errors {
         let path = robosync_planner::escape(&e.path);
         if e.vanished {

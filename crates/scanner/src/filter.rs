@@ -375,6 +375,13 @@ impl FileList {
         Ok(list)
     }
 
+    /// The listed paths, sorted.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut v: Vec<&Path> = self.listed.iter().map(PathBuf::as_path).collect();
+        v.sort();
+        v
+    }
+
     /// Whether `path` (relative to the transfer root) is selected.
     pub fn selects(&self, path: &Path, is_dir: bool) -> bool {
         self.listed.contains(path)
