@@ -202,10 +202,13 @@ pub async fn expand_home(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Ve
         None => (path, &b""[..]),
     };
     if user != b"~" {
-        return Err(Error::Connect(format!(
-            "the server cannot expand {} (it lacks expand-path@openssh.com): give the full path",
-            escape(&os(user))
-        )));
+        // A path the server cannot resolve, as a missing source (exit 23).
+        return Err(Error::Status {
+            op: "expand",
+            path: escape(&os(user)),
+            code: 8,
+            message: "the server lacks expand-path@openssh.com: give the full path".into(),
+        });
     }
     // SFTP starts in the login directory.
     Ok(join(&s.realpath(b".").await?, rest))
