@@ -37,7 +37,7 @@
 //! - Tokens `%% %C %d %h %i %k %L %l %n %p %r %u` and `${ENV}` in the directives
 //!   where OpenSSH expands them (`%h` only in `HostName`), `~` and `~user`.
 //! - Algorithm lists (`Ciphers`, `KexAlgorithms`, `MACs`, `HostKeyAlgorithms`,
-//!   `PubkeyAcceptedAlgorithms`) with `+`, `-` and `^` against OpenSSH 9.2's
+//!   `PubkeyAcceptedAlgorithms`, `CASignatureAlgorithms`) with `+`, `-` and `^` against OpenSSH 9.2's
 //!   default and supported lists, wildcards included.
 //! - Not done natively: `CanonicalizeHostname` (no DNS lookups; a warning says so).
 //!
@@ -140,6 +140,8 @@ pub struct HostConfig {
     pub macs: Vec<String>,
     pub host_key_algorithms: Vec<String>,
     pub pubkey_accepted_algorithms: Vec<String>,
+    /// `CASignatureAlgorithms`: what a CA may have signed a host certificate with.
+    pub ca_signature_algorithms: Vec<String>,
     /// Directives in effect that robosync's built-in client does not honour, one
     /// sentence each, naming the directive.
     pub warnings: Vec<String>,
@@ -430,6 +432,7 @@ fn host_config_from_dump(
         macs: list("macs"),
         host_key_algorithms: list("hostkeyalgorithms"),
         pubkey_accepted_algorithms: list("pubkeyacceptedalgorithms"),
+        ca_signature_algorithms: list("casignaturealgorithms"),
         warnings,
         hostname,
         user,
@@ -445,8 +448,9 @@ fn unsupported_warnings(dump: &Dump) -> Vec<String> {
     let shared = is_set("controlmaster", &["false", "no"]) || is_set("controlpath", &["none"]);
     if shared {
         w.push(
-            "ControlMaster/ControlPath: robosync's built-in SSH client does not share an \
-             OpenSSH master connection; use --ssh-program ssh to go through it"
+            "warning: ControlMaster/ControlPath: robosync's built-in SSH client does not share an \
+             OpenSSH master connection (each of its logins is a new one, with any MFA prompt); \
+             use --ssh-program ssh to go through the master"
                 .to_string(),
         );
     }
@@ -490,6 +494,12 @@ fn unsupported_warnings(dump: &Dump) -> Vec<String> {
             "tunnel",
             &["no", "false"],
             "Tunnel: tun/tap forwarding is ignored",
+        ),
+        (
+            "compression",
+            &["no", "false"],
+            "warning: Compression yes: the built-in client does not compress (its SSH library is built without zlib); \
+             use --ssh-program ssh to compress",
         ),
         (
             "canonicalizehostname",
@@ -1646,7 +1656,7 @@ fn split_args(s: &str) -> Result<Vec<String>, String> {
 }
 
 // OpenSSH 9.2 defaults and supported lists (`ssh -G`, `ssh -Q`).
-const DEFAULT_CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com";
+pub(crate) const DEFAULT_CIPHERS: &str = "chacha20-poly1305@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com";
 const ALL_CIPHERS: &str = "3des-cbc,aes128-cbc,aes192-cbc,aes256-cbc,aes128-ctr,aes192-ctr,aes256-ctr,aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com";
 const DEFAULT_MACS: &str = "umac-64-etm@openssh.com,umac-128-etm@openssh.com,hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-sha1-etm@openssh.com,umac-64@openssh.com,umac-128@openssh.com,hmac-sha2-256,hmac-sha2-512,hmac-sha1";
 const ALL_MACS: &str = "hmac-sha1,hmac-sha1-96,hmac-sha2-256,hmac-sha2-512,hmac-md5,hmac-md5-96,umac-64@openssh.com,umac-128@openssh.com,hmac-sha1-etm@openssh.com,hmac-sha1-96-etm@openssh.com,hmac-sha2-256-etm@openssh.com,hmac-sha2-512-etm@openssh.com,hmac-md5-etm@openssh.com,hmac-md5-96-etm@openssh.com,umac-64-etm@openssh.com,umac-128-etm@openssh.com";
@@ -1655,6 +1665,9 @@ const ALL_KEX: &str = "diffie-hellman-group1-sha1,diffie-hellman-group14-sha1,di
 const DEFAULT_KEY_ALGS: &str = "ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-nistp256-cert-v01@openssh.com,ecdsa-sha2-nistp384-cert-v01@openssh.com,ecdsa-sha2-nistp521-cert-v01@openssh.com,sk-ssh-ed25519-cert-v01@openssh.com,sk-ecdsa-sha2-nistp256-cert-v01@openssh.com,rsa-sha2-512-cert-v01@openssh.com,rsa-sha2-256-cert-v01@openssh.com,ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,sk-ssh-ed25519@openssh.com,sk-ecdsa-sha2-nistp256@openssh.com,rsa-sha2-512,rsa-sha2-256";
 const ALL_KEY_ALGS: &str = "ssh-ed25519,ssh-ed25519-cert-v01@openssh.com,sk-ssh-ed25519@openssh.com,sk-ssh-ed25519-cert-v01@openssh.com,ecdsa-sha2-nistp256,ecdsa-sha2-nistp256-cert-v01@openssh.com,ecdsa-sha2-nistp384,ecdsa-sha2-nistp384-cert-v01@openssh.com,ecdsa-sha2-nistp521,ecdsa-sha2-nistp521-cert-v01@openssh.com,sk-ecdsa-sha2-nistp256@openssh.com,sk-ecdsa-sha2-nistp256-cert-v01@openssh.com,webauthn-sk-ecdsa-sha2-nistp256@openssh.com,ssh-dss,ssh-dss-cert-v01@openssh.com,ssh-rsa,ssh-rsa-cert-v01@openssh.com,rsa-sha2-256,rsa-sha2-256-cert-v01@openssh.com,rsa-sha2-512,rsa-sha2-512-cert-v01@openssh.com";
 
+const DEFAULT_CA_SIG_ALGS: &str = "ssh-ed25519,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,sk-ssh-ed25519@openssh.com,sk-ecdsa-sha2-nistp256@openssh.com,rsa-sha2-512,rsa-sha2-256";
+/// Signature algorithms (no certificate types): what `CASignatureAlgorithms` may name.
+const ALL_SIG_ALGS: &str = "ssh-ed25519,sk-ssh-ed25519@openssh.com,ecdsa-sha2-nistp256,ecdsa-sha2-nistp384,ecdsa-sha2-nistp521,sk-ecdsa-sha2-nistp256@openssh.com,webauthn-sk-ecdsa-sha2-nistp256@openssh.com,ssh-dss,ssh-rsa,rsa-sha2-256,rsa-sha2-512";
 const DEFAULT_IDENTITY_FILES: &[&str] = &[
     "~/.ssh/id_rsa",
     "~/.ssh/id_ecdsa",
@@ -1758,7 +1771,8 @@ fn options_to_dump(
             | "macs"
             | "kexalgorithms"
             | "hostkeyalgorithms"
-            | "pubkeyacceptedalgorithms" => {}
+            | "pubkeyacceptedalgorithms"
+            | "casignaturealgorithms" => {}
             "connecttimeout" | "serveraliveinterval" => {
                 let secs = if joined.eq_ignore_ascii_case("none") {
                     "none".to_string()
@@ -1825,6 +1839,7 @@ fn options_to_dump(
         ("kexalgorithms", DEFAULT_KEX, ALL_KEX),
         ("hostkeyalgorithms", DEFAULT_KEY_ALGS, ALL_KEY_ALGS),
         ("pubkeyacceptedalgorithms", DEFAULT_KEY_ALGS, ALL_KEY_ALGS),
+        ("casignaturealgorithms", DEFAULT_CA_SIG_ALGS, ALL_SIG_ALGS),
     ] {
         let configured = opts.single.get(key).map(|v| v.join(""));
         let list = assemble_algorithms(configured.as_deref(), def, all)
@@ -1989,6 +2004,7 @@ mod tests {
             macs,
             host_key_algorithms,
             pubkey_accepted_algorithms,
+            ca_signature_algorithms,
             warnings
         );
         native

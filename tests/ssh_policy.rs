@@ -1,0 +1,401 @@
+//! Issue 17: connecting exactly as OpenSSH would. The user's algorithm policy
+//! (ssh_config, `-o`, `Match`) is what the real sshd's log shows negotiated,
+//! a policy robosync cannot meet is refused in one line, and keys come from
+//! every place `ssh` takes them. Every test runs without a TTY.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn sh(cmd: &mut Command) -> String {
+    robosync_testbed::run(cmd)
+}
+
+fn pub_of(key: &Path) -> PathBuf {
+    let mut s = key.as_os_str().to_owned();
+    s.push(".pub");
+    PathBuf::from(s)
+}
+
+/// An sshd with an ECDSA host key besides its Ed25519 one (both in the
+/// client's known_hosts) and `extra` sshd_config lines.
+fn two_host_key_sshd(t: &Path, extra: &[&str]) -> Sshd {
+    let ecdsa = t.join("host_ecdsa");
+    sh(Command::new("ssh-keygen")
+        .args(["-q", "-t", "ecdsa", "-N", "", "-f"])
+        .arg(&ecdsa));
+    let mut b = Sshd::builder().config(&format!("HostKey {}", ecdsa.display()));
+    for l in extra {
+        b = b.config(l);
+    }
+    let sshd = b.start();
+    let line = format!(
+        "[127.0.0.1]:{} {}\n",
+        sshd.port,
+        fs::read_to_string(pub_of(&ecdsa)).unwrap().trim()
+    );
+    let mut kh = fs::read_to_string(&sshd.known_hosts).unwrap();
+    kh += &line;
+    fs::write(&sshd.known_hosts, kh).unwrap();
+    sshd
+}
+
+/// What sshd logged as negotiated (LogLevel DEBUG1), one entry per key
+/// exchange: (kex, host key algorithm, client->server cipher and MAC).
+fn negotiated(log: &str) -> Vec<(String, String, String)> {
+    let after = |l: &str, m: &str| {
+        l.split_once(m)
+            .map(|(_, r)| r.trim_end_matches(" [preauth]").trim().to_string())
+    };
+    let mut out = Vec::new();
+    let (mut kex, mut hk) = (String::new(), String::new());
+    for l in log.lines() {
+        if let Some(v) = after(l, "kex: algorithm: ") {
+            kex = v;
+        } else if let Some(v) = after(l, "kex: host key algorithm: ") {
+            hk = v;
+        } else if let Some(v) = after(l, "kex: client->server cipher: ") {
+            out.push((kex.clone(), hk.clone(), v));
+        }
+    }
+    out
+}
+
+#[track_caller]
+fn assert_negotiated(log: &str, kex: &str, hostkey: &str, cipher_mac: &str) {
+    let n = negotiated(log);
+    assert!(!n.is_empty(), "no key exchange in the sshd log: {log}");
+    for (k, h, c) in &n {
+        assert_eq!(k, kex, "{n:?}");
+        assert_eq!(h, hostkey, "{n:?}");
+        assert!(c.starts_with(cipher_mac), "{c} is not {cipher_mac}: {n:?}");
+    }
+}
+
+fn push(sshd: &Sshd, config: &Path, state: &Path, src: &Path, dest: &str, opts: &[&str]) -> Ran {
+    let mut c = robosync_with(config, state);
+    for o in opts {
+        c.arg("-o").arg(o);
+    }
+    run(c.arg(contents(src)).arg(remote(&sshd.mkdir(dest))))
+}
+
+#[test]
+fn algorithm_policy_from_config_o_and_match_is_what_sshd_negotiates() {
+    let t = tempdir();
+    let sshd = two_host_key_sshd(t.path(), &[]);
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"policy\n");
+    let stanza = sshd.config_stanza("robot");
+
+    // A hardening guide's Host stanza.
+    let cfg = t.path().join("config_host");
+    fs::write(
+        &cfg,
+        format!(
+            "{stanza}  KexAlgorithms ecdh-sha2-nistp256\n  Ciphers aes256-ctr\n  \
+             MACs hmac-sha2-512\n  HostKeyAlgorithms ecdsa-sha2-nistp256\n"
+        ),
+    )
+    .unwrap();
+    fs::write(&sshd.sshd_log, "").unwrap();
+    push(&sshd, &cfg, &t.path().join("s1"), &src, "d1", &[]).success();
+    assert_negotiated(
+        &sshd.log(),
+        "ecdh-sha2-nistp256",
+        "ecdsa-sha2-nistp256",
+        "aes256-ctr MAC: hmac-sha2-512 ",
+    );
+
+    // -o with the - and + modifiers.
+    fs::write(&sshd.sshd_log, "").unwrap();
+    push(
+        &sshd,
+        &sshd.ssh_config,
+        &t.path().join("s2"),
+        &src,
+        "d2",
+        &[
+            "KexAlgorithms=diffie-hellman-group14-sha256",
+            "Ciphers=aes192-ctr",
+            "MACs=hmac-sha2-256",
+            "HostKeyAlgorithms=-ssh-ed25519*",
+        ],
+    )
+    .success();
+    assert_negotiated(
+        &sshd.log(),
+        "diffie-hellman-group14-sha256",
+        "ecdsa-sha2-nistp256",
+        "aes192-ctr MAC: hmac-sha2-256 ",
+    );
+
+    // A Match block, with ^ (put first).
+    let cfg = t.path().join("config_match");
+    fs::write(
+        &cfg,
+        format!(
+            "Match originalhost robot\n  KexAlgorithms ^ecdh-sha2-nistp384\n  Ciphers aes128-ctr\n  \
+             MACs ^hmac-sha2-256-etm@openssh.com\n  HostKeyAlgorithms ecdsa-sha2-nistp256,ssh-ed25519\n{stanza}"
+        ),
+    )
+    .unwrap();
+    fs::write(&sshd.sshd_log, "").unwrap();
+    push(&sshd, &cfg, &t.path().join("s3"), &src, "d3", &[]).success();
+    assert_negotiated(
+        &sshd.log(),
+        "ecdh-sha2-nistp384",
+        "ecdsa-sha2-nistp256",
+        "aes128-ctr MAC: hmac-sha2-256-etm@openssh.com ",
+    );
+}
+
+#[test]
+fn a_policy_robosync_or_the_server_cannot_meet_is_refused_in_one_line() {
+    let t = tempdir();
+    let sshd = Sshd::builder()
+        .config("Ciphers aes128-ctr")
+        .config("MACs hmac-sha2-256")
+        .start();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"policy\n");
+
+    // Nothing robosync implements.
+    for (opt, directive, offered) in [
+        (
+            "MACs=umac-128-etm@openssh.com",
+            "MACs",
+            "hmac-sha2-256-etm@openssh.com",
+        ),
+        (
+            "KexAlgorithms=sntrup761x25519-sha512@openssh.com",
+            "KexAlgorithms",
+            "curve25519-sha256",
+        ),
+        (
+            "HostKeyAlgorithms=sk-ssh-ed25519@openssh.com",
+            "HostKeyAlgorithms",
+            "ssh-ed25519",
+        ),
+    ] {
+        let r = push(
+            &sshd,
+            &sshd.ssh_config,
+            &t.path().join("s"),
+            &src,
+            "d",
+            &[opt],
+        );
+        assert_eq!(r.code(), 2, "{opt}: {}", r.stderr());
+        let err = r.stderr();
+        let lines: Vec<&str> = err.lines().filter(|l| l.contains(directive)).collect();
+        assert_eq!(lines.len(), 1, "{opt}: {}", r.stderr());
+        assert!(lines[0].contains(offered), "{opt}: {}", lines[0]);
+    }
+
+    // Nothing the server accepts: the directive and both sides named.
+    let r = push(
+        &sshd,
+        &sshd.ssh_config,
+        &t.path().join("s"),
+        &src,
+        "d",
+        &["Ciphers=aes256-gcm@openssh.com"],
+    );
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let err = r.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("Ciphers")).collect();
+    assert_eq!(lines.len(), 1, "{}", r.stderr());
+    assert!(
+        lines[0].contains("aes256-gcm@openssh.com") && lines[0].contains("aes128-ctr"),
+        "{}",
+        lines[0]
+    );
+    assert!(!sshd.log().contains("Accepted"), "{}", sshd.log());
+}
+
+#[test]
+fn compression_yes_is_not_ignored_silently() {
+    let t = tempdir();
+    let sshd = Sshd::start();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"zip\n");
+    let r = push(
+        &sshd,
+        &sshd.ssh_config,
+        &t.path().join("s"),
+        &src,
+        "d",
+        &["Compression=yes"],
+    )
+    .success();
+    assert!(r.stderr().contains("Compression"), "{}", r.stderr());
+}
+
+/// A foreground `ssh-agent` on a socket of our own, killed on drop.
+struct Agent {
+    child: Child,
+    sock: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let sock = dir.join("agent.sock");
+        let child = Command::new("ssh-agent")
+            .arg("-D")
+            .arg("-a")
+            .arg(&sock)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ssh-agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !sock.exists() {
+            assert!(Instant::now() < deadline, "ssh-agent did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Agent { child, sock }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A config for `sshd` whose identity is `identity` and agent `agent`.
+fn config_with(sshd: &Sshd, t: &Path, name: &str, identity: &Path, agent: &str) -> PathBuf {
+    let c = sshd
+        .config_stanza("robot")
+        .replace(
+            &format!("IdentityFile {}", sshd.client_key.display()),
+            &format!("IdentityFile {}", identity.display()),
+        )
+        .replace("IdentityAgent none", &format!("IdentityAgent {agent}"));
+    let p = t.join(name);
+    fs::write(&p, c).unwrap();
+    p
+}
+
+#[test]
+fn agent_only_key_with_just_its_pub_on_disk_logs_in() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let agent = Agent::start(t.path());
+    // The robot key goes into the agent; only its .pub stays on disk.
+    let key = t.path().join("robot_key");
+    fs::copy(&sshd.client_key, &key).unwrap();
+    fs::copy(pub_of(&sshd.client_key), pub_of(&key)).unwrap();
+    sh(Command::new("ssh-add")
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .arg("-q")
+        .arg(&key));
+    fs::remove_file(&key).unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"agent\n");
+
+    // IdentityFile naming the .pub, agent by path.
+    let cfg = config_with(
+        &sshd,
+        t.path(),
+        "c1",
+        &pub_of(&key),
+        &agent.sock.display().to_string(),
+    );
+    run(robosync_with(&cfg, &t.path().join("s1"))
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d1"))))
+    .success();
+    assert_same_tree(&src, &sshd.dir.path().join("d1"));
+
+    // IdentityFile naming the absent private file, agent from SSH_AUTH_SOCK.
+    let cfg = config_with(&sshd, t.path(), "c2", &key, "SSH_AUTH_SOCK");
+    run(robosync_with(&cfg, &t.path().join("s2"))
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d2"))))
+    .success();
+
+    // IdentityAgent none: the key is out of reach, and the error says how to load it.
+    let cfg = config_with(&sshd, t.path(), "c3", &key, "none");
+    let r = run(robosync_with(&cfg, &t.path().join("s3"))
+        .env("SSH_AUTH_SOCK", &agent.sock)
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d3"))));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains("ssh-add"), "{}", r.stderr());
+}
+
+#[test]
+fn encrypted_key_without_agent_says_ssh_add_and_no_from_hint() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let key = t.path().join("locked_key");
+    fs::copy(&sshd.client_key, &key).unwrap();
+    fs::copy(pub_of(&sshd.client_key), pub_of(&key)).unwrap();
+    sh(Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "secret phrase", "-f"])
+        .arg(&key));
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"locked\n");
+    let cfg = config_with(&sshd, t.path(), "c", &key, "none");
+    let r = run(robosync_with(&cfg, &t.path().join("s"))
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d"))));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    let err = r.stderr();
+    assert!(err.contains("encrypted"), "{err}");
+    assert!(
+        err.contains("ssh-agent") && err.contains("ssh-add"),
+        "{err}"
+    );
+    assert!(!err.contains("from="), "no key was refused: {err}");
+
+    // A wrong user over IPv4 to an IPv4-only host: no from= hint either.
+    let r = run(robosync_with(&sshd.ssh_config, &t.path().join("s2"))
+        .args(["-o", "User=nobody-here"])
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d2"))));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
+    assert!(!r.stderr().contains("from="), "{}", r.stderr());
+}
+
+#[test]
+fn missing_certificate_file_is_named() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let stray = t.path().join("stray");
+    robosync_testbed::keygen(&stray);
+    let missing = t.path().join("gone-cert.pub");
+    let cfg = t.path().join("c");
+    fs::write(
+        &cfg,
+        sshd.config_stanza("robot").replace(
+            &format!("IdentityFile {}", sshd.client_key.display()),
+            &format!(
+                "IdentityFile {}\n  CertificateFile {}",
+                stray.display(),
+                missing.display()
+            ),
+        ),
+    )
+    .unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"cert\n");
+    let r = run(robosync_with(&cfg, &t.path().join("s"))
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d"))));
+    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert!(
+        r.stderr().contains(&missing.display().to_string()),
+        "{}",
+        r.stderr()
+    );
+}
