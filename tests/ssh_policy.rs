@@ -399,3 +399,99 @@ fn missing_certificate_file_is_named() {
         r.stderr()
     );
 }
+
+/// Runs `argv` on a new pseudo-terminal (its controlling terminal, as for a
+/// user at a shell) and types `answer` at every passphrase prompt (`\x03`
+/// is Ctrl-C). Prints the terminal's output, then `ECHO=0|1 EXIT=code`: the
+/// terminal's echo flag after the child is gone. Bounded: 60 s.
+const PTY_DRIVER: &str = r#"
+import fcntl, os, select, subprocess, sys, termios, time
+answer = sys.argv[1].encode().decode('unicode_escape').encode()
+master, slave = os.openpty()
+def ctty():
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+p = subprocess.Popen(sys.argv[2:], stdin=slave, stdout=slave, stderr=slave, preexec_fn=ctty)
+out, prompts, deadline = b'', 0, time.time() + 60
+while time.time() < deadline:
+    r, _, _ = select.select([master], [], [], 0.2)
+    if master in r:
+        try:
+            data = os.read(master, 4096)
+        except OSError:
+            break
+        out += data
+        n = out.count(b'Enter passphrase')
+        if n > prompts:
+            prompts = n
+            time.sleep(0.2)
+            os.write(master, answer)
+    elif p.poll() is not None:
+        break
+else:
+    p.kill()
+code = p.wait()
+echo = 1 if termios.tcgetattr(slave)[3] & termios.ECHO else 0
+sys.stdout.write(out.decode(errors='replace'))
+sys.stdout.write('\nECHO=%d EXIT=%d\n' % (echo, code))
+"#;
+
+fn on_pty(answer: &str, cmd: &Command) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(PTY_DRIVER)
+        .arg(answer)
+        .arg(cmd.get_program())
+        .args(cmd.get_args())
+        .env_remove("SSH_AUTH_SOCK")
+        .stdin(Stdio::null())
+        .output()
+        .expect("python3");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An sshd whose robot key is encrypted, and a config without BatchMode.
+fn locked_key_setup(t: &Path) -> (Sshd, PathBuf) {
+    let sshd = Sshd::start();
+    let key = t.join("locked_key");
+    fs::copy(&sshd.client_key, &key).unwrap();
+    fs::copy(pub_of(&sshd.client_key), pub_of(&key)).unwrap();
+    sh(Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "secret phrase", "-f"])
+        .arg(&key));
+    let cfg = config_with(&sshd, t, "c", &key, "none");
+    let text = fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("  BatchMode yes\n", "");
+    fs::write(&cfg, text).unwrap();
+    (sshd, cfg)
+}
+
+#[test]
+fn one_passphrase_prompt_for_all_connections_and_ctrl_c_restores_echo() {
+    let t = tempdir();
+    let (sshd, cfg) = locked_key_setup(t.path());
+    let src = t.path().join("src");
+    small_files(&src, 200);
+
+    let mut cmd = robosync_with(&cfg, &t.path().join("s1"));
+    cmd.args(["--connections", "3"])
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d1")));
+    let out = on_pty("secret phrase\\r", &cmd);
+    assert!(out.contains("ECHO=1 EXIT=0"), "{out}");
+    assert_eq!(out.matches("Enter passphrase").count(), 1, "{out}");
+    assert_same_tree(&src, &sshd.dir.path().join("d1"));
+    let logins = sshd.log().matches("Accepted publickey").count();
+    assert!(
+        logins >= 2,
+        "one prompt should serve several logins, saw {logins}"
+    );
+
+    // Ctrl-C at the prompt: the run stops and the terminal echoes again.
+    let mut cmd = robosync_with(&cfg, &t.path().join("s2"));
+    cmd.arg(contents(&src)).arg(remote(&sshd.mkdir("d2")));
+    let out = on_pty("\\x03", &cmd);
+    assert!(out.contains("ECHO=1"), "{out}");
+    assert!(!out.contains("EXIT=0"), "{out}");
+}
