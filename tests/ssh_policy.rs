@@ -495,3 +495,58 @@ fn one_passphrase_prompt_for_all_connections_and_ctrl_c_restores_echo() {
     assert!(out.contains("ECHO=1"), "{out}");
     assert!(!out.contains("EXIT=0"), "{out}");
 }
+
+#[test]
+fn hung_auth_command_times_out_and_a_waiting_run_says_so() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"hook\n");
+    // No certificate: the hook runs every time, holding the lock meanwhile.
+    let marker = t.path().join("hook-started");
+    let hung = format!("touch {}; sleep 1000", marker.display());
+    let mut first = robosync(&sshd, &t.path().join("s1"))
+        .args(["--auth-timeout", "3s", "--auth-command", &hung])
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d1")))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !marker.exists() {
+        assert!(Instant::now() < deadline, "the hook never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // A second run needs the same lock: it says what it waits for, then
+    // runs its own (working) hook once the first gives up.
+    let second = run(robosync(&sshd, &t.path().join("s2"))
+        .args(["--auth-timeout", "30s", "--auth-command", "true"])
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d2"))));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = first.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = first.kill();
+            panic!("the hung hook was not stopped");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--auth-timeout") && err.contains("3 s"),
+        "{err}"
+    );
+    let second = second.success();
+    assert!(
+        second.stderr().contains("waiting for another robosync run"),
+        "{}",
+        second.stderr()
+    );
+}
