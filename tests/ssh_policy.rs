@@ -550,3 +550,54 @@ fn hung_auth_command_times_out_and_a_waiting_run_says_so() {
         second.stderr()
     );
 }
+
+#[test]
+fn strict_no_and_accept_new_with_a_certificate_host_record_the_key() {
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"known\n");
+
+    // StrictHostKeyChecking no, empty known_hosts: connects and records, as ssh does.
+    let sshd = Sshd::start();
+    fs::write(&sshd.known_hosts, "").unwrap();
+    run(robosync(&sshd, &t.path().join("s1"))
+        .args(["-o", "StrictHostKeyChecking=no"])
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d1"))))
+    .success();
+    let host_key = fs::read_to_string(&sshd.host_key_pub).unwrap();
+    let key_b64 = host_key.split_whitespace().nth(1).unwrap();
+    let kh = fs::read_to_string(&sshd.known_hosts).unwrap();
+    assert!(
+        kh.contains(&format!("[127.0.0.1]:{}", sshd.port)) && kh.contains(key_b64),
+        "{kh}"
+    );
+
+    // accept-new, a host presenting a certificate from a CA nobody trusts
+    // (another CA is trusted, so certificates are asked for): its plain
+    // key is recorded, and the next run is trusted by it.
+    let host_ca = t.path().join("host_ca");
+    let other_ca = t.path().join("other_ca");
+    robosync_testbed::keygen(&host_ca);
+    robosync_testbed::keygen(&other_ca);
+    let sshd = Sshd::builder().host_certificate(&host_ca).start();
+    let other = fs::read_to_string(pub_of(&other_ca)).unwrap();
+    fs::write(
+        &sshd.known_hosts,
+        format!("@cert-authority *.example {}\n", other.trim()),
+    )
+    .unwrap();
+    for (i, mode) in ["accept-new", "yes"].into_iter().enumerate() {
+        run(robosync(&sshd, &t.path().join(format!("c{i}")))
+            .args(["-o", &format!("StrictHostKeyChecking={mode}")])
+            .arg(contents(&src))
+            .arg(remote(&sshd.mkdir(&format!("e{i}")))))
+        .success();
+    }
+    let host_key = fs::read_to_string(&sshd.host_key_pub).unwrap();
+    let kh = fs::read_to_string(&sshd.known_hosts).unwrap();
+    assert!(
+        kh.contains(host_key.split_whitespace().nth(1).unwrap()),
+        "{kh}"
+    );
+}

@@ -72,15 +72,20 @@ impl client::Handler for HostKeyCheck {
                     ));
                     return Ok(false);
                 }
-                (known_hosts::check_certificate(&files, &q, cert), None)
+                let plain = PublicKey::new(cert.public_key().clone(), "");
+                (
+                    known_hosts::check_certificate(&files, &q, cert),
+                    Some(plain),
+                )
             }
         };
         let accept = match &verdict {
             Verdict::Trusted { .. } | Verdict::TrustedByCa { .. } => true,
             Verdict::Unknown | Verdict::OtherTypesKnown { .. } => {
                 match cfg.strict_host_key_checking {
-                    StrictHostKeyChecking::No => true,
-                    StrictHostKeyChecking::AcceptNew => {
+                    // Both record the key as ssh does; a certificate from a CA
+                    // nobody trusts counts as its plain key (OpenSSH's fallback).
+                    StrictHostKeyChecking::No | StrictHostKeyChecking::AcceptNew => {
                         if let (Some(k), Some(file)) = (plain, cfg.user_known_hosts_files.first()) {
                             match known_hosts::append(file, &q, &k, cfg.hash_known_hosts) {
                                 Ok(()) => self.notes.lock().unwrap().push(format!(
