@@ -601,3 +601,53 @@ fn strict_no_and_accept_new_with_a_certificate_host_record_the_key() {
         "{kh}"
     );
 }
+
+#[test]
+fn a_live_controlmaster_is_pointed_out_at_default_verbosity() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let sock = t.path().join("cm.sock");
+    let config = t.path().join("ssh_config");
+    fs::write(
+        &config,
+        format!(
+            "{}  ControlPath {}\n  ControlMaster auto\n",
+            sshd.config_stanza("robot"),
+            sock.display()
+        ),
+    )
+    .unwrap();
+    let ssh = |args: &[&str]| {
+        Command::new("ssh")
+            .arg("-F")
+            .arg(&config)
+            .args(args)
+            .arg("robot")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap()
+    };
+    assert!(ssh(&[
+        "-o",
+        "ControlMaster=yes",
+        "-o",
+        "ControlPersist=60",
+        "-N",
+        "-f"
+    ])
+    .success());
+    let src = t.path().join("src");
+    write(&src.join("a.txt"), b"master\n");
+    let r = run(robosync_with(&config, &t.path().join("s"))
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d"))));
+    ssh(&["-O", "exit"]);
+    let r = r.success();
+    let err = r.stderr();
+    assert!(
+        err.contains(&sock.display().to_string()) && err.contains("--ssh-program ssh"),
+        "{err}"
+    );
+}

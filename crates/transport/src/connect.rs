@@ -495,6 +495,11 @@ fn identities(cfg: &HostConfig, notes: &mut Vec<String>) -> Result<Identities, E
     })
 }
 
+/// Whether an OpenSSH master listens on this ControlPath.
+fn master_is_live(sock: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(sock).is_ok()
+}
+
 /// Whether the host also has an IPv6 address (a from= pattern listing only
 /// IPv4 addresses could then be what refused us).
 async fn has_ipv6(cfg: &HostConfig) -> bool {
@@ -514,6 +519,16 @@ impl Connection {
         let cfg = target.config.clone();
         let peer = target.peer();
         let mut notes = cfg.warnings.clone();
+        if let Some(sock) = cfg.control_path.as_ref().filter(|p| master_is_live(p)) {
+            notes.retain(|n| !n.contains("ControlMaster/ControlPath"));
+            notes.push(format!(
+                "warning: an OpenSSH ControlMaster for {} is live at {}: robosync's built-in client \
+                 cannot share it and logs in anew (any MFA prompt again); add --ssh-program ssh to \
+                 run every session through that master",
+                cfg.alias,
+                sock.display()
+            ));
+        }
         let interactive = std::io::stdin().is_terminal() && !cfg.batch_mode;
 
         let identities = identities(&cfg, &mut notes)?;

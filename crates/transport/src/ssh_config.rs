@@ -140,6 +140,9 @@ pub struct HostConfig {
     pub macs: Vec<String>,
     pub host_key_algorithms: Vec<String>,
     pub pubkey_accepted_algorithms: Vec<String>,
+    /// `ControlPath`, expanded; `None` when unset or `none`. robosync's own
+    /// client cannot share it, but tells the user when a master is live.
+    pub control_path: Option<PathBuf>,
     /// `CASignatureAlgorithms`: what a CA may have signed a host certificate with.
     pub ca_signature_algorithms: Vec<String>,
     /// Directives in effect that robosync's built-in client does not honour, one
@@ -405,6 +408,13 @@ fn host_config_from_dump(
             })
             .unwrap_or_default()
     };
+    let control_path = match dump.get("controlpath") {
+        Some(v) if !v.eq_ignore_ascii_case("none") => Some(PathBuf::from(expand_dollar(
+            &tokens.expand(&tilde(v, local), "controlpath")?,
+            "controlpath",
+        )?)),
+        _ => None,
+    };
     warnings.extend(unsupported_warnings(dump));
     Ok(HostConfig {
         alias: alias.to_string(),
@@ -433,6 +443,7 @@ fn host_config_from_dump(
         host_key_algorithms: list("hostkeyalgorithms"),
         pubkey_accepted_algorithms: list("pubkeyacceptedalgorithms"),
         ca_signature_algorithms: list("casignaturealgorithms"),
+        control_path,
         warnings,
         hostname,
         user,
