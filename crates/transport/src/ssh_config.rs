@@ -1510,8 +1510,11 @@ fn match_line_matches(
     Ok(result)
 }
 
-/// OpenSSH `match_pattern`: `*` and `?` wildcards, whole-string match.
-fn wildcard_match(s: &str, pattern: &str) -> bool {
+/// OpenSSH `match_pattern`: `*` and `?` wildcards, whole-string match, in
+/// at most len(s) × len(pattern) steps (only the last star is ever
+/// backtracked to, never a tree of them). The one wildcard
+/// matcher of robosync: ssh_config, known_hosts and the auth hook use it.
+pub fn wildcard_match(s: &str, pattern: &str) -> bool {
     let s: Vec<char> = s.chars().collect();
     let p: Vec<char> = pattern.chars().collect();
     let (mut si, mut pi) = (0usize, 0usize);
