@@ -401,17 +401,18 @@ fn missing_certificate_file_is_named() {
 }
 
 /// Runs `argv` on a new pseudo-terminal (its controlling terminal, as for a
-/// user at a shell) and types `answer` at every passphrase prompt (`\x03`
-/// is Ctrl-C). Prints the terminal's output, then `ECHO=0|1 EXIT=code`: the
+/// user at a shell) and types `answer` at every prompt containing `marker`
+/// (`\x03` is Ctrl-C). Prints the terminal's output, then `ECHO=0|1 EXIT=code`: the
 /// terminal's echo flag after the child is gone. Bounded: 60 s.
 const PTY_DRIVER: &str = r#"
 import fcntl, os, select, subprocess, sys, termios, time
-answer = sys.argv[1].encode().decode('unicode_escape').encode()
+marker = sys.argv[1].encode()
+answer = sys.argv[2].encode().decode('unicode_escape').encode()
 master, slave = os.openpty()
 def ctty():
     os.setsid()
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-p = subprocess.Popen(sys.argv[2:], stdin=slave, stdout=slave, stderr=slave, preexec_fn=ctty)
+p = subprocess.Popen(sys.argv[3:], stdin=slave, stdout=slave, stderr=slave, preexec_fn=ctty)
 out, prompts, deadline = b'', 0, time.time() + 60
 while time.time() < deadline:
     r, _, _ = select.select([master], [], [], 0.2)
@@ -421,7 +422,7 @@ while time.time() < deadline:
         except OSError:
             break
         out += data
-        n = out.count(b'Enter passphrase')
+        n = out.count(marker)
         if n > prompts:
             prompts = n
             time.sleep(0.2)
@@ -436,10 +437,11 @@ sys.stdout.write(out.decode(errors='replace'))
 sys.stdout.write('\nECHO=%d EXIT=%d\n' % (echo, code))
 "#;
 
-fn on_pty(answer: &str, cmd: &Command) -> String {
+fn on_pty(marker: &str, answer: &str, cmd: &Command) -> String {
     let out = Command::new("python3")
         .arg("-c")
         .arg(PTY_DRIVER)
+        .arg(marker)
         .arg(answer)
         .arg(cmd.get_program())
         .args(cmd.get_args())
@@ -478,7 +480,7 @@ fn one_passphrase_prompt_for_all_connections_and_ctrl_c_restores_echo() {
     cmd.args(["--connections", "3"])
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d1")));
-    let out = on_pty("secret phrase\\r", &cmd);
+    let out = on_pty("Enter passphrase", "secret phrase\\r", &cmd);
     assert!(out.contains("ECHO=1 EXIT=0"), "{out}");
     assert_eq!(out.matches("Enter passphrase").count(), 1, "{out}");
     assert_same_tree(&src, &sshd.dir.path().join("d1"));
@@ -491,7 +493,7 @@ fn one_passphrase_prompt_for_all_connections_and_ctrl_c_restores_echo() {
     // Ctrl-C at the prompt: the run stops and the terminal echoes again.
     let mut cmd = robosync_with(&cfg, &t.path().join("s2"));
     cmd.arg(contents(&src)).arg(remote(&sshd.mkdir("d2")));
-    let out = on_pty("\\x03", &cmd);
+    let out = on_pty("Enter passphrase", "\\x03", &cmd);
     assert!(out.contains("ECHO=1"), "{out}");
     assert!(!out.contains("EXIT=0"), "{out}");
 }
@@ -649,5 +651,39 @@ fn a_live_controlmaster_is_pointed_out_at_default_verbosity() {
     assert!(
         err.contains(&sock.display().to_string()) && err.contains("--ssh-program ssh"),
         "{err}"
+    );
+}
+
+#[test]
+fn keyboard_interactive_second_factor_is_asked_once_per_run() {
+    let t = tempdir();
+    let sshd = Sshd::builder().second_factor("314159").start();
+    // BatchMode off, so robosync may ask; the robot key is the first factor.
+    let cfg = t.path().join("c");
+    fs::write(
+        &cfg,
+        sshd.config_stanza("robot").replace("  BatchMode yes\n", ""),
+    )
+    .unwrap();
+    let src = t.path().join("src");
+    small_files(&src, 200);
+    let mut cmd = robosync_with(&cfg, &t.path().join("s"));
+    cmd.args(["--connections", "3"])
+        .arg(contents(&src))
+        .arg(remote(&sshd.mkdir("d")));
+    let out = on_pty("assword", "314159\\r", &cmd);
+    assert!(out.contains("EXIT=0"), "{out}\n{}", sshd.log());
+    assert_same_tree(&src, &sshd.dir.path().join("d"));
+    assert_eq!(out.matches("assword").count(), 1, "{out}");
+    assert_eq!(
+        sshd.mfa_log(),
+        "314159\n",
+        "one second-factor check per run"
+    );
+    let log = sshd.log();
+    assert_eq!(
+        log.matches("Accepted keyboard-interactive").count(),
+        1,
+        "{log}"
     );
 }

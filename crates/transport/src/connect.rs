@@ -151,6 +151,24 @@ pub struct Connection {
     quick_ack: QuickAckSwitch,
     /// Declared dead (a request on it went unanswered) though russh may not know yet.
     abandoned: AtomicBool,
+    /// Logged in with keyboard-interactive answers (counted in
+    /// [`LIVE_INTERACTIVE_LOGINS`] while it lives).
+    interactive_login: bool,
+}
+
+/// Keyboard-interactive logins alive in this run.
+static LIVE_INTERACTIVE_LOGINS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+/// Held while a keyboard-interactive prompt is being answered.
+static INTERACTIVE_PROMPT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.interactive_login {
+            // A reconnection after this login died may ask again.
+            LIVE_INTERACTIVE_LOGINS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A russh error from a step of logging in or opening a channel: the link
@@ -574,6 +592,7 @@ impl Connection {
                         notes,
                         quick_ack,
                         abandoned: AtomicBool::new(false),
+                        interactive_login: false,
                     };
                     conn.authenticate(&cfg, &identities, interactive, addr)
                         .await?;
@@ -779,7 +798,20 @@ impl Connection {
         }
 
         if interactive {
+            // One human answer per run: connections wait for the first
+            // prompt, and while its login lives no other one asks again (an
+            // MFA code is one-time; that login carries the channels).
+            let _prompt = INTERACTIVE_PROMPT.lock().await;
+            if LIVE_INTERACTIVE_LOGINS.load(Ordering::SeqCst) > 0 {
+                return Err(Error::Connect(format!(
+                    "{} asks for keyboard-interactive (MFA) answers on every login: robosync keeps \
+                     to the one it has (use --ssh-program ssh with a ControlMaster to share it)",
+                    cfg.hostname
+                )));
+            }
             if let Ok(()) = self.keyboard_interactive(&user).await {
+                LIVE_INTERACTIVE_LOGINS.fetch_add(1, Ordering::SeqCst);
+                self.interactive_login = true;
                 return Ok(());
             }
         }
