@@ -18,4 +18,5 @@ mod pull;
 mod reconnect;
 mod resume;
 mod semantics;
+mod ssh_policy;
 mod transport;

@@ -166,6 +166,9 @@ pub struct Args {
     /// Run the --auth-command when the certificate expires within this margin [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub auth_margin: Option<Duration>,
+    /// Stop a hung --auth-command (and stop waiting for another run's) after this long.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
 
     /// Where robosync keeps its own state (manifests, journals, stat caches).
     #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR")]

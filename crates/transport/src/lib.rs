@@ -12,6 +12,7 @@
 //! Must not: run remote commands (no `exec`, no PTY), decide what to transfer
 //! (the planner does), or touch local files.
 
+mod algorithms;
 pub mod channel_io;
 pub mod client;
 pub mod connect;
@@ -19,6 +20,7 @@ pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod known_hosts;
+mod passphrase;
 pub mod pool;
 pub mod proto;
 mod quickack;
