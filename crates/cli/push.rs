@@ -527,8 +527,7 @@ impl Push {
                 if let Err(e) = s.symlink(target, &abs).await {
                     // Re-issued after a lost connection, it meets the link
                     // the first attempt made (only its reply was lost).
-                    let made = e.status_code().is_some()
-                        && s.readlink(&abs).await.is_ok_and(|t| t == target);
+                    let made = e.is_status() && s.readlink(&abs).await.is_ok_and(|t| t == target);
                     if !made {
                         return Err(e);
                     }
@@ -620,7 +619,7 @@ impl Push {
                         .note_once(format!("connection lost ({err}); reconnecting"));
                     self.pool.repair().await?;
                 }
-                Err(err) if pipelined && delta.is_none() && err.status_code().is_some() => {
+                Err(err) if pipelined && delta.is_none() && err.is_status() => {
                     // Seen once right after a reconnect: the pipelined small-file
                     // path got a FAILURE status from a handle request. Redo the
                     // file one request at a time before calling it an error.
@@ -628,7 +627,7 @@ impl Push {
                     self.run
                         .note(format!("{}: {err}; retrying step by step", escape(rel)));
                 }
-                Err(err) if delta.is_some() && err.status_code() == Some(8) => {
+                Err(Error::Unsupported(_)) if delta.is_some() => {
                     // copy-data refused after all: fall back to a whole upload.
                     delta = None;
                 }
@@ -835,7 +834,7 @@ impl Push {
                 Ok(h) => return Ok((rel, h)),
                 // SFTP v3 reports EEXIST as a plain failure: try another name
                 // (a few times: a full disk fails the same way).
-                Err(err) if err.status_code() == Some(proto::FX_FAILURE) && tries < 3 => {
+                Err(Error::Failure(_)) if tries < 3 => {
                     tries += 1;
                 }
                 Err(err) => return Err(err.with_path("open", &abs)),
@@ -1366,12 +1365,12 @@ pub async fn mkdir_p(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
     match s.lstat(dir).await {
         Ok(a) if a.is_dir() => return Ok(()),
         Ok(_) => {
-            return Err(Error::Status {
-                op: "mkdir",
-                path: String::from_utf8_lossy(dir).into_owned(),
-                code: proto::FX_FAILURE,
-                message: "exists and is not a directory".into(),
-            })
+            return Err(Error::from_status(
+                "mkdir",
+                dir,
+                proto::FX_FAILURE,
+                "exists and is not a directory".into(),
+            ))
         }
         Err(_) => {}
     }

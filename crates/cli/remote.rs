@@ -81,7 +81,7 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
         let (rel, result) = done.expect("listing task panicked");
         let names = match result {
             Ok(n) => n,
-            Err(e) if rel.is_empty() && e.status_code() == Some(2) => {
+            Err(Error::NoSuchFile(_)) if rel.is_empty() => {
                 out.root_missing = true;
                 continue;
             }

@@ -1134,7 +1134,7 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let private = private_attrs(0o600);
     match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
-        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+        Err(Error::NoSuchFile(_)) => {
             push::mkdir_p(s, dir).await?;
             s.open(&tmp, flags, &private).await
         }
