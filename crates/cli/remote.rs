@@ -20,10 +20,7 @@ pub const STATE_DIR: &[u8] = b".robosync";
 /// Temp files carry this marker: `.NAME.rbs-XXXXXXXX.part`.
 pub const TEMP_MARK: &[u8] = b".rbs-";
 
-/// Whether a server-supplied name is one safe path component.
-pub fn safe_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
-}
+pub use robosync_transport::client::safe_name;
 
 pub fn is_temp_name(name: &[u8]) -> bool {
     name.starts_with(b".")

@@ -978,6 +978,13 @@ impl Sftp {
     }
 }
 
+/// Whether a server-supplied name is one safe path component: not empty,
+/// not `.` or `..`, no `/` and no NUL. A listing's names come from a server
+/// robosync does not trust; anything else could lead outside a directory.
+pub fn safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
 /// The most entries one directory listing may hold: far beyond any real
 /// directory, well within memory.
 pub const MAX_DIR_ENTRIES: usize = 10_000_000;

@@ -35,5 +35,5 @@ pub mod proto;
 pub mod testing;
 
 pub use carrier::{Carrier, StreamCarrier};
-pub use client::{Extensions, Limits, SessionOptions, Sftp};
+pub use client::{safe_name, Extensions, Limits, SessionOptions, Sftp};
 pub use error::{Error, Status};
