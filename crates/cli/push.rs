@@ -1357,53 +1357,14 @@ fn parent(p: &[u8]) -> &[u8] {
     }
 }
 
-/// Creates `dir` and its missing parents.
+/// Creates `dir` and its missing parents (see [`Sftp::mkdir_p`]).
 pub async fn mkdir_p(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
-    if dir.is_empty() || dir == b"/" {
-        return Ok(());
-    }
-    match s.lstat(dir).await {
-        Ok(a) if a.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(Error::from_status(
-                "mkdir",
-                dir,
-                proto::FX_FAILURE,
-                "exists and is not a directory".into(),
-            ))
-        }
-        Err(_) => {}
-    }
-    Box::pin(mkdir_p(s, parent(dir))).await?;
-    match s.mkdir(dir, &Attrs::default()).await {
-        Ok(()) => Ok(()),
-        Err(e) => match s.lstat(dir).await {
-            Ok(a) if a.is_dir() => Ok(()),
-            _ => Err(e),
-        },
-    }
+    s.mkdir_p(dir).await
 }
 
-/// Reads `len` bytes from `path` at `offset`, pipelined.
+/// Reads `len` bytes from `path` at `offset`, pipelined (see [`Sftp::read_range`]).
 pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-    let h = s.open(path, proto::FXF_READ, &Attrs::default()).await?;
-    let chunk = s.limits.max_read as u64;
-    let reads = (0..len.div_ceil(chunk)).map(|k| {
-        let off = offset + k * chunk;
-        let want = chunk.min(offset + len - off) as u32;
-        let h = &h;
-        async move { s.read(h, off, want).await }
-    });
-    let parts = stream::iter(reads)
-        .buffered(32)
-        .try_collect::<Vec<_>>()
-        .await;
-    s.close_detached(&h);
-    let mut out = Vec::with_capacity(len as usize);
-    for p in parts? {
-        out.extend_from_slice(&p.unwrap_or_default());
-    }
-    Ok(out)
+    s.read_range(path, offset, len).await
 }
 
 /// Directories the destination already holds with the source's mode and

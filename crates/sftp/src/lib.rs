@@ -5,7 +5,8 @@
 //! reader (any `AsyncRead`) and a [`Carrier`] (two methods: send whole
 //! packets, close), keeping many requests in flight under a byte budget;
 //! replies are matched by id, a silent server times out and a dead carrier
-//! fails everything in flight at once. Errors are typed ([`Error`]): the
+//! fails everything in flight at once; a few named operations (`mkdir_p`,
+//! `read_range`) are built on the requests. Errors are typed ([`Error`]): the
 //! server's refusals by status (`NoSuchFile`, `PermissionDenied`,
 //! `Failure`, `Unsupported`, …) and the link's failures (`ConnectionLost`,
 //! `Timeout`, `Protocol`), with [`Error::is_transient`] decided by variant.
@@ -30,6 +31,7 @@ pub mod client;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
+mod ops;
 pub mod proto;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;

@@ -438,3 +438,40 @@ async fn a_truncating_open_empties_the_file() {
     s.write_and_close(&h, 0, b"new", None).await.unwrap();
     assert_eq!(fs.get(b"/f"), Some(Node::File(b"new".to_vec())));
 }
+
+#[tokio::test]
+async fn mkdir_p_makes_what_is_missing_and_refuses_a_file_in_the_way() {
+    let fs = MemFs::new();
+    fs.add_dir(b"/a");
+    fs.add_file(b"/a/file", b"x");
+    let (_server, s) = session(fs.clone(), ServerOptions::default()).await;
+    bounded(async {
+        s.mkdir_p(b"/a/b/c/d").await.unwrap();
+        s.mkdir_p(b"/a/b/c/d").await.unwrap();
+        let e = s.mkdir_p(b"/a/file/sub").await.unwrap_err();
+        assert!(matches!(e, Error::Failure(_)), "{e}");
+    })
+    .await;
+    assert_eq!(fs.get(b"/a/b/c/d"), Some(Node::Dir));
+}
+
+#[tokio::test]
+async fn read_range_reads_across_many_requests_and_stops_at_the_end() {
+    let fs = MemFs::new();
+    let data: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    fs.add_file(b"/big", &data);
+    let opts = ServerOptions {
+        max_read: 4096,
+        ..ServerOptions::default()
+    };
+    let (_server, s) = session(fs, opts).await;
+    assert_eq!(s.limits.max_read, 4096);
+    let got = bounded(s.read_range(b"/big", 12_345, 500_000))
+        .await
+        .unwrap();
+    assert_eq!(got, &data[12_345..512_345]);
+    let tail = bounded(s.read_range(b"/big", 999_000, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(tail, &data[999_000..]);
+}
