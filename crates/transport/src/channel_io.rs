@@ -20,7 +20,8 @@ use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// The sending side of a session over a russh channel.
+/// The sending side of a session over a russh channel. (An enum of one
+/// variant so that `connect.rs` names it as before.)
 pub enum Outbound {
     Channel(ChannelWriteHalf<Msg>),
 }
