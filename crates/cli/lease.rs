@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use robosync_transport::proto::{self, Attrs};
+use robosync_transport::Error;
 use robosync_transport::{Pool, Sftp};
 
 use crate::endpoint::join;
@@ -250,7 +251,7 @@ pub async fn take_remote(
         let handle = match opened.take() {
             Some(Ok(h)) => Ok(h),
             // Sent before `.robosync` existed: again, now that it does.
-            Some(Err(e)) if e.status_code() != Some(proto::FX_NO_SUCH_FILE) => Err(e),
+            Some(Err(e)) if !matches!(e, Error::NoSuchFile(_)) => Err(e),
             _ => open_excl(s, root).await,
         };
         let created = match handle {
@@ -271,14 +272,14 @@ pub async fn take_remote(
                 });
             }
             // EEXIST reaches SFTP v3 as FAILURE.
-            Err(e) if e.status_code() == Some(proto::FX_FAILURE) => {}
+            Err(Error::Failure(_)) => {}
             Err(e) => return Err(cannot(e)),
         }
         let (attrs, content) = futures::join!(s.lstat(&path), crate::sync::read_small(s, &path));
         let attrs = match attrs {
             Ok(a) => a,
             // Released meanwhile: try again.
-            Err(e) if e.status_code() == Some(proto::FX_NO_SUCH_FILE) => continue,
+            Err(Error::NoSuchFile(_)) => continue,
             Err(e) => return Err(cannot(e)),
         };
         // Ours already: an attempt on a connection that dropped made it,
@@ -310,7 +311,7 @@ pub async fn take_remote(
         let aside = [&path[..], format!(".stale-{:016x}", me.run).as_bytes()].concat();
         match s.rename(&path, &aside).await {
             Ok(()) => {}
-            Err(e) if e.status_code() == Some(proto::FX_NO_SUCH_FILE) => continue,
+            Err(Error::NoSuchFile(_)) => continue,
             Err(e) => return Err(cannot(e)),
         }
         let moved = crate::sync::read_small(s, &aside).await;

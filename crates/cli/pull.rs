@@ -543,7 +543,7 @@ impl Pull {
             // the source (rsync's exit 24), which is not an error.
             Err(PullError::Remote(e))
                 if matches!(a, Action::Copy { .. } | Action::Delta { .. })
-                    && e.status_code() == Some(proto::FX_NO_SUCH_FILE) =>
+                    && matches!(e, Error::NoSuchFile(_)) =>
             {
                 self.run.vanished(&escape(&path));
                 Ok(())

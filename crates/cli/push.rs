@@ -554,8 +554,7 @@ impl Push {
                 if let Err(e) = s.symlink(target, &abs).await {
                     // Re-issued after a lost connection, it meets the link
                     // the first attempt made (only its reply was lost).
-                    let made = e.status_code().is_some()
-                        && s.readlink(&abs).await.is_ok_and(|t| t == target);
+                    let made = e.is_status() && s.readlink(&abs).await.is_ok_and(|t| t == target);
                     if !made {
                         return Err(e);
                     }
@@ -765,7 +764,7 @@ impl Push {
                         .note_once(format!("connection lost ({err}); reconnecting"));
                     self.pool.repair().await?;
                 }
-                Err(err) if pipelined && delta.is_none() && err.status_code().is_some() => {
+                Err(err) if pipelined && delta.is_none() && err.is_status() => {
                     // Seen once right after a reconnect: the pipelined small-file
                     // path got a FAILURE status from a handle request. Redo the
                     // file one request at a time before calling it an error.
@@ -773,7 +772,7 @@ impl Push {
                     self.run
                         .note(format!("{}: {err}; retrying step by step", escape(rel)));
                 }
-                Err(err) if delta.is_some() && err.status_code() == Some(8) => {
+                Err(Error::Unsupported(_)) if delta.is_some() => {
                     // copy-data refused after all: fall back to a whole upload.
                     delta = None;
                 }
@@ -980,7 +979,7 @@ impl Push {
                 Ok(h) => return Ok((rel, h)),
                 // SFTP v3 reports EEXIST as a plain failure: try another name
                 // (a few times: a full disk fails the same way).
-                Err(err) if err.status_code() == Some(proto::FX_FAILURE) && tries < 3 => {
+                Err(Error::Failure(_)) if tries < 3 => {
                     tries += 1;
                 }
                 Err(err) => return Err(err.with_path("open", &abs)),
@@ -1503,53 +1502,14 @@ fn parent(p: &[u8]) -> &[u8] {
     }
 }
 
-/// Creates `dir` and its missing parents.
+/// Creates `dir` and its missing parents (see [`Sftp::mkdir_p`]).
 pub async fn mkdir_p(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
-    if dir.is_empty() || dir == b"/" {
-        return Ok(());
-    }
-    match s.lstat(dir).await {
-        Ok(a) if a.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(Error::Status {
-                op: "mkdir",
-                path: String::from_utf8_lossy(dir).into_owned(),
-                code: proto::FX_FAILURE,
-                message: "exists and is not a directory".into(),
-            })
-        }
-        Err(_) => {}
-    }
-    Box::pin(mkdir_p(s, parent(dir))).await?;
-    match s.mkdir(dir, &Attrs::default()).await {
-        Ok(()) => Ok(()),
-        Err(e) => match s.lstat(dir).await {
-            Ok(a) if a.is_dir() => Ok(()),
-            _ => Err(e),
-        },
-    }
+    s.mkdir_p(dir).await
 }
 
-/// Reads `len` bytes from `path` at `offset`, pipelined.
+/// Reads `len` bytes from `path` at `offset`, pipelined (see [`Sftp::read_range`]).
 pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-    let h = s.open(path, proto::FXF_READ, &Attrs::default()).await?;
-    let chunk = s.limits.max_read as u64;
-    let reads = (0..len.div_ceil(chunk)).map(|k| {
-        let off = offset + k * chunk;
-        let want = chunk.min(offset + len - off) as u32;
-        let h = &h;
-        async move { s.read(h, off, want).await }
-    });
-    let parts = stream::iter(reads)
-        .buffered(32)
-        .try_collect::<Vec<_>>()
-        .await;
-    s.close_detached(&h);
-    let mut out = Vec::with_capacity(len as usize);
-    for p in parts? {
-        out.extend_from_slice(&p.unwrap_or_default());
-    }
-    Ok(out)
+    s.read_range(path, offset, len).await
 }
 
 /// Directories the destination already holds with the source's mode and

@@ -91,7 +91,12 @@ pub fn exit_code(e: &Error) -> i32 {
         Error::Refused { .. } | Error::ChannelRefused { .. } => EXIT_NO_SFTP,
         Error::Protocol { .. } => EXIT_PROTOCOL,
         // A refusal about one path (e.g. the destination cannot be made).
-        Error::Status { .. } => EXIT_PARTIAL,
+        Error::NoSuchFile(_)
+        | Error::PermissionDenied(_)
+        | Error::Failure(_)
+        | Error::Unsupported(_)
+        | Error::BadMessage(_)
+        | Error::Status(_) => EXIT_PARTIAL,
     }
 }
 
@@ -1595,7 +1600,7 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let private = private_attrs(0o600);
     match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
-        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+        Err(Error::NoSuchFile(_)) => {
             push::mkdir_p(s, dir).await?;
             s.open(&tmp, flags, &private).await
         }

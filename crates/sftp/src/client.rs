@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::channel_io::Outbound;
+use crate::carrier::{Carrier, StreamCarrier};
 use crate::error::Error;
 use crate::proto::{self, Attrs, Name, Packet, Reply};
 
@@ -197,7 +197,7 @@ impl Sftp {
         stream.write_all(&Self::init()).await.map_err(io)?;
         stream.flush().await.map_err(io)?;
         let (rd, wr) = tokio::io::split(stream);
-        Self::after_init(rd, Outbound::Stream(Box::new(wr)), Vec::new(), peer, opts).await
+        Self::after_init(rd, StreamCarrier(wr), Vec::new(), peer, opts).await
     }
 
     /// The INIT packet that opens every session.
@@ -207,15 +207,16 @@ impl Sftp {
 
     /// Finishes the handshake on a link whose INIT is already sent (and
     /// whose first `early` bytes were already read off `rd`).
-    pub async fn after_init<R>(
+    pub async fn after_init<R, C>(
         rd: R,
-        mut out: Outbound,
+        mut out: C,
         early: Vec<u8>,
         peer: &str,
         opts: SessionOptions,
     ) -> Result<Sftp, Error>
     where
         R: AsyncRead + Send + Unpin + 'static,
+        C: Carrier,
     {
         let mut rd = std::io::Cursor::new(early).chain(rd);
         let body = read_first_packet(&mut rd, peer).await?;
@@ -587,12 +588,7 @@ impl Sftp {
     }
 
     fn status_error(&self, op: &'static str, path: &[u8], code: u32, message: String) -> Error {
-        Error::Status {
-            op,
-            path: String::from_utf8_lossy(path).into_owned(),
-            code,
-            message,
-        }
+        Error::from_status(op, path, code, message)
     }
 
     async fn expect_ok(
@@ -775,8 +771,8 @@ impl Sftp {
             return Err(self.status_error(
                 "lsetstat",
                 path,
-                proto::FX_FAILURE,
-                "unsupported".into(),
+                proto::FX_OP_UNSUPPORTED,
+                "the server does not offer lsetstat@openssh.com".into(),
             ));
         }
         self.extended("lsetstat@openssh.com", |p| p.bytes(path).attrs(attrs), 0)
@@ -1003,6 +999,13 @@ impl Sftp {
         result?;
         Ok(out)
     }
+}
+
+/// Whether a server-supplied name is one safe path component: not empty,
+/// not `.` or `..`, no `/` and no NUL. A listing's names come from a server
+/// robosync does not trust; anything else could lead outside a directory.
+pub fn safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
 }
 
 /// The most entries one directory listing may hold: far beyond any real
