@@ -13,6 +13,7 @@ mod foundation;
 mod fuzz;
 mod integrity;
 mod locking;
+mod ops;
 mod paths;
 mod pull;
 mod reconnect;

@@ -32,6 +32,7 @@ mod lease;
 mod pull;
 mod push;
 mod remote;
+mod report;
 mod run;
 mod space;
 mod sync;
@@ -65,7 +66,8 @@ pub struct Args {
     /// Identity (private key) file, as ssh -i; may be repeated.
     #[arg(short = 'i', value_name = "IDENTITY")]
     pub identity: Vec<PathBuf>,
-    /// Port on the remote host (as scp -P).
+    /// Port on the remote host, as scp -P (not rsync's -P: progress shows by
+    /// itself on a terminal, and every run resumes partial files).
     #[arg(short = 'P', value_name = "PORT")]
     pub port: Option<u16>,
     /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
@@ -173,10 +175,25 @@ pub struct Args {
     /// Where robosync keeps its own state (manifests, journals, stat caches).
     #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Print one JSON summary object on stdout at the end.
+    /// Print one JSON object on stdout (and nothing else there): the report
+    /// of the run, schema in README "JSON report"; -v lines go to stderr.
     #[arg(long)]
     pub json: bool,
-    /// More output: -v itemises actions, -vv adds connection details.
+    /// One line per action in rsync's -i format (as -v, without the notes).
+    #[arg(long)]
+    pub itemize_changes: bool,
+    /// Print counters at the end (files, bytes, resumed, unchanged, deleted, rate).
+    #[arg(long)]
+    pub stats: bool,
+    /// Limit the transfer to RATE in total over all connections: bytes per
+    /// second with a K, M or G suffix (binary units; a bare number is KiB, as rsync).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Append itemised actions, warnings and errors, with UTC timestamps, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// More output: -v itemises actions (on stdout) and adds notes on the
+    /// connection choices (on stderr); -vv also times each phase.
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
     /// Only errors.
@@ -219,6 +236,33 @@ impl Args {
         let dest = all.pop().expect("clap requires two paths");
         (all, dest)
     }
+}
+
+/// `--bwlimit`'s RATE in bytes per second: `500K`, `10M`, `1G`, `4096B`;
+/// a bare number is KiB per second, as rsync reads it.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| t.split_at(i))
+        .unwrap_or((t, "K"));
+    let mult: f64 = match unit.to_ascii_uppercase().trim_end_matches("IB") {
+        "B" => 1.0,
+        "K" | "KB" => 1024.0,
+        "M" | "MB" => 1024.0 * 1024.0,
+        "G" | "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{s:?} is not a rate (e.g. 500K, 10M, 1G)")),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("{s:?} is not a rate above zero (e.g. 500K, 10M, 1G)"))?;
+    let rate = n * mult;
+    if rate < 1024.0 {
+        return Err(format!("--bwlimit {s} is below 1 KiB/s, which cannot work"));
+    }
+    Ok(rate as u64)
 }
 
 /// Values that parse but cannot work: refused before anything connects,
@@ -416,5 +460,16 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500").unwrap(), 500 * 1024);
+        assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_rate("1GiB/s").unwrap(), 1 << 30);
+        assert_eq!(parse_rate("4096B").unwrap(), 4096);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10B").is_err());
     }
 }

@@ -569,7 +569,7 @@ impl Push {
             }
         })
         .await?;
-        self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+        self.run.file_done();
         Ok(())
     }
 
@@ -756,7 +756,7 @@ impl Push {
             };
             match attempt {
                 Ok(stat) => {
-                    self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                    self.run.file_done();
                     return self.land(rel, e, &stat);
                 }
                 Err(err) if err.is_connection() => {
@@ -831,6 +831,7 @@ impl Push {
         let len = (run.end * BLOCK_SIZE).min(e.size) - start;
         // Bounded read-ahead: the bytes are held from the read until acked.
         let _held = self.data.acquire(len).await;
+        self.run.throttle(len).await;
         let buf = read_at(file, start, len as usize)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
         // One buffer, shared by the writes' slices: no copy until russh's.
@@ -936,6 +937,11 @@ impl Push {
             }
         };
         let temp = self.abs(&temp_rel);
+        let kept: u64 = done
+            .iter()
+            .map(|i| (e.size - (i * BLOCK_SIZE).min(e.size)).min(BLOCK_SIZE))
+            .sum();
+        self.run.resumed(kept);
         if pipelined && e.size <= s.limits.max_write as u64 && !self.run.opts.fsync {
             return self.send_small(s, handle, file, e, &temp, key).await;
         }
@@ -1149,6 +1155,7 @@ impl Push {
         key: &[u8],
     ) -> Result<Attrs, Error> {
         let held = self.data.acquire(e.size).await;
+        self.run.throttle(e.size).await;
         let data = read_at(file, 0, e.size as usize)
             .map_err(|err| Error::Connect(format!("cannot read {}: {err}", escape(&e.path))))?;
         let attrs = final_attrs(e);

@@ -17,7 +17,7 @@ use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{Error, Pool, PoolOptions, SessionOptions, Target};
 
 use crate::endpoint::{join, Endpoint, Rename};
-use crate::run::{Run, RunOptions};
+use crate::run::{Phase, Run, RunOptions};
 use crate::{push, remote, Args};
 
 // The exit codes (documented in main.rs and the README): rsync's numbers
@@ -146,9 +146,29 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         backup_dir: args.backup_dir.clone(),
         progress: !args.no_progress && !args.json,
         sparse: args.sparse,
+        json: args.json,
+        itemize: args.itemize_changes,
+        stats: args.stats,
+        bwlimit: args.bwlimit,
     }));
-    let result = go(&args, rules, &run).await;
-    run.finish_progress();
+    let result = match open_log(&args, &run) {
+        Ok(()) => {
+            // The phase line's counters (the scan's) move on their own.
+            let ticker = {
+                let run = run.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        run.refresh();
+                    }
+                })
+            };
+            let r = go(&args, rules, &run).await;
+            ticker.abort();
+            r
+        }
+        Err(f) => Err(f),
+    };
     let vanished = run.vanished_list();
     let (code, errors) = match result {
         Ok(errors) if errors.is_empty() && !vanished.is_empty() => (EXIT_VANISHED, errors),
@@ -164,33 +184,27 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
             (f.code, vec![f.message])
         }
     };
-    let s = &run.stats;
-    let elapsed = run.started.elapsed().as_secs_f64();
-    if args.json {
-        let summary = serde_json::json!({
-            "files_transferred": s.files.load(Ordering::Relaxed),
-            "bytes_transferred": s.bytes.load(Ordering::Relaxed),
-            "files_skipped": s.skipped.load(Ordering::Relaxed),
-            "deleted": s.deleted.load(Ordering::Relaxed),
-            "verified": s.verified.load(Ordering::Relaxed),
-            "errors": errors,
-            "vanished": vanished,
-            "dry_run": args.dry_run,
-            "elapsed_seconds": elapsed,
-            "exit_code": code,
-        });
-        println!("{summary}");
-    } else if args.verbose > 0 {
-        eprintln!(
-            "robosync: {} files ({} bytes) transferred, {} unchanged, {} deleted in {:.2} s",
-            s.files.load(Ordering::Relaxed),
-            s.bytes.load(Ordering::Relaxed),
-            s.skipped.load(Ordering::Relaxed),
-            s.deleted.load(Ordering::Relaxed),
-            elapsed
-        );
-    }
+    run.summary(code, args.dry_run, &errors, &vanished);
     code
+}
+
+/// `--log-file FILE`: appended to, so a cron job's runs accumulate.
+fn open_log(args: &Args, run: &Run) -> Result<(), Failure> {
+    let Some(path) = &args.log_file else {
+        return Ok(());
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("cannot open the log file {}: {e}", path.display()),
+            )
+        })?;
+    run.set_log(f);
+    Ok(())
 }
 
 pub(crate) fn default_state_dir() -> PathBuf {
@@ -833,6 +847,8 @@ async fn push_run(
     let checksum = args.checksum;
     let (predict, work) = tokio::sync::oneshot::channel();
     let state = paths.clone();
+    let progress = Arc::new(robosync_scanner::ScanProgress::default());
+    run.scanning(progress.clone());
     let scan = tokio::task::spawn_blocking(move || {
         let mut cache = if checksum {
             StatCache::default()
@@ -842,6 +858,7 @@ async fn push_run(
         let opts = ScanOptions {
             filter,
             ignore_cache: checksum,
+            progress: Some(progress),
         };
         let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
         // Last run's journal folded in now, off the critical path.
@@ -856,9 +873,9 @@ async fn push_run(
     let dry_run = args.dry_run;
     let work = async move { !dry_run && work.await.unwrap_or(false) };
     let pool = open_pool(args, run, target, work).await?;
-    run.phase("connected");
+    run.phase(Phase::Scanning);
     let (snap, cache, local) = scan.await.expect("scan task panicked");
-    run.phase("scanned");
+    run.phase(Phase::Listing);
     if let Ok(snap) = &snap {
         // The destination will hold about as many entries as the source.
         pool.widen_for_listing(snap.entries.len());
@@ -964,7 +981,7 @@ async fn push_run(
             ));
         }
     }
-    run.phase("listed the destination");
+    run.phase(Phase::Planning);
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
     if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
@@ -1004,11 +1021,10 @@ async fn push_run(
     for w in &plan.warnings {
         run.warn(w);
     }
-    run.phase("planned");
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
         pool.close().await;
-        return preview(&plan, guard, errors);
+        return preview(run, &plan, guard, errors);
     }
     if worth_more_sessions(&plan) {
         pool.expand();
@@ -1079,7 +1095,7 @@ async fn push_run(
         ));
     }
     ticker.abort();
-    run.phase("transferred");
+    run.phase(Phase::Recording);
     errors.extend(run_errors);
     if rename.is_none() && errors.is_empty() {
         // rsync -a's `.`: the sync root takes the source directory's mode
@@ -1148,7 +1164,6 @@ async fn push_run(
         }
     }
     errors.extend(recorded.await.expect("recording the manifest panicked"));
-    run.phase("recorded the manifest");
     // Temp files no attempt will resume: leftovers of earlier runs (late
     // requests of an abandoned connection may even have made some after
     // they were listed) and this run's attempts that did not land.
@@ -1190,7 +1205,6 @@ async fn push_run(
     crate::lease::HELD.release().await;
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
-    run.phase("closed");
     unless_lost(run, &pool, errors)
 }
 
@@ -1354,12 +1368,13 @@ pub fn plan_guarded(
 /// A dry run's output: every action a real run would take, then the guard
 /// that would stop it, if any (with the code the real run would exit with).
 pub fn preview(
+    run: &Run,
     plan: &robosync_planner::Plan,
     guard: Option<String>,
     errors: Vec<String>,
 ) -> Result<Vec<String>, Failure> {
     for a in &plan.actions {
-        println!("{a}");
+        run.planned(a.to_string());
     }
     match guard {
         Some(g) => Err(fail(
@@ -1393,7 +1408,21 @@ pub fn start_journal(
         run_id: manifest.run_id,
         unix: manifest.written_at_unix,
     });
-    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+    let files = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Copy { .. } | Action::Delta { .. } | Action::Symlink { .. }
+            )
+        })
+        .count();
+    run.set_total(
+        plan.bytes_to_send(robosync_scanner::BLOCK_SIZE),
+        files as u64,
+    );
+    run.phase(Phase::Transferring);
     Ok(())
 }
 
@@ -1443,6 +1472,7 @@ pub async fn close_run(
     paths: &robosync_manifest::StatePaths,
     verbose: bool,
 ) {
+    run.phase(Phase::Closing);
     // None: the scan left it as loaded, and rewriting it would only cost a sync.
     if let Some(Err(e)) = cache.map(|c| c.save(&paths.stat_cache)) {
         run.warn(&format!(

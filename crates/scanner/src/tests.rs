@@ -652,6 +652,7 @@ fn filter_rules_table() {
         let opts = ScanOptions {
             filter,
             ignore_cache: false,
+            progress: None,
         };
         let snap = scan(dir.path(), &opts, &mut StatCache::default()).unwrap();
         let got: BTreeSet<&str> = snap
@@ -682,6 +683,7 @@ fn excluded_directories_are_not_descended() {
         &ScanOptions {
             filter,
             ignore_cache: false,
+            progress: None,
         },
         &mut StatCache::default(),
     )

@@ -149,6 +149,9 @@ impl<'a> Walk<'a> {
                 }
             };
             let path = rel.join(child.file_name());
+            if let Some(p) = &self.opts.progress {
+                p.entries.fetch_add(1, Relaxed);
+            }
             // d_type, usually free: an excluded child is never stat'ed.
             let is_dir = child.file_type().is_ok_and(|t| t.is_dir());
             if !self.opts.filter.includes(&path, is_dir) {
@@ -263,6 +266,9 @@ impl<'a> Walk<'a> {
         }
         self.files_hashed.fetch_add(1, Relaxed);
         self.bytes_hashed.fetch_add(key.size, Relaxed);
+        if let Some(p) = &self.opts.progress {
+            p.bytes_hashed.fetch_add(key.size, Relaxed);
+        }
         let mut item = self.item(path, EntryKind::File, key.size, &before);
         item.entry.digest = Some(digest);
         self.set_cache_key(&mut item, key);
