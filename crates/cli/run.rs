@@ -430,7 +430,12 @@ impl Run {
         }
         let on_tty = self.opts.progress && std::io::stderr().is_terminal();
         let show = !self.opts.quiet && !dry_run && (self.opts.verbose > 0 || on_tty);
-        if show && matches!(code, 0 | crate::sync::EXIT_PARTIAL | crate::sync::EXIT_VANISHED) {
+        if show
+            && matches!(
+                code,
+                0 | crate::sync::EXIT_PARTIAL | crate::sync::EXIT_VANISHED
+            )
+        {
             eprintln!("robosync: {}", self.closing_line(&r, errors.len()));
         }
     }
@@ -481,13 +486,7 @@ impl Run {
         )
     }
 
-    fn report(
-        &self,
-        code: i32,
-        dry_run: bool,
-        errors: &[String],
-        vanished: &[String],
-    ) -> Report {
+    fn report(&self, code: i32, dry_run: bool, errors: &[String], vanished: &[String]) -> Report {
         let s = &self.stats;
         let kind = ErrorKind::of_exit(code);
         // Entry errors shown before a run-ending failure keep their kind.
