@@ -49,8 +49,11 @@ mod run;
 mod space;
 mod sync;
 
+pub use robosync_scanner::ScanProgress;
 pub use sync::{
-    default_state_dir, fail, Failure, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_USAGE,
+    default_state_dir, exit_code, fail, redo, Failure, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_DENIED,
+    EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION, EXIT_USAGE,
+    EXIT_VANISHED,
 };
 
 /// Which way the bytes go.
@@ -94,6 +97,27 @@ pub struct Options {
     /// How much the observer shows: at 1 and above the run waits for the
     /// pool's late notes before closing (nobody reads them otherwise).
     pub verbose: u8,
+    /// `--files-from`: the listed paths the source lacks are errors (exit 23).
+    pub files_list: Option<robosync_scanner::FileList>,
+    /// `-H` (push only): later names of a multiply-linked local file are
+    /// made as hard links of the first once it landed.
+    pub hard_links: bool,
+    /// `--bwlimit`: bytes per second across all connections.
+    pub bwlimit: Option<u64>,
+}
+
+/// A single file copied under another name (or the same): its sync root
+/// holds it as `from` on the sending side and as `to` on the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    /// Its name in the source's directory.
+    pub from: PathBuf,
+    /// Its name in the destination's directory.
+    pub to: PathBuf,
+    /// DEST was spelled as a name (no `/`): should `to` be a directory
+    /// there, the file goes into it instead, as rsync reads DEST (the run
+    /// then fails with [`Redo::DestIsDir`]).
+    pub or_into: bool,
 }
 
 /// One sync to run.
@@ -113,14 +137,54 @@ pub struct Job {
     pub target: Target,
     /// How to behave.
     pub options: Options,
+    /// A single file's run: its names on each side (the roots are its
+    /// directories, the filters select it alone).
+    pub rename: Option<Rename>,
+}
+
+/// What the run is doing: shown on a progress line, timed with `-vv`.
+/// Push and pull go through the same phases in the same order; the remote
+/// listing starts with the connection and overlaps the scan, so
+/// `Listing` is the wait for what remains of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Logging in (the local scan runs meanwhile).
+    Connecting,
+    /// Connected; the local scan goes on.
+    Scanning,
+    /// Scanned; the remote listing goes on.
+    Listing,
+    /// Comparing the two sides.
+    Planning,
+    /// Moving bytes (and deleting).
+    Transferring,
+    /// Recording the manifest, locally and at the destination.
+    Recording,
+    /// Removing stale temp files, saving the stat cache, closing connections.
+    Closing,
+}
+
+impl Phase {
+    /// How a person reads it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Scanning => "scanning",
+            Phase::Listing => "listing the destination",
+            Phase::Planning => "planning",
+            Phase::Transferring => "transferring",
+            Phase::Recording => "recording",
+            Phase::Closing => "closing",
+        }
+    }
 }
 
 /// What a run sees happen. Called from the run's tasks, concurrently.
 pub trait Observer: Send + Sync {
-    /// A phase of the run ended, `elapsed` after it started (push and pull
-    /// name the same phases: connected, scanned, listed the destination,
-    /// planned, transferred, recorded the manifest, closed).
-    fn phase(&self, what: &str, elapsed: Duration);
+    /// A phase begins, `elapsed` after the run started.
+    fn phase(&self, phase: Phase, elapsed: Duration);
+    /// The local scan's counters, which move while it runs (read them on a timer).
+    fn scanning(&self, progress: Arc<ScanProgress>);
     /// One action done (rsync `-i` style).
     fn itemize(&self, line: &str);
     /// One action a real run would take: a dry run's output.
@@ -131,10 +195,17 @@ pub trait Observer: Send + Sync {
     fn notice(&self, msg: &str);
     /// Something probably wrong that did not stop the run.
     fn warn(&self, msg: &str);
-    /// The bytes the run expects to move.
-    fn total_bytes(&self, bytes: u64);
+    /// What the transfer will move: bytes and files.
+    fn total(&self, bytes: u64, files: u64);
     /// `n` more bytes moved.
     fn bytes(&self, n: u64);
+    /// `n` bytes an earlier run landed, kept (not sent again).
+    fn resumed(&self, n: u64);
+    /// A file (or link) landed.
+    fn file_done(&self);
+    /// A source entry listed, then gone when read (rsync's "file has
+    /// vanished"): not an error, but the run exits 24 if nothing else failed.
+    fn vanished(&self, path: &str);
 }
 
 /// The run's counters.
@@ -150,6 +221,19 @@ pub struct Stats {
     pub deleted: u64,
     /// Files read back and matched (`--verify`).
     pub verified: u64,
+    /// Bytes an interrupted transfer had landed before, not sent again.
+    pub resumed: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.files += o.files;
+        self.bytes += o.bytes;
+        self.skipped += o.skipped;
+        self.deleted += o.deleted;
+        self.verified += o.verified;
+        self.resumed += o.resumed;
+    }
 }
 
 /// How a run ended.
@@ -164,16 +248,20 @@ pub struct Report {
     pub errors: Vec<String>,
     /// What stopped the run, if something did.
     pub failure: Option<Failure>,
+    /// Source entries that vanished during the run.
+    pub vanished: Vec<String>,
 }
 
 impl Report {
     /// The process exit code (see the binary's documentation): 0, 23 for
-    /// failed entries, or the failure's own code.
+    /// failed entries, 24 when only vanished entries are missing, or the
+    /// failure's own code.
     pub fn exit_code(&self) -> i32 {
         match &self.failure {
             Some(f) => f.code,
-            None if self.errors.is_empty() => 0,
-            None => EXIT_PARTIAL,
+            None if !self.errors.is_empty() => EXIT_PARTIAL,
+            None if !self.vanished.is_empty() => EXIT_VANISHED,
+            None => 0,
         }
     }
 }
@@ -181,6 +269,7 @@ impl Report {
 /// Runs `job` to its end.
 pub async fn run(job: Job, observer: Arc<dyn Observer>) -> Report {
     let run = Arc::new(run::Run::new(job.options.clone(), observer));
+    run.phase(Phase::Connecting);
     let result = sync::run(job, &run).await;
     // The destination's lease ends here, whatever the run's outcome.
     lease::HELD.release().await;
@@ -193,6 +282,7 @@ pub async fn run(job: Job, observer: Arc<dyn Observer>) -> Report {
         elapsed: run.started.elapsed(),
         errors,
         failure,
+        vanished: run.vanished_list(),
     }
 }
 

@@ -36,7 +36,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 use crate::push::{temp_for, Partial};
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
-use crate::sync::{fail, on_session, Failure, EXIT_PARTIAL, EXIT_USAGE};
+use crate::sync::{fail, on_session, redo, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
 use crate::Options;
 use crate::{join, os};
 
@@ -87,17 +87,21 @@ pub struct LocalLeases {
 }
 
 /// Why a pull's source root did not list: a file (refused as such), or missing.
-pub async fn missing_source(pool: &Pool, remote_root: &[u8], label: &str) -> Failure {
+pub async fn missing_source(
+    pool: &Pool,
+    remote_root: &[u8],
+    label: &str,
+    rename: Option<&crate::Rename>,
+) -> Failure {
     let stat = on_session(pool, |s| async move { s.lstat(remote_root).await }).await;
-    if stat.is_ok_and(|a| !a.is_dir()) {
-        return fail(
-            EXIT_USAGE,
-            format!(
-                "source {label} is a file: pulling a single file is not supported yet; \
-                 pull its directory with a filter (robosync --include NAME --exclude '*' host:DIR/ DEST)"
-            ),
-        );
+    if rename.is_none() && stat.is_ok_and(|a| !a.is_dir()) {
+        return redo(Redo::SourceIsFile, format!("source {label} is a file"));
     }
+    no_source(label)
+}
+
+/// A pull's source is not on the server (exit 23).
+pub fn no_source(label: &str) -> Failure {
     fail(
         EXIT_PARTIAL,
         format!(
@@ -245,6 +249,16 @@ pub struct Pull {
     pub data: crate::push::ReadAhead,
     /// Directories already right at the destination (see `sync::dirs_in_place`).
     pub dirs_in_place: HashSet<PathBuf>,
+    /// Entries whose remote name differs (a single file to a new name):
+    /// local-relative path → remote-relative path.
+    pub remote_names: HashMap<std::path::PathBuf, std::path::PathBuf>,
+}
+
+/// Moves one entry of `tree` to another name.
+pub fn rename_node(tree: &mut Tree, from: &Path, to: &Path) {
+    if let Some(n) = tree.nodes.remove(from) {
+        tree.nodes.insert(to.to_path_buf(), n);
+    }
 }
 
 impl Pull {
@@ -303,6 +317,15 @@ impl Pull {
                 self.run.itemize(&line);
                 Ok(())
             }
+            // Listed, then "no such file" on the server: it vanished from
+            // the source (rsync's exit 24), which is not an error.
+            Err(PullError::Remote(e))
+                if matches!(a, Action::Copy { .. } | Action::Delta { .. })
+                    && matches!(e, Error::NoSuchFile(_)) =>
+            {
+                self.run.vanished(&escape(&path));
+                Ok(())
+            }
             Err(e) => Err(format!("{}: {e}", escape(&path))),
         }
     }
@@ -323,7 +346,7 @@ impl Pull {
                 n.mtime,
             )
             .map_err(local("cannot create symlink"))?;
-        self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+        self.run.file_done();
         Ok(())
     }
 
@@ -370,6 +393,25 @@ impl Pull {
     /// Sets the attributes of the directories `touched` by this step and of
     /// those not already right; the rest are left alone (as a push does: a
     /// rerun of a big tree would otherwise re-set every directory).
+    /// rsync -a's `.`: the local root takes the remote root's mode and mtime.
+    pub async fn set_root_attrs(&self) -> Result<(), String> {
+        let root = &self.remote_root;
+        let stat = on_session(&self.pool, |s| async move { s.stat(root).await }).await;
+        let a = stat.map_err(|e| e.to_string())?;
+        let n = Node {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: a.mtime().map(i64::from).unwrap_or(0),
+            mode: a.permissions.unwrap_or(0o755),
+            whole: None,
+            blocks: Vec::new(),
+        };
+        let fd = rustix::fs::openat(&self.root.fd, ".", DIR_FLAGS, Mode::empty());
+        fd.map_err(io::Error::from)
+            .and_then(|d| set_file_attrs(&d, &n))
+            .map_err(|e| e.to_string())
+    }
+
     fn set_dir_attrs(&self, touched: &HashSet<PathBuf>) -> Vec<String> {
         let mut errors = Vec::new();
         for (p, n) in self.source.nodes.iter().rev() {
@@ -395,7 +437,7 @@ impl Pull {
             let s = self.pool.session().await?;
             match self.fetch_once(&s, key, node).await {
                 Ok(()) => {
-                    self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                    self.run.file_done();
                     return Ok(());
                 }
                 Err(PullError::Remote(err)) if err.is_connection() => {
@@ -435,7 +477,10 @@ impl Pull {
             mtime_ns: node.mtime * 1_000_000_000,
             whole: tag,
         });
-        let abs = join(&self.remote_root, key);
+        let abs = match self.remote_names.get(os(key).as_path()) {
+            Some(from) => join(&self.remote_root, from.as_os_str().as_bytes()),
+            None => join(&self.remote_root, key),
+        };
         // Big files are striped: blocks go round robin over several sessions.
         let mut stripes: Vec<Arc<Sftp>> = vec![s.clone()];
         if nblocks >= STRIPE_MIN_BLOCKS {
@@ -585,6 +630,7 @@ impl Pull {
         };
         file.write_all_at(&buf, 0)
             .map_err(local("cannot write temp file"))?;
+        self.run.throttle(size).await;
         self.run.add_bytes(size);
         let h = robosync_scanner::hash_block(&buf, 0, size);
         Ok(Some(((h, vec![h]), attrs)))
@@ -639,9 +685,11 @@ impl Pull {
             if fetched {
                 file.write_all_at(&buf, i * BLOCK_SIZE)
                     .map_err(local("cannot write temp file"))?;
+                self.run.throttle(buf.len() as u64).await;
                 self.run.add_bytes(buf.len() as u64);
             } else {
                 kept += 1;
+                self.run.resumed(buf.len() as u64);
             }
             self.run.journal_for(
                 &JournalRecord::BlockDone {

@@ -4,11 +4,13 @@
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use robosync_manifest::{Journal, JournalRecord};
 
-use crate::{Observer, Options, Stats};
+use robosync_scanner::ScanProgress;
+
+use crate::{Observer, Options, Phase, Stats};
 
 /// Counters the executors bump as they go (a [`Stats`] when read).
 #[derive(Debug, Default)]
@@ -18,6 +20,7 @@ pub struct Counters {
     pub skipped: AtomicU64,
     pub deleted: AtomicU64,
     pub verified: AtomicU64,
+    pub resumed: AtomicU64,
 }
 
 impl Counters {
@@ -29,6 +32,7 @@ impl Counters {
             skipped: get(&self.skipped),
             deleted: get(&self.deleted),
             verified: get(&self.verified),
+            resumed: get(&self.resumed),
         }
     }
 }
@@ -43,6 +47,15 @@ pub struct Run {
     notes_shown: Mutex<HashSet<String>>,
     /// Entry errors of a run that then stopped (its [`crate::Failure`] says why).
     kept_errors: Mutex<Vec<String>>,
+    vanished: Mutex<Vec<String>>,
+    bucket: Mutex<Bucket>,
+}
+
+/// `--bwlimit`'s token bucket: `tokens` bytes may go now; it refills at the
+/// limit's rate up to one second's worth.
+struct Bucket {
+    tokens: f64,
+    at: Instant,
 }
 
 impl Run {
@@ -56,6 +69,11 @@ impl Run {
             observer,
             notes_shown: Mutex::new(HashSet::new()),
             kept_errors: Mutex::new(Vec::new()),
+            vanished: Mutex::new(Vec::new()),
+            bucket: Mutex::new(Bucket {
+                tokens: 0.0,
+                at: Instant::now(),
+            }),
         }
     }
 
@@ -92,8 +110,9 @@ impl Run {
         self.journal_error.lock().unwrap().clone()
     }
 
-    pub fn set_total(&self, bytes: u64) {
-        self.observer.total_bytes(bytes);
+    /// What the transfer will move: bytes and files.
+    pub fn set_total(&self, bytes: u64, files: u64) {
+        self.observer.total(bytes, files);
     }
 
     pub fn add_bytes(&self, n: u64) {
@@ -101,14 +120,69 @@ impl Run {
         self.observer.bytes(n);
     }
 
+    /// Bytes an earlier run landed that this one keeps.
+    pub fn resumed(&self, n: u64) {
+        self.stats.resumed.fetch_add(n, Ordering::Relaxed);
+        self.observer.resumed(n);
+    }
+
+    /// A file (or link) landed.
+    pub fn file_done(&self) {
+        self.stats.files.fetch_add(1, Ordering::Relaxed);
+        self.observer.file_done();
+    }
+
+    /// The local scan's counters, for the observer to show.
+    pub fn scanning(&self, p: Arc<ScanProgress>) {
+        self.observer.scanning(p);
+    }
+
+    /// `--bwlimit`: waits until `n` more bytes may go. One bucket for the
+    /// whole run, so the limit is the total over every connection.
+    pub async fn throttle(&self, n: u64) {
+        let Some(rate) = self.opts.bwlimit else {
+            return;
+        };
+        let rate = rate as f64;
+        let wait = {
+            let mut b = self.bucket.lock().unwrap();
+            let now = Instant::now();
+            // A second's worth at most, so an idle spell buys no burst beyond it.
+            b.tokens = (b.tokens + now.duration_since(b.at).as_secs_f64() * rate).min(rate);
+            b.at = now;
+            b.tokens -= n as f64;
+            // In debt: wait until the debt is repaid at the limit's rate.
+            (b.tokens < 0.0).then(|| Duration::from_secs_f64(-b.tokens / rate))
+        };
+        if let Some(w) = wait {
+            tokio::time::sleep(w).await;
+        }
+    }
+
+    /// A source entry that was listed and is gone when opened (rsync's
+    /// wording): not a failure, but the run exits 24 if nothing else failed.
+    pub fn vanished(&self, path: &str) {
+        self.observer.vanished(path);
+        self.vanished.lock().unwrap().push(path.to_string());
+    }
+
+    /// The source entries that vanished during the run.
+    pub fn vanished_list(&self) -> Vec<String> {
+        self.vanished.lock().unwrap().clone()
+    }
+
     /// One line per action (rsync `-i` style).
     pub fn itemize(&self, line: &str) {
         self.observer.itemize(line);
     }
 
-    /// A phase of the run ended (push and pull name the same phases).
-    pub fn phase(&self, what: &str) {
-        self.observer.phase(what, self.started.elapsed());
+    /// A phase begins (push and pull go through the same ones).
+    pub fn phase(&self, p: Phase) {
+        if p == Phase::Transferring {
+            // The rate is the limit's from here, not from the start.
+            self.bucket.lock().unwrap().at = Instant::now();
+        }
+        self.observer.phase(p, self.started.elapsed());
     }
 
     pub fn note(&self, msg: String) {

@@ -17,18 +17,33 @@ use robosync_transport::{Error, Pool, PoolOptions, Target};
 
 use crate::join;
 use crate::run::Run;
-use crate::{push, remote, Direction, Job, Options};
+use crate::{push, remote, Direction, Job, Options, Phase};
 
-/// Usage or configuration error.
+// The exit codes (documented in the binary and the README): rsync's numbers
+// where the meaning matches, so cron wrappers written for rsync keep working.
+/// Usage or configuration error (as rsync 1).
 pub const EXIT_USAGE: i32 = 1;
-/// Could not connect, authenticate, verify the host key, or start SFTP.
-pub const EXIT_CONNECT: i32 = 2;
-/// A safety guard refused (`--delete`), or another run holds the destination.
-pub const EXIT_GUARD: i32 = 3;
-/// Some entries failed, the rest landed.
+/// File selection error: a rules or list file that cannot be read (rsync 3).
+pub const EXIT_SELECTION: i32 = 3;
+/// The server would not start SFTP (rsync 5: error starting client-server protocol).
+pub const EXIT_NO_SFTP: i32 = 5;
+/// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
+pub const EXIT_CONNECT: i32 = 10;
+/// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
+pub const EXIT_PROTOCOL: i32 = 12;
+/// Some entries failed, the rest landed (rsync 23).
 pub const EXIT_PARTIAL: i32 = 23;
-/// Connection lost and not re-established within `--retry-for`.
+/// Some source files vanished during the run, and nothing else failed (rsync 24).
+pub const EXIT_VANISHED: i32 = 24;
+/// A `--delete` guard stopped the deletions (rsync 25: --max-delete limit).
+pub const EXIT_GUARD: i32 = 25;
+/// Connection lost and not re-established within `--retry-for` (rsync 30: timeout).
 pub const EXIT_LOST: i32 = 30;
+/// Another run holds this destination: sysexits' EX_TEMPFAIL ("try again
+/// later"); rsync has no such code, and its 35 means a daemon timeout.
+pub const EXIT_BUSY: i32 = 75;
+/// Authentication refused or host key not accepted (as ssh's 255).
+pub const EXIT_DENIED: i32 = 255;
 
 /// The most entries a remote listing may hold before we call the server absurd.
 pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
@@ -40,6 +55,18 @@ pub struct Failure {
     pub code: i32,
     /// What happened, where, and what to do.
     pub message: String,
+    /// Set when the run found the other side is not what the spelling
+    /// assumed; the front-end runs it again in the right form.
+    pub redo: Option<Redo>,
+}
+
+/// What a single-file run learns only from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redo {
+    /// `a.txt host:x/NAME`: NAME is a directory, so the file goes into it.
+    DestIsDir,
+    /// `host:x/a.txt DEST`: the source is a file, not a tree.
+    SourceIsFile,
 }
 
 /// A [`Failure`] with this exit code and message.
@@ -47,19 +74,70 @@ pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
+        redo: None,
     }
 }
 
-/// Exit 30 for a connection lost and not re-established within
-/// `--retry-for`, exit 2 for one that could not be made (decided by the
-/// error's variant, not its text).
+/// A failure the front-end answers by running again as `redo` says.
+pub fn redo(redo: Redo, message: impl Into<String>) -> Failure {
+    Failure {
+        redo: Some(redo),
+        ..fail(EXIT_USAGE, message)
+    }
+}
+
+/// The exit code for a transport error, decided by its variant, never its text.
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::ConnectionLost { .. } | Error::Timeout { .. } => EXIT_LOST,
+        Error::Unreachable(_) | Error::Connect(_) => EXIT_CONNECT,
+        Error::Denied(_) => EXIT_DENIED,
+        Error::Refused { .. } | Error::ChannelRefused { .. } => EXIT_NO_SFTP,
+        Error::Protocol { .. } => EXIT_PROTOCOL,
+        // A refusal about one path (e.g. the destination cannot be made).
+        Error::NoSuchFile(_)
+        | Error::PermissionDenied(_)
+        | Error::Failure(_)
+        | Error::Unsupported(_)
+        | Error::BadMessage(_)
+        | Error::Status(_) => EXIT_PARTIAL,
+    }
+}
+
+/// A run-ending transport error, with its [`exit_code`].
 pub fn transport_failure(e: Error) -> Failure {
-    let code = if e.is_connection() {
-        EXIT_LOST
-    } else {
-        EXIT_CONNECT
+    fail(exit_code(&e), e.to_string())
+}
+
+/// Debug builds only: runs `$ROBOSYNC_TEST_BEFORE_TRANSFER` (a shell
+/// command) between planning and sending, so a test can change the source
+/// at exactly that point (a file vanishing, exit 24) without a race.
+fn before_transfer() {
+    #[cfg(debug_assertions)]
+    if let Some(cmd) = std::env::var_os("ROBOSYNC_TEST_BEFORE_TRANSFER") {
+        let _ = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .status();
+    }
+}
+
+/// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
+/// `link_stat … failed`, so a typo in a list never passes silently.
+fn unlisted(args: &Options, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+    let Some(list) = &args.files_list else {
+        return Vec::new();
     };
-    fail(code, e.to_string())
+    list.paths()
+        .into_iter()
+        .filter(|p| !exists(p))
+        .map(|p| {
+            format!(
+                "{}: listed in --files-from but not in the source",
+                robosync_planner::escape(p)
+            )
+        })
+        .collect()
 }
 
 /// Where robosync keeps its state unless told: `$XDG_STATE_HOME/robosync`,
@@ -116,7 +194,12 @@ pub async fn open_pool(
         work,
     )
     .await
-    .map_err(transport_failure)?;
+    .map_err(|e| match exit_code(&e) {
+        // Never connected, so nothing was lost: the login kept failing
+        // (e.g. a ProxyJump host that is down) within --retry-for.
+        EXIT_LOST => fail(EXIT_CONNECT, e.to_string()),
+        _ => transport_failure(e),
+    })?;
     for n in pool.notes.lock().unwrap().drain(..) {
         if n.starts_with("warning") {
             run.warn(n.trim_start_matches("warning: "));
@@ -185,13 +268,17 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         label,
         target,
         options,
+        rename,
     } = job;
     let args = &options;
     let push = direction == Direction::Push;
     let local_root = local_root.as_path();
+    let rename = rename.as_ref();
 
     // The local root, this pair's state and its lock.
     let exists = local_root_exists(direction, local_root)?;
+    // rsync -a's `.`: a push's root takes the source directory's attributes.
+    let root_meta = std::fs::metadata(local_root).ok();
     let abs_local = std::fs::canonicalize(local_root).unwrap_or_else(|_| {
         std::env::current_dir()
             .map(|d| d.join(local_root))
@@ -226,6 +313,10 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             Direction::Pull => Filter::default(),
         };
         let checksum = args.checksum;
+        let progress = Arc::new(robosync_scanner::ScanProgress::default());
+        run.scanning(progress.clone());
+        // A single file pushed is known by its destination name from the scan on.
+        let renamed = rename.filter(|_| push).cloned();
         tokio::task::spawn_blocking(move || {
             // --checksum: every local file read again, never the cache's word.
             let mut cache = if checksum {
@@ -239,12 +330,18 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
                 let opts = ScanOptions {
                     filter,
                     ignore_cache: checksum,
+                    progress: Some(progress),
                 };
                 robosync_scanner::scan(&root, &opts, &mut cache)
             } else {
                 Ok(Snapshot::default())
             };
-            let scanned = snap.map(|snap| {
+            let scanned = snap.map(|mut snap| {
+                if let Some(r) = &renamed {
+                    for e in snap.entries.iter_mut().filter(|e| e.path == r.from) {
+                        e.path = r.to.clone();
+                    }
+                }
                 let _ = count.send(snap.entries.len());
                 if push {
                     let known = local.as_ref().ok().map(|c| &c.manifest);
@@ -260,7 +357,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
     let dry_run = args.dry_run;
     let work = async move { push && !dry_run && work.await.unwrap_or(false) };
     let pool = open_pool(args, run, target, work).await?;
-    run.phase("connected");
+    run.phase(Phase::Scanning);
     {
         // Both sides hold about as many entries (a rerun's, at least).
         let pool = pool.clone();
@@ -311,21 +408,56 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             false => None,
         }
     };
-    let listed = async {
-        let r = futures::join!(destination, list_remote(&pool, &remote_root), remote_copy);
-        run.phase("listed");
-        r
-    };
+    // A single file's run lists its name alone (push: a directory in the
+    // way whole; pull: nothing below, a directory there is refused).
+    let only = rename.map(|r| match direction {
+        Direction::Push => r.to.as_os_str().as_bytes(),
+        Direction::Pull => &b""[..],
+    });
+    let listed = futures::future::join3(
+        destination,
+        list_remote(&pool, &remote_root, only),
+        remote_copy,
+    );
     let scanned = async {
         let r = scan.await.expect("scan task panicked");
-        run.phase("scanned");
+        run.phase(Phase::Listing);
         r
     };
     let ((scanned, cache, local), (made, listing, remote_copy)) = futures::join!(scanned, listed);
+    run.phase(Phase::Planning);
     let _identity = made?;
     let mut listing = listing.map_err(transport_failure)?;
     if !push && listing.root_missing {
-        return Err(crate::pull::missing_source(&pool, &remote_root, &label).await);
+        return Err(crate::pull::missing_source(&pool, &remote_root, &label, rename).await);
+    }
+    if let Some(r) = rename {
+        let there = listing.tree.nodes.get(match direction {
+            Direction::Push => &r.to,
+            Direction::Pull => &r.from,
+        });
+        let is_dir = there.is_some_and(|n| n.kind == Kind::Dir);
+        match direction {
+            Direction::Push if r.or_into && is_dir => {
+                return Err(redo(
+                    Redo::DestIsDir,
+                    format!("{} is a directory", r.to.display()),
+                ));
+            }
+            Direction::Pull if there.is_none() => {
+                return Err(crate::pull::no_source(&label));
+            }
+            Direction::Pull if is_dir => {
+                return Err(fail(
+                    EXIT_USAGE,
+                    format!(
+                        "destination {} is not a directory, and source {label} is one",
+                        local_root.join(&r.to).display()
+                    ),
+                ));
+            }
+            _ => {}
+        }
     }
     let scanned = scanned.map_err(|e| {
         fail(
@@ -338,13 +470,19 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         entries,
         snap,
     } = scanned;
-    let mut errors = Vec::new();
+    let mut errors = match direction {
+        Direction::Push => unlisted(args, |p| local_root.join(p).symlink_metadata().is_ok()),
+        Direction::Pull => unlisted(args, |p| listing.tree.nodes.contains_key(p)),
+    };
     errors.extend(listing.errors.iter().cloned());
-    errors.extend(
-        snap.errors
-            .iter()
-            .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message)),
-    );
+    for e in &snap.errors {
+        let path = robosync_planner::escape(&e.path);
+        if e.vanished && push {
+            run.vanished(&path);
+        } else {
+            errors.push(format!("{path}: {}", e.message));
+        }
+    }
     if push {
         for s in &snap.skipped {
             run.warn(&format!(
@@ -375,7 +513,11 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             (local_tree, dest, Vec::new())
         }
         Direction::Pull => {
-            let source = remote::included(std::mem::take(&mut listing.tree), &filters.sender);
+            let mut source = remote::included(std::mem::take(&mut listing.tree), &filters.sender);
+            if let Some(r) = rename {
+                // The file is known by its local name from here on.
+                crate::pull::rename_node(&mut source, &r.from, &r.to);
+            }
             let (dest, temps) = crate::pull::destination_tree(
                 local_tree, &source, &snap, &filters, local_root, args,
             );
@@ -409,10 +551,25 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             Direction::Push => (&mut dest, &source),
             Direction::Pull => (&mut source, &dest),
         };
-        let same_size = |p: &Path, n: &robosync_planner::Node| {
-            local_tree.nodes.get(p).is_some_and(|l| l.size == n.size)
+        // A pull reads the file under its remote name.
+        let local_name = |p: &Path| match rename {
+            Some(r) if !push && p == r.from => r.to.clone(),
+            _ => p.to_path_buf(),
         };
+        let same_size = |p: &Path, n: &robosync_planner::Node| {
+            local_tree
+                .nodes
+                .get(&local_name(p))
+                .is_some_and(|l| l.size == n.size)
+        };
+        let renamed = rename.filter(|_| !push);
+        if let Some(r) = renamed {
+            crate::pull::rename_node(remote_tree, &r.to, &r.from);
+        }
         errors.extend(remote::hash_files(&pool, &remote_root, remote_tree, same_size).await);
+        if let Some(r) = renamed {
+            crate::pull::rename_node(remote_tree, &r.from, &r.to);
+        }
     } else if !push {
         // A remote file whose stat still matches what robosync fetched last
         // time has the content recorded then: the planner sees it unchanged.
@@ -438,10 +595,10 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         &opts,
         args.dry_run,
     )?;
+    errors.extend(plan.refused.iter().cloned());
     for w in &plan.warnings {
         run.warn(w);
     }
-    run.phase("planned");
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
         pool.close().await;
@@ -475,6 +632,10 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             dirs_in_place: in_place,
             temps: Default::default(),
             root_real: Default::default(),
+            local_names: rename
+                .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
+                .unwrap_or_default(),
+            hard_links: args.hard_links,
         })),
         Some(root) => {
             let root = root.expect("a real run opens its destination");
@@ -491,6 +652,9 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
                 manifest: Mutex::new(manifest),
                 data: push::ReadAhead::for_sessions(pool.capacity()),
                 dirs_in_place: in_place,
+                remote_names: rename
+                    .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
+                    .unwrap_or_default(),
             }))
         }
     };
@@ -522,6 +686,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             Ok::<_, Error>((s, h))
         })
     });
+    before_transfer();
     let mut run_errors = executor.execute(content, false).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(executor.execute(deletes, true).await);
@@ -531,8 +696,23 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             deletes.len()
         ));
     }
+    if run_errors.is_empty() && errors.is_empty() && rename.is_none() {
+        // rsync -a's `.`: the sync root takes the source directory's mode
+        // and mtime, after its contents changed it.
+        let set = match &executor {
+            Executor::Upload(job) => job.set_root_attrs(root_meta.as_ref()).await,
+            Executor::Download(job) => job.set_root_attrs().await,
+        };
+        if let Err(e) = set {
+            let shown = match direction {
+                Direction::Push => label.clone(),
+                Direction::Pull => local_root.display().to_string(),
+            };
+            run_errors.push(format!("cannot set attributes of {shown}: {e}"));
+        }
+    }
     ticker.abort();
-    run.phase("transferred");
+    run.phase(Phase::Recording);
     errors.extend(run_errors);
     if push && errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
         if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
@@ -573,7 +753,6 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         }
     }
     errors.extend(recorded.await.expect("recording the manifest panicked"));
-    run.phase("recorded the manifest");
 
     // Temp files no attempt will resume.
     match &executor {
@@ -590,7 +769,6 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
     drop(local_lease);
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
-    run.phase("closed");
     unless_lost(run, &pool, errors)
 }
 
@@ -872,14 +1050,31 @@ async fn prepare_destination(
         s.realpath(remote_root)
     );
     let mut real = real;
-    if !there.is_ok_and(|a| a.is_dir()) {
+    if !there.as_ref().is_ok_and(|a| a.is_dir()) {
+        // A file there: what rsync calls "destination must be a directory".
+        let file = there.is_ok_and(|a| !a.is_symlink());
         // Missing parents, or not a directory: the careful way, with its errors.
-        if let Err(e) = push::mkdir_p(s, remote_root).await {
+        let made = match file {
+            true => Ok(()),
+            false => push::mkdir_p(s, remote_root).await,
+        };
+        if file || made.is_err() {
             if let Ok(h) = &opened {
                 // An empty lease of ours must not stay behind.
                 s.close_detached(h);
                 let _ = s.remove(&join(remote_root, b".robosync/lock")).await;
             }
+        }
+        if file {
+            return Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "destination {} is not a directory: a directory or several sources need one (as rsync)",
+                    String::from_utf8_lossy(remote_root)
+                ),
+            ));
+        }
+        if let Err(e) = made {
             return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
         }
         let _ = s.mkdir(&state, &private).await;
@@ -904,8 +1099,13 @@ async fn prepare_destination(
 /// Lists the remote tree; when the link drops meanwhile, lists it again
 /// from the start once the pool has reconnected (a listing changes nothing,
 /// so starting over is safe).
-pub async fn list_remote(pool: &Arc<Pool>, root: &[u8]) -> Result<remote::Listing, Error> {
-    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES)).await
+/// `only`: see [`remote::list`].
+pub async fn list_remote(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    only: Option<&[u8]>,
+) -> Result<remote::Listing, Error> {
+    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES, only)).await
 }
 
 /// Runs `op`, which must be safe to repeat (it reads, or its changes are
@@ -946,7 +1146,7 @@ pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<St
     }
 }
 
-/// The plan, or the `--delete` guard that refuses it (exit 3). A dry run
+/// The plan, or the `--delete` guard that refuses it (exit 25). A dry run
 /// gets the whole plan, deletions included, and the guard a real run would
 /// stop at.
 pub fn plan_guarded(
@@ -1015,7 +1215,21 @@ pub fn start_journal(
         run_id: manifest.run_id,
         unix: manifest.written_at_unix,
     });
-    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+    let files = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Copy { .. } | Action::Delta { .. } | Action::Symlink { .. }
+            )
+        })
+        .count();
+    run.set_total(
+        plan.bytes_to_send(robosync_scanner::BLOCK_SIZE),
+        files as u64,
+    );
+    run.phase(Phase::Transferring);
     Ok(())
 }
 
@@ -1065,6 +1279,7 @@ pub async fn close_run(
     paths: &robosync_manifest::StatePaths,
     verbose: bool,
 ) {
+    run.phase(Phase::Closing);
     // None: the scan left it as loaded, and rewriting it would only cost a sync.
     if let Some(Err(e)) = cache.map(|c| c.save(&paths.stat_cache)) {
         run.warn(&format!(
@@ -1181,7 +1396,7 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
     }
     match std::io::Error::last_os_error() {
         e if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
-            EXIT_GUARD,
+            EXIT_BUSY,
             format!(
                 "another robosync run is syncing this source and destination (it holds {}); \
                  this run did nothing: try again when that one has finished",
@@ -1222,7 +1437,7 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let private = private_attrs(0o600);
     match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
-        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+        Err(Error::NoSuchFile(_)) => {
             push::mkdir_p(s, dir).await?;
             s.open(&tmp, flags, &private).await
         }
