@@ -407,9 +407,13 @@ impl Pull {
             blocks: Vec::new(),
         };
         let fd = rustix::fs::openat(&self.root.fd, ".", DIR_FLAGS, Mode::empty());
-        fd.map_err(io::Error::from)
-            .and_then(|d| set_file_attrs(&d, &n))
-            .map_err(|e| e.to_string())
+        let fd = fd.map_err(|e| e.to_string())?;
+        // Already right: left alone, as every directory in place.
+        let st = rustix::fs::fstat(&fd).map_err(|e| e.to_string())?;
+        if st.st_mode & 0o7777 == n.mode & MODE_MASK && st.st_mtime as i64 == n.mtime {
+            return Ok(());
+        }
+        set_file_attrs(&fd, &n).map_err(|e| e.to_string())
     }
 
     fn set_dir_attrs(&self, touched: &HashSet<PathBuf>) -> Vec<String> {

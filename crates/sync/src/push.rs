@@ -298,19 +298,34 @@ pub struct Push {
 
 impl Push {
     /// rsync -a's `.`: the remote root takes the source directory's mode
-    /// and mtime (`meta`, read when the run started).
-    pub async fn set_root_attrs(&self, meta: Option<&std::fs::Metadata>) -> Result<(), String> {
+    /// and mtime (`meta`, read when the run started). Unless `touched`
+    /// (something inside was made, renamed or removed), a root already
+    /// right is left alone, as every directory in place.
+    pub async fn set_root_attrs(
+        &self,
+        meta: Option<&std::fs::Metadata>,
+        touched: bool,
+    ) -> Result<(), String> {
         use std::os::unix::fs::MetadataExt;
         let Some(meta) = meta else {
             return Ok(());
         };
         let t = meta.mtime().clamp(0, u32::MAX as i64) as u32;
+        let mode = meta.mode() & 0o7777;
+        let root = &self.remote_root;
+        if !touched {
+            let now = crate::sync::on_session(&self.pool, |s| async move { s.stat(root).await });
+            if now.await.is_ok_and(|a| {
+                a.permissions.map(|p| p & 0o7777) == Some(mode) && a.mtime() == Some(t)
+            }) {
+                return Ok(());
+            }
+        }
         let attrs = Attrs {
-            permissions: Some(meta.mode() & 0o7777),
+            permissions: Some(mode),
             times: Some((t, t)),
             ..Default::default()
         };
-        let root = &self.remote_root;
         crate::sync::on_session(&self.pool, |s| {
             let attrs = attrs.clone();
             async move { s.setstat(root, &attrs).await }

@@ -686,6 +686,10 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             Ok::<_, Error>((s, h))
         })
     });
+    let root_touched = dirs_touched(&content)
+        .into_iter()
+        .chain(dirs_touched(&deletes))
+        .any(|d| d.as_os_str().is_empty());
     before_transfer();
     let mut run_errors = executor.execute(content, false).await;
     if run_errors.is_empty() && errors.is_empty() {
@@ -700,7 +704,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         // rsync -a's `.`: the sync root takes the source directory's mode
         // and mtime, after its contents changed it.
         let set = match &executor {
-            Executor::Upload(job) => job.set_root_attrs(root_meta.as_ref()).await,
+            Executor::Upload(job) => job.set_root_attrs(root_meta.as_ref(), root_touched).await,
             Executor::Download(job) => job.set_root_attrs().await,
         };
         if let Err(e) = set {
