@@ -68,6 +68,7 @@ pub async fn pull_run(
         filters,
         ref label,
         ref rename,
+        creatable,
     } = roots;
     let rename = rename.as_ref();
     let exists = match std::fs::metadata(local_root) {
@@ -256,6 +257,17 @@ pub async fn pull_run(
     });
 
     if !exists && !args.dry_run {
+        let root = local_root.as_os_str().as_bytes();
+        if let Some(p) = crate::sync::required_parent(root, creatable) {
+            let p = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&p));
+            if !p.is_dir() {
+                return Err(crate::sync::parent_missing(
+                    root,
+                    p.as_os_str().as_bytes(),
+                    creatable,
+                ));
+            }
+        }
         std::fs::create_dir_all(local_root).map_err(|e| {
             fail(
                 EXIT_USAGE,
