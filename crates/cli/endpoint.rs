@@ -101,16 +101,7 @@ pub fn last_component(path: &[u8]) -> &[u8] {
     }
 }
 
-/// `path` without trailing slashes (`/` stays `/`).
-pub fn trim_slashes(path: &[u8]) -> &[u8] {
-    let mut end = path.len();
-    while end > 1 && path[end - 1] == b'/' {
-        end -= 1;
-    }
-    &path[..end]
-}
-
-pub use robosync_sync::{join, os};
+pub use robosync_sync::{join, os, parent_of, trim_slashes};
 
 #[cfg(test)]
 mod tests {

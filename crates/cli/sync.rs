@@ -15,7 +15,7 @@ use robosync_sync::{
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{SessionOptions, Target};
 
-use crate::endpoint::{join, Endpoint};
+use crate::endpoint::{join, parent_of, Endpoint};
 use crate::run::{Run, RunOptions};
 use crate::Args;
 
@@ -126,6 +126,7 @@ async fn sync_one(
         target,
         options: options(args),
         rename: roots.rename,
+        creatable: roots.creatable,
     };
     let report = robosync_sync::run(job, run.clone()).await;
     run.ran(&report.stats);
@@ -324,6 +325,7 @@ async fn go_one(
                             remote,
                             filters: filters.clone(),
                             rename: None,
+                            creatable: creatable(args, if is_contents(src) { 1 } else { 2 }),
                         }
                     }
                 };
@@ -351,6 +353,7 @@ async fn go_one(
                     filters,
                     label: src.label(),
                     rename: None,
+                    creatable: creatable(args, if is_contents(src) { 1 } else { 2 }),
                 };
                 match sync_one(args, run, Direction::Pull, target.clone(), roots).await {
                     Err(f) if f.redo == Some(Redo::SourceIsFile) => {}
@@ -392,6 +395,8 @@ struct Roots {
     filters: Filters,
     label: String,
     rename: Option<Rename>,
+    /// See [`Job::creatable`].
+    creatable: usize,
 }
 
 /// A single-file push, as rsync: `a.txt host:x/` (or `into`, once the
@@ -418,6 +423,8 @@ fn single_file(
         _ => PathBuf::from("."),
     };
     let (root, to, or_into) = file_target(dest, name, into);
+    // Into DEST (which may be made), or as DEST's own name in its parent.
+    let made = usize::from(root == crate::endpoint::trim_slashes(dest));
     let filters = one_name(
         name,
         &to,
@@ -435,6 +442,7 @@ fn single_file(
             to: crate::endpoint::os(&to),
             or_into,
         }),
+        creatable: creatable(args, made),
     }))
 }
 
@@ -447,6 +455,7 @@ fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<R
     let into = std::fs::metadata(dest).is_ok_and(|m| m.is_dir());
     // (A local DEST is known to be a directory or not already.)
     let (local, to, _) = file_target(d, name, into);
+    let made = usize::from(local == crate::endpoint::trim_slashes(d));
     let local = if local.is_empty() {
         PathBuf::from(".")
     } else {
@@ -469,7 +478,17 @@ fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<R
             to: crate::endpoint::os(&to),
             or_into: false,
         }),
+        creatable: creatable(args, made),
     })
+}
+
+/// [`Roots::creatable`]: `n`, or any number with `--mkpath`.
+fn creatable(args: &Args, n: usize) -> usize {
+    if args.mkpath {
+        usize::MAX
+    } else {
+        n
+    }
 }
 
 /// Where a file named `name` lands for destination `dest`: (directory, name
@@ -484,16 +503,6 @@ fn file_target(dest: &[u8], name: &[u8], into: bool) -> (Vec<u8>, Vec<u8>, bool)
     }
     let dir = parent_of(crate::endpoint::trim_slashes(dest));
     (dir, last.to_vec(), true)
-}
-
-/// The directory part of a slash-trimmed path: "" (the login or current
-/// directory) when it has none, `/` for a top-level name.
-fn parent_of(path: &[u8]) -> Vec<u8> {
-    match path.iter().rposition(|&b| b == b'/') {
-        Some(0) => b"/".to_vec(),
-        Some(i) => path[..i].to_vec(),
-        None => Vec::new(),
-    }
 }
 
 /// A rule pattern matching exactly `name` at the sync root.

@@ -52,8 +52,8 @@ mod sync;
 pub use robosync_scanner::ScanProgress;
 pub use sync::{
     default_state_dir, exit_code, fail, redo, Failure, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_DENIED,
-    EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION, EXIT_USAGE,
-    EXIT_VANISHED,
+    EXIT_FILE_IO, EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION,
+    EXIT_USAGE, EXIT_VANISHED,
 };
 
 /// Which way the bytes go.
@@ -140,6 +140,10 @@ pub struct Job {
     /// A single file's run: its names on each side (the roots are its
     /// directories, the filters select it alone).
     pub rename: Option<Rename>,
+    /// How many trailing components of the destination root this run may
+    /// create: as rsync, DEST itself and the source's own name, never
+    /// DEST's parents (`usize::MAX` with `--mkpath`).
+    pub creatable: usize,
 }
 
 /// What the run is doing: shown on a progress line, timed with `-vv`.
@@ -307,6 +311,25 @@ pub fn join(a: &[u8], b: &[u8]) -> Vec<u8> {
     }
     v.extend_from_slice(b);
     v
+}
+
+/// The directory part of a slash-trimmed path: "" (the login or current
+/// directory) when it has none, `/` for a top-level name.
+pub fn parent_of(path: &[u8]) -> Vec<u8> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// `path` without trailing slashes (`/` stays `/`).
+pub fn trim_slashes(path: &[u8]) -> &[u8] {
+    let mut end = path.len();
+    while end > 1 && path[end - 1] == b'/' {
+        end -= 1;
+    }
+    &path[..end]
 }
 
 /// Path bytes as a path.

@@ -159,12 +159,19 @@ pub fn open_destination(
     args: &Options,
     local_root: &Path,
     exists: bool,
+    creatable: usize,
     held: &mut LocalLeases,
 ) -> Result<Option<LocalRoot>, Failure> {
     if !exists && args.dry_run {
         return Ok(None);
     }
     if !exists {
+        let root = local_root.as_os_str().as_bytes();
+        if let Some(p) = crate::sync::required_parent(root, creatable) {
+            if !os(&p).is_dir() {
+                return Err(crate::sync::parent_missing(root, &p, creatable));
+            }
+        }
         std::fs::create_dir_all(local_root).map_err(|e| {
             fail(
                 EXIT_USAGE,

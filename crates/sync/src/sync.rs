@@ -29,6 +29,8 @@ pub const EXIT_SELECTION: i32 = 3;
 pub const EXIT_NO_SFTP: i32 = 5;
 /// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
 pub const EXIT_CONNECT: i32 = 10;
+/// The destination cannot be made: its parent is missing (rsync 11: error in file I/O).
+pub const EXIT_FILE_IO: i32 = 11;
 /// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
 pub const EXIT_PROTOCOL: i32 = 12;
 /// Some entries failed, the rest landed (rsync 23).
@@ -120,6 +122,43 @@ fn before_transfer() {
             .arg(cmd)
             .status();
     }
+}
+
+/// The ancestor of `root` that must exist when the run may create only its
+/// last `creatable` components; `None` when that is the login directory or
+/// `/` (which always exist) or nothing is required.
+pub fn required_parent(root: &[u8], creatable: usize) -> Option<Vec<u8>> {
+    let mut p = crate::trim_slashes(root).to_vec();
+    for _ in 0..creatable {
+        if p.is_empty() || p == b"/" || p == b"." {
+            return None;
+        }
+        p = crate::parent_of(&p);
+    }
+    let p = crate::trim_slashes(&p).to_vec();
+    (!p.is_empty() && p != b"/" && p != b".").then_some(p)
+}
+
+/// The failure for a destination whose `parent` is missing, as rsync's:
+/// 11 when a directory could not be made, 3 when a file's directory is
+/// missing (rsync's change_dir failure).
+pub fn parent_missing(root: &[u8], parent: &[u8], creatable: usize) -> Failure {
+    let (root, parent) = (
+        String::from_utf8_lossy(root),
+        String::from_utf8_lossy(parent),
+    );
+    fail(
+        if creatable == 0 {
+            EXIT_SELECTION
+        } else {
+            EXIT_FILE_IO
+        },
+        format!(
+            "cannot create destination {root}: {parent} does not exist (robosync, like rsync, \
+             makes only the destination itself, not its parents): create {parent} first, or \
+             pass --mkpath"
+        ),
+    )
 }
 
 /// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
@@ -269,6 +308,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         target,
         options,
         rename,
+        creatable,
     } = job;
     let args = &options;
     let push = direction == Direction::Push;
@@ -393,7 +433,8 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         // MKDIRs are idempotent, and the lease knows its own.
         let mut s = session.clone();
         loop {
-            match prepare_destination(&pool, &s, &remote_root, &state_dir, &label).await {
+            match prepare_destination(&pool, &s, &remote_root, &state_dir, &label, creatable).await
+            {
                 Err(f) if f.code == EXIT_LOST => {
                     pool.repair().await.map_err(transport_failure)?;
                     s = pool.session().await.map_err(transport_failure)?;
@@ -531,6 +572,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
             args,
             local_root,
             exists,
+            creatable,
             &mut local_lease,
         )?),
         Direction::Push => None,
@@ -1030,6 +1072,7 @@ async fn prepare_destination(
     remote_root: &[u8],
     state_dir: &Path,
     dest_label: &str,
+    creatable: usize,
 ) -> Result<std::fs::File, Failure> {
     let lost_or = |code: i32, what: &str, e: Error| {
         let code = if e.is_connection() { EXIT_LOST } else { code };
@@ -1046,7 +1089,13 @@ async fn prepare_destination(
     // The lease's EXCL open and the REALPATH go in the same flight,
     // after the MKDIRs (one channel's requests are answered in order).
     let (_, _, _, there, opened, real) = futures::join!(
-        s.mkdir(remote_root, &plain),
+        async {
+            // A file's own directory is never made (rsync: change_dir fails).
+            match creatable {
+                0 => Ok(()),
+                _ => s.mkdir(remote_root, &plain).await,
+            }
+        },
         s.mkdir(&state, &private),
         s.setstat(&state, &private),
         s.lstat(remote_root),
@@ -1058,11 +1107,16 @@ async fn prepare_destination(
         // A file there: what rsync calls "destination must be a directory".
         let file = there.is_ok_and(|a| !a.is_symlink());
         // Missing parents, or not a directory: the careful way, with its errors.
-        let made = match file {
+        let parent = required_parent(remote_root, creatable);
+        let missing = match &parent {
+            Some(p) if !file => !s.stat(p).await.is_ok_and(|a| a.is_dir()),
+            _ => false,
+        };
+        let made = match file || missing {
             true => Ok(()),
             false => push::mkdir_p(s, remote_root).await,
         };
-        if file || made.is_err() {
+        if file || missing || made.is_err() {
             if let Ok(h) = &opened {
                 // An empty lease of ours must not stay behind.
                 s.close_detached(h);
@@ -1077,6 +1131,9 @@ async fn prepare_destination(
                     String::from_utf8_lossy(remote_root)
                 ),
             ));
+        }
+        if let (true, Some(p)) = (missing, &parent) {
+            return Err(parent_missing(remote_root, p, creatable));
         }
         if let Err(e) = made {
             return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
