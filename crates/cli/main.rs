@@ -1,8 +1,11 @@
 //! robosync: resumable, parallel bulk transfers over SFTP alone, for HPC
 //! automation ("robot") nodes that allow nothing but sftp-server.
 //!
-//! This binary is thin: it parses arguments, wires the library crates
-//! (scanner → planner ← transport, manifest) together and reports.
+//! The binary turns arguments into `robosync_sync::Job`s (`sync.rs`: the
+//! path forms, the host as `ssh HOST` resolves it, the auth hook), runs
+//! each with an observer that draws progress and itemises (`run.rs`), and
+//! maps the outcome to one exit code and, with `--json`, one report
+//! (`report.rs`). The sync itself is written once, in robosync-sync.
 //!
 //! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
 //! written for rsync read them right), decided by typed error variants
