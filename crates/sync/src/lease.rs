@@ -39,8 +39,9 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::Error;
 use robosync_transport::{Pool, Sftp};
 
+use crate::failure::{fail, Failure, EXIT_BUSY, EXIT_LOST, EXIT_PARTIAL};
 use crate::join;
-use crate::sync::{fail, now_unix, Failure, EXIT_BUSY, EXIT_LOST, EXIT_PARTIAL};
+use crate::now_unix;
 
 /// How often a held remote lease's mtime is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -275,7 +276,7 @@ pub async fn take_remote(
             Err(Error::Failure(_)) => {}
             Err(e) => return Err(cannot(e)),
         }
-        let (attrs, content) = futures::join!(s.lstat(&path), crate::sync::read_small(s, &path));
+        let (attrs, content) = futures::join!(s.lstat(&path), crate::remote::read_small(s, &path));
         let attrs = match attrs {
             Ok(a) => a,
             // Released meanwhile: try again.
@@ -314,7 +315,7 @@ pub async fn take_remote(
             Err(Error::NoSuchFile(_)) => continue,
             Err(e) => return Err(cannot(e)),
         }
-        let moved = crate::sync::read_small(s, &aside).await;
+        let moved = crate::remote::read_small(s, &aside).await;
         if moved != content {
             let _ = s.rename(&aside, &path).await;
             let holder = moved.as_deref().and_then(Holder::decode);
@@ -361,7 +362,8 @@ impl RemoteLease {
         // trips, +150 ms a run at 50 ms). Otherwise, only if it is still ours.
         let fresh =
             now_unix() - self.confirmed.load(Ordering::Relaxed) < STALE_AFTER.as_secs() as i64 / 2;
-        if fresh || crate::sync::read_small(&s, &self.path).await.as_deref() == Some(&self.mine[..])
+        if fresh
+            || crate::remote::read_small(&s, &self.path).await.as_deref() == Some(&self.mine[..])
         {
             let _ = s.remove(&self.path).await;
         }
@@ -372,7 +374,7 @@ impl RemoteLease {
 /// lease is live (a dry run takes none).
 pub async fn peek_remote(s: &Sftp, root: &[u8]) -> Option<String> {
     let path = join(root, LEASE);
-    let (attrs, content) = futures::join!(s.lstat(&path), crate::sync::read_small(s, &path));
+    let (attrs, content) = futures::join!(s.lstat(&path), crate::remote::read_small(s, &path));
     let refreshed = now_unix() - i64::from(attrs.ok()?.times?.1);
     let holder = content.as_deref().and_then(Holder::decode);
     if refreshed > STALE_AFTER.as_secs() as i64 || holder.as_ref().is_some_and(Holder::is_dead_here)
@@ -518,7 +520,7 @@ pub fn hold_identity(state_dir: &Path, identity: &str, label: &str) -> Result<Fi
     let path = dir.join(&key[..32]);
     let cannot = |e: std::io::Error| {
         fail(
-            crate::sync::EXIT_USAGE,
+            crate::failure::EXIT_USAGE,
             format!("cannot lock {}: {e}", path.display()),
         )
     };

@@ -41,6 +41,8 @@ use std::time::Duration;
 use robosync_scanner::Filters;
 use robosync_transport::Target;
 
+mod dirs;
+mod failure;
 mod lease;
 mod pull;
 mod push;
@@ -49,12 +51,13 @@ mod run;
 mod space;
 mod sync;
 
-pub use robosync_scanner::ScanProgress;
-pub use sync::{
-    default_state_dir, exit_code, fail, redo, Failure, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_DENIED,
-    EXIT_FILE_IO, EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION,
-    EXIT_USAGE, EXIT_VANISHED,
+pub use failure::{
+    exit_code, fail, redo, Failure, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_DENIED, EXIT_FILE_IO,
+    EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION, EXIT_USAGE,
+    EXIT_VANISHED,
 };
+pub use robosync_scanner::ScanProgress;
+pub use sync::default_state_dir;
 
 /// Which way the bytes go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -330,6 +333,14 @@ pub fn trim_slashes(path: &[u8]) -> &[u8] {
         end -= 1;
     }
     &path[..end]
+}
+
+/// Seconds since the Unix epoch, now.
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// Path bytes as a path.

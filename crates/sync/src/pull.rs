@@ -33,10 +33,11 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 
+use crate::failure::{fail, redo, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
 use crate::push::{temp_for, Partial};
+use crate::remote::on_session;
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
-use crate::sync::{fail, on_session, redo, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
 use crate::Options;
 use crate::{join, os};
 
@@ -167,9 +168,9 @@ pub fn open_destination(
     }
     if !exists {
         let root = local_root.as_os_str().as_bytes();
-        if let Some(p) = crate::sync::required_parent(root, creatable) {
+        if let Some(p) = crate::failure::required_parent(root, creatable) {
             if !os(&p).is_dir() {
-                return Err(crate::sync::parent_missing(root, &p, creatable));
+                return Err(crate::failure::parent_missing(root, &p, creatable));
             }
         }
         std::fs::create_dir_all(local_root).map_err(|e| {
@@ -273,7 +274,7 @@ impl Pull {
     /// first), then files and links concurrently, then directory attributes.
     /// `removals`: these are the `--delete` removals (`--backup-dir` applies).
     pub async fn execute(self: &Arc<Self>, actions: Vec<Action>, removals: bool) -> Vec<String> {
-        let touched = crate::sync::dirs_touched(&actions);
+        let touched = crate::dirs::dirs_touched(&actions);
         let mut errors = Vec::new();
         let mut files = Vec::new();
         for a in actions {

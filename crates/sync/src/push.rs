@@ -314,7 +314,7 @@ impl Push {
         let mode = meta.mode() & 0o7777;
         let root = &self.remote_root;
         if !touched {
-            let now = crate::sync::on_session(&self.pool, |s| async move { s.stat(root).await });
+            let now = crate::remote::on_session(&self.pool, |s| async move { s.stat(root).await });
             if now.await.is_ok_and(|a| {
                 a.permissions.map(|p| p & 0o7777) == Some(mode) && a.mtime() == Some(t)
             }) {
@@ -326,7 +326,7 @@ impl Push {
             times: Some((t, t)),
             ..Default::default()
         };
-        crate::sync::on_session(&self.pool, |s| {
+        crate::remote::on_session(&self.pool, |s| {
             let attrs = attrs.clone();
             async move { s.setstat(root, &attrs).await }
         })
@@ -358,7 +358,7 @@ impl Push {
         let mut errors = Vec::new();
         // Directories whose attributes this call may disturb: new ones, and
         // those where something is created, renamed or removed.
-        let touched = crate::sync::dirs_touched(&actions);
+        let touched = crate::dirs::dirs_touched(&actions);
         // Deletions before any directory are wrong-kind removals; the plan's
         // trailing `--delete` removals arrive in their own call (all Deletes).
         let (mut pre, mut dirs, mut files) = (Vec::new(), Vec::new(), Vec::new());

@@ -3,6 +3,11 @@
 //!
 //! Names from the server are not trusted: anything that is not a single plain
 //! path component is reported and skipped.
+//!
+//! Also the remote operations a run repeats on a new session when the link
+//! drops ([`on_session`]), and robosync's small state files at the
+//! destination (the manifest copy, the lease): read whole, written under a
+//! temp name and renamed into place.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -335,7 +340,7 @@ async fn remote_digest(
     use robosync_scanner::BLOCK_SIZE;
     let changed = || Error::Connect(format!("{} changed while it was read", escape(&os(path))));
     if size <= BLOCK_SIZE {
-        let data = crate::push::read_range(s, path, 0, size).await?;
+        let data = s.read_range(path, 0, size).await?;
         if data.len() as u64 != size {
             return Err(changed());
         }
@@ -344,7 +349,7 @@ async fn remote_digest(
     let blocks: Vec<[u8; 32]> = futures::stream::iter(0..size.div_ceil(BLOCK_SIZE))
         .map(|i| async move {
             let len = (size - i * BLOCK_SIZE).min(BLOCK_SIZE);
-            let data = crate::push::read_range(s, path, i * BLOCK_SIZE, len).await?;
+            let data = s.read_range(path, i * BLOCK_SIZE, len).await?;
             if data.len() as u64 != len {
                 return Err(changed());
             }
@@ -357,6 +362,146 @@ async fn remote_digest(
         whole: robosync_scanner::whole_from_blocks(&blocks),
         blocks,
     })
+}
+
+/// The most entries a remote listing may hold before we call the server absurd.
+pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
+
+/// Lists the remote tree; when the link drops meanwhile, lists it again
+/// from the start once the pool has reconnected (a listing changes nothing,
+/// so starting over is safe).
+/// `only`: see [`list`].
+pub async fn list_remote(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    only: Option<&[u8]>,
+) -> Result<Listing, Error> {
+    on_session(pool, |_| list(pool, root, MAX_REMOTE_ENTRIES, only)).await
+}
+
+/// Runs `op`, which must be safe to repeat (it reads, or its changes are
+/// idempotent), on a live session; when the link drops meanwhile, runs it
+/// again once the pool has reconnected.
+/// Gives up when reconnecting does (see [`Pool::repair`]) or after
+/// [`RESTARTS`] drops in one operation.
+pub async fn on_session<T, F, Fut>(pool: &Pool, op: F) -> Result<T, Error>
+where
+    F: Fn(Arc<robosync_transport::Sftp>) -> Fut,
+    Fut: std::future::Future<Output = Result<T, Error>>,
+{
+    let mut restarts = 0;
+    loop {
+        match op(pool.session().await?).await {
+            Err(e) if e.is_connection() && restarts < RESTARTS => {
+                restarts += 1;
+                pool.repair().await?;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// A link that drops this often during one operation will not let it finish.
+const RESTARTS: usize = 10;
+
+/// Reads a small remote file, or `None` if it cannot be read. Two round
+/// trips: OPEN, then FSTAT and reads of the first 4 MiB in one flight
+/// (reads past the end just answer EOF); a bigger file costs one more pass.
+pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec<u8>> {
+    const AHEAD: u64 = 4 << 20;
+    let h = s
+        .open(
+            path,
+            robosync_transport::proto::FXF_READ,
+            &Default::default(),
+        )
+        .await
+        .ok()?;
+    let chunk = s.limits.max_read.max(1) as u64;
+    let reads = (0..AHEAD.div_ceil(chunk)).map(|k| s.read(&h, k * chunk, chunk as u32));
+    let (attrs, parts) = futures::join!(s.fstat(&h), futures::future::join_all(reads));
+    s.close_detached(&h);
+    let size = attrs.ok()?.size?;
+    if size > (4u64 << 30) {
+        return None;
+    }
+    let mut out = Vec::with_capacity(size as usize);
+    for p in parts {
+        // A short read ends what the speculative reads can be trusted for.
+        match p.ok()? {
+            Some(bytes) if bytes.len() as u64 == chunk => out.extend_from_slice(&bytes),
+            Some(bytes) => {
+                out.extend_from_slice(&bytes);
+                break;
+            }
+            None => break,
+        }
+    }
+    if (out.len() as u64) < size {
+        let rest = s
+            .read_range(path, out.len() as u64, size - out.len() as u64)
+            .await
+            .ok()?;
+        out.extend_from_slice(&rest);
+    }
+    (out.len() as u64 == size).then_some(out)
+}
+
+/// Writes a small remote file atomically (temp + rename) in three round
+/// trips: OPEN (creating the directory only if that fails), WRITEs and CLOSE
+/// as one ordered batch, RENAME.
+pub async fn write_small(
+    s: &robosync_transport::Sftp,
+    path: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
+    let h = open_small(s, path).await?;
+    finish_small(s, &h, path, data).await
+}
+
+/// [`write_small`]'s first step: opens (empties) `path`'s temp file, making
+/// its directory if missing. Returns the handle.
+pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec<u8>, Error> {
+    use robosync_transport::proto::{FXF_CREAT, FXF_TRUNC, FXF_WRITE};
+    let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
+    let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
+    let tmp = small_tmp(path);
+    let private = private_attrs(0o600);
+    match s.open(&tmp, flags, &private).await {
+        Ok(h) => Ok(h),
+        Err(Error::NoSuchFile(_)) => {
+            s.mkdir_p(dir).await?;
+            s.open(&tmp, flags, &private).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`write_small`]'s rest: `data` into the temp file opened as `h` on `s`,
+/// then the temp file renamed over `path`.
+pub async fn finish_small(
+    s: &robosync_transport::Sftp,
+    h: &[u8],
+    path: &[u8],
+    data: &[u8],
+) -> Result<(), Error> {
+    // FSETSTAT too: a temp left by an older run keeps its mode through OPEN.
+    s.write_and_close(h, 0, data, Some(&private_attrs(0o600)))
+        .await
+        .map_err(|e| e.at_path(&small_tmp(path)))?;
+    s.rename(&small_tmp(path), path).await
+}
+
+/// Attributes that set only the permission bits.
+pub fn private_attrs(mode: u32) -> robosync_transport::proto::Attrs {
+    robosync_transport::proto::Attrs {
+        permissions: Some(mode),
+        ..Default::default()
+    }
+}
+
+pub fn small_tmp(path: &[u8]) -> Vec<u8> {
+    [path, b".tmp"].concat()
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub async fn remote_temps(
     pool: &std::sync::Arc<robosync_transport::Pool>,
     root: &[u8],
 ) -> Option<(u64, usize)> {
-    let listing = crate::remote::list(pool, root, crate::sync::MAX_REMOTE_ENTRIES, None)
+    let listing = crate::remote::list(pool, root, crate::remote::MAX_REMOTE_ENTRIES, None)
         .await
         .ok()?;
     let s = pool.session().await.ok()?;

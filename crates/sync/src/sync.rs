@@ -15,101 +15,17 @@ use robosync_planner::{plan, Action, Kind, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache};
 use robosync_transport::{Error, Pool, PoolOptions, Target};
 
-use crate::join;
+use crate::dirs::{dirs_in_place, dirs_touched, mode_mask};
+use crate::failure::{
+    exit_code, fail, parent_missing, redo, required_parent, transport_failure, Failure, Redo,
+    EXIT_BUSY, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_USAGE,
+};
+use crate::remote::{
+    finish_small, list_remote, on_session, open_small, private_attrs, read_small, small_tmp,
+    write_small,
+};
 use crate::run::Run;
-use crate::{push, remote, Direction, Job, Options, Phase};
-
-// The exit codes (documented in the binary and the README): rsync's numbers
-// where the meaning matches, so cron wrappers written for rsync keep working.
-/// Usage or configuration error (as rsync 1).
-pub const EXIT_USAGE: i32 = 1;
-/// File selection error: a rules or list file that cannot be read (rsync 3).
-pub const EXIT_SELECTION: i32 = 3;
-/// The server would not start SFTP (rsync 5: error starting client-server protocol).
-pub const EXIT_NO_SFTP: i32 = 5;
-/// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
-pub const EXIT_CONNECT: i32 = 10;
-/// The destination cannot be made: its parent is missing (rsync 11: error in file I/O).
-pub const EXIT_FILE_IO: i32 = 11;
-/// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
-pub const EXIT_PROTOCOL: i32 = 12;
-/// Some entries failed, the rest landed (rsync 23).
-pub const EXIT_PARTIAL: i32 = 23;
-/// Some source files vanished during the run, and nothing else failed (rsync 24).
-pub const EXIT_VANISHED: i32 = 24;
-/// A `--delete` guard stopped the deletions (rsync 25: --max-delete limit).
-pub const EXIT_GUARD: i32 = 25;
-/// Connection lost and not re-established within `--retry-for` (rsync 30: timeout).
-pub const EXIT_LOST: i32 = 30;
-/// Another run holds this destination: sysexits' EX_TEMPFAIL ("try again
-/// later"); rsync has no such code, and its 35 means a daemon timeout.
-pub const EXIT_BUSY: i32 = 75;
-/// Authentication refused or host key not accepted (as ssh's 255).
-pub const EXIT_DENIED: i32 = 255;
-
-/// The most entries a remote listing may hold before we call the server absurd.
-pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
-
-/// What stopped a run: its exit code and what to tell the user.
-#[derive(Debug)]
-pub struct Failure {
-    /// The exit code (see the `EXIT_` constants).
-    pub code: i32,
-    /// What happened, where, and what to do.
-    pub message: String,
-    /// Set when the run found the other side is not what the spelling
-    /// assumed; the front-end runs it again in the right form.
-    pub redo: Option<Redo>,
-}
-
-/// What a single-file run learns only from the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Redo {
-    /// `a.txt host:x/NAME`: NAME is a directory, so the file goes into it.
-    DestIsDir,
-    /// `host:x/a.txt DEST`: the source is a file, not a tree.
-    SourceIsFile,
-}
-
-/// A [`Failure`] with this exit code and message.
-pub fn fail(code: i32, message: impl Into<String>) -> Failure {
-    Failure {
-        code,
-        message: message.into(),
-        redo: None,
-    }
-}
-
-/// A failure the front-end answers by running again as `redo` says.
-pub fn redo(redo: Redo, message: impl Into<String>) -> Failure {
-    Failure {
-        redo: Some(redo),
-        ..fail(EXIT_USAGE, message)
-    }
-}
-
-/// The exit code for a transport error, decided by its variant, never its text.
-pub fn exit_code(e: &Error) -> i32 {
-    match e {
-        Error::ConnectionLost { .. } | Error::Timeout { .. } => EXIT_LOST,
-        Error::Unreachable(_) | Error::Connect(_) => EXIT_CONNECT,
-        Error::Denied(_) => EXIT_DENIED,
-        Error::Refused { .. } | Error::ChannelRefused { .. } => EXIT_NO_SFTP,
-        Error::Protocol { .. } => EXIT_PROTOCOL,
-        // A refusal about one path (e.g. the destination cannot be made).
-        Error::NoSuchFile(_)
-        | Error::PermissionDenied(_)
-        | Error::Failure(_)
-        | Error::Unsupported(_)
-        | Error::BadMessage(_)
-        | Error::Status(_) => EXIT_PARTIAL,
-    }
-}
-
-/// A run-ending transport error, with its [`exit_code`].
-pub fn transport_failure(e: Error) -> Failure {
-    fail(exit_code(&e), e.to_string())
-}
+use crate::{join, now_unix, push, remote, Direction, Job, Options, Phase};
 
 /// Debug builds only: runs `$ROBOSYNC_TEST_BEFORE_TRANSFER` (a shell
 /// command) between planning and sending, so a test can change the source
@@ -122,43 +38,6 @@ fn before_transfer() {
             .arg(cmd)
             .status();
     }
-}
-
-/// The ancestor of `root` that must exist when the run may create only its
-/// last `creatable` components; `None` when that is the login directory or
-/// `/` (which always exist) or nothing is required.
-pub fn required_parent(root: &[u8], creatable: usize) -> Option<Vec<u8>> {
-    let mut p = crate::trim_slashes(root).to_vec();
-    for _ in 0..creatable {
-        if p.is_empty() || p == b"/" || p == b"." {
-            return None;
-        }
-        p = crate::parent_of(&p);
-    }
-    let p = crate::trim_slashes(&p).to_vec();
-    (!p.is_empty() && p != b"/" && p != b".").then_some(p)
-}
-
-/// The failure for a destination whose `parent` is missing, as rsync's:
-/// 11 when a directory could not be made, 3 when a file's directory is
-/// missing (rsync's change_dir failure).
-pub fn parent_missing(root: &[u8], parent: &[u8], creatable: usize) -> Failure {
-    let (root, parent) = (
-        String::from_utf8_lossy(root),
-        String::from_utf8_lossy(parent),
-    );
-    fail(
-        if creatable == 0 {
-            EXIT_SELECTION
-        } else {
-            EXIT_FILE_IO
-        },
-        format!(
-            "cannot create destination {root}: {parent} does not exist (robosync, like rsync, \
-             makes only the destination itself, not its parents): create {parent} first, or \
-             pass --mkpath"
-        ),
-    )
 }
 
 /// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
@@ -889,46 +768,6 @@ impl Executor {
     }
 }
 
-/// Permission bits the destination gets: a pull never sets setuid/setgid
-/// from a server.
-pub fn mode_mask(direction: Direction) -> u32 {
-    match direction {
-        Direction::Push => 0o7777,
-        Direction::Pull => 0o1777,
-    }
-}
-
-/// Directories the destination already holds with the source's mode and
-/// mtime (whole seconds, as SFTP v3 carries them): their attributes are
-/// left alone unless something inside them changes.
-fn dirs_in_place(source: &Tree, dest: &Tree, direction: Direction) -> HashSet<PathBuf> {
-    let mask = mode_mask(direction);
-    source
-        .nodes
-        .iter()
-        .filter(|(_, s)| s.kind == Kind::Dir)
-        .filter(|(p, s)| {
-            dest.nodes.get(*p).is_some_and(|d| {
-                d.kind == Kind::Dir && d.mode == s.mode & mask && d.mtime == s.mtime
-            })
-        })
-        .map(|(p, _)| p.clone())
-        .collect()
-}
-
-/// Directories whose attributes `actions` may disturb: new ones, and those
-/// where something is created, renamed or removed.
-pub fn dirs_touched(actions: &[Action]) -> HashSet<PathBuf> {
-    actions
-        .iter()
-        .flat_map(|a| {
-            let here = matches!(a, Action::Mkdir { .. }).then(|| a.path().to_path_buf());
-            let parent = a.path().parent().map(Path::to_path_buf);
-            here.into_iter().chain(parent)
-        })
-        .collect()
-}
-
 /// Records, for files the manifest lacks but the quick check found equal
 /// (same kind, size and mtime), what the local side's scan hashed: the next
 /// run can then trust them and build deltas from them.
@@ -1157,43 +996,6 @@ async fn prepare_destination(
     crate::lease::hold_identity(state_dir, &identity, dest_label)
 }
 
-/// Lists the remote tree; when the link drops meanwhile, lists it again
-/// from the start once the pool has reconnected (a listing changes nothing,
-/// so starting over is safe).
-/// `only`: see [`remote::list`].
-pub async fn list_remote(
-    pool: &Arc<Pool>,
-    root: &[u8],
-    only: Option<&[u8]>,
-) -> Result<remote::Listing, Error> {
-    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES, only)).await
-}
-
-/// Runs `op`, which must be safe to repeat (it reads, or its changes are
-/// idempotent), on a live session; when the link drops meanwhile, runs it
-/// again once the pool has reconnected.
-/// Gives up when reconnecting does (see [`Pool::repair`]) or after
-/// [`RESTARTS`] drops in one operation.
-pub async fn on_session<T, F, Fut>(pool: &Pool, op: F) -> Result<T, Error>
-where
-    F: Fn(Arc<robosync_transport::Sftp>) -> Fut,
-    Fut: std::future::Future<Output = Result<T, Error>>,
-{
-    let mut restarts = 0;
-    loop {
-        match op(pool.session().await?).await {
-            Err(e) if e.is_connection() && restarts < RESTARTS => {
-                restarts += 1;
-                pool.repair().await?;
-            }
-            r => return r,
-        }
-    }
-}
-
-/// A link that drops this often during one operation will not let it finish.
-const RESTARTS: usize = 10;
-
 /// The run's result: its entry errors (exit 23), unless the pool gave up on
 /// the connection, which ends the run as "connection lost" (exit 30) with
 /// those errors shown first.
@@ -1387,55 +1189,6 @@ pub fn split_deletes(actions: Vec<Action>) -> (Vec<Action>, Vec<Action>) {
     (content, deletes)
 }
 
-pub fn now_unix() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Reads a small remote file, or `None` if it cannot be read. Two round
-/// trips: OPEN, then FSTAT and reads of the first 4 MiB in one flight
-/// (reads past the end just answer EOF); a bigger file costs one more pass.
-pub async fn read_small(s: &robosync_transport::Sftp, path: &[u8]) -> Option<Vec<u8>> {
-    const AHEAD: u64 = 4 << 20;
-    let h = s
-        .open(
-            path,
-            robosync_transport::proto::FXF_READ,
-            &Default::default(),
-        )
-        .await
-        .ok()?;
-    let chunk = s.limits.max_read.max(1) as u64;
-    let reads = (0..AHEAD.div_ceil(chunk)).map(|k| s.read(&h, k * chunk, chunk as u32));
-    let (attrs, parts) = futures::join!(s.fstat(&h), futures::future::join_all(reads));
-    s.close_detached(&h);
-    let size = attrs.ok()?.size?;
-    if size > (4u64 << 30) {
-        return None;
-    }
-    let mut out = Vec::with_capacity(size as usize);
-    for p in parts {
-        // A short read ends what the speculative reads can be trusted for.
-        match p.ok()? {
-            Some(bytes) if bytes.len() as u64 == chunk => out.extend_from_slice(&bytes),
-            Some(bytes) => {
-                out.extend_from_slice(&bytes);
-                break;
-            }
-            None => break,
-        }
-    }
-    if (out.len() as u64) < size {
-        let rest = push::read_range(s, path, out.len() as u64, size - out.len() as u64)
-            .await
-            .ok()?;
-        out.extend_from_slice(&rest);
-    }
-    (out.len() as u64 == size).then_some(out)
-}
-
 /// Holds this source and destination's state directory for the run: two
 /// runs of one pair (an overlapping cron job, a manual run) would interleave
 /// one journal and race on one manifest. `flock`, so the lock ends with the
@@ -1474,63 +1227,6 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
 fn copy_is_current(manifest: &Manifest, copy: Option<&[u8]>) -> bool {
     copy.and_then(|b| Manifest::decode(b).ok())
         .is_some_and(|old| old.block_size == manifest.block_size && old.files == manifest.files)
-}
-
-/// Writes a small remote file atomically (temp + rename) in three round
-/// trips: OPEN (creating the directory only if that fails), WRITEs and CLOSE
-/// as one ordered batch, RENAME.
-pub async fn write_small(
-    s: &robosync_transport::Sftp,
-    path: &[u8],
-    data: &[u8],
-) -> Result<(), Error> {
-    let h = open_small(s, path).await?;
-    finish_small(s, &h, path, data).await
-}
-
-/// [`write_small`]'s first step: opens (empties) `path`'s temp file, making
-/// its directory if missing. Returns the handle.
-pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec<u8>, Error> {
-    use robosync_transport::proto::{FXF_CREAT, FXF_TRUNC, FXF_WRITE};
-    let dir = &path[..path.iter().rposition(|&b| b == b'/').unwrap_or(0)];
-    let flags = FXF_WRITE | FXF_CREAT | FXF_TRUNC;
-    let tmp = small_tmp(path);
-    let private = private_attrs(0o600);
-    match s.open(&tmp, flags, &private).await {
-        Ok(h) => Ok(h),
-        Err(Error::NoSuchFile(_)) => {
-            push::mkdir_p(s, dir).await?;
-            s.open(&tmp, flags, &private).await
-        }
-        Err(e) => Err(e),
-    }
-}
-
-/// [`write_small`]'s rest: `data` into the temp file opened as `h` on `s`,
-/// then the temp file renamed over `path`.
-pub async fn finish_small(
-    s: &robosync_transport::Sftp,
-    h: &[u8],
-    path: &[u8],
-    data: &[u8],
-) -> Result<(), Error> {
-    // FSETSTAT too: a temp left by an older run keeps its mode through OPEN.
-    s.write_and_close(h, 0, data, Some(&private_attrs(0o600)))
-        .await
-        .map_err(|e| e.at_path(&small_tmp(path)))?;
-    s.rename(&small_tmp(path), path).await
-}
-
-/// Attributes that set only the permission bits.
-fn private_attrs(mode: u32) -> robosync_transport::proto::Attrs {
-    robosync_transport::proto::Attrs {
-        permissions: Some(mode),
-        ..Default::default()
-    }
-}
-
-fn small_tmp(path: &[u8]) -> Vec<u8> {
-    [path, b".tmp"].concat()
 }
 
 #[cfg(test)]
