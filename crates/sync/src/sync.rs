@@ -948,7 +948,14 @@ async fn prepare_destination(
         // Missing parents, or not a directory: the careful way, with its errors.
         let parent = required_parent(remote_root, creatable);
         let missing = match &parent {
-            Some(p) if !file => !s.stat(p).await.is_ok_and(|a| a.is_dir()),
+            Some(p) if !file => match s.stat(p).await {
+                Ok(a) => !a.is_dir(),
+                // A cut is retried on a new session (the lease knows its own).
+                Err(e) if e.is_connection() => {
+                    return Err(lost_or(EXIT_PARTIAL, "cannot check the destination", e))
+                }
+                Err(_) => true,
+            },
             _ => false,
         };
         let made = match file || missing {
