@@ -31,7 +31,6 @@
 //! - 255 authentication refused, or the host key not accepted (as ssh)
 
 mod auth_hook;
-mod endpoint;
 mod report;
 mod run;
 mod sync;

@@ -37,7 +37,6 @@ pub struct Run {
     files_done: AtomicU64,
     bytes_done: AtomicU64,
     bar: Option<ProgressBar>,
-    vanished: Mutex<Vec<String>>,
     phase: Mutex<Phase>,
     scan: Mutex<Option<Arc<ScanProgress>>>,
     files_total: AtomicU64,
@@ -66,7 +65,6 @@ impl Run {
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             bar,
-            vanished: Mutex::new(Vec::new()),
             phase: Mutex::new(Phase::Connecting),
             scan: Mutex::new(None),
             files_total: AtomicU64::new(0),
@@ -150,10 +148,6 @@ impl Run {
         if let Some(b) = &self.bar {
             b.set_style(ProgressStyle::with_template("{spinner} {msg}").unwrap());
         }
-    }
-    /// The source entries that vanished during the run.
-    pub fn vanished_list(&self) -> Vec<String> {
-        self.vanished.lock().unwrap().clone()
     }
 
     pub fn error(&self, msg: &str) {
@@ -400,6 +394,5 @@ impl Observer for Run {
 
     fn vanished(&self, path: &str) {
         self.warn(&format!("file has vanished: {path}"));
-        self.vanished.lock().unwrap().push(path.to_string());
     }
 }

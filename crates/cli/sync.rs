@@ -1,21 +1,16 @@
-//! The command line turned into [`Job`]s: endpoints parsed, each source's
-//! sync root chosen as rsync would (a single file to a new name, several
-//! sources into one directory, the server's answer re-run in the right
-//! form), the host resolved as `ssh HOST` would (with the auth hook), then
-//! one [`robosync_sync::run`] per source and the reports shown.
+//! The command line turned into a [`Command`] (endpoints parsed, the
+//! engine's options), hosts reached as `ssh HOST` would (with the auth
+//! hook), [`robosync_sync::run_command`] run with the observer that shows
+//! it, and its report turned into the exit code and the summary.
 
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use robosync_scanner::{Filters, Rule};
-use robosync_sync::{
-    fail, Direction, Failure, Job, Options, Redo, Rename, EXIT_PARTIAL, EXIT_USAGE, EXIT_VANISHED,
-};
+use futures::future::BoxFuture;
+use robosync_scanner::Rule;
+use robosync_sync::{fail, Command, Connector, Endpoint, Failure, Options, Report, EXIT_USAGE};
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{SessionOptions, Target};
 
-use crate::endpoint::{join, parent_of, Endpoint};
 use crate::run::{Run, RunOptions};
 use crate::Args;
 
@@ -28,8 +23,8 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         itemize: args.itemize_changes,
         stats: args.stats,
     }));
-    let result = match open_log(&args, &run) {
-        Ok(()) => {
+    let report = match open_log(&args, &run).and_then(|()| command(&args, rules)) {
+        Ok(command) => {
             // The phase line's counters (the scan's) move on their own.
             let ticker = {
                 let run = run.clone();
@@ -40,30 +35,49 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
                     }
                 })
             };
-            let r = go(&args, rules, &run).await;
+            let report = robosync_sync::run_command(&command, &Ssh(&args), run.clone()).await;
             ticker.abort();
-            r
+            report
         }
-        Err(f) => Err(f),
+        Err(f) => Report {
+            stats: Default::default(),
+            elapsed: Default::default(),
+            errors: Vec::new(),
+            failure: Some(f),
+            vanished: Vec::new(),
+        },
     };
     // The exit code, from the runs' typed outcomes (README "Exit codes").
-    let vanished = run.vanished_list();
-    let (code, errors) = match result {
-        Ok(errors) if errors.is_empty() && !vanished.is_empty() => (EXIT_VANISHED, errors),
-        Ok(errors) if errors.is_empty() => (0, errors),
-        Ok(errors) => {
-            for e in &errors {
-                run.error(e);
-            }
-            (EXIT_PARTIAL, errors)
-        }
-        Err(f) => {
-            run.error(&f.message);
-            (f.code, vec![f.message])
-        }
-    };
-    run.summary(code, args.dry_run, &errors, &vanished);
+    let code = report.exit_code();
+    for e in &report.errors {
+        run.error(e);
+    }
+    let mut errors = report.errors;
+    if let Some(f) = report.failure {
+        run.error(&f.message);
+        errors.push(f.message);
+    }
+    run.ran(&report.stats);
+    run.summary(code, args.dry_run, &errors, &report.vanished);
     code
+}
+
+/// The command line as the engine takes it.
+fn command(args: &Args, rules: Vec<Rule>) -> Result<Command, Failure> {
+    let (sources, dest) = args.paths();
+    let dest = Endpoint::parse(dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
+    let sources = sources
+        .iter()
+        .map(|s| Endpoint::parse(s).map_err(|e| fail(EXIT_USAGE, format!("source: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Command {
+        sources,
+        dest,
+        rules,
+        delete_excluded: args.delete_excluded,
+        mkpath: args.mkpath,
+        options: options(args),
+    })
 }
 
 /// `--log-file FILE`: appended to, so a cron job's runs accumulate.
@@ -108,499 +122,18 @@ fn options(args: &Args) -> Options {
     }
 }
 
-/// One run of the engine: its entry errors, or what stopped it (entry
-/// errors of a run that then stopped are shown first).
-async fn sync_one(
-    args: &Args,
-    run: &Arc<Run>,
-    direction: Direction,
-    target: Target,
-    roots: Roots,
-) -> Result<Vec<String>, Failure> {
-    let job = Job {
-        direction,
-        local: roots.local,
-        remote: roots.remote,
-        filters: roots.filters,
-        label: roots.label,
-        target,
-        options: options(args),
-        rename: roots.rename,
-        creatable: roots.creatable,
-    };
-    let report = robosync_sync::run(job, run.clone()).await;
-    run.ran(&report.stats);
-    match report.failure {
-        None => Ok(report.errors),
-        Some(f) => {
-            for e in &report.errors {
-                run.error(e);
-            }
-            Err(f)
-        }
-    }
-}
+/// A host reached as `ssh HOST` would (ssh_config, `-o`, `-p`, …), the
+/// auth hook run first.
+struct Ssh<'a>(&'a Args);
 
-/// `SRC... DEST`: every source checked first (one side local, the other
-/// one host), then one run per source in order, as rsync copies them. A
-/// source that could not be copied (23) does not stop the next; anything
-/// worse (connection, guard, busy) stops there.
-async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
-    let (sources, dest) = args.paths();
-    let dst = Endpoint::parse(dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
-    let srcs = sources
-        .iter()
-        .map(|s| Endpoint::parse(s).map_err(|e| fail(EXIT_USAGE, format!("source: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    if srcs.len() == 1 {
-        return go_one(args, &rules, run, &srcs[0], &dst).await;
+impl Connector for Ssh<'_> {
+    fn target<'a>(
+        &'a self,
+        user: &'a Option<String>,
+        host: &'a str,
+    ) -> BoxFuture<'a, Result<Target, Failure>> {
+        Box::pin(target(self.0, user, host))
     }
-    let host = |e: &Endpoint| match e {
-        Endpoint::Local(_) => None,
-        Endpoint::Remote { user, host, .. } => Some((user.clone(), host.clone())),
-    };
-    if srcs.iter().any(|s| host(s) != host(&srcs[0])) {
-        return Err(fail(
-            EXIT_USAGE,
-            "several sources must all be local or all on one remote [user@]host (as rsync): run robosync once per host",
-        ));
-    }
-    // Several sources go into DEST as a directory (rsync makes it if missing).
-    let dst = match dst {
-        Endpoint::Local(l) => {
-            if std::fs::metadata(&l).is_ok_and(|m| !m.is_dir()) {
-                return Err(fail(
-                    EXIT_USAGE,
-                    format!(
-                        "destination {} is not a directory: several sources need one (as rsync)",
-                        l.display()
-                    ),
-                ));
-            }
-            let mut d = l.into_os_string();
-            d.push("/");
-            Endpoint::Local(d.into())
-        }
-        Endpoint::Remote { user, host, path } => {
-            let path = if crate::endpoint::means_contents(&path) {
-                path
-            } else {
-                [&path[..], b"/"].concat()
-            };
-            Endpoint::Remote { user, host, path }
-        }
-    };
-    // Only a contents source's run has DEST itself as its root.
-    let contents = srcs.iter().filter(|s| is_contents(s)).count();
-    let tops = match args.delete && contents > 0 {
-        true => srcs
-            .iter()
-            .map(|s| top_names(s, contents > 1))
-            .collect::<Result<Vec<_>, _>>()?,
-        false => vec![Vec::new(); srcs.len()],
-    };
-    let mut errors = Vec::new();
-    for (i, src) in srcs.iter().enumerate() {
-        // rsync deletes inside each source's root, never what another
-        // source brings: those names are protected in this run.
-        let others = tops
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != i && is_contents(src));
-        let mut mine: Vec<Rule> = others
-            .flat_map(|(_, names)| names)
-            .filter_map(|n| std::str::from_utf8(n).ok())
-            .map(|n| Rule {
-                include: false,
-                pattern: anchored(n),
-                side: robosync_scanner::Side::Receiver,
-            })
-            .collect();
-        mine.extend_from_slice(&rules);
-        match go_one(args, &mine, run, src, &dst).await {
-            Ok(e) => errors.extend(e),
-            Err(f) if f.code == EXIT_PARTIAL => errors.push(f.message),
-            Err(mut f) => {
-                let rest: Vec<String> = srcs[i + 1..].iter().map(Endpoint::label).collect();
-                if !rest.is_empty() {
-                    f.message = format!("{}; not copied: {}", f.message, rest.join(", "));
-                }
-                if !errors.is_empty() {
-                    f.message = format!("{}; earlier: {}", f.message, errors.join("; "));
-                }
-                return Err(f);
-            }
-        }
-    }
-    Ok(errors)
-}
-
-/// The names a source makes at the top of DEST: its own (`data`, `a.txt`),
-/// or its entries (`data/`, local only: a remote one is listed by its run).
-/// `needed`: another contents source's run could delete them.
-fn top_names(src: &Endpoint, needed: bool) -> Result<Vec<Vec<u8>>, Failure> {
-    if !is_contents(src) {
-        return Ok(vec![crate::endpoint::last_component(path_of(src)).to_vec()]);
-    }
-    match src {
-        _ if !needed => Ok(Vec::new()),
-        Endpoint::Local(l) => Ok(std::fs::read_dir(l)
-            .map(|d| {
-                d.filter_map(Result::ok)
-                    .map(|e| e.file_name().as_bytes().to_vec())
-                    .collect()
-            })
-            .unwrap_or_default()),
-        Endpoint::Remote { .. } => Err(fail(
-            EXIT_USAGE,
-            format!(
-                "--delete with several sources cannot yet take a remote contents source ({}): \
-                 write it without the trailing / or run it on its own",
-                src.label()
-            ),
-        )),
-    }
-}
-
-fn path_of(e: &Endpoint) -> &[u8] {
-    match e {
-        Endpoint::Local(l) => l.as_os_str().as_bytes(),
-        Endpoint::Remote { path, .. } => path,
-    }
-}
-
-fn is_contents(e: &Endpoint) -> bool {
-    crate::endpoint::means_contents(path_of(e))
-}
-
-/// One source to DEST.
-async fn go_one(
-    args: &Args,
-    rules: &[Rule],
-    run: &Arc<Run>,
-    src: &Endpoint,
-    dst: &Endpoint,
-) -> Result<Vec<String>, Failure> {
-    let rules = rules.to_vec();
-    let filters = Filters::new(&rules, args.delete_excluded)
-        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?
-        .with_list(args.files_list.clone());
-    if args.hard_links && matches!(src, Endpoint::Remote { .. }) {
-        return Err(fail(
-            EXIT_USAGE,
-            "-H works on a push only: an SFTP listing carries no inode numbers, so a \
-             server's hard links cannot be told from copies (run without -H)",
-        ));
-    }
-    match (src, dst) {
-        (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
-            if let Err(e) = std::fs::symlink_metadata(l) {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    // rsync's "link_stat failed" (23), before any login.
-                    return Err(fail(
-                        EXIT_PARTIAL,
-                        format!(
-                            "source {} does not exist (no such file or directory); nothing was copied from it: check the local path",
-                            l.display()
-                        ),
-                    ));
-                }
-            }
-            let target = target(args, user, host).await?;
-            let mut into = false;
-            loop {
-                let roots = match single_file(l, path, &rules, args, into)? {
-                    Some(mut r) => {
-                        // Its own state (not the parent's whole-tree pair).
-                        let name = r.rename.as_ref().map(|n| n.to.display().to_string());
-                        let at = remote_label(user, host, &r.remote);
-                        r.label = format!("{at} [{}]", name.unwrap_or_default());
-                        r
-                    }
-                    None => {
-                        let remote = push_root(l, path)?;
-                        Roots {
-                            local: l.to_path_buf(),
-                            label: remote_label(user, host, &remote),
-                            remote,
-                            filters: filters.clone(),
-                            rename: None,
-                            creatable: creatable(args, if is_contents(src) { 1 } else { 2 }),
-                        }
-                    }
-                };
-                let r = sync_one(args, run, Direction::Push, target.clone(), roots).await;
-                match r {
-                    Err(f) if f.redo == Some(Redo::DestIsDir) && !into => into = true,
-                    r => return r,
-                }
-            }
-        }
-        (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
-            let target = target(args, user, host).await?;
-            // Where a file already is (DEST, or DEST/NAME from a previous
-            // run), only a file can land: no tree run first.
-            let is_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_dir());
-            let root = pull_root(path, l);
-            let file_there = match &root {
-                Ok(r) => is_file(r),
-                Err(_) => is_file(l) && !crate::endpoint::means_contents(path),
-            };
-            if !file_there {
-                let roots = Roots {
-                    local: root?,
-                    remote: path.clone(),
-                    filters,
-                    label: src.label(),
-                    rename: None,
-                    creatable: creatable(args, if is_contents(src) { 1 } else { 2 }),
-                };
-                match sync_one(args, run, Direction::Pull, target.clone(), roots).await {
-                    Err(f) if f.redo == Some(Redo::SourceIsFile) => {}
-                    r => return r,
-                }
-            }
-            let mut roots = pulled_file(path, l, &rules, args)?;
-            let name = roots.rename.as_ref().map(|n| n.to.display().to_string());
-            roots.label = format!("{} [{}]", src.label(), name.unwrap_or_default());
-            sync_one(args, run, Direction::Pull, target, roots).await
-        }
-        (Endpoint::Local(_), Endpoint::Local(_)) => Err(fail(
-            EXIT_USAGE,
-            "both source and destination are local; one must be [user@]host:path (use a ./ prefix for local paths containing ':')",
-        )),
-        _ => Err(fail(
-            EXIT_USAGE,
-            "both source and destination are remote; robosync copies between this machine and one remote host",
-        )),
-    }
-}
-
-fn remote_label(user: &Option<String>, host: &str, path: &[u8]) -> String {
-    Endpoint::Remote {
-        user: user.clone(),
-        host: host.to_string(),
-        path: path.to_vec(),
-    }
-    .label()
-}
-
-/// What one run syncs: a local directory with a remote one, the rules,
-/// the label its state is kept under, and for a single file the names it
-/// has on each side.
-struct Roots {
-    local: PathBuf,
-    /// As typed (before `~` expansion).
-    remote: Vec<u8>,
-    filters: Filters,
-    label: String,
-    rename: Option<Rename>,
-    /// See [`Job::creatable`].
-    creatable: usize,
-}
-
-/// A single-file push, as rsync: `a.txt host:x/` (or `into`, once the
-/// server said x/NAME is a directory) copies into that directory;
-/// `a.txt host:x/NAME` copies it as NAME. Either way the file's parent is
-/// synced with rules that select that one name on each side, so the engine
-/// stays tree-based and `--delete` (even `--delete-excluded`) touches
-/// nothing else. `None` when the source is not a file.
-fn single_file(
-    local: &Path,
-    dest: &[u8],
-    rules: &[Rule],
-    args: &Args,
-    into: bool,
-) -> Result<Option<Roots>, Failure> {
-    let src = local.as_os_str().as_bytes();
-    let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
-    if !is_file || crate::endpoint::means_contents(src) {
-        return Ok(None);
-    }
-    let name = crate::endpoint::last_component(src);
-    let parent = match local.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let (root, to, or_into) = file_target(dest, name, into);
-    // Into DEST (which may be made), or as DEST's own name in its parent.
-    let made = usize::from(root == crate::endpoint::trim_slashes(dest));
-    let filters = one_name(
-        name,
-        &to,
-        rules,
-        args,
-        &format!("source {}", local.display()),
-    )?;
-    Ok(Some(Roots {
-        local: parent,
-        remote: root,
-        filters,
-        label: String::new(),
-        rename: Some(Rename {
-            from: crate::endpoint::os(name),
-            to: crate::endpoint::os(&to),
-            or_into,
-        }),
-        creatable: creatable(args, made),
-    }))
-}
-
-/// A single file pulled (the server said `src` is one), as rsync: into DEST
-/// when it ends in `/` or is a directory, else as DEST's own name.
-fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<Roots, Failure> {
-    let root = parent_of(crate::endpoint::trim_slashes(src));
-    let name = crate::endpoint::last_component(src);
-    let d = dest.as_os_str().as_bytes();
-    let into = std::fs::metadata(dest).is_ok_and(|m| m.is_dir());
-    // (A local DEST is known to be a directory or not already.)
-    let (local, to, _) = file_target(d, name, into);
-    let made = usize::from(local == crate::endpoint::trim_slashes(d));
-    let local = if local.is_empty() {
-        PathBuf::from(".")
-    } else {
-        crate::endpoint::os(&local).to_path_buf()
-    };
-    let filters = one_name(
-        name,
-        &to,
-        rules,
-        args,
-        &format!("source {}", String::from_utf8_lossy(src)),
-    )?;
-    Ok(Roots {
-        local,
-        remote: root,
-        filters,
-        label: String::new(),
-        rename: Some(Rename {
-            from: crate::endpoint::os(name),
-            to: crate::endpoint::os(&to),
-            or_into: false,
-        }),
-        creatable: creatable(args, made),
-    })
-}
-
-/// [`Roots::creatable`]: `n`, or any number with `--mkpath`.
-fn creatable(args: &Args, n: usize) -> usize {
-    if args.mkpath {
-        usize::MAX
-    } else {
-        n
-    }
-}
-
-/// Where a file named `name` lands for destination `dest`: (directory, name
-/// there, whether that name is DEST's own). Into `dest` when it ends in `/`
-/// (or `.`), names a home (`~`), or is known to be a directory; otherwise
-/// as `dest`'s last component.
-fn file_target(dest: &[u8], name: &[u8], into: bool) -> (Vec<u8>, Vec<u8>, bool) {
-    let last = crate::endpoint::last_component(dest);
-    if into || crate::endpoint::means_contents(dest) || last.starts_with(b"~") {
-        let dir = crate::endpoint::trim_slashes(dest).to_vec();
-        return (dir, name.to_vec(), false);
-    }
-    let dir = parent_of(crate::endpoint::trim_slashes(dest));
-    (dir, last.to_vec(), true)
-}
-
-/// A rule pattern matching exactly `name` at the sync root.
-fn anchored(name: &str) -> String {
-    let mut escaped = String::from("/");
-    for c in name.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
-            escaped.push('\\');
-        }
-        escaped.push(c);
-    }
-    escaped
-}
-
-/// Rules selecting `from` on the sending side and `to` on the receiving
-/// side, ahead of the user's.
-fn one_name(
-    from: &[u8],
-    to: &[u8],
-    rules: &[Rule],
-    args: &Args,
-    what: &str,
-) -> Result<Filters, Failure> {
-    let utf8 = |b: &[u8]| {
-        std::str::from_utf8(b).map(str::to_string).map_err(|_| {
-            fail(
-                EXIT_USAGE,
-                format!("{what}: a single file's name must be UTF-8 here; copy its directory with a filter instead"),
-            )
-        })
-    };
-    let (from, to) = (utf8(from)?, utf8(to)?);
-    let rule = |include: bool, pattern: String, side| Rule {
-        include,
-        pattern,
-        side,
-    };
-    use robosync_scanner::Side;
-    let mut mine = vec![
-        rule(true, anchored(&from), Side::Sender),
-        rule(false, "*".into(), Side::Sender),
-        rule(true, anchored(&to), Side::Receiver),
-        // A directory in the way is seen whole (rsync replaces it only when
-        // empty, or with --delete).
-        rule(true, format!("{}/**", anchored(&to)), Side::Receiver),
-        rule(false, "*".into(), Side::Receiver),
-    ];
-    mine.extend_from_slice(rules);
-    Filters::new(&mine, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))
-}
-
-/// The remote sync root of a push, as rsync decides it: `data/` (contents)
-/// syncs into DEST itself, `data` into DEST/data.
-fn push_root(local: &Path, dest: &[u8]) -> Result<Vec<u8>, Failure> {
-    let src = local.as_os_str().as_bytes();
-    let dest = crate::endpoint::trim_slashes(dest).to_vec();
-    if crate::endpoint::means_contents(src) {
-        return Ok(dest);
-    }
-    if std::fs::symlink_metadata(local).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {} is a symlink, which robosync copies only inside a tree: give {}/ for the contents of the directory it points to",
-                local.display(),
-                local.display()
-            ),
-        ));
-    }
-    Ok(join(&dest, crate::endpoint::last_component(src)))
-}
-
-/// The local sync root of a pull: `host:/p/results/` (contents) syncs into
-/// DEST itself, `host:/p/results` into DEST/results.
-fn pull_root(src: &[u8], dest: &Path) -> Result<PathBuf, Failure> {
-    if crate::endpoint::means_contents(src) {
-        return Ok(dest.to_path_buf());
-    }
-    if std::fs::metadata(dest).is_ok_and(|m| !m.is_dir()) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!("destination {} is not a directory", dest.display()),
-        ));
-    }
-    let name = crate::endpoint::last_component(src);
-    if name.starts_with(b"~") {
-        // Its name is only known once expanded; rsync would use it.
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "{} names a home directory: write {}/ to copy its contents into {}",
-                String::from_utf8_lossy(src),
-                String::from_utf8_lossy(src),
-                dest.display()
-            ),
-        ));
-    }
-    Ok(dest.join(crate::endpoint::os(name)))
 }
 
 async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target, Failure> {
@@ -634,31 +167,4 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
             ..SessionOptions::default()
         },
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn where_a_single_file_lands() {
-        let t = |dest: &str, into| {
-            let (dir, name, named) = file_target(dest.as_bytes(), b"a.txt", into);
-            (
-                String::from_utf8(dir).unwrap(),
-                String::from_utf8(name).unwrap(),
-                named,
-            )
-        };
-        let s = |d: &str, n: &str, named| (d.to_string(), n.to_string(), named);
-        assert_eq!(t("x/", false), s("x", "a.txt", false));
-        assert_eq!(t("x/b.txt", false), s("x", "b.txt", true));
-        assert_eq!(t("x/b.txt", true), s("x/b.txt", "a.txt", false));
-        assert_eq!(t("b.txt", false), s("", "b.txt", true));
-        assert_eq!(t("/b.txt", false), s("/", "b.txt", true));
-        assert_eq!(t("", false), s("", "a.txt", false));
-        assert_eq!(t("~", false), s("~", "a.txt", false));
-        assert_eq!(t("x/.", false), s("x/.", "a.txt", false));
-        assert_eq!(parent_of(b"/p/x"), b"/p");
-    }
 }

@@ -42,8 +42,10 @@ use robosync_scanner::Filters;
 use robosync_transport::Target;
 
 mod dirs;
+mod endpoint;
 mod failure;
 mod lease;
+mod paths;
 mod pull;
 mod push;
 mod remote;
@@ -51,11 +53,13 @@ mod run;
 mod space;
 mod sync;
 
+pub use endpoint::Endpoint;
 pub use failure::{
     exit_code, fail, redo, Failure, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_DENIED, EXIT_FILE_IO,
     EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION, EXIT_USAGE,
     EXIT_VANISHED,
 };
+pub use paths::{run_command, Command, Connector};
 pub use robosync_scanner::ScanProgress;
 pub use sync::default_state_dir;
 

@@ -1,14 +1,20 @@
-//! Command-line endpoints: `PATH` or `[user@]host:PATH`, scp/rsync style.
+//! Endpoints as a command line spells them: `PATH` or `[user@]host:PATH`,
+//! scp/rsync style.
 
 use std::ffi::OsString;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 
+/// One side of a transfer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
+    /// A path on this machine.
     Local(PathBuf),
+    /// A path on `[user@]host`.
     Remote {
+        /// The login name, when given.
         user: Option<String>,
+        /// The host (an ssh_config alias or a name or address).
         host: String,
         /// As typed (bytes); empty means the login directory.
         path: Vec<u8>,
@@ -72,6 +78,7 @@ impl Endpoint {
         })
     }
 
+    /// How messages name it, as it was typed.
     pub fn label(&self) -> String {
         match self {
             Endpoint::Local(p) => p.display().to_string(),
@@ -101,7 +108,7 @@ pub fn last_component(path: &[u8]) -> &[u8] {
     }
 }
 
-pub use robosync_sync::{join, os, parent_of, trim_slashes};
+pub(crate) use crate::trim_slashes;
 
 #[cfg(test)]
 mod tests {
