@@ -10,7 +10,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
-use robosync_sync::{Observer, Phase, ScanProgress, Stats, EXIT_PARTIAL, EXIT_VANISHED};
+use robosync_sync::{
+    EntryError, Observer, Phase, ScanProgress, Stats, EXIT_PARTIAL, EXIT_VANISHED,
+};
 
 use crate::report::{ErrorKind, ErrorRecord, Report, SCHEMA_VERSION};
 
@@ -165,23 +167,30 @@ impl Run {
     /// The end of the run: the bar goes, and what was done is said once —
     /// the `--json` report on stdout, a closing line on a terminal (or with
     /// `-v`), `--stats`' counters, and on failure how many things failed.
-    pub fn summary(&self, code: i32, dry_run: bool, errors: &[String], vanished: &[String]) {
+    pub fn summary(
+        &self,
+        code: i32,
+        dry_run: bool,
+        errors: &[EntryError],
+        failure: Option<&str>,
+        vanished: &[String],
+    ) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        let r = self.report(code, dry_run, errors, vanished);
+        let r = self.report(code, dry_run, errors, failure, vanished);
         self.log(&format!(
             "done: exit {code}, {} files, {} bytes sent, {} unchanged, {} deleted, {} failed",
             r.files_transferred,
             r.bytes_transferred,
             r.files_skipped,
             r.deleted,
-            errors.len()
+            r.errors.len()
         ));
-        if code == EXIT_PARTIAL && errors.len() > 1 {
+        if code == EXIT_PARTIAL && r.errors.len() > 1 {
             eprintln!(
                 "robosync: error: {} entries failed (listed above); everything else landed: rerun to retry them",
-                errors.len()
+                r.errors.len()
             );
         }
         if self.opts.stats {
@@ -202,7 +211,7 @@ impl Run {
         let on_tty = self.opts.progress && std::io::stderr().is_terminal();
         let show = !self.opts.quiet && !dry_run && (self.opts.verbose > 0 || on_tty);
         if show && matches!(code, 0 | EXIT_PARTIAL | EXIT_VANISHED) {
-            eprintln!("robosync: {}", self.closing_line(&r, errors.len()));
+            eprintln!("robosync: {}", self.closing_line(&r, r.errors.len()));
         }
     }
 
@@ -252,23 +261,29 @@ impl Run {
         )
     }
 
-    fn report(&self, code: i32, dry_run: bool, errors: &[String], vanished: &[String]) -> Report {
+    fn report(
+        &self,
+        code: i32,
+        dry_run: bool,
+        errors: &[EntryError],
+        failure: Option<&str>,
+        vanished: &[String],
+    ) -> Report {
         let s = *self.stats.lock().unwrap();
-        let kind = ErrorKind::of_exit(code);
-        // Entry errors shown before a run-ending failure keep their kind.
-        let last = errors.len().saturating_sub(1);
-        let errors = errors
-            .iter()
-            .enumerate()
-            .map(|(i, e)| {
-                let k = if code == EXIT_PARTIAL || i < last {
-                    ErrorKind::Entry
-                } else {
-                    kind
-                };
-                ErrorRecord::parse(e, k)
-            })
-            .collect();
+        // Entries as the engine typed them, then what stopped the run.
+        let entries = errors.iter().map(|e| ErrorRecord {
+            path: e.path.clone(),
+            operation: e.operation.name().map(str::to_string),
+            kind: ErrorKind::Entry,
+            message: e.message.clone(),
+        });
+        let failure = failure.map(|m| ErrorRecord {
+            path: None,
+            operation: None,
+            kind: ErrorKind::of_exit(code),
+            message: m.to_string(),
+        });
+        let errors = entries.chain(failure).collect();
         Report {
             schema_version: SCHEMA_VERSION,
             exit_code: code,

@@ -50,15 +50,20 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
     // The exit code, from the runs' typed outcomes (README "Exit codes").
     let code = report.exit_code();
     for e in &report.errors {
-        run.error(e);
+        run.error(&e.message);
     }
-    let mut errors = report.errors;
-    if let Some(f) = report.failure {
-        run.error(&f.message);
-        errors.push(f.message);
+    let failure = report.failure.map(|f| f.message);
+    if let Some(m) = &failure {
+        run.error(m);
     }
     run.ran(&report.stats);
-    run.summary(code, args.dry_run, &errors, &report.vanished);
+    run.summary(
+        code,
+        args.dry_run,
+        &report.errors,
+        failure.as_deref(),
+        &report.vanished,
+    );
     code
 }
 

@@ -139,3 +139,97 @@ pub fn parent_missing(root: &[u8], parent: &[u8], creatable: usize) -> Failure {
         ),
     )
 }
+
+/// One entry that failed while the rest of the run went on (exit 23),
+/// typed where it happened: which entry, doing what.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryError {
+    /// The entry, relative to the sync root (escaped as messages show it),
+    /// when the failure is about one.
+    pub path: Option<String>,
+    /// What was being done.
+    pub operation: Operation,
+    /// The line shown to the user.
+    pub message: String,
+}
+
+/// What a failed entry was being done to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    /// Sending or fetching a file (or landing a hard link).
+    Transfer,
+    /// Making a directory.
+    CreateDirectory,
+    /// Making a symlink.
+    Symlink,
+    /// Setting mode and mtime.
+    SetAttributes,
+    /// Removing (or moving aside into `--backup-dir`).
+    Delete,
+    /// Listing a remote directory.
+    List,
+    /// Reading a local entry (the scan) or a remote file (`--checksum`).
+    Read,
+    /// Selecting the source: a `--files-from` path the source lacks.
+    Select,
+    /// Anything else (recording the manifest, a refused plan step, …).
+    Other,
+}
+
+impl Operation {
+    /// The operation of a plan's action.
+    pub fn of(a: &robosync_planner::Action) -> Operation {
+        use robosync_planner::Action;
+        match a {
+            Action::Mkdir { .. } => Operation::CreateDirectory,
+            Action::Copy { .. } | Action::Delta { .. } => Operation::Transfer,
+            Action::Symlink { .. } => Operation::Symlink,
+            Action::SetAttrs { .. } => Operation::SetAttributes,
+            Action::Delete { .. } => Operation::Delete,
+        }
+    }
+
+    /// How the JSON report names it; `None` for [`Operation::Other`].
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            Operation::Transfer => "transfer",
+            Operation::CreateDirectory => "create directory",
+            Operation::Symlink => "symlink",
+            Operation::SetAttributes => "set attributes",
+            Operation::Delete => "delete",
+            Operation::List => "list",
+            Operation::Read => "read",
+            Operation::Select => "select",
+            Operation::Other => return None,
+        })
+    }
+}
+
+impl EntryError {
+    /// A failure about the entry `path` (relative to the sync root; the
+    /// root itself, empty, is named by no path).
+    pub fn at(path: &std::path::Path, operation: Operation, message: impl Into<String>) -> Self {
+        EntryError {
+            path: (!path.as_os_str().is_empty()).then(|| robosync_planner::escape(path)),
+            operation,
+            message: message.into(),
+        }
+    }
+}
+
+/// A failure that names no one entry.
+impl From<String> for EntryError {
+    fn from(message: String) -> Self {
+        EntryError {
+            path: None,
+            operation: Operation::Other,
+            message,
+        }
+    }
+}
+
+impl std::fmt::Display for EntryError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

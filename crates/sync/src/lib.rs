@@ -55,9 +55,9 @@ mod sync;
 
 pub use endpoint::Endpoint;
 pub use failure::{
-    exit_code, fail, redo, Failure, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_DENIED, EXIT_FILE_IO,
-    EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION, EXIT_USAGE,
-    EXIT_VANISHED,
+    exit_code, fail, redo, EntryError, Failure, Operation, Redo, EXIT_BUSY, EXIT_CONNECT,
+    EXIT_DENIED, EXIT_FILE_IO, EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL,
+    EXIT_SELECTION, EXIT_USAGE, EXIT_VANISHED,
 };
 pub use paths::{run_command, Command, Connector};
 pub use robosync_scanner::ScanProgress;
@@ -256,7 +256,7 @@ pub struct Report {
     pub elapsed: Duration,
     /// The entries that failed (the rest landed), or, with `failure`, what
     /// had failed before the run stopped.
-    pub errors: Vec<String>,
+    pub errors: Vec<EntryError>,
     /// What stopped the run, if something did.
     pub failure: Option<Failure>,
     /// Source entries that vanished during the run.

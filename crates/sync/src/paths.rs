@@ -22,7 +22,7 @@ use robosync_scanner::{Filters, Rule};
 use robosync_transport::Target;
 
 use crate::endpoint::Endpoint;
-use crate::failure::{fail, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
+use crate::failure::{fail, EntryError, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
 use crate::{join, parent_of, Direction, Job, Observer, Options, Rename, Report, Stats};
 
 /// One command line's transfer: every source to one destination.
@@ -96,7 +96,7 @@ struct Totals {
     stats: Stats,
     vanished: Vec<String>,
     /// Entry errors of a run that then stopped.
-    kept: Vec<String>,
+    kept: Vec<EntryError>,
 }
 
 impl Runs<'_> {
@@ -106,7 +106,7 @@ impl Runs<'_> {
         direction: Direction,
         target: Target,
         roots: Roots,
-    ) -> Result<Vec<String>, Failure> {
+    ) -> Result<Vec<EntryError>, Failure> {
         let job = Job {
             direction,
             local: roots.local,
@@ -136,7 +136,7 @@ impl Runs<'_> {
 /// one host), then one run per source in order, as rsync copies them. A
 /// source that could not be copied (23) does not stop the next; anything
 /// worse (connection, guard, busy) stops there.
-async fn go(args: &Runs<'_>) -> Result<Vec<String>, Failure> {
+async fn go(args: &Runs<'_>) -> Result<Vec<EntryError>, Failure> {
     let (srcs, dst, rules) = (&args.cmd.sources, args.cmd.dest.clone(), &args.cmd.rules);
     match srcs.len() {
         0 => return Err(fail(EXIT_USAGE, "no source given")),
@@ -207,14 +207,15 @@ async fn go(args: &Runs<'_>) -> Result<Vec<String>, Failure> {
         mine.extend_from_slice(rules);
         match go_one(args, &mine, src, &dst).await {
             Ok(e) => errors.extend(e),
-            Err(f) if f.code == EXIT_PARTIAL => errors.push(f.message),
+            Err(f) if f.code == EXIT_PARTIAL => errors.push(f.message.into()),
             Err(mut f) => {
                 let rest: Vec<String> = srcs[i + 1..].iter().map(Endpoint::label).collect();
                 if !rest.is_empty() {
                     f.message = format!("{}; not copied: {}", f.message, rest.join(", "));
                 }
                 if !errors.is_empty() {
-                    f.message = format!("{}; earlier: {}", f.message, errors.join("; "));
+                    let earlier: Vec<&str> = errors.iter().map(|e| e.message.as_str()).collect();
+                    f.message = format!("{}; earlier: {}", f.message, earlier.join("; "));
                 }
                 return Err(f);
             }
@@ -267,7 +268,7 @@ async fn go_one(
     rules: &[Rule],
     src: &Endpoint,
     dst: &Endpoint,
-) -> Result<Vec<String>, Failure> {
+) -> Result<Vec<EntryError>, Failure> {
     let rules = rules.to_vec();
     let filters = Filters::new(&rules, args.cmd.delete_excluded)
         .map_err(|e| fail(EXIT_USAGE, e.to_string()))?

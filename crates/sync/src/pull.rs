@@ -33,7 +33,7 @@ use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
 
-use crate::failure::{fail, redo, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
+use crate::failure::{fail, redo, EntryError, Failure, Operation, Redo, EXIT_PARTIAL, EXIT_USAGE};
 use crate::push::{temp_for, Partial};
 use crate::remote::on_session;
 use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
@@ -273,7 +273,11 @@ impl Pull {
     /// Runs actions in plan order: wrong-kind deletions, directories (parents
     /// first), then files and links concurrently, then directory attributes.
     /// `removals`: these are the `--delete` removals (`--backup-dir` applies).
-    pub async fn execute(self: &Arc<Self>, actions: Vec<Action>, removals: bool) -> Vec<String> {
+    pub async fn execute(
+        self: &Arc<Self>,
+        actions: Vec<Action>,
+        removals: bool,
+    ) -> Vec<EntryError> {
         let touched = crate::dirs::dirs_touched(&actions);
         let mut errors = Vec::new();
         let mut files = Vec::new();
@@ -281,24 +285,30 @@ impl Pull {
             match &a {
                 Action::Delete { path, .. } if files.is_empty() => {
                     if let Err(e) = self.delete(path, removals) {
-                        errors.push(e);
+                        errors.push(EntryError::at(path, Operation::Delete, e));
                     }
                 }
                 Action::Mkdir { path, mode } => {
                     let key = path.as_os_str().as_bytes();
                     match self.root.mkdir(key, mode & MODE_MASK) {
                         Ok(()) => self.run.itemize(&a.to_string()),
-                        Err(e) => {
-                            errors.push(format!("cannot create directory {}: {e}", escape(path)))
-                        }
+                        Err(e) => errors.push(EntryError::at(
+                            path,
+                            Operation::CreateDirectory,
+                            format!("cannot create directory {}: {e}", escape(path)),
+                        )),
                     }
                 }
                 _ => files.push(a),
             }
         }
         let concurrency = 8 * self.pool.capacity();
-        let results: Vec<Result<(), String>> = stream::iter(files)
-            .map(|a| async move { self.file_action(a, removals).await })
+        let results: Vec<Result<(), EntryError>> = stream::iter(files)
+            .map(|a| async move {
+                let (path, op) = (a.path().to_path_buf(), Operation::of(&a));
+                let done = self.file_action(a, removals).await;
+                done.map_err(|e| EntryError::at(&path, op, e))
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await;
@@ -424,7 +434,7 @@ impl Pull {
         set_file_attrs(&fd, &n).map_err(|e| e.to_string())
     }
 
-    fn set_dir_attrs(&self, touched: &HashSet<PathBuf>) -> Vec<String> {
+    fn set_dir_attrs(&self, touched: &HashSet<PathBuf>) -> Vec<EntryError> {
         let mut errors = Vec::new();
         for (p, n) in self.source.nodes.iter().rev() {
             if n.kind != Kind::Dir || (self.dirs_in_place.contains(p) && !touched.contains(p)) {
@@ -435,7 +445,8 @@ impl Pull {
                 .dir(p.as_os_str().as_bytes())
                 .and_then(|d| set_file_attrs(&d, n));
             if let Err(e) = r {
-                errors.push(format!("cannot set attributes of {}: {e}", escape(p)));
+                let msg = format!("cannot set attributes of {}: {e}", escape(p));
+                errors.push(EntryError::at(p, Operation::SetAttributes, msg));
             }
         }
         errors

@@ -19,6 +19,7 @@ use robosync_scanner::{Entry, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp};
 
+use crate::failure::{EntryError, Operation};
 use crate::join;
 use crate::run::Run;
 
@@ -354,7 +355,7 @@ impl Push {
 
     /// Runs the plan's actions in order: deletions of wrong kinds, directories,
     /// files and links (concurrently), then directory attributes.
-    pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) -> Vec<String> {
+    pub async fn execute(self: &Arc<Self>, actions: Vec<Action>) -> Vec<EntryError> {
         let mut errors = Vec::new();
         // Directories whose attributes this call may disturb: new ones, and
         // those where something is created, renamed or removed.
@@ -373,7 +374,7 @@ impl Push {
         for a in pre {
             let dir = matches!(a, Action::Delete { dir: true, .. });
             if let Err(e) = self.delete(a.path(), dir, backup).await {
-                errors.push(e);
+                errors.push(EntryError::at(a.path(), Operation::Delete, e));
             }
         }
         // Directories: one depth level at a time, each level pipelined.
@@ -386,8 +387,11 @@ impl Push {
             by_depth[depth - 1].push(a.path().to_path_buf());
         }
         for level in by_depth {
-            let results: Vec<Result<(), String>> = stream::iter(level)
-                .map(|p| async move { self.mkdir(&p).await })
+            let results: Vec<Result<(), EntryError>> = stream::iter(level)
+                .map(|p| async move {
+                    let made = self.mkdir(&p).await;
+                    made.map_err(|e| EntryError::at(&p, Operation::CreateDirectory, e))
+                })
                 .buffer_unordered(64)
                 .collect()
                 .await;
@@ -411,15 +415,23 @@ impl Push {
         };
         self.slots.per_session.store(per_session, Ordering::Relaxed);
         let concurrency = per_session * self.pool.capacity();
-        let results: Vec<Result<(), String>> = stream::iter(files)
-            .map(|a| async move { self.file_action(a).await })
+        let results: Vec<Result<(), EntryError>> = stream::iter(files)
+            .map(|a| async move {
+                let (path, op) = (a.path().to_path_buf(), Operation::of(&a));
+                let done = self.file_action(a).await;
+                done.map_err(|e| EntryError::at(&path, op, e))
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await;
         errors.extend(results.into_iter().filter_map(Result::err));
         // Hard links once the files they name have landed.
-        let results: Vec<Result<(), String>> = stream::iter(links)
-            .map(|(a, leader)| async move { self.link_or_send(a, &leader).await })
+        let results: Vec<Result<(), EntryError>> = stream::iter(links)
+            .map(|(a, leader)| async move {
+                let path = a.path().to_path_buf();
+                let done = self.link_or_send(a, &leader).await;
+                done.map_err(|e| EntryError::at(&path, Operation::Transfer, e))
+            })
             .buffer_unordered(64)
             .collect()
             .await;
@@ -435,7 +447,7 @@ impl Push {
                 .filter(|e| touched.contains(&e.path) || !self.dirs_in_place.contains(&e.path))
                 .map(|e| e.path.clone())
                 .collect();
-            let results: Vec<Result<(), String>> = stream::iter(dirs)
+            let results: Vec<Result<(), EntryError>> = stream::iter(dirs)
                 .map(|p| async move {
                     let e = self.entry(&p);
                     let abs = self.abs(p.as_os_str().as_bytes());
@@ -451,7 +463,10 @@ impl Push {
                         }
                     })
                     .await
-                    .map_err(|err| format!("cannot set attributes of {}: {err}", escape(&p)))
+                    .map_err(|err| {
+                        let msg = format!("cannot set attributes of {}: {err}", escape(&p));
+                        EntryError::at(&p, Operation::SetAttributes, msg)
+                    })
                 })
                 .buffer_unordered(64)
                 .collect()

@@ -18,6 +18,7 @@ use robosync_scanner::Filter;
 use robosync_transport::{proto, Error, Pool};
 use tokio::task::JoinSet;
 
+use crate::failure::{EntryError, Operation};
 use crate::{join, os};
 
 /// Name of robosync's own state directory at the destination root.
@@ -42,7 +43,7 @@ pub struct Listing {
     /// Leftover temp files (relative paths).
     pub temps: Vec<Vec<u8>>,
     /// Names refused or entries that could not be read.
-    pub errors: Vec<String>,
+    pub errors: Vec<EntryError>,
     /// The root itself does not exist (a push creates it; a pull has no source).
     pub root_missing: bool,
 }
@@ -97,21 +98,22 @@ pub async fn list(
             // A server that breaks the protocol ends the run (exit 12).
             Err(e) if e.is_connection() || matches!(e, Error::Protocol { .. }) => return Err(e),
             Err(e) => {
-                out.errors.push(format!(
-                    "cannot list {}: {e}",
-                    escape(&os(&join(root, &rel)))
-                ));
+                let msg = format!("cannot list {}: {e}", escape(&os(&join(root, &rel))));
+                out.errors
+                    .push(EntryError::at(&os(&rel), Operation::List, msg));
                 continue;
             }
         };
         let mut seen = std::collections::HashSet::new();
         for n in names {
             if !safe_name(&n.filename) || !seen.insert(n.filename.clone()) {
-                out.errors.push(format!(
+                let msg = format!(
                     "server sent an unsafe or duplicate name {:?} in {}: skipped",
                     escape(&os(&n.filename)),
                     escape(&os(&join(root, &rel)))
-                ));
+                );
+                out.errors
+                    .push(EntryError::at(&os(&rel), Operation::List, msg));
                 continue;
             }
             if rel.is_empty() && n.filename == STATE_DIR {
@@ -176,9 +178,11 @@ pub async fn list(
                     n.kind = Kind::Symlink(os(&t));
                 }
             }
-            Err(e) => out
-                .errors
-                .push(format!("cannot read link {}: {e}", escape(&os(&rel)))),
+            Err(e) => out.errors.push(EntryError::at(
+                &os(&rel),
+                Operation::Read,
+                format!("cannot read link {}: {e}", escape(&os(&rel))),
+            )),
         }
     }
     out.tree = tree;
@@ -292,7 +296,7 @@ pub async fn hash_files(
     root: &[u8],
     tree: &mut Tree,
     which: impl Fn(&std::path::Path, &Node) -> bool,
-) -> Vec<String> {
+) -> Vec<EntryError> {
     use futures::stream::StreamExt;
     let wanted: Vec<(PathBuf, u64)> = tree
         .nodes
@@ -322,7 +326,11 @@ pub async fn hash_files(
                     n.blocks = d.blocks;
                 }
             }
-            Err(e) => errors.push(format!("cannot read {} to checksum it: {e}", escape(&rel))),
+            Err(e) => errors.push(EntryError::at(
+                &rel,
+                Operation::Read,
+                format!("cannot read {} to checksum it: {e}", escape(&rel)),
+            )),
         }
     }
     errors

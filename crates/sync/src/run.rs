@@ -10,6 +10,7 @@ use robosync_manifest::{Journal, JournalRecord};
 
 use robosync_scanner::ScanProgress;
 
+use crate::failure::EntryError;
 use crate::{Observer, Options, Phase, Stats};
 
 /// Counters the executors bump as they go (a [`Stats`] when read).
@@ -46,7 +47,7 @@ pub struct Run {
     observer: Arc<dyn Observer>,
     notes_shown: Mutex<HashSet<String>>,
     /// Entry errors of a run that then stopped (its [`crate::Failure`] says why).
-    kept_errors: Mutex<Vec<String>>,
+    kept_errors: Mutex<Vec<EntryError>>,
     vanished: Mutex<Vec<String>>,
     bucket: Mutex<Bucket>,
 }
@@ -206,11 +207,11 @@ impl Run {
     }
 
     /// Keeps the entry errors of a run about to stop for another reason.
-    pub fn keep_errors(&self, errors: Vec<String>) {
+    pub fn keep_errors(&self, errors: Vec<EntryError>) {
         self.kept_errors.lock().unwrap().extend(errors);
     }
 
-    pub fn kept_errors(&self) -> Vec<String> {
+    pub fn kept_errors(&self) -> Vec<EntryError> {
         std::mem::take(&mut self.kept_errors.lock().unwrap())
     }
 }

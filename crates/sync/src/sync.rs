@@ -17,8 +17,8 @@ use robosync_transport::{Error, Pool, PoolOptions, Target};
 
 use crate::dirs::{dirs_in_place, dirs_touched, mode_mask};
 use crate::failure::{
-    exit_code, fail, parent_missing, redo, required_parent, transport_failure, Failure, Redo,
-    EXIT_BUSY, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_USAGE,
+    exit_code, fail, parent_missing, redo, required_parent, transport_failure, EntryError, Failure,
+    Operation, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_USAGE,
 };
 use crate::remote::{
     finish_small, list_remote, on_session, open_small, private_attrs, read_small, small_tmp,
@@ -42,7 +42,7 @@ fn before_transfer() {
 
 /// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
 /// `link_stat … failed`, so a typo in a list never passes silently.
-fn unlisted(args: &Options, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+fn unlisted(args: &Options, exists: impl Fn(&Path) -> bool) -> Vec<EntryError> {
     let Some(list) = &args.files_list else {
         return Vec::new();
     };
@@ -50,10 +50,11 @@ fn unlisted(args: &Options, exists: impl Fn(&Path) -> bool) -> Vec<String> {
         .into_iter()
         .filter(|p| !exists(p))
         .map(|p| {
-            format!(
+            let msg = format!(
                 "{}: listed in --files-from but not in the source",
                 robosync_planner::escape(p)
-            )
+            );
+            EntryError::at(p, Operation::Select, msg)
         })
         .collect()
 }
@@ -177,7 +178,7 @@ pub fn choose_manifest(
 /// Runs `job`: its entry errors, or what stopped it. Written once for both
 /// directions; where they differ (which side is scanned, where the lease and
 /// the manifest copy live, which executor moves the bytes) it says so.
-pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
+pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     let Job {
         direction,
         local: local_root,
@@ -400,7 +401,8 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         if e.vanished && push {
             run.vanished(&path);
         } else {
-            errors.push(format!("{path}: {}", e.message));
+            let msg = format!("{path}: {}", e.message);
+            errors.push(EntryError::at(&e.path, Operation::Read, msg));
         }
     }
     if push {
@@ -516,7 +518,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
         &opts,
         args.dry_run,
     )?;
-    errors.extend(plan.refused.iter().cloned());
+    errors.extend(plan.refused.iter().cloned().map(EntryError::from));
     for w in &plan.warnings {
         run.warn(w);
     }
@@ -633,15 +635,20 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
                 Direction::Push => label.clone(),
                 Direction::Pull => local_root.display().to_string(),
             };
-            run_errors.push(format!("cannot set attributes of {shown}: {e}"));
+            let msg = format!("cannot set attributes of {shown}: {e}");
+            run_errors.push(EntryError::at(Path::new(""), Operation::SetAttributes, msg));
         }
     }
     ticker.abort();
     run.phase(Phase::Recording);
     errors.extend(run_errors);
-    if push && errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
+    if push
+        && errors
+            .iter()
+            .any(|e| e.message.contains(crate::space::REMOTE_HINT))
+    {
         if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
-            errors.push(crate::space::temps_held(bytes, files));
+            errors.push(crate::space::temps_held(bytes, files).into());
         }
     }
 
@@ -753,7 +760,7 @@ enum Executor {
 impl Executor {
     /// Runs actions in plan order; `removals`: these are the `--delete`
     /// removals (`--backup-dir` applies). Directory attributes come last.
-    async fn execute(&self, actions: Vec<Action>, removals: bool) -> Vec<String> {
+    async fn execute(&self, actions: Vec<Action>, removals: bool) -> Vec<EntryError> {
         match self {
             Executor::Upload(p) => p.execute(actions).await,
             Executor::Download(p) => p.execute(actions, removals).await,
@@ -1006,7 +1013,11 @@ async fn prepare_destination(
 /// The run's result: its entry errors (exit 23), unless the pool gave up on
 /// the connection, which ends the run as "connection lost" (exit 30) with
 /// those errors shown first.
-pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<String>, Failure> {
+pub fn unless_lost(
+    run: &Run,
+    pool: &Pool,
+    errors: Vec<EntryError>,
+) -> Result<Vec<EntryError>, Failure> {
     match pool.gave_up() {
         Some(e) => {
             run.keep_errors(errors);
@@ -1048,8 +1059,8 @@ pub fn preview(
     run: &Run,
     plan: &robosync_planner::Plan,
     guard: Option<String>,
-    errors: Vec<String>,
-) -> Result<Vec<String>, Failure> {
+    errors: Vec<EntryError>,
+) -> Result<Vec<EntryError>, Failure> {
     for a in &plan.actions {
         run.planned(&a.to_string());
     }
@@ -1170,16 +1181,16 @@ pub fn record_locally(
     run: &Run,
     manifest: &Manifest,
     paths: &robosync_manifest::StatePaths,
-    errors: &mut Vec<String>,
+    errors: &mut Vec<EntryError>,
 ) {
     if let Some(e) = run.journal_error() {
-        errors.push(format!("journal: {e}"));
+        errors.push(format!("journal: {e}").into());
     }
     drop(run.take_journal());
     if let Err(e) = manifest.save(&paths.manifest) {
-        errors.push(e.to_string());
+        errors.push(e.to_string().into());
     } else if let Err(e) = compact(&paths.manifest, &paths.journal) {
-        errors.push(e.to_string());
+        errors.push(e.to_string().into());
     }
 }
 
