@@ -158,3 +158,41 @@ fn files_already_in_place_are_adopted_into_the_manifest() {
         }
     }
 }
+
+/// An entry's failure reaches `--json` typed where it happened (path and
+/// operation), not read back out of the message: a name holding ": " is
+/// kept whole (reading the message cut it there).
+#[test]
+fn json_errors_carry_the_entry_and_operation_the_engine_typed() {
+    use std::os::unix::fs::PermissionsExt;
+    let sshd = Sshd::builder().unprivileged(true).start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("ok.txt"), b"fine\n");
+    write(&src.join("a: b/sub/x.txt"), b"refused\n");
+    let dest = sshd.mkdir("typed-dest");
+    fs::create_dir(dest.join("a: b")).unwrap();
+    for d in [src.join("a: b"), dest.join("a: b")] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o555)).unwrap();
+    }
+    let ran = run(robosync(&sshd, &t.path().join("state"))
+        .arg("--json")
+        .arg(contents(&src))
+        .arg(remote(&dest)));
+    assert_eq!(ran.code(), 23, "{}", ran.stderr());
+    assert_eq!(fs::read(dest.join("ok.txt")).unwrap(), b"fine\n");
+    let json = ran.json();
+    let errors = json["errors"].as_array().unwrap();
+    let mkdir = errors
+        .iter()
+        .find(|e| e["operation"] == "create directory")
+        .unwrap_or_else(|| panic!("no create-directory error: {json}"));
+    assert_eq!(mkdir["path"], "a: b/sub", "{json}");
+    assert_eq!(mkdir["kind"], "entry", "{json}");
+    for e in errors {
+        assert!(
+            e["path"].is_string(),
+            "an entry error without its path: {json}"
+        );
+    }
+}
