@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use robosync_planner::{escape, Kind, Node, Tree};
 use robosync_scanner::Filter;
-use robosync_transport::{proto, Error, Pool};
+use robosync_transport::{proto, Error, Pool, Sftp};
 use tokio::task::JoinSet;
 
 use crate::failure::{EntryError, Operation};
@@ -48,11 +48,43 @@ pub struct Listing {
     pub root_missing: bool,
 }
 
+/// Where the walker gets its sessions: the run's [`Pool`], or (a unit test)
+/// one in-memory session.
+pub trait Sessions: Send + Sync + 'static {
+    /// A live session.
+    fn session(&self) -> impl std::future::Future<Output = Result<Arc<Sftp>, Error>> + Send;
+    /// How many directories to keep in flight.
+    fn listing_width(&self) -> usize;
+    /// Who the sessions talk to, for messages.
+    fn peer(&self) -> String;
+}
+
+impl Sessions for Pool {
+    fn session(&self) -> impl std::future::Future<Output = Result<Arc<Sftp>, Error>> + Send {
+        Pool::session(self)
+    }
+
+    // Across latency, many directories in flight hide the round trips.
+    // Near, the server's CPU is the limit: a few per session keep each
+    // busy, and leave the rest for sessions that join meanwhile.
+    fn listing_width(&self) -> usize {
+        if self.is_near() {
+            8 * self.sessions().len().max(1)
+        } else {
+            32
+        }
+    }
+
+    fn peer(&self) -> String {
+        self.target().peer()
+    }
+}
+
 /// Lists everything under `root` (remote path bytes). A missing root is an empty listing.
 /// `only`: of the root's directories, descend into this one alone (a
 /// single file's run needs nothing below its neighbours).
-pub async fn list(
-    pool: &Arc<Pool>,
+pub async fn list<S: Sessions>(
+    pool: &Arc<S>,
     root: &[u8],
     max_entries: usize,
     only: Option<&[u8]>,
@@ -63,15 +95,18 @@ pub async fn list(
     let mut tasks: JoinSet<DirListing> = JoinSet::new();
     let mut queue: Vec<Vec<u8>> = vec![Vec::new()];
     let mut symlinks = Vec::new();
+    // Each directory in flight holds a handle: within what the server lets
+    // one session hold (limits@openssh.com), half of it, so the lease and
+    // the manifest copy opened meanwhile still fit; past it, OPENDIR fails.
+    let handles = match pool.session().await {
+        Ok(s) => s.limits.max_open_handles as usize,
+        Err(e) => return Err(e),
+    };
     loop {
-        // Across latency, many directories in flight hide the round trips.
-        // Near, the server's CPU is the limit: a few per session keep each
-        // busy, and leave the rest for sessions that join meanwhile.
-        let in_flight = if pool.is_near() {
-            8 * pool.sessions().len().max(1)
-        } else {
-            32
-        };
+        let mut in_flight = pool.listing_width();
+        if handles > 0 {
+            in_flight = in_flight.min((handles / 2).max(1));
+        }
         while tasks.len() < in_flight {
             let Some(rel) = queue.pop() else { break };
             let pool = pool.clone();
@@ -151,7 +186,7 @@ pub async fn list(
             ));
             if nodes.len() > max_entries {
                 return Err(Error::Protocol {
-                    peer: pool.target().peer(),
+                    peer: pool.peer(),
                     detail: format!(
                         "remote tree has more than {max_entries} entries; refusing to list further"
                     ),
@@ -528,5 +563,108 @@ mod tests {
     fn temp_names_are_recognised() {
         assert!(is_temp_name(b".data.bin.rbs-0123abcd.part"));
         assert!(!is_temp_name(b"data.part"));
+    }
+
+    /// The walker against the in-memory SFTP server (crates/sftp, feature
+    /// `testing`): one session, no sshd.
+    mod walker {
+        use super::*;
+        use robosync_sftp::testing::{Hostile, MemFs, MemServer, ServerOptions};
+
+        struct One(Arc<Sftp>);
+
+        impl Sessions for One {
+            async fn session(&self) -> Result<Arc<Sftp>, Error> {
+                Ok(self.0.clone())
+            }
+            fn listing_width(&self) -> usize {
+                32
+            }
+            fn peer(&self) -> String {
+                "memory".into()
+            }
+        }
+
+        async fn listing(fs: MemFs, opts: ServerOptions) -> (MemServer, Listing) {
+            let (server, sftp) = MemServer::connect(fs, opts, Default::default())
+                .await
+                .unwrap();
+            let one = Arc::new(One(Arc::new(sftp)));
+            let l = list(&one, b"/src", MAX_REMOTE_ENTRIES, None).await.unwrap();
+            (server, l)
+        }
+
+        fn paths(l: &Listing) -> Vec<String> {
+            let mut v: Vec<String> = l.tree.nodes.keys().map(|p| escape(p)).collect();
+            v.sort();
+            v
+        }
+
+        #[tokio::test]
+        async fn lists_300_directories_and_names_that_are_not_utf8() {
+            let fs = MemFs::new();
+            for i in 0..300 {
+                fs.add_file(format!("/src/d{i:03}/f.txt").as_bytes(), b"x");
+            }
+            fs.add_file(b"/src/caf\xe9.txt", b"bytes");
+            fs.add_symlink(b"/src/link", b"d000/f.txt");
+            fs.add_file(b"/src/.robosync/manifest", b"ours");
+            fs.add_file(b"/src/.f.txt.rbs-0123456789abcdef.part", b"temp");
+            let (server, l) = listing(fs, ServerOptions::default()).await;
+            assert!(l.errors.is_empty(), "{:?}", l.errors);
+            // 300 directories, their files, the odd name and the link; not
+            // robosync's state, and the temp file set apart.
+            assert_eq!(l.tree.nodes.len(), 602, "{:?}", paths(&l));
+            assert!(l.tree.nodes.contains_key(&os(b"caf\xe9.txt")));
+            assert_eq!(
+                l.tree.nodes[&os(b"link")].kind,
+                Kind::Symlink(os(b"d000/f.txt"))
+            );
+            assert_eq!(l.temps, vec![b".f.txt.rbs-0123456789abcdef.part".to_vec()]);
+            // Every directory handle was closed again.
+            assert_eq!(server.open_handles(), 0);
+        }
+
+        /// More directories in flight (32) than the server lets one session
+        /// hold open: the walker keeps to the session's handle limit.
+        #[tokio::test]
+        async fn a_server_with_few_handles_is_listed_whole() {
+            let fs = MemFs::new();
+            for i in 0..100 {
+                fs.add_file(format!("/src/d{i:03}/f.txt").as_bytes(), b"x");
+            }
+            let opts = ServerOptions {
+                max_handles: 8,
+                ..Default::default()
+            };
+            let (_server, l) = listing(fs, opts).await;
+            assert!(l.errors.is_empty(), "{:?}", l.errors);
+            assert_eq!(l.tree.nodes.len(), 200);
+        }
+
+        #[tokio::test]
+        async fn names_that_leave_the_directory_are_refused_and_reported() {
+            let fs = MemFs::new();
+            fs.add_file(b"/src/a.txt", b"a");
+            fs.add_file(b"/src/d/b.txt", b"b");
+            let opts = ServerOptions {
+                hostile: Some(Hostile::TraversalNames),
+                ..Default::default()
+            };
+            let (_server, l) = listing(fs, opts).await;
+            assert_eq!(paths(&l), ["a.txt", "d", "d/b.txt"]);
+            assert!(!l.errors.is_empty());
+            for e in &l.errors {
+                assert_eq!(e.operation, Operation::List, "{e:?}");
+                assert!(e.message.contains("unsafe or duplicate name"), "{e:?}");
+            }
+        }
+
+        #[tokio::test]
+        async fn a_missing_root_lists_empty() {
+            let (_server, l) = listing(MemFs::new(), ServerOptions::default()).await;
+            assert!(l.root_missing);
+            assert!(l.tree.nodes.is_empty());
+        }
     }
 }
