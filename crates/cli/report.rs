@@ -45,9 +45,12 @@ pub struct Report {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ErrorRecord {
-    /// The entry concerned, relative to the transfer root, when there is one.
+    /// The entry concerned, relative to the transfer root, when there is one
+    /// (as the engine typed it, never read back out of the message).
     pub path: Option<String>,
-    /// What was being done ("create directory", "delete", "transfer", …), when known.
+    /// What was being done, when the failure is an entry's: "transfer",
+    /// "create directory", "symlink", "set attributes", "delete", "list",
+    /// "read" or "select" (robosync_sync::Operation).
     pub operation: Option<String>,
     pub kind: ErrorKind,
     /// The message robosync printed on stderr.
