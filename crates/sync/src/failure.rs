@@ -233,3 +233,33 @@ impl std::fmt::Display for EntryError {
         f.write_str(&self.message)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_parent_a_destination_needs_is_above_what_the_run_may_make() {
+        let r = |root: &str, n| {
+            required_parent(root.as_bytes(), n).map(|p| String::from_utf8(p).unwrap())
+        };
+        // DEST itself may be made: its parent must exist.
+        assert_eq!(r("/p/x/dest", 1).as_deref(), Some("/p/x"));
+        // DEST and the source's own name: DEST's parent.
+        assert_eq!(r("/p/x/dest/data", 2).as_deref(), Some("/p/x"));
+        // A file's directory is never made: the root itself must exist.
+        assert_eq!(r("/p/x", 0).as_deref(), Some("/p/x"));
+        // The login directory and / always exist.
+        assert_eq!(r("dest", 1), None);
+        assert_eq!(r("/dest", 1), None);
+        assert_eq!(r("dest/", 1), None);
+        // --mkpath.
+        assert_eq!(r("/a/b/c/d", usize::MAX), None);
+    }
+
+    #[test]
+    fn a_missing_parent_is_11_for_a_directory_and_3_for_a_file() {
+        assert_eq!(parent_missing(b"/p/x/d", b"/p/x", 1).code, EXIT_FILE_IO);
+        assert_eq!(parent_missing(b"/p/x", b"/p/x", 0).code, EXIT_SELECTION);
+    }
+}
