@@ -843,6 +843,8 @@ fn non_empty_directory_in_the_way_as_rsync() {
                 );
             }
             assert_trees(&oracle, &dest, &what);
+            // No state of robosync's inside the user's directory in the way.
+            assert!(!dest.join("f.txt/.robosync").exists(), "{what}");
         }
     }
 }
