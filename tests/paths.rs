@@ -209,7 +209,7 @@ fn missing_or_file_destination() {
     let r = run(robosync(&sshd, &t.path().join("state"))
         .arg(format!("robot:{}", base.join("data").display()))
         .arg(&file));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.code(), 3, "{}", r.stderr());
     assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
     assert_eq!(fs::read(&file).unwrap(), b"x");
 }
@@ -454,7 +454,9 @@ fn several_sources_rules() {
         ),
     ] {
         let r = run(robosync(&sshd, &state).args(&args));
-        assert_eq!(r.code(), 1, "{args:?}: {}", r.stderr());
+        // rsync: 1 for the spelling, 3 when DEST cannot be a directory.
+        let code = if says == "not a directory" { 3 } else { 1 };
+        assert_eq!(r.code(), code, "{args:?}: {}", r.stderr());
         assert!(r.stderr().contains(says), "{args:?}: {}", r.stderr());
     }
     assert!(fs::read_dir(&dest).unwrap().next().is_none());
@@ -900,7 +902,7 @@ fn symlink_and_file_destinations_as_rsync() {
         .current_dir(&base)
         .arg("data/")
         .arg(format!("robot:{}", file.display())));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.code(), 3, "{}", r.stderr());
     assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
     assert_eq!(fs::read(&file).unwrap(), b"x");
 }

@@ -75,7 +75,7 @@ pub async fn pull_run(
         Ok(m) if m.is_dir() => true,
         Ok(_) => {
             return Err(fail(
-                EXIT_USAGE,
+                crate::sync::EXIT_SELECTION,
                 format!(
                     "destination {} is not a directory (robosync copies trees)",
                     local_root.display()
@@ -202,7 +202,7 @@ pub async fn pull_run(
             None => return Err(missing()),
             Some(&Kind::Dir) => {
                 return Err(fail(
-                    EXIT_USAGE,
+                    crate::sync::EXIT_SELECTION,
                     format!(
                         "destination {} is not a directory, and source {label} is one",
                         local_root.join(&r.to).display()

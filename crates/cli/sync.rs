@@ -248,7 +248,7 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
         Endpoint::Local(l) => {
             if std::fs::metadata(&l).is_ok_and(|m| !m.is_dir()) {
                 return Err(fail(
-                    EXIT_USAGE,
+                    EXIT_SELECTION,
                     format!(
                         "destination {} is not a directory: several sources need one (as rsync)",
                         l.display()
@@ -712,7 +712,7 @@ fn pull_root(src: &[u8], dest: &Path) -> Result<PathBuf, Failure> {
     }
     if std::fs::metadata(dest).is_ok_and(|m| !m.is_dir()) {
         return Err(fail(
-            EXIT_USAGE,
+            EXIT_SELECTION,
             format!("destination {} is not a directory", dest.display()),
         ));
     }
@@ -1346,7 +1346,7 @@ async fn prepare_destination(
         }
         if file {
             return Err(fail(
-                EXIT_USAGE,
+                EXIT_SELECTION,
                 format!(
                     "destination {} is not a directory: a directory or several sources need one (as rsync)",
                     String::from_utf8_lossy(remote_root)
