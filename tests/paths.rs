@@ -1058,3 +1058,44 @@ fn missing_destination_parent_as_rsync() {
         assert_trees(&oracle, &local, &format!("pull --mkpath {src} {dest}"));
     }
 }
+
+/// A symlink named without a trailing slash is copied as the link itself,
+/// as rsync (push and pull, a link to a directory and to a file); with the
+/// slash, the directory it points to is copied, as rsync.
+#[test]
+fn a_symlink_source_is_the_link_itself_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    // Remote paths are local ones here: one base serves both directions.
+    let base = sshd.mkdir("base");
+    data(&base);
+    std::os::unix::fs::symlink("data", base.join("to_dir")).unwrap();
+    std::os::unix::fs::symlink("data/top.txt", base.join("to_file")).unwrap();
+    let state = t.path().join("state");
+    for (i, src) in ["to_dir", "to_file", "to_dir/"].into_iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir(&oracle).unwrap();
+        rsync(&base, src, &oracle);
+        let pushed = sshd.mkdir(&format!("pushed{i}"));
+        run(robosync(&sshd, &state)
+            .current_dir(&base)
+            .arg(src)
+            .arg(remote(&pushed)))
+        .success();
+        assert_trees(&oracle, &pushed, &format!("push {src}"));
+        let pulled = t.path().join(format!("pulled{i}"));
+        fs::create_dir(&pulled).unwrap();
+        run(robosync(&sshd, &state)
+            .arg(format!("robot:{}/{src}", base.display()))
+            .arg(format!("{}/", pulled.display())))
+        .success();
+        assert_trees(&oracle, &pulled, &format!("pull {src}"));
+        if !src.ends_with('/') {
+            let link = pulled.join(src);
+            assert!(
+                link.symlink_metadata().unwrap().file_type().is_symlink(),
+                "pull {src}"
+            );
+        }
+    }
+}

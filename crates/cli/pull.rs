@@ -161,6 +161,18 @@ pub async fn pull_run(
     })
     .await
     .map_err(transport_failure)?;
+    if rename.is_none() && !crate::endpoint::means_contents(remote_path) {
+        // `host:x/link` copies the symlink itself, as rsync (listing it
+        // would follow it): it goes the single-entry way.
+        let root = &remote_root;
+        let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
+        if stat.is_ok_and(|a| a.is_symlink()) {
+            return Err(redo(
+                Redo::SourceIsFile,
+                format!("source {label} is a symlink"),
+            ));
+        }
+    }
     // A single file's: nothing below (a directory there is refused).
     let listing = list_remote(&pool, &remote_root, rename.map(|_| &b""[..]))
         .await

@@ -495,7 +495,9 @@ fn single_file(
     into: bool,
 ) -> Result<Option<Roots>, Failure> {
     let src = local.as_os_str().as_bytes();
-    let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
+    // A symlink without a trailing slash is copied as the link, as rsync.
+    let is_file =
+        std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file() || m.file_type().is_symlink());
     if !is_file || crate::endpoint::means_contents(src) {
         return Ok(None);
     }
@@ -690,16 +692,6 @@ fn push_root(local: &Path, dest: &[u8]) -> Result<Vec<u8>, Failure> {
     let dest = crate::endpoint::trim_slashes(dest).to_vec();
     if crate::endpoint::means_contents(src) {
         return Ok(dest);
-    }
-    if std::fs::symlink_metadata(local).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {} is a symlink, which robosync copies only inside a tree: give {}/ for the contents of the directory it points to",
-                local.display(),
-                local.display()
-            ),
-        ));
     }
     Ok(join(&dest, crate::endpoint::last_component(src)))
 }
