@@ -22,7 +22,7 @@ use robosync_scanner::{Filters, Rule};
 use robosync_transport::Target;
 
 use crate::endpoint::Endpoint;
-use crate::failure::{fail, EntryError, Failure, Redo, EXIT_PARTIAL, EXIT_USAGE};
+use crate::failure::{fail, EntryError, Failure, Redo, EXIT_PARTIAL, EXIT_SELECTION, EXIT_USAGE};
 use crate::{join, parent_of, Direction, Job, Observer, Options, Rename, Report, Stats};
 
 /// One command line's transfer: every source to one destination.
@@ -158,7 +158,7 @@ async fn go(args: &Runs<'_>) -> Result<Vec<EntryError>, Failure> {
         Endpoint::Local(l) => {
             if std::fs::metadata(&l).is_ok_and(|m| !m.is_dir()) {
                 return Err(fail(
-                    EXIT_USAGE,
+                    EXIT_SELECTION,
                     format!(
                         "destination {} is not a directory: several sources need one (as rsync)",
                         l.display()
@@ -401,7 +401,9 @@ fn single_file(
     into: bool,
 ) -> Result<Option<Roots>, Failure> {
     let src = local.as_os_str().as_bytes();
-    let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
+    // A symlink without a trailing slash is copied as the link, as rsync.
+    let is_file =
+        std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file() || m.file_type().is_symlink());
     if !is_file || crate::endpoint::means_contents(src) {
         return Ok(None);
     }
@@ -550,16 +552,6 @@ fn push_root(local: &Path, dest: &[u8]) -> Result<Vec<u8>, Failure> {
     if crate::endpoint::means_contents(src) {
         return Ok(dest);
     }
-    if std::fs::symlink_metadata(local).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {} is a symlink, which robosync copies only inside a tree: give {}/ for the contents of the directory it points to",
-                local.display(),
-                local.display()
-            ),
-        ));
-    }
     Ok(join(&dest, crate::endpoint::last_component(src)))
 }
 
@@ -571,7 +563,7 @@ fn pull_root(src: &[u8], dest: &Path) -> Result<PathBuf, Failure> {
     }
     if std::fs::metadata(dest).is_ok_and(|m| !m.is_dir()) {
         return Err(fail(
-            EXIT_USAGE,
+            EXIT_SELECTION,
             format!("destination {} is not a directory", dest.display()),
         ));
     }

@@ -87,6 +87,22 @@ pub struct LocalLeases {
     lease: Option<crate::lease::LocalLease>,
 }
 
+impl LocalLeases {
+    /// Whether the destination's lease is held (it existed).
+    pub fn has_lease(&self) -> bool {
+        self.lease.is_some()
+    }
+
+    /// Lets go of the destination, and removes the state directory the
+    /// lease made there (`made`): the run found no tree to sync into it.
+    pub fn release(self, local_root: &Path, made: bool) {
+        drop(self);
+        if made {
+            let _ = std::fs::remove_dir(local_root.join(".robosync"));
+        }
+    }
+}
+
 /// Why a pull's source root did not list: a file (refused as such), or missing.
 pub async fn missing_source(
     pool: &Pool,

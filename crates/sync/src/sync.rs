@@ -18,7 +18,8 @@ use robosync_transport::{Error, Pool, PoolOptions, Target};
 use crate::dirs::{dirs_in_place, dirs_touched, mode_mask};
 use crate::failure::{
     exit_code, fail, parent_missing, redo, required_parent, transport_failure, EntryError, Failure,
-    Operation, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_USAGE,
+    Operation, Redo, EXIT_BUSY, EXIT_CONNECT, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL, EXIT_SELECTION,
+    EXIT_USAGE,
 };
 use crate::remote::{
     finish_small, list_remote, on_session, open_small, private_attrs, read_small, small_tmp,
@@ -213,12 +214,15 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     let _held = hold_state(&paths)?;
     // A pull's destination is here: its lease now (see crate::lease). A
     // push's is taken with the destination made, below.
+    let had_state = local_root.join(".robosync").exists();
     let mut local_lease = match direction {
         Direction::Pull => {
             crate::pull::take_leases(args, run, local_root, &abs_local, &state_dir, exists)?
         }
         Direction::Push => Default::default(),
     };
+    // Made by the lease just now: removed again if the source is a file.
+    let state_made = local_lease.has_lease() && !had_state;
 
     // The local side is scanned while the pool connects.
     let (count, counted) = tokio::sync::oneshot::channel();
@@ -294,6 +298,19 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     })
     .await
     .map_err(transport_failure)?;
+    if !push && rename.is_none() && !crate::endpoint::means_contents(&remote_path) {
+        // `host:x/link` copies the symlink itself, as rsync (listing it
+        // would follow it): it goes the single-entry way.
+        let root = &remote_root;
+        let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
+        if stat.is_ok_and(|a| a.is_symlink()) {
+            std::mem::take(&mut local_lease).release(local_root, state_made);
+            return Err(redo(
+                Redo::SourceIsFile,
+                format!("source {label} is a symlink"),
+            ));
+        }
+    }
     let session = pool.session().await.map_err(transport_failure)?;
     let manifest_remote = join(&remote_root, b".robosync/manifest");
     // A push's destination, listing and manifest copy at once: each is a
@@ -350,7 +367,13 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     let _identity = made?;
     let mut listing = listing.map_err(transport_failure)?;
     if !push && listing.root_missing {
-        return Err(crate::pull::missing_source(&pool, &remote_root, &label, rename).await);
+        let f = crate::pull::missing_source(&pool, &remote_root, &label, rename).await;
+        if f.redo.is_some() {
+            // Not a tree after all: no state of ours stays behind in what
+            // is the user's directory (DEST/NAME where a file was asked for).
+            std::mem::take(&mut local_lease).release(local_root, state_made);
+        }
+        return Err(f);
     }
     if let Some(r) = rename {
         let there = listing.tree.nodes.get(match direction {
@@ -370,7 +393,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
             }
             Direction::Pull if is_dir => {
                 return Err(fail(
-                    EXIT_USAGE,
+                    EXIT_SELECTION,
                     format!(
                         "destination {} is not a directory, and source {label} is one",
                         local_root.join(&r.to).display()
@@ -714,7 +737,11 @@ fn local_root_exists(direction: Direction, root: &Path) -> Result<bool, Failure>
     match std::fs::metadata(root) {
         Ok(m) if m.is_dir() => Ok(true),
         Ok(_) => Err(fail(
-            EXIT_USAGE,
+            // A file where DEST must be a directory: rsync's 3.
+            match direction {
+                Direction::Push => EXIT_USAGE,
+                Direction::Pull => EXIT_SELECTION,
+            },
             format!(
                 "{what} {} is not a directory (robosync copies trees)",
                 root.display()
@@ -978,7 +1005,7 @@ async fn prepare_destination(
         }
         if file {
             return Err(fail(
-                EXIT_USAGE,
+                EXIT_SELECTION,
                 format!(
                     "destination {} is not a directory: a directory or several sources need one (as rsync)",
                     String::from_utf8_lossy(remote_root)
