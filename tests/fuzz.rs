@@ -306,6 +306,7 @@ fn corpus_stat_cache() {
     let opts = ScanOptions {
         filter: Filter::new(&[]).unwrap(),
         ignore_cache: false,
+        progress: None,
     };
     let mut cache = StatCache::default();
     scan(&root, &opts, &mut cache).unwrap();

@@ -6,15 +6,18 @@ mod util;
 
 mod connect;
 mod differential;
+mod exit_codes;
 mod faults;
 mod filters;
 mod foundation;
 mod fuzz;
 mod integrity;
 mod locking;
+mod ops;
 mod paths;
 mod pull;
 mod reconnect;
 mod resume;
 mod semantics;
+mod ssh_policy;
 mod transport;

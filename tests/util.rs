@@ -36,8 +36,8 @@ impl Ran {
         String::from_utf8_lossy(&self.out.stderr).into_owned()
     }
     pub fn json(&self) -> serde_json::Value {
-        let line = self.stdout().lines().last().unwrap_or_default().to_string();
-        serde_json::from_str(&line).unwrap_or_else(|e| {
+        // --json: stdout holds exactly one JSON document, nothing else.
+        serde_json::from_str(&self.stdout()).unwrap_or_else(|e| {
             panic!(
                 "no JSON summary ({e}): {}\n{}",
                 self.stdout(),

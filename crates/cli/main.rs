@@ -2,13 +2,29 @@
 //! automation ("robot") nodes that allow nothing but sftp-server.
 //!
 //! This binary is thin: it parses arguments, wires the library crates
-//! (scanner → planner ← transport, manifest) together and reports. Exit
-//! codes: 0 everything landed; 1 usage or configuration error; 2 could not
-//! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
-//! safety guard (e.g. `--delete` on an empty source), or another run holds
-//! this destination (see `lease.rs`); 20 interrupted; 23 some entries
-//! failed; 30 connection lost and not recovered within `--retry-for`;
-//! 70 internal error.
+//! (scanner → planner ← transport, manifest) together and reports.
+//!
+//! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
+//! written for rsync read them right), decided by typed error variants
+//! (`sync::exit_code`), never by message text; `--json` carries the same:
+//!
+//! - 0 everything landed
+//! - 1 usage or configuration error (every argument error, values that cannot work)
+//! - 3 file selection error: a rules file that cannot be read (rsync 3)
+//! - 5 the server would not start SFTP: subsystem refused, or the forced
+//!   command (e.g. transfer_commands.sh) rejected it (rsync 5)
+//! - 10 could not connect: resolution, TCP, ProxyCommand/ProxyJump (rsync 10)
+//! - 12 the server broke the SFTP protocol (rsync 12)
+//! - 20 interrupted (SIGINT, SIGTERM): rerun to resume (rsync 20)
+//! - 23 some entries failed, the rest landed; or a pull's source is missing (rsync 23)
+//! - 24 some source files vanished during the run, nothing else failed (rsync 24)
+//! - 25 a `--delete` guard stopped the deletions (rsync 25, its --max-delete)
+//! - 30 connection lost and not recovered within `--retry-for` (rsync 30)
+//! - 70 internal error (a bug)
+//! - 75 another run holds this destination (see `lease.rs`): sysexits'
+//!   EX_TEMPFAIL, "try again later"; rsync has no such code, and its 35 is
+//!   a daemon timeout, so a wrapper can retry on 75 alone
+//! - 255 authentication refused, or the host key not accepted (as ssh)
 
 mod auth_hook;
 mod endpoint;
@@ -16,6 +32,7 @@ mod lease;
 mod pull;
 mod push;
 mod remote;
+mod report;
 mod run;
 mod space;
 mod sync;
@@ -32,7 +49,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     version,
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
     override_usage = "robosync [OPTIONS] SRC... DEST",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST."
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused."
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
@@ -49,7 +66,8 @@ pub struct Args {
     /// Identity (private key) file, as ssh -i; may be repeated.
     #[arg(short = 'i', value_name = "IDENTITY")]
     pub identity: Vec<PathBuf>,
-    /// Port on the remote host (as scp -P).
+    /// Port on the remote host, as scp -P (not rsync's -P: progress shows by
+    /// itself on a terminal, and every run resumes partial files).
     #[arg(short = 'P', value_name = "PORT")]
     pub port: Option<u16>,
     /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
@@ -91,6 +109,10 @@ pub struct Args {
     /// (the destination file gets holes where the source has them).
     #[arg(short = 'S', long)]
     pub sparse: bool,
+    /// Keep hard links (push): names of one local file arrive as links to
+    /// one remote file (hardlink@openssh.com), not as copies.
+    #[arg(short = 'H', long)]
+    pub hard_links: bool,
     /// fsync each file on the destination before renaming it into place.
     #[arg(long)]
     pub fsync: bool,
@@ -110,6 +132,19 @@ pub struct Args {
     /// hide, show), `merge FILE`, `!` (clear); e.g. -f '- *.tmp' -f 'P /keep/'.
     #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
     pub filter: Vec<String>,
+    /// Transfer only the paths listed in FILE (`-` for standard input), one a
+    /// line, relative to the source; `#`/`;` lines are comments. As rsync:
+    /// the directories leading to them come too, a listed directory's
+    /// contents only with -r.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// With --files-from, also everything below a listed directory (robosync
+    /// always recurses otherwise).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The paths read from --files-from.
+    #[arg(skip)]
+    pub files_list: Option<robosync_scanner::FileList>,
     /// Also delete destination entries the rules exclude (implies --delete;
     /// protect/risk rules and `-sr` rules still protect).
     #[arg(long)]
@@ -133,14 +168,32 @@ pub struct Args {
     /// Run the --auth-command when the certificate expires within this margin [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub auth_margin: Option<Duration>,
+    /// Stop a hung --auth-command (and stop waiting for another run's) after this long.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
 
     /// Where robosync keeps its own state (manifests, journals, stat caches).
     #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Print one JSON summary object on stdout at the end.
+    /// Print one JSON object on stdout (and nothing else there): the report
+    /// of the run, schema in README "JSON report"; -v lines go to stderr.
     #[arg(long)]
     pub json: bool,
-    /// More output: -v itemises actions, -vv adds connection details.
+    /// One line per action in rsync's -i format (as -v, without the notes).
+    #[arg(long)]
+    pub itemize_changes: bool,
+    /// Print counters at the end (files, bytes, resumed, unchanged, deleted, rate).
+    #[arg(long)]
+    pub stats: bool,
+    /// Limit the transfer to RATE in total over all connections: bytes per
+    /// second with a K, M or G suffix (binary units; a bare number is KiB, as rsync).
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Append itemised actions, warnings and errors, with UTC timestamps, to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+    /// More output: -v itemises actions (on stdout) and adds notes on the
+    /// connection choices (on stderr); -vv also times each phase.
     #[arg(short = 'v', long, action = ArgAction::Count)]
     pub verbose: u8,
     /// Only errors.
@@ -183,6 +236,33 @@ impl Args {
         let dest = all.pop().expect("clap requires two paths");
         (all, dest)
     }
+}
+
+/// `--bwlimit`'s RATE in bytes per second: `500K`, `10M`, `1G`, `4096B`;
+/// a bare number is KiB per second, as rsync reads it.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| t.split_at(i))
+        .unwrap_or((t, "K"));
+    let mult: f64 = match unit.to_ascii_uppercase().trim_end_matches("IB") {
+        "B" => 1.0,
+        "K" | "KB" => 1024.0,
+        "M" | "MB" => 1024.0 * 1024.0,
+        "G" | "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{s:?} is not a rate (e.g. 500K, 10M, 1G)")),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("{s:?} is not a rate above zero (e.g. 500K, 10M, 1G)"))?;
+    let rate = n * mult;
+    if rate < 1024.0 {
+        return Err(format!("--bwlimit {s} is below 1 KiB/s, which cannot work"));
+    }
+    Ok(rate as u64)
 }
 
 /// Values that parse but cannot work: refused before anything connects,
@@ -232,7 +312,7 @@ fn check_values(args: &Args) -> Result<(), String> {
 fn filter_rules(
     matches: &clap::ArgMatches,
     args: &Args,
-) -> Result<Vec<robosync_scanner::Rule>, String> {
+) -> Result<Vec<robosync_scanner::Rule>, robosync_scanner::FilterError> {
     enum Opt<'a> {
         Pattern(&'a str, bool),
         File(&'a std::path::Path, bool),
@@ -272,15 +352,14 @@ fn filter_rules(
             Opt::Pattern(p, include) => rules.pattern(p, include),
             Opt::File(f, include) => rules.pattern_file(f, include),
             Opt::Filter(r) => rules.filter(r),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
     }
     Ok(rules.into_vec())
 }
 
 fn main() {
-    // clap's errors exit 2, robosync's code for "could not connect": a
-    // wrapper retrying on that would retry a typo forever. Usage is 1.
+    // clap's errors would exit 2 (rsync's "protocol incompatibility"): a
+    // wrapper would not know a typo from a fault. Usage is 1.
     let usage = |e: clap::Error| -> ! {
         if e.use_stderr() {
             let _ = e.print();
@@ -298,11 +377,29 @@ fn main() {
         eprintln!("robosync: error: {e}");
         std::process::exit(1);
     }
+    if let Some(f) = &args.files_from {
+        match robosync_scanner::FileList::read(f, args.recursive) {
+            Ok(list) => args.files_list = Some(list),
+            Err(e) => {
+                eprintln!("robosync: error: {e}");
+                std::process::exit(match e {
+                    robosync_scanner::FilterError::Read { .. } => sync::EXIT_SELECTION,
+                    _ => sync::EXIT_USAGE,
+                });
+            }
+        }
+    }
     let rules = match filter_rules(&matches, &args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("robosync: error: {e}");
-            std::process::exit(1);
+            // As rsync: a rules file that cannot be read is a file-selection
+            // error (3); a rule that makes no sense is a usage error.
+            let code = match e {
+                robosync_scanner::FilterError::Read { .. } => sync::EXIT_SELECTION,
+                _ => sync::EXIT_USAGE,
+            };
+            std::process::exit(code);
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -363,5 +460,16 @@ mod tests {
         assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
         assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
         assert!(parse_duration("3 weeks").is_err());
+    }
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500").unwrap(), 500 * 1024);
+        assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_rate("1GiB/s").unwrap(), 1 << 30);
+        assert_eq!(parse_rate("4096B").unwrap(), 4096);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10B").is_err());
     }
 }

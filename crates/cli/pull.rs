@@ -131,6 +131,7 @@ pub async fn pull_run(
             let opts = ScanOptions {
                 filter,
                 ignore_cache: checksum,
+                progress: None,
             };
             let snap = robosync_scanner::scan(&root, &opts, &mut cache);
             if let Ok(snap) = &snap {
@@ -141,6 +142,7 @@ pub async fn pull_run(
     };
     // What a pull has to do is known only from the listing.
     let pool = open_pool(args, run, target, async { false }).await?;
+    run.phase(crate::run::Phase::Listing);
     {
         // A rerun's source holds about as many entries as its destination.
         let pool = pool.clone();
@@ -201,6 +203,9 @@ pub async fn pull_run(
         }
     }
     let mut errors = listing.errors.clone();
+    errors.extend(crate::sync::unlisted(args, |p| {
+        listing.tree.nodes.contains_key(p)
+    }));
     let mut source = remote::included(listing.tree, &filters.sender);
     if let Some(r) = rename {
         // The file is known by its local name from here on.
@@ -311,6 +316,7 @@ pub async fn pull_run(
         }
     }
 
+    run.phase(crate::run::Phase::Planning);
     let opts = PlanOptions {
         delete: args.delete,
         max_delete: args.max_delete,
@@ -327,7 +333,7 @@ pub async fn pull_run(
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
         pool.close().await;
-        return crate::sync::preview(&plan, guard, errors);
+        return crate::sync::preview(run, &plan, guard, errors);
     }
     if crate::sync::worth_more_sessions(&plan) {
         pool.expand();
@@ -374,6 +380,7 @@ pub async fn pull_run(
         })
     };
     let (content, deletes) = split_deletes(plan.actions);
+    crate::sync::before_transfer();
     let mut run_errors = job.execute(content, false).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes, true).await);
@@ -413,6 +420,7 @@ pub async fn pull_run(
         }
     }
     ticker.abort();
+    run.phase(crate::run::Phase::Recording);
     errors.extend(run_errors);
     let manifest = job.manifest.lock().unwrap().clone();
     record_locally(run, &manifest, &paths, &mut errors);
@@ -535,6 +543,15 @@ impl Pull {
                 self.run.itemize(&line);
                 Ok(())
             }
+            // Listed, then "no such file" on the server: it vanished from
+            // the source (rsync's exit 24), which is not an error.
+            Err(PullError::Remote(e))
+                if matches!(a, Action::Copy { .. } | Action::Delta { .. })
+                    && matches!(e, Error::NoSuchFile(_)) =>
+            {
+                self.run.vanished(&escape(&path));
+                Ok(())
+            }
             Err(e) => Err(format!("{}: {e}", escape(&path))),
         }
     }
@@ -555,7 +572,7 @@ impl Pull {
                 n.mtime,
             )
             .map_err(local("cannot create symlink"))?;
-        self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+        self.run.file_done();
         Ok(())
     }
 
@@ -624,7 +641,7 @@ impl Pull {
             let s = self.pool.session().await?;
             match self.fetch_once(&s, key, node).await {
                 Ok(()) => {
-                    self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                    self.run.file_done();
                     return Ok(());
                 }
                 Err(PullError::Remote(err)) if err.is_connection() => {
@@ -817,6 +834,7 @@ impl Pull {
         };
         file.write_all_at(&buf, 0)
             .map_err(local("cannot write temp file"))?;
+        self.run.throttle(size).await;
         self.run.add_bytes(size);
         let h = robosync_scanner::hash_block(&buf, 0, size);
         Ok(Some(((h, vec![h]), attrs)))
@@ -871,9 +889,11 @@ impl Pull {
             if fetched {
                 file.write_all_at(&buf, i * BLOCK_SIZE)
                     .map_err(local("cannot write temp file"))?;
+                self.run.throttle(buf.len() as u64).await;
                 self.run.add_bytes(buf.len() as u64);
             } else {
                 kept += 1;
+                self.run.resumed(buf.len() as u64);
             }
             self.run.journal_for(
                 &JournalRecord::BlockDone {

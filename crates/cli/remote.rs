@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use robosync_planner::{escape, Kind, Node, Tree};
 use robosync_scanner::Filter;
-use robosync_transport::{Error, Pool};
+use robosync_transport::{proto, Error, Pool};
 use tokio::task::JoinSet;
 
 use crate::endpoint::{join, os};
@@ -20,10 +20,7 @@ pub const STATE_DIR: &[u8] = b".robosync";
 /// Temp files carry this marker: `.NAME.rbs-XXXXXXXX.part`.
 pub const TEMP_MARK: &[u8] = b".rbs-";
 
-/// Whether a server-supplied name is one safe path component.
-pub fn safe_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
-}
+pub use robosync_transport::client::safe_name;
 
 pub fn is_temp_name(name: &[u8]) -> bool {
     name.starts_with(b".")
@@ -88,11 +85,12 @@ pub async fn list(
         let (rel, result) = done.expect("listing task panicked");
         let names = match result {
             Ok(n) => n,
-            Err(e) if rel.is_empty() && e.status_code() == Some(2) => {
+            Err(Error::NoSuchFile(_)) if rel.is_empty() => {
                 out.root_missing = true;
                 continue;
             }
-            Err(e) if e.is_connection() => return Err(e),
+            // A server that breaks the protocol ends the run (exit 12).
+            Err(e) if e.is_connection() || matches!(e, Error::Protocol { .. }) => return Err(e),
             Err(e) => {
                 out.errors.push(format!(
                     "cannot list {}: {e}",
@@ -201,10 +199,13 @@ pub async fn expand_home(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Ve
         None => (path, &b""[..]),
     };
     if user != b"~" {
-        return Err(Error::Connect(format!(
-            "the server cannot expand {} (it lacks expand-path@openssh.com): give the full path",
-            escape(&os(user))
-        )));
+        // A path the server cannot resolve, as a missing source (exit 23).
+        return Err(Error::from_status(
+            "expand",
+            escape(&os(user)).as_bytes(),
+            proto::FX_OP_UNSUPPORTED,
+            "the server lacks expand-path@openssh.com: give the full path".into(),
+        ));
     }
     // SFTP starts in the login directory.
     Ok(join(&s.realpath(b".").await?, rest))

@@ -17,14 +17,34 @@ use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{Error, Pool, PoolOptions, SessionOptions, Target};
 
 use crate::endpoint::{join, Endpoint, Rename};
-use crate::run::{Run, RunOptions};
+use crate::run::{Phase, Run, RunOptions};
 use crate::{push, remote, Args};
 
+// The exit codes (documented in main.rs and the README): rsync's numbers
+// where the meaning matches, so cron wrappers written for rsync keep working.
+/// Usage or configuration error (as rsync 1).
 pub const EXIT_USAGE: i32 = 1;
-pub const EXIT_CONNECT: i32 = 2;
-pub const EXIT_GUARD: i32 = 3;
+/// File selection error: a rules or list file that cannot be read (rsync 3).
+pub const EXIT_SELECTION: i32 = 3;
+/// The server would not start SFTP (rsync 5: error starting client-server protocol).
+pub const EXIT_NO_SFTP: i32 = 5;
+/// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
+pub const EXIT_CONNECT: i32 = 10;
+/// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
+pub const EXIT_PROTOCOL: i32 = 12;
+/// Some entries failed, the rest landed (rsync 23).
 pub const EXIT_PARTIAL: i32 = 23;
+/// Some source files vanished during the run, and nothing else failed (rsync 24).
+pub const EXIT_VANISHED: i32 = 24;
+/// A `--delete` guard stopped the deletions (rsync 25: --max-delete limit).
+pub const EXIT_GUARD: i32 = 25;
+/// Connection lost and not re-established within `--retry-for` (rsync 30: timeout).
 pub const EXIT_LOST: i32 = 30;
+/// Another run holds this destination: sysexits' EX_TEMPFAIL ("try again
+/// later"); rsync has no such code, and its 35 means a daemon timeout.
+pub const EXIT_BUSY: i32 = 75;
+/// Authentication refused or host key not accepted (as ssh's 255).
+pub const EXIT_DENIED: i32 = 255;
 
 /// The most entries a remote listing may hold before we call the server absurd.
 pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
@@ -62,16 +82,58 @@ pub fn redo(redo: Redo, message: impl Into<String>) -> Failure {
     }
 }
 
-/// Exit 30 for a connection lost and not re-established within
-/// `--retry-for`, exit 2 for one that could not be made (decided by the
-/// error's variant, not its text).
-pub fn transport_failure(e: Error) -> Failure {
-    let code = if e.is_connection() {
-        EXIT_LOST
-    } else {
-        EXIT_CONNECT
+/// The exit code for a transport error, decided by its variant, never its text.
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::ConnectionLost { .. } | Error::Timeout { .. } => EXIT_LOST,
+        Error::Unreachable(_) | Error::Connect(_) => EXIT_CONNECT,
+        Error::Denied(_) => EXIT_DENIED,
+        Error::Refused { .. } | Error::ChannelRefused { .. } => EXIT_NO_SFTP,
+        Error::Protocol { .. } => EXIT_PROTOCOL,
+        // A refusal about one path (e.g. the destination cannot be made).
+        Error::NoSuchFile(_)
+        | Error::PermissionDenied(_)
+        | Error::Failure(_)
+        | Error::Unsupported(_)
+        | Error::BadMessage(_)
+        | Error::Status(_) => EXIT_PARTIAL,
+    }
+}
+
+/// Debug builds only: runs `$ROBOSYNC_TEST_BEFORE_TRANSFER` (a shell
+/// command) between planning and sending, so a test can change the source
+/// at exactly that point (a file vanishing, exit 24) without a race.
+pub fn before_transfer() {
+    #[cfg(debug_assertions)]
+    if let Some(cmd) = std::env::var_os("ROBOSYNC_TEST_BEFORE_TRANSFER") {
+        let _ = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .status();
+    }
+}
+
+/// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
+/// `link_stat … failed`, so a typo in a list never passes silently.
+pub fn unlisted(args: &Args, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+    let Some(list) = &args.files_list else {
+        return Vec::new();
     };
-    fail(code, e.to_string())
+    list.paths()
+        .into_iter()
+        .filter(|p| !exists(p))
+        .map(|p| {
+            format!(
+                "{}: listed in --files-from but not in the source",
+                robosync_planner::escape(p)
+            )
+        })
+        .collect()
+}
+
+/// A run-ending transport error, with its [`exit_code`].
+pub fn transport_failure(e: Error) -> Failure {
+    fail(exit_code(&e), e.to_string())
 }
 
 pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
@@ -84,10 +146,32 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         backup_dir: args.backup_dir.clone(),
         progress: !args.no_progress && !args.json,
         sparse: args.sparse,
+        json: args.json,
+        itemize: args.itemize_changes,
+        stats: args.stats,
+        bwlimit: args.bwlimit,
     }));
-    let result = go(&args, rules, &run).await;
-    run.finish_progress();
+    let result = match open_log(&args, &run) {
+        Ok(()) => {
+            // The phase line's counters (the scan's) move on their own.
+            let ticker = {
+                let run = run.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        run.refresh();
+                    }
+                })
+            };
+            let r = go(&args, rules, &run).await;
+            ticker.abort();
+            r
+        }
+        Err(f) => Err(f),
+    };
+    let vanished = run.vanished_list();
     let (code, errors) = match result {
+        Ok(errors) if errors.is_empty() && !vanished.is_empty() => (EXIT_VANISHED, errors),
         Ok(errors) if errors.is_empty() => (0, errors),
         Ok(errors) => {
             for e in &errors {
@@ -100,32 +184,27 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
             (f.code, vec![f.message])
         }
     };
-    let s = &run.stats;
-    let elapsed = run.started.elapsed().as_secs_f64();
-    if args.json {
-        let summary = serde_json::json!({
-            "files_transferred": s.files.load(Ordering::Relaxed),
-            "bytes_transferred": s.bytes.load(Ordering::Relaxed),
-            "files_skipped": s.skipped.load(Ordering::Relaxed),
-            "deleted": s.deleted.load(Ordering::Relaxed),
-            "verified": s.verified.load(Ordering::Relaxed),
-            "errors": errors,
-            "dry_run": args.dry_run,
-            "elapsed_seconds": elapsed,
-            "exit_code": code,
-        });
-        println!("{summary}");
-    } else if args.verbose > 0 {
-        eprintln!(
-            "robosync: {} files ({} bytes) transferred, {} unchanged, {} deleted in {:.2} s",
-            s.files.load(Ordering::Relaxed),
-            s.bytes.load(Ordering::Relaxed),
-            s.skipped.load(Ordering::Relaxed),
-            s.deleted.load(Ordering::Relaxed),
-            elapsed
-        );
-    }
+    run.summary(code, args.dry_run, &errors, &vanished);
     code
+}
+
+/// `--log-file FILE`: appended to, so a cron job's runs accumulate.
+fn open_log(args: &Args, run: &Run) -> Result<(), Failure> {
+    let Some(path) = &args.log_file else {
+        return Ok(());
+    };
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| {
+            fail(
+                EXIT_USAGE,
+                format!("cannot open the log file {}: {e}", path.display()),
+            )
+        })?;
+    run.set_log(f);
+    Ok(())
 }
 
 pub(crate) fn default_state_dir() -> PathBuf {
@@ -279,8 +358,16 @@ async fn go_one(
     dst: &Endpoint,
 ) -> Result<Vec<String>, Failure> {
     let rules = rules.to_vec();
-    let filters =
-        Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
+    let filters = Filters::new(&rules, args.delete_excluded)
+        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?
+        .with_list(args.files_list.clone());
+    if args.hard_links && matches!(src, Endpoint::Remote { .. }) {
+        return Err(fail(
+            EXIT_USAGE,
+            "-H works on a push only: an SFTP listing carries no inode numbers, so a \
+             server's hard links cannot be told from copies (run without -H)",
+        ));
+    }
     match (src, dst) {
         (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
             if let Err(e) = std::fs::symlink_metadata(l) {
@@ -661,7 +748,12 @@ pub async fn open_pool(
         work,
     )
     .await
-    .map_err(transport_failure)?;
+    .map_err(|e| match exit_code(&e) {
+        // Never connected, so nothing was lost: the login kept failing
+        // (e.g. a ProxyJump host that is down) within --retry-for.
+        EXIT_LOST => fail(EXIT_CONNECT, e.to_string()),
+        _ => transport_failure(e),
+    })?;
     for n in pool.notes.lock().unwrap().drain(..) {
         if n.starts_with("warning") {
             run.warn(n.trim_start_matches("warning: "));
@@ -755,6 +847,8 @@ async fn push_run(
     let checksum = args.checksum;
     let (predict, work) = tokio::sync::oneshot::channel();
     let state = paths.clone();
+    let progress = Arc::new(robosync_scanner::ScanProgress::default());
+    run.scanning(progress.clone());
     let scan = tokio::task::spawn_blocking(move || {
         let mut cache = if checksum {
             StatCache::default()
@@ -764,6 +858,7 @@ async fn push_run(
         let opts = ScanOptions {
             filter,
             ignore_cache: checksum,
+            progress: Some(progress),
         };
         let snap = robosync_scanner::scan(&scan_root, &opts, &mut cache);
         // Last run's journal folded in now, off the critical path.
@@ -778,9 +873,9 @@ async fn push_run(
     let dry_run = args.dry_run;
     let work = async move { !dry_run && work.await.unwrap_or(false) };
     let pool = open_pool(args, run, target, work).await?;
-    run.phase("connected");
+    run.phase(Phase::Scanning);
     let (snap, cache, local) = scan.await.expect("scan task panicked");
-    run.phase("scanned");
+    run.phase(Phase::Listing);
     if let Ok(snap) = &snap {
         // The destination will hold about as many entries as the source.
         pool.widen_for_listing(snap.entries.len());
@@ -797,11 +892,15 @@ async fn push_run(
             e.path = r.to.clone();
         }
     }
-    let mut errors: Vec<String> = snap
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message))
-        .collect();
+    let mut errors = unlisted(args, |p| local_root.join(p).symlink_metadata().is_ok());
+    for e in &snap.errors {
+        let path = robosync_planner::escape(&e.path);
+        if e.vanished {
+            run.vanished(&path);
+        } else {
+            errors.push(format!("{path}: {}", e.message));
+        }
+    }
     for s in &snap.skipped {
         run.warn(&format!(
             "skipping {:?} {} (not a regular file, directory or symlink)",
@@ -882,7 +981,7 @@ async fn push_run(
             ));
         }
     }
-    run.phase("listed the destination");
+    run.phase(Phase::Planning);
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
     if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
@@ -922,11 +1021,10 @@ async fn push_run(
     for w in &plan.warnings {
         run.warn(w);
     }
-    run.phase("planned");
     run.stats.skipped.store(plan.unchanged, Ordering::Relaxed);
     if args.dry_run {
         pool.close().await;
-        return preview(&plan, guard, errors);
+        return preview(run, &plan, guard, errors);
     }
     if worth_more_sessions(&plan) {
         pool.expand();
@@ -955,6 +1053,7 @@ async fn push_run(
         local_names: rename
             .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
             .unwrap_or_default(),
+        hard_links: args.hard_links,
     });
     push::adopt_unchanged(&job, &listing.tree);
 
@@ -985,6 +1084,7 @@ async fn push_run(
             Ok::<_, Error>((s, h))
         })
     });
+    before_transfer();
     let mut run_errors = job.execute(content).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes).await);
@@ -995,7 +1095,7 @@ async fn push_run(
         ));
     }
     ticker.abort();
-    run.phase("transferred");
+    run.phase(Phase::Recording);
     errors.extend(run_errors);
     if rename.is_none() && errors.is_empty() {
         // rsync -a's `.`: the sync root takes the source directory's mode
@@ -1064,7 +1164,6 @@ async fn push_run(
         }
     }
     errors.extend(recorded.await.expect("recording the manifest panicked"));
-    run.phase("recorded the manifest");
     // Temp files no attempt will resume: leftovers of earlier runs (late
     // requests of an abandoned connection may even have made some after
     // they were listed) and this run's attempts that did not land.
@@ -1106,7 +1205,6 @@ async fn push_run(
     crate::lease::HELD.release().await;
     let cache = (!cache_unchanged).then_some(&cache);
     close_run(run, &pool, cache, &paths, args.verbose > 0).await;
-    run.phase("closed");
     unless_lost(run, &pool, errors)
 }
 
@@ -1241,7 +1339,7 @@ pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<St
     }
 }
 
-/// The plan, or the `--delete` guard that refuses it (exit 3). A dry run
+/// The plan, or the `--delete` guard that refuses it (exit 25). A dry run
 /// gets the whole plan, deletions included, and the guard a real run would
 /// stop at.
 pub fn plan_guarded(
@@ -1270,12 +1368,13 @@ pub fn plan_guarded(
 /// A dry run's output: every action a real run would take, then the guard
 /// that would stop it, if any (with the code the real run would exit with).
 pub fn preview(
+    run: &Run,
     plan: &robosync_planner::Plan,
     guard: Option<String>,
     errors: Vec<String>,
 ) -> Result<Vec<String>, Failure> {
     for a in &plan.actions {
-        println!("{a}");
+        run.planned(a.to_string());
     }
     match guard {
         Some(g) => Err(fail(
@@ -1309,7 +1408,21 @@ pub fn start_journal(
         run_id: manifest.run_id,
         unix: manifest.written_at_unix,
     });
-    run.set_total(plan.bytes_to_send(robosync_scanner::BLOCK_SIZE));
+    let files = plan
+        .actions
+        .iter()
+        .filter(|a| {
+            matches!(
+                a,
+                Action::Copy { .. } | Action::Delta { .. } | Action::Symlink { .. }
+            )
+        })
+        .count();
+    run.set_total(
+        plan.bytes_to_send(robosync_scanner::BLOCK_SIZE),
+        files as u64,
+    );
+    run.phase(Phase::Transferring);
     Ok(())
 }
 
@@ -1359,6 +1472,7 @@ pub async fn close_run(
     paths: &robosync_manifest::StatePaths,
     verbose: bool,
 ) {
+    run.phase(Phase::Closing);
     // None: the scan left it as loaded, and rewriting it would only cost a sync.
     if let Some(Err(e)) = cache.map(|c| c.save(&paths.stat_cache)) {
         run.warn(&format!(
@@ -1475,7 +1589,7 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
     }
     match std::io::Error::last_os_error() {
         e if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
-            EXIT_GUARD,
+            EXIT_BUSY,
             format!(
                 "another robosync run is syncing this source and destination (it holds {}); \
                  this run did nothing: try again when that one has finished",
@@ -1516,7 +1630,7 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let private = private_attrs(0o600);
     match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
-        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+        Err(Error::NoSuchFile(_)) => {
             push::mkdir_p(s, dir).await?;
             s.open(&tmp, flags, &private).await
         }

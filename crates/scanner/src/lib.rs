@@ -18,7 +18,7 @@
 //! use std::path::Path;
 //!
 //! let filter = Filter::new(&[Rule::exclude("*.tmp"), Rule::exclude("/build/")])?;
-//! let opts = ScanOptions { filter, ignore_cache: false };
+//! let opts = ScanOptions { filter, ignore_cache: false, progress: None };
 //! let cache_path = Path::new("/var/lib/robosync/data.statcache");
 //! let mut cache = StatCache::load(cache_path);
 //! let snapshot = scan(Path::new("/data"), &opts, &mut cache)?;
@@ -51,7 +51,7 @@ mod walk;
 mod tests;
 
 pub use cache::{StatCache, RACY_WINDOW_NS};
-pub use filter::{Filter, FilterError, Filters, Rule, Rules, Side};
+pub use filter::{FileList, Filter, FilterError, Filters, Rule, Rules, Side};
 pub use hash::{hash_block, hash_bytes, whole_from_blocks};
 pub use walk::scan;
 
@@ -144,6 +144,9 @@ pub struct Entry {
 pub struct ScanError {
     pub path: PathBuf,
     pub message: String,
+    /// Listed, then gone when opened or stat'ed (rsync's "file has
+    /// vanished"): the source changed under the scan, nothing failed.
+    pub vanished: bool,
 }
 
 /// What kind of non-regular file was skipped.
@@ -194,6 +197,15 @@ pub struct ScanOptions {
     pub filter: Filter,
     /// Ignore the stat cache and rehash every file (`--checksum`).
     pub ignore_cache: bool,
+    /// Counters a progress display reads while the scan runs.
+    pub progress: Option<std::sync::Arc<ScanProgress>>,
+}
+
+/// How far a running scan has got: entries seen, bytes hashed so far.
+#[derive(Debug, Default)]
+pub struct ScanProgress {
+    pub entries: std::sync::atomic::AtomicU64,
+    pub bytes_hashed: std::sync::atomic::AtomicU64,
 }
 
 /// The order of [`Snapshot::entries`]: plain byte order of the paths.

@@ -149,6 +149,9 @@ impl<'a> Walk<'a> {
                 }
             };
             let path = rel.join(child.file_name());
+            if let Some(p) = &self.opts.progress {
+                p.entries.fetch_add(1, Relaxed);
+            }
             // d_type, usually free: an excluded child is never stat'ed.
             let is_dir = child.file_type().is_ok_and(|t| t.is_dir());
             if !self.opts.filter.includes(&path, is_dir) {
@@ -263,6 +266,9 @@ impl<'a> Walk<'a> {
         }
         self.files_hashed.fetch_add(1, Relaxed);
         self.bytes_hashed.fetch_add(key.size, Relaxed);
+        if let Some(p) = &self.opts.progress {
+            p.bytes_hashed.fetch_add(key.size, Relaxed);
+        }
         let mut item = self.item(path, EntryKind::File, key.size, &before);
         item.entry.digest = Some(digest);
         self.set_cache_key(&mut item, key);
@@ -293,16 +299,25 @@ impl<'a> Walk<'a> {
     }
 
     fn io_error(&self, path: PathBuf, op: &str, e: io::Error) {
-        let message = if e.kind() == io::ErrorKind::NotFound {
+        let vanished = e.kind() == io::ErrorKind::NotFound;
+        let message = if vanished {
             "vanished during the scan".to_owned()
         } else {
             format!("{op}: {e}")
         };
-        self.error(path, message);
+        lock(&self.errors).push(ScanError {
+            path,
+            message,
+            vanished,
+        });
     }
 
     fn error(&self, path: PathBuf, message: String) {
-        lock(&self.errors).push(ScanError { path, message });
+        lock(&self.errors).push(ScanError {
+            path,
+            message,
+            vanished: false,
+        });
     }
 }
 
