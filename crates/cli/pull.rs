@@ -533,10 +533,13 @@ impl Pull {
 
     /// Files fetched at once: across latency a small file costs two round
     /// trips (OPEN; READ+FSTAT), so files in flight are what sets the pace
-    /// (measured, 20,000 files of 64 B at 50 ms RTT: 8 per session took
-    /// 15 s). Bounded by the server's open-handle limit (half of it, as
-    /// a push does, leaving room for striped big files and listings); a small
-    /// file holds no local fd while in flight (see [`Pull::fetch_whole`]).
+    /// (measured, 20,000 files of 64 B at 50 ms RTT, 16 sessions: 8 per
+    /// session with local writes on the async workers took 19.6 s, up to 256
+    /// with [`Landing`] threads 4.5 s). Bounded by the server's open-handle
+    /// limit (half of it, as a push does, leaving room for striped big files
+    /// and listings), by the read-ahead budget (each file holds at least
+    /// 64 KiB of it), and by our fds: a small file holds none while in flight
+    /// (see [`Pull::fetch_whole`]), a bigger one its temp file.
     async fn files_in_flight(&self) -> usize {
         let handles = self
             .pool
@@ -544,11 +547,11 @@ impl Pull {
             .await
             .map_or(0, |s| s.limits.max_open_handles);
         let per_session = if handles > 0 {
-            (handles / 2).clamp(8, crate::push::MAX_FILES_PER_SESSION) as usize
+            (handles / 2).clamp(8, crate::push::PULL_FILES_PER_SESSION) as usize
         } else {
             16
         };
-        per_session * self.pool.capacity()
+        (per_session * self.pool.capacity()).min(crate::push::fd_budget())
     }
 
     async fn file_action(&self, a: Action, removals: bool) -> Result<(), String> {
