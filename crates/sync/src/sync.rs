@@ -590,7 +590,8 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
             Executor::Download(Arc::new(crate::pull::Pull {
                 run: run.clone(),
                 pool: pool.clone(),
-                root,
+                root: Arc::new(root),
+                landing: crate::pull::Landing::new(crate::pull::LANDING_THREADS),
                 backup,
                 remote_root: remote_root.clone(),
                 source,
