@@ -207,7 +207,12 @@ async fn go(args: &Runs<'_>) -> Result<Vec<EntryError>, Failure> {
         mine.extend_from_slice(rules);
         match go_one(args, &mine, src, &dst).await {
             Ok(e) => errors.extend(e),
-            Err(f) if f.code == EXIT_PARTIAL => errors.push(f.message.into()),
+            Err(f) if f.code == EXIT_PARTIAL => {
+                // The next source goes on: what failed before this one
+                // stopped is this command's too.
+                errors.append(&mut args.total.lock().unwrap().kept);
+                errors.push(f.message.into());
+            }
             Err(mut f) => {
                 let rest: Vec<String> = srcs[i + 1..].iter().map(Endpoint::label).collect();
                 if !rest.is_empty() {
