@@ -83,7 +83,7 @@ fn certificate_valid_works_expired_is_explained_expiring_warns() {
     let r = run(robosync(&sshd, &t.path().join("s0"))
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d0"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
 
     sign_user(&ca, &sshd.client_key, "+1h", &sshd.user);
     let dest = sshd.mkdir("d1");
@@ -104,7 +104,7 @@ fn certificate_valid_works_expired_is_explained_expiring_warns() {
     let r = run(robosync(&sshd, &t.path().join("s2"))
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d2"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("expired"), "{}", r.stderr());
     assert!(!r.stderr().contains("permission denied"), "{}", r.stderr());
 
@@ -189,7 +189,7 @@ fn auth_hook_refreshes_once_under_concurrency() {
         .arg("echo signing service unreachable >&2; exit 7")
         .arg(contents(&src))
         .arg(remote(&dests[0])));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(
         r.stderr().contains("signing service unreachable"),
         "{}",
@@ -319,7 +319,7 @@ fn agent_key_is_used_and_identities_only_keeps_it_out() {
     let r = run(robosync_with(&config("yes"), &t.path().join("s2"))
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d2"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
     let log = sshd.log();
     assert!(
@@ -420,7 +420,7 @@ fn host_keys_hashed_revoked_changed_unknown() {
         "revoked",
         &format!("{plain}@revoked * {host_pub}\n"),
     );
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("revoked"), "{}", r.stderr());
 
     // Changed.
@@ -433,7 +433,7 @@ fn host_keys_hashed_revoked_changed_unknown() {
         "changed",
         &format!("[127.0.0.1]:{} {}", sshd.port, other_pub.trim()),
     );
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("CHANGED"), "{}", r.stderr());
     assert!(
         r.stderr().contains(&fingerprint(&pub_of(&other))),
@@ -443,7 +443,7 @@ fn host_keys_hashed_revoked_changed_unknown() {
 
     // Unknown: refused, then recorded (hashed) with accept-new, then trusted.
     let r = push_with_known_hosts(&sshd, t.path(), "unknown", "");
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("accept-new"), "{}", r.stderr());
     let src = t.path().join("src");
     run(robosync(&sshd, &t.path().join("state-accept"))
@@ -506,7 +506,7 @@ fn ipv6_login_against_an_ipv4_from_pattern_explains_and_suggests_dash_4() {
     let r = run(robosync_with(&cfg, &t.path().join("s"))
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("IPv6"), "{}", r.stderr());
     assert!(r.stderr().contains("-4"), "{}", r.stderr());
 }

@@ -1202,9 +1202,9 @@ fn one_case(
         Fault::TwoSpellings | Fault::TwoAliases | Fault::TwoStateDirs
     ) {
         for e in &exits {
-            if e.code != 0 && e.code != 3 {
+            if e.code != 0 && e.code != 75 {
                 fig.note(format!(
-                    "overlapping run exited {} (expected 0 or 3, busy): {}",
+                    "overlapping run exited {} (expected 0 or 75, busy): {}",
                     e.code,
                     first_line(&e.stderr)
                 ));

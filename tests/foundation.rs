@@ -71,7 +71,7 @@ fn refused_subsystem_is_reported_with_the_servers_words() {
             .arg(remote(&dest)))
     };
     let r = attempt();
-    assert_ne!(r.code(), 0);
+    assert_eq!(r.code(), 5, "{}", r.stderr());
     let err = r.stderr();
     assert!(err.contains("the server refused SFTP"), "{err}");
     assert!(
@@ -82,7 +82,7 @@ fn refused_subsystem_is_reported_with_the_servers_words() {
 
     sshd.set_reject_sftp_on_stderr();
     let r = attempt();
-    assert_ne!(r.code(), 0);
+    assert_eq!(r.code(), 5, "{}", r.stderr());
     let err = r.stderr();
     assert!(err.contains("the server refused SFTP"), "{err}");
     assert!(err.contains("closed without a word"), "{err}");
@@ -102,7 +102,7 @@ fn unknown_host_key_is_refused_and_named() {
     let r = run(robosync(&sshd, &t.path().join("state"))
         .arg(contents(&src))
         .arg(remote(&dest)));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("127.0.0.1"), "{}", r.stderr());
     assert!(r.stderr().contains("accept-new"), "{}", r.stderr());
     assert!(!dest.join("f").exists());
@@ -135,7 +135,7 @@ fn changed_host_key_is_refused() {
         .args(["-o", "StrictHostKeyChecking=no"])
         .arg(contents(&src))
         .arg(remote(&dest)));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     let err = r.stderr();
     assert!(err.contains("SHA256:"), "{err}");
     assert!(
@@ -247,7 +247,7 @@ fn an_overlapping_run_of_the_same_pair_is_refused() {
     // SAFETY: flock on a descriptor the test owns.
     assert_eq!(unsafe { libc::flock(fd, libc::LOCK_EX) }, 0);
     let r = push();
-    assert_eq!(r.code(), 3, "{}", r.stderr());
+    assert_eq!(r.code(), 75, "{}", r.stderr());
     assert!(
         r.stderr().contains("another robosync run"),
         "{}",

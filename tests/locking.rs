@@ -153,7 +153,7 @@ fn one_push_destination_runs_once_however_it_is_spelled_or_reached() {
         .arg(contents(&src))
         .arg(&spelled));
     let first_pid = first.id();
-    assert_eq!(second.code(), 3, "stderr: {}", second.stderr());
+    assert_eq!(second.code(), 75, "stderr: {}", second.stderr());
     assert!(
         second.stderr().contains(&format!("pid {first_pid}")),
         "the holder is not named: {}",
@@ -198,7 +198,7 @@ fn one_pull_destination_runs_once_however_it_is_spelled() {
     let second = run(robosync_with(&cfg, &t.path().join("state-b"))
         .arg(format!("robot2:{}/", src.display()))
         .arg(format!("{}/", d.display())));
-    assert_eq!(second.code(), 3, "stderr: {}", second.stderr());
+    assert_eq!(second.code(), 75, "stderr: {}", second.stderr());
     assert!(
         second.stderr().contains(&format!("pid {}", first.id())),
         "the holder is not named: {}",
@@ -242,7 +242,7 @@ fn a_live_lease_refuses_and_a_stale_one_is_taken_over() {
     let busy = run(robosync(&sshd, &state)
         .arg(contents(&src))
         .arg(remote(&dest)));
-    assert_eq!(busy.code(), 3, "stderr: {}", busy.stderr());
+    assert_eq!(busy.code(), 75, "stderr: {}", busy.stderr());
     assert!(
         busy.stderr().contains("cron-host-b") && busy.stderr().contains("pid 4242"),
         "{}",

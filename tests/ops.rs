@@ -213,6 +213,7 @@ fn report(ran: &Ran) -> Report {
         "elapsed_seconds",
         "planned",
         "errors",
+        "vanished",
     ] {
         assert!(value.get(key).is_some(), "{key} missing: {out}");
     }
@@ -320,7 +321,7 @@ fn json_reports_a_connection_failure_as_one_document() {
         .args(["--json", "-v"])
         .arg(contents(&src))
         .arg("nowhere:/tmp/x"));
-    assert_eq!(ran.code(), 2, "{}", ran.stderr());
+    assert_eq!(ran.code(), 10, "{}", ran.stderr());
     let r = report(&ran);
     assert_eq!(r.errors.len(), 1, "{r:?}");
     assert_eq!(r.errors[0].kind, ErrorKind::Connect);

@@ -46,8 +46,7 @@ fn data(base: &Path) -> PathBuf {
     set_mtime(&d.join("top.txt"), 1_600_000_000);
     set_mtime(&d.join("sub/inner.txt"), 1_600_000_001);
     fs::set_permissions(d.join("sub"), fs::Permissions::from_mode(0o750)).unwrap();
-    // The sync root's own mode and mtime are not carried yet (rsync's `.`
-    // entry; neither for `data/` on main): `data` keeps the usual 0755.
+    // The sync root's own mode (carried as rsync's `.`): the usual 0755.
     fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).unwrap();
     d
 }
@@ -269,29 +268,202 @@ fn readme_usage_examples_run() {
     );
     assert!(work.join("res/r.txt").is_file(), "results/ → ./res");
     assert!(root.join("project/f/top.txt").is_file(), "a file into f/");
-    assert!(ran.len() >= 7, "{ran:?}");
+    assert!(root.join("project/f/t.txt").is_file(), "a file as f/t.txt");
+    assert!(work.join("r.txt").is_file(), "one file pulled as ./r.txt");
+    assert!(root.join("project/s/top.txt").is_file(), "several: a file");
+    assert!(
+        root.join("project/s/sub/inner.txt").is_file(),
+        "several: a dir"
+    );
+    assert!(work.join("both/t.txt").is_file(), "several pulled: a file");
+    assert!(
+        work.join("both/results/r.txt").is_file(),
+        "several pulled: a dir"
+    );
+    assert!(ran.len() >= 11, "{ran:?}");
 }
 
-/// Several sources: refused with what to do, exit 1, nothing copied.
+/// `rsync -a ARGS...` run in `cwd`, the oracle for several sources.
+fn rsync_all(cwd: &Path, args: &[&str]) {
+    let out = Command::new("rsync")
+        .current_dir(cwd)
+        .arg("-a")
+        .args(args)
+        .output()
+        .expect("rsync is installed by fixtures/setup.sh");
+    assert!(out.status.success(), "rsync {args:?}: {out:?}");
+}
+
+/// `base` with a tree (`data`), another (`b`) and a file (`c.txt`).
+fn three_sources(base: &Path) {
+    data(base);
+    write(&base.join("b/b1.txt"), b"b1\n");
+    write(&base.join("b/deep/b2.txt"), b"b2\n");
+    write(&base.join("c.txt"), b"c\n");
+    for (f, t) in [("b/b1.txt", 1), ("b/deep/b2.txt", 2), ("c.txt", 3)] {
+        set_mtime(&base.join(f), 1_600_000_000 + t);
+    }
+}
+
+/// What a destination holds before a `--delete` run: strays at its top and
+/// inside `data`, where rsync deletes them.
+fn strays(dest: &Path) {
+    write(&dest.join("stray.txt"), b"stray\n");
+    write(&dest.join("data/stray2.txt"), b"stray\n");
+}
+
+/// `robosync data b/ c.txt host:x/` as rsync: into an existing DEST, a
+/// missing one (made a directory), and with `--delete` (inside each
+/// source's root, never what another source brought).
 #[test]
-fn several_sources_refused_with_a_hint() {
+fn several_sources_push_as_rsync() {
     let sshd = Sshd::start();
     let t = tempdir();
     let base = t.path().join("base");
-    data(&base);
+    three_sources(&base);
+    let root = sshd.mkdir("r");
+    let state = t.path().join("state");
+    let srcs = ["data", "b/", "c.txt"];
+    for (i, (what, dest, delete)) in [
+        ("existing DEST/", "x/", false),
+        ("missing DEST", "new", false),
+        ("--delete", "del/", true),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let oracle = t.path().join(format!("oracle{i}"));
+        let there = root.join(dest.trim_end_matches('/'));
+        if dest.ends_with('/') {
+            fs::create_dir_all(&oracle).unwrap();
+            fs::create_dir_all(&there).unwrap();
+        }
+        let slash = if dest.ends_with('/') { "/" } else { "" };
+        let o = format!("{}{slash}", oracle.display());
+        let both = |extra: &[&str]| {
+            rsync_all(&base, &[extra, &srcs, &[o.as_str()]].concat());
+            run(robosync(&sshd, &state)
+                .current_dir(&base)
+                .args(extra)
+                .args(srcs)
+                .arg(format!("robot:{}/{dest}", root.display())))
+            .success();
+        };
+        both(&[]);
+        if *delete {
+            // A mirror's rerun: what the sources no longer have goes.
+            strays(&oracle);
+            strays(&there);
+            both(&["--delete"]);
+            assert!(!there.join("stray.txt").exists());
+        }
+        assert_trees(
+            &oracle,
+            &there,
+            &format!("robosync {srcs:?} robot:{dest} ({what})"),
+        );
+    }
+}
+
+/// `robosync host:p/data host:p/b/ host:p/c.txt DEST` as rsync, with
+/// `--delete` too; a missing source among them is reported (23) and the
+/// others land.
+#[test]
+fn several_sources_pull_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let p = sshd.mkdir("p");
+    three_sources(&p);
+    let state = t.path().join("state");
+    let srcs: Vec<String> = ["data", "b/", "c.txt"]
+        .iter()
+        .map(|s| format!("{}/{s}", p.display()))
+        .collect();
+    for (i, (what, delete)) in [("into a new DEST", false), ("--delete", true)]
+        .iter()
+        .enumerate()
+    {
+        let oracle = t.path().join(format!("oracle{i}"));
+        let local = t.path().join(format!("local{i}"));
+        let args: Vec<&str> = srcs.iter().map(String::as_str).collect();
+        let o = oracle.display().to_string();
+        let both = |extra: &[&str]| {
+            rsync_all(t.path(), &[extra, &args, &[o.as_str()]].concat());
+            run(robosync(&sshd, &state)
+                .args(extra)
+                .args(srcs.iter().map(|s| format!("robot:{s}")))
+                .arg(&local))
+            .success();
+        };
+        both(&[]);
+        if *delete {
+            strays(&oracle);
+            strays(&local);
+            both(&["--delete"]);
+            assert!(!local.join("stray.txt").exists());
+        }
+        assert_trees(
+            &oracle,
+            &local,
+            &format!("robosync robot:{srcs:?} DEST ({what})"),
+        );
+    }
+    let local = t.path().join("partial");
+    let r = run(robosync(&sshd, &state)
+        .arg(format!("robot:{}/missing", p.display()))
+        .arg(format!("robot:{}/c.txt", p.display()))
+        .arg(&local));
+    assert_eq!(r.code(), 23, "{}", r.stderr());
+    assert!(r.stderr().contains("missing"), "{}", r.stderr());
+    assert_eq!(fs::read(local.join("c.txt")).unwrap(), b"c\n");
+}
+
+/// Several sources must be all local or all from one host, and DEST a
+/// directory: otherwise exit 1 naming the rule, nothing copied.
+#[test]
+fn several_sources_rules() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    three_sources(&base);
     let dest = sshd.mkdir("dest");
-    let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg(base.join("data/top.txt"))
-        .arg(base.join("data/sub"))
-        .arg(remote(&dest)));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(r.stderr().contains("once per source"), "{}", r.stderr());
+    let state = t.path().join("state");
+    let file = t.path().join("afile");
+    write(&file, b"x");
+    let p = |s: &str| base.join(s).display().to_string();
+    for (args, says) in [
+        (
+            vec![p("c.txt"), format!("robot:{}", p("b")), remote(&dest)],
+            "must all be local or all on one remote",
+        ),
+        (
+            vec![
+                format!("robot:{}", p("b")),
+                format!("other:{}", p("c.txt")),
+                p("x"),
+            ],
+            "must all be local or all on one remote",
+        ),
+        (
+            vec![
+                format!("robot:{}", p("b")),
+                format!("robot:{}", p("c.txt")),
+                file.display().to_string(),
+            ],
+            "not a directory",
+        ),
+    ] {
+        let r = run(robosync(&sshd, &state).args(&args));
+        assert_eq!(r.code(), 1, "{args:?}: {}", r.stderr());
+        assert!(r.stderr().contains(says), "{args:?}: {}", r.stderr());
+    }
     assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    assert_eq!(fs::read(&file).unwrap(), b"x");
 }
 
 /// A single file into a directory (`a.txt host:x/`), as rsync: only that
 /// file lands; `--delete` (and `--delete-excluded`) delete nothing else; a
-/// rerun sends nothing; a destination without `/` (a new name) is refused.
+/// rerun sends nothing.
 #[test]
 fn single_file_push_into_a_directory() {
     let sshd = Sshd::start();
@@ -349,32 +521,463 @@ fn single_file_push_into_a_directory() {
         "{}",
         again.stdout()
     );
-
-    let r = run(robosync(&sshd, &state)
-        .arg(d.join("top.txt"))
-        .arg(format!("robot:{}", root.join("newname.txt").display())));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(
-        r.stderr().contains("end the destination with /"),
-        "{}",
-        r.stderr()
-    );
-    assert!(!root.join("newname.txt").exists());
 }
 
-/// A single file pulled (`host:x/a.txt DEST`) is not supported yet: refused,
-/// non-zero, and nothing named after it is made locally.
+/// Makes what a case needs before its run.
+type Prepare = fn(&Path);
+
+/// `robosync a.txt host:x/NAME`, as `rsync -a a.txt x/NAME`: NAME missing
+/// or a file → the file under that name (replaced); NAME a directory → into
+/// it. A rerun sends nothing.
 #[test]
-fn single_file_pull_refused_cleanly() {
+fn single_file_push_to_a_new_name_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let d = data(&t.path().join("base"));
+    let state = t.path().join("state");
+    let root = sshd.mkdir("r");
+    // What x/b.txt is before the run.
+    let before: [(&str, Prepare); 3] = [
+        ("missing", |_| {}),
+        ("a file", |b| {
+            write(b, b"old, longer content\n");
+            set_mtime(b, 1_500_000_000);
+        }),
+        ("a directory", |b| {
+            write(&b.join("keep.txt"), b"keep\n");
+            set_mtime(&b.join("keep.txt"), 1_500_000_000);
+        }),
+    ];
+    for (i, (what, make)) in before.iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}/x"));
+        fs::create_dir_all(&oracle).unwrap();
+        make(&oracle.join("b.txt"));
+        rsync(&d, "top.txt", &oracle.join("b.txt"));
+        let x = root.join(format!("x{i}"));
+        fs::create_dir_all(&x).unwrap();
+        make(&x.join("b.txt"));
+        let dest = format!("robot:{}", x.join("b.txt").display());
+        run(robosync(&sshd, &state)
+            .current_dir(&d)
+            .arg("top.txt")
+            .arg(&dest))
+        .success();
+        assert_trees(&oracle, &x, &format!("robosync top.txt {dest} ({what})"));
+        let again = run(robosync(&sshd, &state)
+            .current_dir(&d)
+            .arg("--json")
+            .arg("top.txt")
+            .arg(&dest))
+        .success();
+        assert_eq!(
+            again.json()["files_transferred"].as_u64(),
+            Some(0),
+            "{what}: {}",
+            again.stdout()
+        );
+    }
+}
+
+/// A single file pulled, as rsync: `host:x/a.txt DIR/` and `host:x/a.txt DIR`
+/// (an existing directory) land DIR/a.txt; `host:x/a.txt ./b.txt` makes or
+/// replaces b.txt, or lands inside b.txt when that is a directory.
+#[test]
+fn single_file_pull_as_rsync() {
     let sshd = Sshd::start();
     let t = tempdir();
     let there = sshd.mkdir("there");
     write(&there.join("a.txt"), b"a\n");
+    set_mtime(&there.join("a.txt"), 1_600_000_000);
+    write(&there.join("other.txt"), b"not this one\n");
+    let src = format!("{}", there.join("a.txt").display());
+    let state = t.path().join("state");
+    let cases: [(&str, &str, Prepare); 5] = [
+        ("into ./", "./", |_| {}),
+        ("into an existing dir", "d", |l| {
+            fs::create_dir_all(l.join("d")).unwrap()
+        }),
+        ("to a new name", "b.txt", |_| {}),
+        ("over a file", "b.txt", |l| {
+            write(&l.join("b.txt"), b"old, longer\n")
+        }),
+        ("into a dir by name", "b.txt", |l| {
+            write(&l.join("b.txt/keep"), b"k\n");
+            set_mtime(&l.join("b.txt/keep"), 1_500_000_000);
+        }),
+    ];
+    for (i, (what, dest, make)) in cases.iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        let local = t.path().join(format!("local{i}"));
+        for l in [&oracle, &local] {
+            fs::create_dir_all(l).unwrap();
+            make(l);
+        }
+        rsync(&oracle, &src, Path::new(dest));
+        run(robosync(&sshd, &state)
+            .current_dir(&local)
+            .arg(format!("robot:{src}"))
+            .arg(dest))
+        .success();
+        assert_trees(
+            &oracle,
+            &local,
+            &format!("robosync robot:{src} {dest} ({what})"),
+        );
+        let again = run(robosync(&sshd, &state)
+            .current_dir(&local)
+            .arg("--json")
+            .arg(format!("robot:{src}"))
+            .arg(dest))
+        .success();
+        assert_eq!(
+            again.json()["files_transferred"].as_u64(),
+            Some(0),
+            "{what}: {}",
+            again.stdout()
+        );
+    }
+}
+
+/// `-c` with a single file under a new name compares the remote file's
+/// content (read under its own name): a same-size, same-mtime edit is fetched.
+#[test]
+fn single_file_pull_to_a_new_name_with_checksum() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let there = sshd.mkdir("there");
+    let a = there.join("a.txt");
+    write(&a, b"a\n");
+    set_mtime(&a, 1_600_000_000);
     let local = t.path().join("local");
-    let r = run(robosync(&sshd, &t.path().join("state"))
-        .arg(format!("robot:{}", there.join("a.txt").display()))
-        .arg(&local));
+    fs::create_dir_all(&local).unwrap();
+    let state = t.path().join("state");
+    let pull = |extra: &[&str]| {
+        run(robosync(&sshd, &state)
+            .current_dir(&local)
+            .args(extra)
+            .arg(format!("robot:{}", a.display()))
+            .arg("b.txt"))
+        .success()
+    };
+    pull(&[]);
+    write(&a, b"z\n");
+    set_mtime(&a, 1_600_000_000);
+    pull(&[]);
+    assert_eq!(
+        fs::read(local.join("b.txt")).unwrap(),
+        b"a\n",
+        "quick check: same"
+    );
+    pull(&["-c"]);
+    assert_eq!(
+        fs::read(local.join("b.txt")).unwrap(),
+        b"z\n",
+        "-c sees the edit"
+    );
+}
+
+/// A big single file under a new name, killed mid-transfer, resumes: the
+/// rerun sends (push) and fetches (pull) less than the whole file, and the
+/// copy is whole under the new name.
+#[test]
+fn a_renamed_single_file_resumes_both_ways() {
+    let sshd = Sshd::start();
+    let proxy = Proxy::start(sshd.port);
+    let cfg = via_proxy(&sshd, &proxy);
+    let t = tempdir();
+    let size = 64 << 20;
+    let big = t.path().join("src/big.bin");
+    write(&big, &bytes(size, 7));
+    let x = sshd.mkdir("x");
+    let state = t.path().join("state");
+    let args = ["--connections", "1", "--channels", "1"];
+    let push_dest = format!("robot:{}", x.join("renamed.bin").display());
+    let mut push = robosync_with(&cfg, &state);
+    push.args(args).arg(&big).arg(&push_dest);
+    assert!(
+        kill_when(&mut push, || proxy.stats().up, (size / 2) as u64),
+        "the push finished before it could be killed"
+    );
+    let r = run(robosync_with(&cfg, &state)
+        .args(args)
+        .arg("--json")
+        .arg(&big)
+        .arg(&push_dest))
+    .success();
+    let sent = r.json()["bytes_transferred"].as_u64().unwrap();
+    assert!(sent < size as u64, "the rerun sent {sent} of {size} bytes");
+    assert_eq!(
+        fs::read(x.join("renamed.bin")).unwrap(),
+        fs::read(&big).unwrap()
+    );
+    assert!(!x.join("big.bin").exists());
+
+    let local = t.path().join("local");
+    fs::create_dir_all(&local).unwrap();
+    let pull_src = format!("robot:{}", x.join("renamed.bin").display());
+    let mut pull = robosync_with(&cfg, &state);
+    pull.current_dir(&local)
+        .args(args)
+        .arg(&pull_src)
+        .arg("again.bin");
+    let down = proxy.stats().down;
+    assert!(
+        kill_when(&mut pull, || proxy.stats().down - down, (size / 2) as u64),
+        "the pull finished before it could be killed"
+    );
+    let r = run(robosync_with(&cfg, &state)
+        .current_dir(&local)
+        .args(args)
+        .arg("--json")
+        .arg(&pull_src)
+        .arg("again.bin"))
+    .success();
+    let fetched = r.json()["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        fetched < size as u64,
+        "the rerun fetched {fetched} of {size} bytes"
+    );
+    assert_eq!(
+        fs::read(local.join("again.bin")).unwrap(),
+        fs::read(&big).unwrap()
+    );
+    let names: Vec<_> = fs::read_dir(&local)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".robosync")
+        .collect();
+    assert_eq!(names, ["again.bin"], "no temp or other name left");
+}
+
+/// `rsync -a ARGS...` in `cwd` that may fail: its exit code.
+fn rsync_code(cwd: &Path, args: &[&str]) -> i32 {
+    Command::new("rsync")
+        .current_dir(cwd)
+        .arg("-a")
+        .args(args)
+        .output()
+        .expect("rsync is installed by fixtures/setup.sh")
+        .status
+        .code()
+        .unwrap_or(-1)
+}
+
+/// `base/src` with f.txt and g.txt; `dest/f.txt` a directory (with
+/// `inner/z` when `full`) where the file should go.
+fn dir_in_the_way(base: &Path, dest: &Path, full: bool) {
+    write(&base.join("src/f.txt"), b"f\n");
+    write(&base.join("src/g.txt"), b"g\n");
+    set_mtime(&base.join("src/f.txt"), 1_600_000_000);
+    set_mtime(&base.join("src/g.txt"), 1_600_000_001);
+    fs::create_dir_all(dest.join("f.txt/inner")).unwrap();
+    if full {
+        write(&dest.join("f.txt/inner/z"), b"z\n");
+        set_mtime(&dest.join("f.txt/inner/z"), 1_500_000_000);
+    }
+}
+
+/// A non-empty directory where a file goes, as rsync: not replaced without
+/// --delete (exit 23, "cannot delete non-empty directory", the rest lands),
+/// replaced with it; an empty one is replaced either way. Push and pull,
+/// tree and single-file forms.
+#[test]
+fn non_empty_directory_in_the_way_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let mut i = 0;
+    for pull in [false, true] {
+        for (full, delete, single) in [
+            (true, false, false),
+            (true, true, false),
+            (false, false, false),
+            (true, false, true),
+            (false, false, true),
+        ] {
+            i += 1;
+            let what = format!("pull {pull}, non-empty {full}, --delete {delete}, single {single}");
+            let oracle = t.path().join(format!("oracle{i}"));
+            let base = if pull {
+                sshd.mkdir(&format!("base{i}"))
+            } else {
+                t.path().join(format!("base{i}"))
+            };
+            let dest = if pull {
+                t.path().join(format!("dest{i}"))
+            } else {
+                sshd.mkdir(&format!("dest{i}"))
+            };
+            dir_in_the_way(&base, &oracle, full);
+            dir_in_the_way(&base, &dest, full);
+            let src = base.join(if single { "src/f.txt" } else { "src/" });
+            let src = format!("{}{}", src.display(), if single { "" } else { "/" });
+            let mut args: Vec<String> =
+                delete.then(|| "--delete".to_string()).into_iter().collect();
+            let o = format!("{}/", oracle.display());
+            let code = rsync_code(
+                t.path(),
+                &[
+                    args.iter().map(String::as_str).collect::<Vec<_>>(),
+                    vec![src.as_str(), o.as_str()],
+                ]
+                .concat(),
+            );
+            if delete {
+                // robosync's own guard (half the destination) is not rsync's.
+                args.extend(["--max-delete".to_string(), "100".to_string()]);
+            }
+            if pull {
+                args.push(format!("robot:{src}"));
+                args.push(format!("{}/", dest.display()));
+            } else {
+                args.push(src.clone());
+                args.push(remote(&dest));
+            }
+            let r = run(robosync(&sshd, &state).args(&args));
+            assert_eq!(r.code(), code, "{what}: {}", r.stderr());
+            if code == 23 {
+                assert!(
+                    r.stderr().contains("cannot delete non-empty directory"),
+                    "{what}: {}",
+                    r.stderr()
+                );
+            }
+            assert_trees(&oracle, &dest, &what);
+        }
+    }
+}
+
+/// DEST a symlink to a directory is followed, as rsync (push and pull);
+/// DEST a file for a directory source is refused (rsync: "destination must
+/// be a directory"), nothing changed.
+#[test]
+fn symlink_and_file_destinations_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let base = t.path().join("base");
+    data(&base);
+    // Push into a remote symlink to a directory.
+    let real = sshd.mkdir("real");
+    let link = real.parent().unwrap().join("link");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let oracle_real = t.path().join("oracle-real");
+    fs::create_dir_all(&oracle_real).unwrap();
+    let oracle_link = t.path().join("oracle-link");
+    std::os::unix::fs::symlink(&oracle_real, &oracle_link).unwrap();
+    rsync(&base, "data", &oracle_link);
+    run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .arg("data")
+        .arg(format!("robot:{}", link.display())))
+    .success();
+    assert!(fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_trees(&oracle_real, &real, "push into a symlink DEST");
+    // Pull into a local one.
+    let local_real = t.path().join("local-real");
+    fs::create_dir_all(&local_real).unwrap();
+    let local_link = t.path().join("local-link");
+    std::os::unix::fs::symlink(&local_real, &local_link).unwrap();
+    run(robosync(&sshd, &state)
+        .arg(format!("robot:{}", real.join("data").display()))
+        .arg(&local_link))
+    .success();
+    assert!(fs::symlink_metadata(&local_link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_trees(&oracle_real, &local_real, "pull into a symlink DEST");
+
+    // A remote file as DEST of a directory.
+    let file = sshd.mkdir("files").join("afile");
+    write(&file, b"x");
+    let r = run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .arg("data/")
+        .arg(format!("robot:{}", file.display())));
     assert_eq!(r.code(), 1, "{}", r.stderr());
-    assert!(r.stderr().contains("is a file"), "{}", r.stderr());
-    assert!(!local.join("a.txt").exists(), "{}", r.stderr());
+    assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
+    assert_eq!(fs::read(&file).unwrap(), b"x");
+}
+
+/// A directory's mode and mtime (seconds).
+fn dir_attrs(p: &Path) -> (u32, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(p).unwrap();
+    (m.mode() & 0o7777, m.mtime())
+}
+
+/// The sync root's own mode and mtime, as rsync -a carries them: `data/`
+/// gives DEST data's, `data` gives DEST/data data's. Push and pull.
+#[test]
+fn sync_root_mode_and_mtime_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let state = t.path().join("state");
+    let there = sshd.mkdir("there");
+    let base = t.path().join("base");
+    for side in [&base, &there] {
+        let d = data(side);
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o750)).unwrap();
+        set_mtime(&d, 1_500_000_000);
+    }
+    for (i, spelling) in ["data/", "data"].iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir_all(&oracle).unwrap();
+        rsync(&base, spelling, &oracle);
+        let root = |d: &Path| {
+            if i == 0 {
+                d.to_path_buf()
+            } else {
+                d.join("data")
+            }
+        };
+        let want = dir_attrs(&root(&oracle));
+        assert_eq!(want, (0o750, 1_500_000_000), "rsync's own result");
+
+        let dest = sshd.mkdir(&format!("push{i}"));
+        run(robosync(&sshd, &state)
+            .current_dir(&base)
+            .arg(spelling)
+            .arg(remote(&dest)))
+        .success();
+        assert_eq!(dir_attrs(&root(&dest)), want, "push {spelling}");
+
+        let local = t.path().join(format!("pull{i}"));
+        fs::create_dir_all(&local).unwrap();
+        run(robosync(&sshd, &state)
+            .arg(format!("robot:{}/{spelling}", there.display()))
+            .arg(&local))
+        .success();
+        assert_eq!(dir_attrs(&root(&local)), want, "pull {spelling}");
+    }
+}
+
+/// A local source that does not exist is rsync's "link_stat failed": exit
+/// 23 naming it, nothing made; among several, the others still land.
+#[test]
+fn missing_local_source_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    three_sources(&base);
+    let state = t.path().join("state");
+    let dest = sshd.mkdir("dest");
+    let r = run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .arg("nothere")
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 23, "{}", r.stderr());
+    assert!(r.stderr().contains("nothere"), "{}", r.stderr());
+    assert!(fs::read_dir(&dest).unwrap().next().is_none());
+    let r = run(robosync(&sshd, &state)
+        .current_dir(&base)
+        .args(["nothere", "c.txt"])
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 23, "{}", r.stderr());
+    assert!(r.stderr().contains("nothere"), "{}", r.stderr());
+    assert_eq!(fs::read(dest.join("c.txt")).unwrap(), b"c\n");
 }

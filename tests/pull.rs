@@ -157,10 +157,10 @@ fn pull_delete_with_an_empty_remote_root_is_refused() {
     let dest = t.path().join("dest");
     write(&dest.join("keep/me.txt"), b"precious\n");
     write(&dest.join("and-me"), b"precious\n");
-    // An empty source trips the guard (3); a missing one is no source at
+    // An empty source trips the guard (25); a missing one is no source at
     // all (23, as rsync's "link_stat failed"): neither deletes anything.
     for (root, code, says) in [
-        (empty.clone(), 3, "empty"),
+        (empty.clone(), 25, "empty"),
         (empty.join("missing"), 23, "does not exist"),
     ] {
         let r = run(robosync(&sshd, &t.path().join("state"))

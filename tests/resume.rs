@@ -199,7 +199,7 @@ fn delete_guards_refuse_an_empty_source_and_mass_deletion() {
         .arg("--delete")
         .arg(contents(&empty))
         .arg(remote(&dest)));
-    assert_eq!(r.code(), 3, "{}", r.stderr());
+    assert_eq!(r.code(), 25, "{}", r.stderr());
     assert!(r.stderr().contains("empty"), "{}", r.stderr());
     assert_eq!(
         fs::read_dir(&dest).unwrap().count(),
@@ -214,7 +214,7 @@ fn delete_guards_refuse_an_empty_source_and_mass_deletion() {
         .arg("--delete")
         .arg(contents(&src))
         .arg(remote(&dest)));
-    assert_eq!(r.code(), 3, "{}", r.stderr());
+    assert_eq!(r.code(), 25, "{}", r.stderr());
     assert!(r.stderr().contains("--max-delete"), "{}", r.stderr());
     assert!(dest.join("f0").exists());
 

@@ -163,7 +163,7 @@ fn dry_run_lists_deletions_and_names_the_guard_that_would_stop_them() {
             .args(["-n", "--delete"])
             .arg(&from)
             .arg(&to));
-        assert_eq!(ran.code(), 3, "{}", ran.stderr());
+        assert_eq!(ran.code(), 25, "{}", ran.stderr());
         for i in 0..4 {
             assert!(
                 ran.stdout().contains(&format!("*deleting   extra{i}")),
@@ -382,4 +382,167 @@ fn sparse_files_send_their_data_not_their_holes() {
     assert_same_tree(&src, &dest);
     let sent = proxy.stats().up;
     assert!(sent < 8 << 20, "sent {sent} bytes for 1 MiB of data");
+}
+
+/// `--files-from`, with rsync as the oracle: only the listed paths and the
+/// directories leading to them; a listed directory's contents only with
+/// `-r`; comments, blank lines, `/` and `./` prefixes as rsync reads them.
+/// Push and pull, the list from a file and from standard input.
+#[test]
+fn files_from_selects_as_rsync_does_push_and_pull() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    write(&src.join("deep/er/x.txt"), b"x\n");
+    write(&src.join("deep/er/y.txt"), b"y\n");
+    write(&src.join("deep/other.txt"), b"other\n");
+    write(&src.join("listed-dir/in.txt"), b"in\n");
+    write(&src.join("listed-dir/sub/in2.txt"), b"in2\n");
+    write(&src.join("unlisted.txt"), b"no\n");
+    let list = t.path().join("list");
+    fs::write(
+        &list,
+        "# a comment\n; another\n\ndeep/er/x.txt\n/run.sh\n./name with spaces.txt\nlisted-dir\nno-such-entry\n",
+    )
+    .unwrap();
+    for recursive in [false, true] {
+        let tag = if recursive { "r" } else { "plain" };
+        let oracle = t.path().join(format!("oracle-{tag}"));
+        let mut rsync = Command::new("rsync");
+        rsync.arg("-a");
+        if recursive {
+            rsync.arg("-r");
+        }
+        let out = rsync
+            .arg(format!("--files-from={}", list.display()))
+            .arg(contents(&src))
+            .arg(&oracle)
+            .output()
+            .unwrap();
+        // The missing entry: rsync says so and exits 23, and so must we.
+        assert_eq!(out.status.code(), Some(23), "{out:?}");
+        assert!(oracle.join("deep/er/x.txt").exists(), "{out:?}");
+
+        let dest = sshd.mkdir(&format!("push-{tag}"));
+        let mut push = robosync(&sshd, &t.path().join(format!("s-push-{tag}")));
+        push.arg("--files-from").arg(&list);
+        if recursive {
+            push.arg("-r");
+        }
+        let r = run(push.arg(contents(&src)).arg(remote(&dest)));
+        assert_eq!(r.code(), 23, "{}", r.stderr());
+        assert!(r.stderr().contains("no-such-entry"), "{}", r.stderr());
+        assert_same_tree(&oracle, &dest);
+
+        // Pull, the list on standard input.
+        let back = t.path().join(format!("pull-{tag}"));
+        let mut pull = robosync(&sshd, &t.path().join(format!("s-pull-{tag}")));
+        pull.args(["--files-from", "-"]);
+        if recursive {
+            pull.arg("-r");
+        }
+        pull.arg(remote(&src))
+            .arg(&back)
+            .stdin(fs::File::open(&list).unwrap());
+        let r = run(&mut pull);
+        assert_eq!(r.code(), 23, "{}", r.stderr());
+        assert!(r.stderr().contains("no-such-entry"), "{}", r.stderr());
+        assert_same_tree(&oracle, &back);
+    }
+}
+
+#[test]
+fn files_from_that_cannot_be_read_is_3_and_dotdot_is_refused() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"f\n");
+    let dest = sshd.mkdir("d");
+    let r = run(robosync(&sshd, &t.path().join("s"))
+        .arg("--files-from")
+        .arg(t.path().join("missing-list"))
+        .arg(contents(&src))
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 3, "{}", r.stderr());
+    let list = t.path().join("list");
+    fs::write(&list, "../etc/passwd\n").unwrap();
+    let r = run(robosync(&sshd, &t.path().join("s"))
+        .arg("--files-from")
+        .arg(&list)
+        .arg(contents(&src))
+        .arg(remote(&dest)));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains(".."), "{}", r.stderr());
+}
+
+/// The groups of names sharing an inode under `root`, as sorted path lists.
+fn link_groups(root: &Path) -> Vec<Vec<PathBuf>> {
+    use std::os::unix::fs::MetadataExt;
+    let mut by_ino: std::collections::BTreeMap<u64, Vec<PathBuf>> = Default::default();
+    for (rel, _) in snapshot(root) {
+        let m = fs::symlink_metadata(root.join(&rel)).unwrap();
+        if m.is_file() && m.nlink() > 1 {
+            by_ino.entry(m.ino()).or_default().push(rel);
+        }
+    }
+    let mut groups: Vec<Vec<PathBuf>> = by_ino.into_values().collect();
+    for g in &mut groups {
+        g.sort();
+    }
+    groups.sort();
+    groups
+}
+
+/// `-H`: names of one local file land as links to one remote file, as
+/// `rsync -aH` makes them; a rerun keeps them; a pull with -H is refused.
+#[test]
+fn hard_links_arrive_as_links_as_rsync_h_makes_them() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    write(&src.join("a.bin"), &bytes(300 << 10, 1));
+    write(&src.join("single.txt"), b"one name\n");
+    write(&src.join("x/y.txt"), b"two names\n");
+    fs::create_dir_all(src.join("sub")).unwrap();
+    fs::hard_link(src.join("a.bin"), src.join("sub/b.bin")).unwrap();
+    fs::hard_link(src.join("a.bin"), src.join("z.bin")).unwrap();
+    fs::hard_link(src.join("x/y.txt"), src.join("w.txt")).unwrap();
+
+    let oracle = t.path().join("oracle");
+    let out = Command::new("rsync")
+        .arg("-aH")
+        .arg(contents(&src))
+        .arg(&oracle)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let want = link_groups(&oracle);
+    assert_eq!(want.len(), 2, "{want:?}");
+
+    let dest = sshd.mkdir("d");
+    let state = t.path().join("state");
+    let push = || {
+        run(robosync(&sshd, &state)
+            .arg("-H")
+            .arg(contents(&src))
+            .arg(remote(&dest)))
+        .success()
+    };
+    push();
+    assert_same_tree(&oracle, &dest);
+    assert_eq!(link_groups(&dest), want);
+    assert!(temp_files(&dest).is_empty(), "{:?}", temp_files(&dest));
+    // A new name for an unchanged file links to the one in place.
+    fs::hard_link(src.join("a.bin"), src.join("x/new.bin")).unwrap();
+    push();
+    let groups = link_groups(&dest);
+    assert!(groups.iter().any(|g| g.len() == 4), "{groups:?}");
+
+    let r = run(robosync(&sshd, &t.path().join("s2"))
+        .arg("-H")
+        .arg(remote(&dest))
+        .arg(t.path().join("back")));
+    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert!(r.stderr().contains("-H"), "{}", r.stderr());
 }

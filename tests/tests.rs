@@ -6,6 +6,7 @@ mod util;
 
 mod connect;
 mod differential;
+mod exit_codes;
 mod faults;
 mod filters;
 mod foundation;
@@ -18,4 +19,5 @@ mod pull;
 mod reconnect;
 mod resume;
 mod semantics;
+mod ssh_policy;
 mod transport;

@@ -269,7 +269,7 @@ fn a_refused_key_is_not_tried_again_by_early_connections() {
         .args(["--connections", "4", "--retry-for", "0s"])
         .arg(contents(&src))
         .arg(remote(&dest)));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
     assert_eq!(proxy.stats().connections, 1, "{:?}", proxy.stats());
 }

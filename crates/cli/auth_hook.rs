@@ -18,14 +18,15 @@
 use std::fs::{self, File};
 use std::io::{IsTerminal, Read};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use robosync_transport::connect::{certificate_paths, certificate_time_left};
-use robosync_transport::ssh_config::HostConfig;
+use robosync_transport::ssh_config::{wildcard_match, HostConfig};
 
-use crate::sync::{fail, Failure, EXIT_CONNECT, EXIT_USAGE};
+use crate::sync::{fail, Failure, EXIT_DENIED, EXIT_USAGE};
 use crate::{parse_duration, Args};
 
 const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
@@ -35,6 +36,8 @@ const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
 pub struct Hook {
     pub command: String,
     pub margin: Duration,
+    /// How long the command may run, and how long to wait for another run's.
+    pub timeout: Duration,
 }
 
 /// Runs the host's hook if it has one and the certificate calls for it.
@@ -59,6 +62,7 @@ pub async fn before_connect(args: &Args, host: &str, cfg: &HostConfig) -> Result
     let hook = Hook {
         command,
         margin: args.auth_margin.or(from_file.1).unwrap_or(DEFAULT_MARGIN),
+        timeout: args.auth_timeout,
     };
     let state_dir = args
         .state_dir
@@ -69,7 +73,7 @@ pub async fn before_connect(args: &Args, host: &str, cfg: &HostConfig) -> Result
     tokio::task::spawn_blocking(move || run_if_needed(&hook, &host, &cfg, &state_dir))
         .await
         .expect("auth hook task panicked")
-        .map_err(|e| fail(EXIT_CONNECT, e))
+        .map_err(|e| fail(EXIT_DENIED, e))
 }
 
 fn config_path() -> Option<PathBuf> {
@@ -130,22 +134,17 @@ fn settings_for(text: &str, names: &[&str]) -> Result<(Option<String>, Option<Du
 
 /// ssh_config `Host` semantics: some positive pattern matches and no negated one does.
 fn host_matches(patterns: &[&str], names: &[&str]) -> bool {
-    let hit = |p: &str| names.iter().any(|n| glob(p.as_bytes(), n.as_bytes()));
+    // One matcher for all of robosync (linear time, whatever the pattern).
+    let hit = |p: &str| {
+        let p = p.to_ascii_lowercase();
+        names
+            .iter()
+            .any(|n| wildcard_match(&n.to_ascii_lowercase(), &p))
+    };
     !patterns
         .iter()
         .any(|p| p.strip_prefix('!').is_some_and(hit))
         && patterns.iter().any(|p| !p.starts_with('!') && hit(p))
-}
-
-fn glob(p: &[u8], s: &[u8]) -> bool {
-    match p.split_first() {
-        None => s.is_empty(),
-        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
-        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
-        Some((c, rest)) => {
-            s.first().is_some_and(|b| b.eq_ignore_ascii_case(c)) && glob(rest, &s[1..])
-        }
-    }
 }
 
 /// Whether the certificate is missing or expires within the margin.
@@ -162,7 +161,7 @@ fn run_if_needed(
     if !needs_refresh(cfg, hook.margin) {
         return Ok(());
     }
-    let _lock = lock(cfg, state_dir)?;
+    let _lock = lock(cfg, state_dir, hook.timeout)?;
     // Another run may have refreshed the certificate while we waited.
     if !needs_refresh(cfg, hook.margin) {
         return Ok(());
@@ -172,7 +171,7 @@ fn run_if_needed(
 
 /// An exclusive lock, held until dropped: beside the certificate when there is
 /// one (so runs with different state dirs still agree), else in the state dir.
-fn lock(cfg: &HostConfig, state_dir: &Path) -> Result<File, String> {
+fn lock(cfg: &HostConfig, state_dir: &Path, timeout: Duration) -> Result<File, String> {
     let beside_cert = certificate_paths(cfg)
         .first()
         .and_then(|c| c.parent().map(|d| d.join(".robosync-auth.lock")));
@@ -195,14 +194,35 @@ fn lock(cfg: &HostConfig, state_dir: &Path) -> Result<File, String> {
                 )
             })?,
     };
+    // Polled, not blocking: a waiting run says so once and gives up in time.
+    let deadline = Instant::now() + timeout;
+    let mut said = false;
     loop {
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0 {
+        // SAFETY: flock on a file we own, non-blocking.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
             return Ok(file);
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(format!("cannot lock the auth-hook lock file: {e}"));
+        match e.raw_os_error() {
+            Some(libc::EWOULDBLOCK) | Some(libc::EINTR) => {}
+            _ => return Err(format!("cannot lock the auth-hook lock file: {e}")),
         }
+        if !said {
+            eprintln!(
+                "robosync: waiting for another robosync run's --auth-command to refresh the \
+                 certificate (up to {}, --auth-timeout)",
+                robosync_transport::connect::human_duration(timeout.as_secs())
+            );
+            said = true;
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "another robosync run's --auth-command held the lock for more than {} \
+                 (--auth-timeout); check for a hung run or raise --auth-timeout",
+                robosync_transport::connect::human_duration(timeout.as_secs())
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 
@@ -226,16 +246,42 @@ fn run(hook: &Hook, host: &str, cfg: &HostConfig) -> Result<(), String> {
     if let Some(c) = certificate_paths(cfg).first() {
         cmd.env("ROBOSYNC_CERTIFICATE", c);
     }
+    if !tty {
+        // Its own process group, so a timeout stops whatever it started too.
+        // (On a terminal it stays in ours: a prompt needs the foreground.)
+        cmd.process_group(0);
+    }
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot run --auth-command {:?}: {e}", hook.command))?;
-    let mut stderr = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut stderr);
-    }
-    let status = child
-        .wait()
-        .map_err(|e| format!("--auth-command {:?}: {e}", hook.command))?;
+    let reader = child.stderr.take().map(|mut e| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = e.read_to_string(&mut s);
+            s
+        })
+    });
+    let deadline = Instant::now() + hook.timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            Ok(None) => {
+                let pid = child.id() as i32;
+                // SAFETY: signalling the hook's own group (or the hook alone on a terminal).
+                unsafe { libc::kill(if tty { pid } else { -pid }, libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(format!(
+                    "--auth-command {:?} did not finish within {} (--auth-timeout) and was stopped; \
+                     check what it waits for, or raise --auth-timeout",
+                    hook.command,
+                    robosync_transport::connect::human_duration(hook.timeout.as_secs())
+                ));
+            }
+            Err(e) => return Err(format!("--auth-command {:?}: {e}", hook.command)),
+        }
+    };
+    let stderr = reader.and_then(|r| r.join().ok()).unwrap_or_default();
     if status.success() {
         return Ok(());
     }
@@ -274,5 +320,15 @@ mod tests {
             .unwrap_err()
             .starts_with("2: unknown setting"));
         assert!(settings_for("AuthMargin soon\n", &["a"]).is_err());
+    }
+
+    #[test]
+    fn pathological_pattern_is_matched_without_backtracking() {
+        // 16 stars against 32 'a's and a mismatch: ~C(32,16) = 6e8 paths
+        // for the backtracking matcher this replaced, ~500 steps for ours.
+        let pattern = "*a".repeat(16) + "b";
+        let name = "a".repeat(32);
+        assert!(!host_matches(&[&pattern], &[&name]));
+        assert!(host_matches(&["*A*a?"], &[&name]));
     }
 }

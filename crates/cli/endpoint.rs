@@ -84,6 +84,17 @@ impl Endpoint {
     }
 }
 
+/// A single file copied under another name (or the same): its sync root
+/// holds it as `from` on the sending side and as `to` on the receiving side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rename {
+    pub from: PathBuf,
+    pub to: PathBuf,
+    /// DEST was spelled as a name (no `/`): should `to` be a directory
+    /// there, the file goes into it instead, as rsync reads DEST.
+    pub or_into: bool,
+}
+
 /// rsync's trailing-slash rule: a source path names "the contents of" its
 /// directory when it ends in `/`, its last component is `.` or `..`, or (a
 /// remote `host:`) it is empty; otherwise it names the entry itself, which

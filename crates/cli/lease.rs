@@ -23,7 +23,7 @@
 //! A dry run changes nothing, so it takes no lease; it warns when a live one
 //! is held (its listing may be mid-change) and still exits 0.
 //!
-//! A refused run exits [`EXIT_GUARD`] (3), having changed nothing, and says
+//! A refused run exits [`EXIT_BUSY`] (75), having changed nothing, and says
 //! who holds the destination and what to do.
 
 use std::fs::File;
@@ -36,10 +36,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use robosync_transport::proto::{self, Attrs};
+use robosync_transport::Error;
 use robosync_transport::{Pool, Sftp};
 
 use crate::endpoint::join;
-use crate::sync::{fail, now_unix, Failure, EXIT_GUARD, EXIT_LOST, EXIT_PARTIAL};
+use crate::sync::{fail, now_unix, Failure, EXIT_BUSY, EXIT_LOST, EXIT_PARTIAL};
 
 /// How often a held remote lease's mtime is refreshed.
 pub const REFRESH: Duration = Duration::from_secs(30);
@@ -149,7 +150,7 @@ fn busy(what: &str, holder: Option<&Holder>, refreshed_ago: Option<i64>, file: &
         .map(|s| format!("; last refreshed {} ago", ago(s)))
         .unwrap_or_default();
     fail(
-        EXIT_GUARD,
+        EXIT_BUSY,
         format!(
             "another robosync run holds {what} ({who}{fresh}); this run changed nothing. \
              Try again when it has finished. A lease not refreshed for {} min is taken over \
@@ -250,7 +251,7 @@ pub async fn take_remote(
         let handle = match opened.take() {
             Some(Ok(h)) => Ok(h),
             // Sent before `.robosync` existed: again, now that it does.
-            Some(Err(e)) if e.status_code() != Some(proto::FX_NO_SUCH_FILE) => Err(e),
+            Some(Err(e)) if !matches!(e, Error::NoSuchFile(_)) => Err(e),
             _ => open_excl(s, root).await,
         };
         let created = match handle {
@@ -271,14 +272,14 @@ pub async fn take_remote(
                 });
             }
             // EEXIST reaches SFTP v3 as FAILURE.
-            Err(e) if e.status_code() == Some(proto::FX_FAILURE) => {}
+            Err(Error::Failure(_)) => {}
             Err(e) => return Err(cannot(e)),
         }
         let (attrs, content) = futures::join!(s.lstat(&path), crate::sync::read_small(s, &path));
         let attrs = match attrs {
             Ok(a) => a,
             // Released meanwhile: try again.
-            Err(e) if e.status_code() == Some(proto::FX_NO_SUCH_FILE) => continue,
+            Err(Error::NoSuchFile(_)) => continue,
             Err(e) => return Err(cannot(e)),
         };
         // Ours already: an attempt on a connection that dropped made it,
@@ -310,7 +311,7 @@ pub async fn take_remote(
         let aside = [&path[..], format!(".stale-{:016x}", me.run).as_bytes()].concat();
         match s.rename(&path, &aside).await {
             Ok(()) => {}
-            Err(e) if e.status_code() == Some(proto::FX_NO_SUCH_FILE) => continue,
+            Err(Error::NoSuchFile(_)) => continue,
             Err(e) => return Err(cannot(e)),
         }
         let moved = crate::sync::read_small(s, &aside).await;
@@ -322,7 +323,7 @@ pub async fn take_remote(
         let _ = s.remove(&aside).await;
     }
     Err(fail(
-        EXIT_GUARD,
+        EXIT_BUSY,
         format!("the lease {shown} on {label} keeps changing hands; try again later"),
     ))
 }
@@ -437,7 +438,7 @@ pub fn take_local(root: &Path) -> Result<LocalLease, Failure> {
         return Ok(LocalLease { file, path });
     }
     Err(fail(
-        EXIT_GUARD,
+        EXIT_BUSY,
         format!(
             "the lease {} keeps changing hands; try again later",
             path.display()

@@ -2,13 +2,29 @@
 //! automation ("robot") nodes that allow nothing but sftp-server.
 //!
 //! This binary is thin: it parses arguments, wires the library crates
-//! (scanner → planner ← transport, manifest) together and reports. Exit
-//! codes: 0 everything landed; 1 usage or configuration error; 2 could not
-//! connect, authenticate, verify the host key, or start SFTP; 3 refused by a
-//! safety guard (e.g. `--delete` on an empty source), or another run holds
-//! this destination (see `lease.rs`); 20 interrupted; 23 some entries
-//! failed; 30 connection lost and not recovered within `--retry-for`;
-//! 70 internal error.
+//! (scanner → planner ← transport, manifest) together and reports.
+//!
+//! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
+//! written for rsync read them right), decided by typed error variants
+//! (`sync::exit_code`), never by message text; `--json` carries the same:
+//!
+//! - 0 everything landed
+//! - 1 usage or configuration error (every argument error, values that cannot work)
+//! - 3 file selection error: a rules file that cannot be read (rsync 3)
+//! - 5 the server would not start SFTP: subsystem refused, or the forced
+//!   command (e.g. transfer_commands.sh) rejected it (rsync 5)
+//! - 10 could not connect: resolution, TCP, ProxyCommand/ProxyJump (rsync 10)
+//! - 12 the server broke the SFTP protocol (rsync 12)
+//! - 20 interrupted (SIGINT, SIGTERM): rerun to resume (rsync 20)
+//! - 23 some entries failed, the rest landed; or a pull's source is missing (rsync 23)
+//! - 24 some source files vanished during the run, nothing else failed (rsync 24)
+//! - 25 a `--delete` guard stopped the deletions (rsync 25, its --max-delete)
+//! - 30 connection lost and not recovered within `--retry-for` (rsync 30)
+//! - 70 internal error (a bug)
+//! - 75 another run holds this destination (see `lease.rs`): sysexits'
+//!   EX_TEMPFAIL, "try again later"; rsync has no such code, and its 35 is
+//!   a daemon timeout, so a wrapper can retry on 75 alone
+//! - 255 authentication refused, or the host key not accepted (as ssh)
 
 mod auth_hook;
 mod endpoint;
@@ -32,14 +48,15 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     name = "robosync",
     version,
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST."
+    override_usage = "robosync [OPTIONS] SRC... DEST",
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused."
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
     pub src: OsString,
     /// Destination: a local path or [user@]host:path.
     pub dest: OsString,
-    /// Further paths (`SRC... DEST`): refused with a hint until supported.
+    /// Further paths (`SRC... DEST`): the last is the destination.
     #[arg(hide = true)]
     pub more: Vec<OsString>,
 
@@ -92,6 +109,10 @@ pub struct Args {
     /// (the destination file gets holes where the source has them).
     #[arg(short = 'S', long)]
     pub sparse: bool,
+    /// Keep hard links (push): names of one local file arrive as links to
+    /// one remote file (hardlink@openssh.com), not as copies.
+    #[arg(short = 'H', long)]
+    pub hard_links: bool,
     /// fsync each file on the destination before renaming it into place.
     #[arg(long)]
     pub fsync: bool,
@@ -111,6 +132,19 @@ pub struct Args {
     /// hide, show), `merge FILE`, `!` (clear); e.g. -f '- *.tmp' -f 'P /keep/'.
     #[arg(short = 'f', long, value_name = "RULE", allow_hyphen_values = true)]
     pub filter: Vec<String>,
+    /// Transfer only the paths listed in FILE (`-` for standard input), one a
+    /// line, relative to the source; `#`/`;` lines are comments. As rsync:
+    /// the directories leading to them come too, a listed directory's
+    /// contents only with -r.
+    #[arg(long, value_name = "FILE")]
+    pub files_from: Option<PathBuf>,
+    /// With --files-from, also everything below a listed directory (robosync
+    /// always recurses otherwise).
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    /// The paths read from --files-from.
+    #[arg(skip)]
+    pub files_list: Option<robosync_scanner::FileList>,
     /// Also delete destination entries the rules exclude (implies --delete;
     /// protect/risk rules and `-sr` rules still protect).
     #[arg(long)]
@@ -134,6 +168,9 @@ pub struct Args {
     /// Run the --auth-command when the certificate expires within this margin [default: 1h].
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub auth_margin: Option<Duration>,
+    /// Stop a hung --auth-command (and stop waiting for another run's) after this long.
+    #[arg(long, default_value = "5m", value_name = "DURATION", value_parser = parse_duration)]
+    pub auth_timeout: Duration,
 
     /// Where robosync keeps its own state (manifests, journals, stat caches).
     #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR")]
@@ -189,6 +226,18 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is not a usable duration"))
 }
 
+impl Args {
+    /// The sources and the destination, as typed (`SRC... DEST`).
+    pub fn paths(&self) -> (Vec<&OsString>, &OsString) {
+        let mut all: Vec<&OsString> = [&self.src, &self.dest]
+            .into_iter()
+            .chain(&self.more)
+            .collect();
+        let dest = all.pop().expect("clap requires two paths");
+        (all, dest)
+    }
+}
+
 /// `--bwlimit`'s RATE in bytes per second: `500K`, `10M`, `1G`, `4096B`;
 /// a bare number is KiB per second, as rsync reads it.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
@@ -219,12 +268,6 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 /// Values that parse but cannot work: refused before anything connects,
 /// with the option's name and what would.
 fn check_values(args: &Args) -> Result<(), String> {
-    if !args.more.is_empty() {
-        return Err(format!(
-            "several sources are not supported yet ({} paths given): run robosync once per source, as `robosync SRC DEST`",
-            args.more.len() + 2
-        ));
-    }
     const DAY: Duration = Duration::from_secs(86_400);
     let within = |name: &str, v: Duration, lo: Duration, hi: Duration| {
         if v < lo || v > hi {
@@ -252,7 +295,9 @@ fn check_values(args: &Args) -> Result<(), String> {
             ));
         }
     }
-    for (what, p) in [("source", &args.src), ("destination", &args.dest)] {
+    let (sources, dest) = args.paths();
+    let named = sources.iter().map(|p| ("source", *p));
+    for (what, p) in named.chain([("destination", dest)]) {
         if p.as_encoded_bytes().contains(&b'\n') {
             return Err(format!(
                 "the {what} {p:?} contains a newline (a quoting mistake?); refusing to use it"
@@ -267,7 +312,7 @@ fn check_values(args: &Args) -> Result<(), String> {
 fn filter_rules(
     matches: &clap::ArgMatches,
     args: &Args,
-) -> Result<Vec<robosync_scanner::Rule>, String> {
+) -> Result<Vec<robosync_scanner::Rule>, robosync_scanner::FilterError> {
     enum Opt<'a> {
         Pattern(&'a str, bool),
         File(&'a std::path::Path, bool),
@@ -307,15 +352,14 @@ fn filter_rules(
             Opt::Pattern(p, include) => rules.pattern(p, include),
             Opt::File(f, include) => rules.pattern_file(f, include),
             Opt::Filter(r) => rules.filter(r),
-        }
-        .map_err(|e| e.to_string())?;
+        }?;
     }
     Ok(rules.into_vec())
 }
 
 fn main() {
-    // clap's errors exit 2, robosync's code for "could not connect": a
-    // wrapper retrying on that would retry a typo forever. Usage is 1.
+    // clap's errors would exit 2 (rsync's "protocol incompatibility"): a
+    // wrapper would not know a typo from a fault. Usage is 1.
     let usage = |e: clap::Error| -> ! {
         if e.use_stderr() {
             let _ = e.print();
@@ -333,11 +377,29 @@ fn main() {
         eprintln!("robosync: error: {e}");
         std::process::exit(1);
     }
+    if let Some(f) = &args.files_from {
+        match robosync_scanner::FileList::read(f, args.recursive) {
+            Ok(list) => args.files_list = Some(list),
+            Err(e) => {
+                eprintln!("robosync: error: {e}");
+                std::process::exit(match e {
+                    robosync_scanner::FilterError::Read { .. } => sync::EXIT_SELECTION,
+                    _ => sync::EXIT_USAGE,
+                });
+            }
+        }
+    }
     let rules = match filter_rules(&matches, &args) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("robosync: error: {e}");
-            std::process::exit(1);
+            // As rsync: a rules file that cannot be read is a file-selection
+            // error (3); a rule that makes no sense is a usage error.
+            let code = match e {
+                robosync_scanner::FilterError::Read { .. } => sync::EXIT_SELECTION,
+                _ => sync::EXIT_USAGE,
+            };
+            std::process::exit(code);
         }
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use futures::stream::{self, StreamExt};
 use robosync_manifest::{state_paths, JournalRecord, Manifest, Record};
 use robosync_planner::{escape, Action, Kind, Node, PlanOptions, Tree};
-use robosync_scanner::{Filter, Filters, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
+use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache, BLOCK_SIZE};
 use robosync_transport::proto::{self, Attrs};
 use robosync_transport::{Error, Pool, Sftp, Target};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Timespec, Timestamps, CWD};
@@ -39,8 +39,8 @@ use crate::remote::{self, is_temp_name, safe_name, STATE_DIR};
 use crate::run::Run;
 use crate::sync::{
     choose_manifest, close_run, default_state_dir, fail, list_remote, on_session, open_pool,
-    record_locally, split_deletes, transport_failure, unless_lost, Failure, EXIT_PARTIAL,
-    EXIT_USAGE,
+    record_locally, redo, split_deletes, transport_failure, unless_lost, Failure, Redo, Roots,
+    EXIT_PARTIAL, EXIT_USAGE,
 };
 use crate::Args;
 
@@ -59,12 +59,17 @@ const MODE_MASK: u32 = 0o1777;
 pub async fn pull_run(
     args: &Args,
     run: &Arc<Run>,
-    filters: Filters,
-    remote_path: &[u8],
     target: Target,
-    local_root: &Path,
-    label: &str,
+    roots: Roots,
 ) -> Result<Vec<String>, Failure> {
+    let Roots {
+        local: ref local_root,
+        remote: ref remote_path,
+        filters,
+        ref label,
+        ref rename,
+    } = roots;
+    let rename = rename.as_ref();
     let exists = match std::fs::metadata(local_root) {
         Ok(m) if m.is_dir() => true,
         Ok(_) => {
@@ -152,19 +157,17 @@ pub async fn pull_run(
     })
     .await
     .map_err(transport_failure)?;
-    let listing = list_remote(&pool, &remote_root)
+    // A single file's: nothing below (a directory there is refused).
+    let listing = list_remote(&pool, &remote_root, rename.map(|_| &b""[..]))
         .await
         .map_err(transport_failure)?;
     if listing.root_missing {
         let root = &remote_root;
         let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
-        if stat.is_ok_and(|a| !a.is_dir()) {
-            return Err(fail(
-                EXIT_USAGE,
-                format!(
-                    "source {label} is a file: pulling a single file is not supported yet; \
-                     pull its directory with a filter (robosync --include NAME --exclude '*' host:DIR/ DEST)"
-                ),
+        if rename.is_none() && stat.is_ok_and(|a| !a.is_dir()) {
+            return Err(redo(
+                Redo::SourceIsFile,
+                format!("source {label} is a file"),
             ));
         }
         return Err(fail(
@@ -175,8 +178,39 @@ pub async fn pull_run(
             ),
         ));
     }
+    if let Some(r) = rename {
+        let missing = || {
+            fail(
+                EXIT_PARTIAL,
+                format!(
+                    "source {label} does not exist on the server (no such file or directory); \
+                     nothing was copied: check the remote path"
+                ),
+            )
+        };
+        match listing.tree.nodes.get(&r.from).map(|n| &n.kind) {
+            None => return Err(missing()),
+            Some(&Kind::Dir) => {
+                return Err(fail(
+                    EXIT_USAGE,
+                    format!(
+                        "destination {} is not a directory, and source {label} is one",
+                        local_root.join(&r.to).display()
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
     let mut errors = listing.errors.clone();
+    errors.extend(crate::sync::unlisted(args, |p| {
+        listing.tree.nodes.contains_key(p)
+    }));
     let mut source = remote::included(listing.tree, &filters.sender);
+    if let Some(r) = rename {
+        // The file is known by its local name from here on.
+        rename_node(&mut source, &r.from, &r.to);
+    }
     let (snap, cache) = scan.await.expect("scan task panicked");
     let snap = snap.map_err(|e| {
         fail(
@@ -250,8 +284,23 @@ pub async fn pull_run(
     if args.checksum {
         // rsync -c: the source's content read back, for every file whose
         // size would let it pass as unchanged (never the records' word).
-        let same_size = |p: &Path, n: &Node| dest.nodes.get(p).is_some_and(|d| d.size == n.size);
+        // (Under the file's remote name: that is what is read.)
+        let local_name = |p: &Path| match rename {
+            Some(r) if p == r.from => r.to.clone(),
+            _ => p.to_path_buf(),
+        };
+        let same_size = |p: &Path, n: &Node| {
+            dest.nodes
+                .get(&local_name(p))
+                .is_some_and(|d| d.size == n.size)
+        };
+        if let Some(r) = rename {
+            rename_node(&mut source, &r.to, &r.from);
+        }
         errors.extend(remote::hash_files(&pool, &remote_root, &mut source, same_size).await);
+        if let Some(r) = rename {
+            rename_node(&mut source, &r.from, &r.to);
+        }
     }
     // A remote file whose stat still matches what robosync fetched last time
     // has the content recorded then: the planner sees it as unchanged.
@@ -277,6 +326,7 @@ pub async fn pull_run(
     };
     let (plan, guard) =
         crate::sync::plan_guarded(&source, &dest, &manifest, label, &opts, args.dry_run)?;
+    errors.extend(plan.refused.iter().cloned());
     for w in &plan.warnings {
         run.warn(w);
     }
@@ -316,6 +366,9 @@ pub async fn pull_run(
         partials: Mutex::new(partials(&pending)),
         manifest: Mutex::new(manifest),
         data: crate::push::ReadAhead::for_sessions(pool.capacity()),
+        remote_names: rename
+            .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
+            .unwrap_or_default(),
     });
     let ticker = {
         let run = run.clone();
@@ -327,6 +380,7 @@ pub async fn pull_run(
         })
     };
     let (content, deletes) = split_deletes(plan.actions);
+    crate::sync::before_transfer();
     let mut run_errors = job.execute(content, false).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes, true).await);
@@ -339,6 +393,31 @@ pub async fn pull_run(
     if run_errors.is_empty() {
         // Directory attributes last: writing inside changed their mtimes.
         run_errors.extend(job.set_dir_attrs());
+    }
+    if run_errors.is_empty() && errors.is_empty() && rename.is_none() {
+        // rsync -a's `.`: the sync root takes the source directory's.
+        let root = &job.remote_root;
+        let stat = on_session(&pool, |s| async move { s.stat(root).await }).await;
+        let set = stat.map_err(|e| e.to_string()).and_then(|a| {
+            let n = Node {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: a.mtime().map(i64::from).unwrap_or(0),
+                mode: a.permissions.unwrap_or(0o755),
+                whole: None,
+                blocks: Vec::new(),
+            };
+            let fd = rustix::fs::openat(&job.root.fd, ".", DIR_FLAGS, Mode::empty());
+            fd.map_err(io::Error::from)
+                .and_then(|d| set_file_attrs(&d, &n))
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = set {
+            run_errors.push(format!(
+                "cannot set attributes of {}: {e}",
+                local_root.display()
+            ));
+        }
     }
     ticker.abort();
     run.phase(crate::run::Phase::Recording);
@@ -401,6 +480,16 @@ struct Pull {
     manifest: Mutex<Manifest>,
     /// Bytes asked of the server and not yet written locally, all files together.
     data: crate::push::ReadAhead,
+    /// Entries whose remote name differs (a single file to a new name):
+    /// local-relative path → remote-relative path.
+    remote_names: HashMap<std::path::PathBuf, std::path::PathBuf>,
+}
+
+/// Moves one entry of `tree` to another name.
+fn rename_node(tree: &mut Tree, from: &Path, to: &Path) {
+    if let Some(n) = tree.nodes.remove(from) {
+        tree.nodes.insert(to.to_path_buf(), n);
+    }
 }
 
 impl Pull {
@@ -452,6 +541,15 @@ impl Pull {
         match result {
             Ok(()) => {
                 self.run.itemize(&line);
+                Ok(())
+            }
+            // Listed, then "no such file" on the server: it vanished from
+            // the source (rsync's exit 24), which is not an error.
+            Err(PullError::Remote(e))
+                if matches!(a, Action::Copy { .. } | Action::Delta { .. })
+                    && matches!(e, Error::NoSuchFile(_)) =>
+            {
+                self.run.vanished(&escape(&path));
                 Ok(())
             }
             Err(e) => Err(format!("{}: {e}", escape(&path))),
@@ -583,7 +681,10 @@ impl Pull {
             mtime_ns: node.mtime * 1_000_000_000,
             whole: tag,
         });
-        let abs = join(&self.remote_root, key);
+        let abs = match self.remote_names.get(os(key).as_path()) {
+            Some(from) => join(&self.remote_root, from.as_os_str().as_bytes()),
+            None => join(&self.remote_root, key),
+        };
         // Big files are striped: blocks go round robin over several sessions.
         let mut stripes: Vec<Arc<Sftp>> = vec![s.clone()];
         if nblocks >= STRIPE_MIN_BLOCKS {

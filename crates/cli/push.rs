@@ -289,11 +289,26 @@ pub struct Push {
     /// The destination's real path (REALPATH), asked once by the first
     /// deletion: each checks that it removes inside what was listed.
     pub root_real: tokio::sync::OnceCell<Vec<u8>>,
+    /// Entries whose local name differs (a single file to a new name):
+    /// destination-relative path → local-relative path.
+    pub local_names: HashMap<PathBuf, PathBuf>,
+    /// `-H`: the second and later names of a local file are linked to the first.
+    pub hard_links: bool,
 }
 
 impl Push {
     fn abs(&self, rel: &[u8]) -> Vec<u8> {
         join(&self.remote_root, rel)
+    }
+
+    /// Where the entry `rel` of the destination is read from locally.
+    fn local(&self, rel: &Path) -> PathBuf {
+        self.local_root.join(
+            self.local_names
+                .get(rel)
+                .map(PathBuf::as_path)
+                .unwrap_or(rel),
+        )
     }
 
     fn entry(&self, rel: &Path) -> &Entry {
@@ -348,6 +363,7 @@ impl Push {
                 .await;
             errors.extend(results.into_iter().filter_map(Result::err));
         }
+        let (files, links) = self.split_links(files);
         let files = across_directories(files);
         // Sized for the whole pool (sessions keep joining while work starts):
         // a small file costs three round trips, so across latency only many
@@ -368,6 +384,13 @@ impl Push {
         let results: Vec<Result<(), String>> = stream::iter(files)
             .map(|a| async move { self.file_action(a).await })
             .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        errors.extend(results.into_iter().filter_map(Result::err));
+        // Hard links once the files they name have landed.
+        let results: Vec<Result<(), String>> = stream::iter(links)
+            .map(|(a, leader)| async move { self.link_or_send(a, &leader).await })
+            .buffer_unordered(64)
             .collect()
             .await;
         errors.extend(results.into_iter().filter_map(Result::err));
@@ -488,6 +511,7 @@ impl Push {
     async fn file_action(&self, a: Action) -> Result<(), String> {
         let line = a.to_string();
         let path = a.path().to_path_buf();
+        let sends = matches!(a, Action::Copy { .. } | Action::Delta { .. });
         let result = match a {
             Action::Copy { .. } => self.upload(&path, None).await,
             Action::Delta { send, reuse, .. } => self.upload(&path, Some((send, reuse))).await,
@@ -505,6 +529,9 @@ impl Push {
                 self.run.itemize(&line);
                 Ok(())
             }
+            // Gone from the source since the scan: whatever failed, there
+            // is nothing left to send.
+            Err(_) if sends && self.vanished(&path) => Ok(()),
             Err(e) => Err(crate::space::send_failed(
                 &escape(&path),
                 &self.abs(path.as_os_str().as_bytes()),
@@ -527,8 +554,7 @@ impl Push {
                 if let Err(e) = s.symlink(target, &abs).await {
                     // Re-issued after a lost connection, it meets the link
                     // the first attempt made (only its reply was lost).
-                    let made = e.status_code().is_some()
-                        && s.readlink(&abs).await.is_ok_and(|t| t == target);
+                    let made = e.is_status() && s.readlink(&abs).await.is_ok_and(|t| t == target);
                     if !made {
                         return Err(e);
                     }
@@ -584,6 +610,124 @@ impl Push {
         Ok(())
     }
 
+    /// With `-H`: sets apart the sends of names whose local file has another
+    /// name in the tree (the first of them by path, the leader, is sent);
+    /// each comes back with its leader, to be linked once the leader landed.
+    fn split_links(&self, files: Vec<Action>) -> (Vec<Action>, Vec<(Action, PathBuf)>) {
+        use std::os::unix::fs::MetadataExt;
+        if !self.hard_links {
+            return (files, Vec::new());
+        }
+        // Every name of every multiply-linked file, also those with nothing
+        // to send: an unchanged leader is already in place to link to.
+        let mut leaders: HashMap<(u64, u64), PathBuf> = HashMap::new();
+        let mut group_of: HashMap<PathBuf, (u64, u64)> = HashMap::new();
+        for e in self.entries.values() {
+            if !matches!(e.kind, robosync_scanner::EntryKind::File) {
+                continue;
+            }
+            let Ok(m) = std::fs::symlink_metadata(self.local(&e.path)) else {
+                continue;
+            };
+            if m.nlink() < 2 {
+                continue;
+            }
+            let key = (m.dev(), m.ino());
+            group_of.insert(e.path.clone(), key);
+            let leader = leaders.entry(key).or_insert_with(|| e.path.clone());
+            if e.path < *leader {
+                *leader = e.path.clone();
+            }
+        }
+        let (mut sends, mut links) = (Vec::new(), Vec::new());
+        for a in files {
+            let leader = match &a {
+                Action::Copy { path, .. } | Action::Delta { path, .. } => group_of
+                    .get(path)
+                    .map(|k| &leaders[k])
+                    .filter(|l| *l != path)
+                    .cloned(),
+                _ => None,
+            };
+            match leader {
+                Some(l) => links.push((a, l)),
+                None => sends.push(a),
+            }
+        }
+        (sends, links)
+    }
+
+    /// Lands `a`'s file as a new name of its `leader`'s remote file: a link
+    /// made under a temp name, then renamed into place, as every landing.
+    /// When the leader did not land with the same content (it failed, or
+    /// changed), or the server cannot link, the file is sent instead.
+    async fn link_or_send(&self, a: Action, leader: &Path) -> Result<(), String> {
+        let rel = a.path().to_path_buf();
+        let e = self.entry(&rel);
+        let key = |p: &Path| p.as_os_str().as_bytes().to_vec();
+        let in_place = {
+            let m = self.manifest.lock().unwrap();
+            match (m.files.get(&key(leader)), &e.digest) {
+                (Some(r), Some(d)) => r.whole == d.whole && r.size == e.size,
+                _ => false,
+            }
+        };
+        let linkable = self
+            .pool
+            .session()
+            .await
+            .is_ok_and(|s| s.extensions.hardlink);
+        if !in_place || !linkable {
+            if !linkable {
+                self.run.note_once(
+                    "the server lacks hardlink@openssh.com: hard links are sent as copies".into(),
+                );
+            }
+            return self.file_action(a).await;
+        }
+        let line = a.to_string();
+        let target = self.abs(&key(leader));
+        let abs = self.abs(&key(&rel));
+        let linked = self
+            .with_session(|s| {
+                let (target, abs) = (target.clone(), abs.clone());
+                let temp = self.abs(&fresh_temp(&key(&rel)));
+                async move {
+                    self.temps.lock().unwrap().insert(temp.clone());
+                    s.hardlink(&target, &temp).await?;
+                    let stat = s.rename_and_lstat(&temp, &abs).await?;
+                    self.temps.lock().unwrap().remove(&temp);
+                    Ok(stat)
+                }
+            })
+            .await;
+        match linked {
+            Ok(stat) => {
+                self.run.stats.files.fetch_add(1, Ordering::Relaxed);
+                self.run.itemize(&line);
+                self.land(&rel, e, &stat).map_err(|err| err.to_string())
+            }
+            Err(err) => Err(format!(
+                "{}: cannot link to {}: {err}",
+                escape(&rel),
+                escape(leader)
+            )),
+        }
+    }
+
+    /// Whether a file the scan listed is gone now (rsync's "file has
+    /// vanished", exit 24): then it is reported, and is not an error.
+    fn vanished(&self, rel: &Path) -> bool {
+        let gone = matches!(
+            std::fs::symlink_metadata(self.local(rel)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound
+        );
+        if gone {
+            self.run.vanished(&escape(rel));
+        }
+        gone
+    }
+
     /// Sends one file (whole, or only `delta.0` blocks when the old copy holds the rest).
     async fn upload(&self, rel: &Path, delta: Option<(Vec<u64>, Vec<u64>)>) -> Result<(), Error> {
         let e = self.entry(rel);
@@ -591,7 +735,7 @@ impl Push {
             return Err(Error::Connect("file has no digest (scan error)".into()));
         };
         let key = rel.as_os_str().as_bytes().to_vec();
-        let local = self.local_root.join(rel);
+        let local = self.local(rel);
         let file = std::fs::File::open(&local)
             .map_err(|err| Error::Connect(format!("cannot open {}: {err}", local.display())))?;
         let mut delta = delta;
@@ -620,7 +764,7 @@ impl Push {
                         .note_once(format!("connection lost ({err}); reconnecting"));
                     self.pool.repair().await?;
                 }
-                Err(err) if pipelined && delta.is_none() && err.status_code().is_some() => {
+                Err(err) if pipelined && delta.is_none() && err.is_status() => {
                     // Seen once right after a reconnect: the pipelined small-file
                     // path got a FAILURE status from a handle request. Redo the
                     // file one request at a time before calling it an error.
@@ -628,7 +772,7 @@ impl Push {
                     self.run
                         .note(format!("{}: {err}; retrying step by step", escape(rel)));
                 }
-                Err(err) if delta.is_some() && err.status_code() == Some(8) => {
+                Err(Error::Unsupported(_)) if delta.is_some() => {
                     // copy-data refused after all: fall back to a whole upload.
                     delta = None;
                 }
@@ -643,7 +787,7 @@ impl Push {
     /// BLAKE3 pass over the data, on the CPU the ciphers need.)
     fn unchanged_since_scan(&self, e: &Entry) -> Result<(), Error> {
         use std::os::unix::fs::MetadataExt;
-        let path = self.local_root.join(&e.path);
+        let path = self.local(&e.path);
         let m = std::fs::symlink_metadata(&path)
             .map_err(|err| Error::Connect(format!("cannot stat {}: {err}", path.display())))?;
         let mtime_ns = m.mtime() * 1_000_000_000 + m.mtime_nsec();
@@ -841,7 +985,7 @@ impl Push {
                 Ok(h) => return Ok((rel, h)),
                 // SFTP v3 reports EEXIST as a plain failure: try another name
                 // (a few times: a full disk fails the same way).
-                Err(err) if err.status_code() == Some(proto::FX_FAILURE) && tries < 3 => {
+                Err(Error::Failure(_)) if tries < 3 => {
                     tries += 1;
                 }
                 Err(err) => return Err(err.with_path("open", &abs)),
@@ -1365,53 +1509,14 @@ fn parent(p: &[u8]) -> &[u8] {
     }
 }
 
-/// Creates `dir` and its missing parents.
+/// Creates `dir` and its missing parents (see [`Sftp::mkdir_p`]).
 pub async fn mkdir_p(s: &Sftp, dir: &[u8]) -> Result<(), Error> {
-    if dir.is_empty() || dir == b"/" {
-        return Ok(());
-    }
-    match s.lstat(dir).await {
-        Ok(a) if a.is_dir() => return Ok(()),
-        Ok(_) => {
-            return Err(Error::Status {
-                op: "mkdir",
-                path: String::from_utf8_lossy(dir).into_owned(),
-                code: proto::FX_FAILURE,
-                message: "exists and is not a directory".into(),
-            })
-        }
-        Err(_) => {}
-    }
-    Box::pin(mkdir_p(s, parent(dir))).await?;
-    match s.mkdir(dir, &Attrs::default()).await {
-        Ok(()) => Ok(()),
-        Err(e) => match s.lstat(dir).await {
-            Ok(a) if a.is_dir() => Ok(()),
-            _ => Err(e),
-        },
-    }
+    s.mkdir_p(dir).await
 }
 
-/// Reads `len` bytes from `path` at `offset`, pipelined.
+/// Reads `len` bytes from `path` at `offset`, pipelined (see [`Sftp::read_range`]).
 pub async fn read_range(s: &Sftp, path: &[u8], offset: u64, len: u64) -> Result<Vec<u8>, Error> {
-    let h = s.open(path, proto::FXF_READ, &Attrs::default()).await?;
-    let chunk = s.limits.max_read as u64;
-    let reads = (0..len.div_ceil(chunk)).map(|k| {
-        let off = offset + k * chunk;
-        let want = chunk.min(offset + len - off) as u32;
-        let h = &h;
-        async move { s.read(h, off, want).await }
-    });
-    let parts = stream::iter(reads)
-        .buffered(32)
-        .try_collect::<Vec<_>>()
-        .await;
-    s.close_detached(&h);
-    let mut out = Vec::with_capacity(len as usize);
-    for p in parts? {
-        out.extend_from_slice(&p.unwrap_or_default());
-    }
-    Ok(out)
+    s.read_range(path, offset, len).await
 }
 
 /// Directories the destination already holds with the source's mode and

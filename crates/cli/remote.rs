@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use robosync_planner::{escape, Kind, Node, Tree};
 use robosync_scanner::Filter;
-use robosync_transport::{Error, Pool};
+use robosync_transport::{proto, Error, Pool};
 use tokio::task::JoinSet;
 
 use crate::endpoint::{join, os};
@@ -20,10 +20,7 @@ pub const STATE_DIR: &[u8] = b".robosync";
 /// Temp files carry this marker: `.NAME.rbs-XXXXXXXX.part`.
 pub const TEMP_MARK: &[u8] = b".rbs-";
 
-/// Whether a server-supplied name is one safe path component.
-pub fn safe_name(name: &[u8]) -> bool {
-    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
-}
+pub use robosync_transport::client::safe_name;
 
 pub fn is_temp_name(name: &[u8]) -> bool {
     name.starts_with(b".")
@@ -46,7 +43,14 @@ pub struct Listing {
 }
 
 /// Lists everything under `root` (remote path bytes). A missing root is an empty listing.
-pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<Listing, Error> {
+/// `only`: of the root's directories, descend into this one alone (a
+/// single file's run needs nothing below its neighbours).
+pub async fn list(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    max_entries: usize,
+    only: Option<&[u8]>,
+) -> Result<Listing, Error> {
     let mut out = Listing::default();
     // Collected, then built in one pass (see Tree::from_unsorted).
     let mut nodes: Vec<(PathBuf, Node)> = Vec::new();
@@ -81,11 +85,12 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
         let (rel, result) = done.expect("listing task panicked");
         let names = match result {
             Ok(n) => n,
-            Err(e) if rel.is_empty() && e.status_code() == Some(2) => {
+            Err(Error::NoSuchFile(_)) if rel.is_empty() => {
                 out.root_missing = true;
                 continue;
             }
-            Err(e) if e.is_connection() => return Err(e),
+            // A server that breaks the protocol ends the run (exit 12).
+            Err(e) if e.is_connection() || matches!(e, Error::Protocol { .. }) => return Err(e),
             Err(e) => {
                 out.errors.push(format!(
                     "cannot list {}: {e}",
@@ -114,7 +119,9 @@ pub async fn list(pool: &Arc<Pool>, root: &[u8], max_entries: usize) -> Result<L
             }
             let a = &n.attrs;
             let kind = if a.is_dir() {
-                queue.push(path.clone());
+                if !rel.is_empty() || only.is_none_or(|o| o == &n.filename[..]) {
+                    queue.push(path.clone());
+                }
                 Kind::Dir
             } else if a.is_file() {
                 Kind::File
@@ -192,10 +199,13 @@ pub async fn expand_home(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Ve
         None => (path, &b""[..]),
     };
     if user != b"~" {
-        return Err(Error::Connect(format!(
-            "the server cannot expand {} (it lacks expand-path@openssh.com): give the full path",
-            escape(&os(user))
-        )));
+        // A path the server cannot resolve, as a missing source (exit 23).
+        return Err(Error::from_status(
+            "expand",
+            escape(&os(user)).as_bytes(),
+            proto::FX_OP_UNSUPPORTED,
+            "the server lacks expand-path@openssh.com: give the full path".into(),
+        ));
     }
     // SFTP starts in the login directory.
     Ok(join(&s.realpath(b".").await?, rest))
@@ -219,7 +229,10 @@ pub fn included(tree: Tree, filter: &Filter) -> Tree {
             excluded.insert(p);
         }
     }
-    Tree { nodes }
+    Tree {
+        nodes,
+        ..Tree::default()
+    }
 }
 
 /// `dest` without what `--delete` must not touch, as rsync's receiver
@@ -251,6 +264,14 @@ pub fn protected(mut dest: Tree, source: &Tree, receiver: &Filter, pruned: &[Pat
         .filter(|a| !source.nodes.contains_key(*a))
         .map(Path::to_path_buf)
         .collect();
+    // A directory the source has as a file or symlink cannot make way.
+    let is_dir = |p: &Path| source.nodes.get(p).is_some_and(|n| n.kind == Kind::Dir);
+    dest.held.extend(
+        kept.iter()
+            .flat_map(|k| k.ancestors().skip(1))
+            .filter(|a| source.nodes.contains_key(*a) && !is_dir(a))
+            .map(Path::to_path_buf),
+    );
     dest.nodes
         .retain(|p, _| !holders.contains(p) && !p.ancestors().any(|a| kept.contains(a)));
     dest

@@ -37,6 +37,8 @@ pub struct Report {
     pub planned: Vec<String>,
     /// Everything that failed; empty when `exit_code` is 0.
     pub errors: Vec<ErrorRecord>,
+    /// Source entries that vanished during the run (exit 24 when nothing else failed).
+    pub vanished: Vec<String>,
 }
 
 /// One failure.
@@ -60,25 +62,43 @@ pub enum ErrorKind {
     Entry,
     /// Usage or configuration (exit 1).
     Usage,
-    /// Could not connect, authenticate or start SFTP (exit 2).
+    /// A source or a listed path is missing or unreadable (exit 3).
+    Selection,
+    /// The server would not start SFTP (exit 5).
+    NoSftp,
+    /// Could not connect (exit 10).
     Connect,
-    /// A safety guard refused, or another run holds the destination (exit 3).
+    /// The server broke the protocol (exit 12).
+    Protocol,
+    /// The run was interrupted (exit 20).
+    Interrupted,
+    /// A delete guard stopped the deletions (exit 25).
     Guard,
     /// The connection was lost and not re-established (exit 30).
     ConnectionLost,
+    /// Another run holds the destination (exit 75).
+    Busy,
+    /// Authentication or the host key was refused (exit 255).
+    Denied,
     /// Anything else.
     Other,
 }
 
 impl ErrorKind {
-    /// The kind of a run-ending failure, from its exit code.
+    /// The kind of a run-ending failure, from its exit code (README "Exit codes").
     pub fn of_exit(code: i32) -> ErrorKind {
         match code {
             1 => ErrorKind::Usage,
-            2 => ErrorKind::Connect,
-            3 => ErrorKind::Guard,
+            3 => ErrorKind::Selection,
+            5 => ErrorKind::NoSftp,
+            10 => ErrorKind::Connect,
+            12 => ErrorKind::Protocol,
+            20 => ErrorKind::Interrupted,
             23 => ErrorKind::Entry,
+            25 => ErrorKind::Guard,
             30 => ErrorKind::ConnectionLost,
+            75 => ErrorKind::Busy,
+            255 => ErrorKind::Denied,
             _ => ErrorKind::Other,
         }
     }

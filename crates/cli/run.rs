@@ -82,6 +82,7 @@ pub struct Run {
     journal_error: Mutex<Option<String>>,
     bar: Option<ProgressBar>,
     notes_shown: Mutex<std::collections::HashSet<String>>,
+    vanished: Mutex<Vec<String>>,
     phase: Mutex<Phase>,
     scan: Mutex<Option<Arc<ScanProgress>>>,
     files_total: AtomicU64,
@@ -119,6 +120,7 @@ impl Run {
             journal_error: Mutex::new(None),
             bar,
             notes_shown: Mutex::new(Default::default()),
+            vanished: Mutex::new(Vec::new()),
             phase: Mutex::new(Phase::Connecting),
             scan: Mutex::new(None),
             files_total: AtomicU64::new(0),
@@ -365,6 +367,18 @@ impl Run {
         }
     }
 
+    /// A source entry that was listed and is gone when opened (rsync's
+    /// wording): not a failure, but the run exits 24 if nothing else failed.
+    pub fn vanished(&self, path: &str) {
+        self.warn(&format!("file has vanished: {path}"));
+        self.vanished.lock().unwrap().push(path.to_string());
+    }
+
+    /// The source entries that vanished during the run.
+    pub fn vanished_list(&self) -> Vec<String> {
+        self.vanished.lock().unwrap().clone()
+    }
+
     pub fn error(&self, msg: &str) {
         self.log(&format!("error: {msg}"));
         self.eprintln(&format!("robosync: error: {msg}"));
@@ -380,11 +394,11 @@ impl Run {
     /// The end of the run: the bar goes, and what was done is said once —
     /// the `--json` report on stdout, a closing line on a terminal (or with
     /// `-v`), `--stats`' counters, and on failure how many things failed.
-    pub fn summary(&self, code: i32, dry_run: bool, errors: &[String]) {
+    pub fn summary(&self, code: i32, dry_run: bool, errors: &[String], vanished: &[String]) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        let r = self.report(code, dry_run, errors);
+        let r = self.report(code, dry_run, errors, vanished);
         self.log(&format!(
             "done: exit {code}, {} files, {} bytes sent, {} unchanged, {} deleted, {} failed",
             r.files_transferred,
@@ -416,7 +430,12 @@ impl Run {
         }
         let on_tty = self.opts.progress && std::io::stderr().is_terminal();
         let show = !self.opts.quiet && !dry_run && (self.opts.verbose > 0 || on_tty);
-        if show && matches!(code, 0 | crate::sync::EXIT_PARTIAL) {
+        if show
+            && matches!(
+                code,
+                0 | crate::sync::EXIT_PARTIAL | crate::sync::EXIT_VANISHED
+            )
+        {
             eprintln!("robosync: {}", self.closing_line(&r, errors.len()));
         }
     }
@@ -467,7 +486,7 @@ impl Run {
         )
     }
 
-    fn report(&self, code: i32, dry_run: bool, errors: &[String]) -> Report {
+    fn report(&self, code: i32, dry_run: bool, errors: &[String], vanished: &[String]) -> Report {
         let s = &self.stats;
         let kind = ErrorKind::of_exit(code);
         // Entry errors shown before a run-ending failure keep their kind.
@@ -497,6 +516,7 @@ impl Run {
             elapsed_seconds: self.started.elapsed().as_secs_f64(),
             planned: std::mem::take(&mut self.planned.lock().unwrap()),
             errors,
+            vanished: vanished.to_vec(),
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::io;
 
-use robosync_transport::{proto, Error};
+use robosync_transport::Error;
 
 /// The words every disk-full message carries (tests and callers match on
 /// the message only through this constant).
@@ -18,21 +18,14 @@ pub const REMOTE_HINT: &str = "the destination may be out of space or over quota
 pub fn is_remote_space(e: &Error) -> bool {
     matches!(
         e,
-        Error::Status { op, code, .. }
-            if *code == proto::FX_FAILURE && matches!(*op, "write" | "fsetstat" | "close")
+        Error::Failure(s) if matches!(s.op, "write" | "fsetstat" | "close")
     )
 }
 
 /// One line for a file that could not be sent: `rel` and the server's
 /// answer at `abs`, plus what to check when it looks like a full disk.
 pub fn send_failed(rel: &str, abs: &[u8], e: Error) -> String {
-    let e = match &e {
-        Error::Status { op, .. } => {
-            let op = *op;
-            e.with_path(op, abs)
-        }
-        _ => e,
-    };
+    let e = e.at_path(abs);
     if is_remote_space(&e) {
         format!("{rel}: {e}: {REMOTE_HINT} (check df and quota on the server)")
     } else {
@@ -54,7 +47,7 @@ pub async fn remote_temps(
     pool: &std::sync::Arc<robosync_transport::Pool>,
     root: &[u8],
 ) -> Option<(u64, usize)> {
-    let listing = crate::remote::list(pool, root, crate::sync::MAX_REMOTE_ENTRIES)
+    let listing = crate::remote::list(pool, root, crate::sync::MAX_REMOTE_ENTRIES, None)
         .await
         .ok()?;
     let s = pool.session().await.ok()?;
@@ -82,14 +75,10 @@ pub fn local_failed(what: &str, e: &io::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use robosync_transport::proto;
 
     fn status(op: &'static str, code: u32) -> Error {
-        Error::Status {
-            op,
-            path: String::new(),
-            code,
-            message: "Failure".into(),
-        }
+        Error::from_status(op, b"", code, "Failure".into())
     }
 
     #[test]

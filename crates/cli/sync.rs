@@ -16,15 +16,35 @@ use robosync_scanner::{Filters, Rule, ScanOptions, StatCache};
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{Error, Pool, PoolOptions, SessionOptions, Target};
 
-use crate::endpoint::{join, Endpoint};
+use crate::endpoint::{join, Endpoint, Rename};
 use crate::run::{Phase, Run, RunOptions};
 use crate::{push, remote, Args};
 
+// The exit codes (documented in main.rs and the README): rsync's numbers
+// where the meaning matches, so cron wrappers written for rsync keep working.
+/// Usage or configuration error (as rsync 1).
 pub const EXIT_USAGE: i32 = 1;
-pub const EXIT_CONNECT: i32 = 2;
-pub const EXIT_GUARD: i32 = 3;
+/// File selection error: a rules or list file that cannot be read (rsync 3).
+pub const EXIT_SELECTION: i32 = 3;
+/// The server would not start SFTP (rsync 5: error starting client-server protocol).
+pub const EXIT_NO_SFTP: i32 = 5;
+/// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
+pub const EXIT_CONNECT: i32 = 10;
+/// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
+pub const EXIT_PROTOCOL: i32 = 12;
+/// Some entries failed, the rest landed (rsync 23).
 pub const EXIT_PARTIAL: i32 = 23;
+/// Some source files vanished during the run, and nothing else failed (rsync 24).
+pub const EXIT_VANISHED: i32 = 24;
+/// A `--delete` guard stopped the deletions (rsync 25: --max-delete limit).
+pub const EXIT_GUARD: i32 = 25;
+/// Connection lost and not re-established within `--retry-for` (rsync 30: timeout).
 pub const EXIT_LOST: i32 = 30;
+/// Another run holds this destination: sysexits' EX_TEMPFAIL ("try again
+/// later"); rsync has no such code, and its 35 means a daemon timeout.
+pub const EXIT_BUSY: i32 = 75;
+/// Authentication refused or host key not accepted (as ssh's 255).
+pub const EXIT_DENIED: i32 = 255;
 
 /// The most entries a remote listing may hold before we call the server absurd.
 pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
@@ -32,25 +52,88 @@ pub const MAX_REMOTE_ENTRIES: usize = 50_000_000;
 pub struct Failure {
     pub code: i32,
     pub message: String,
+    /// Set when the run found the other side is not what the spelling
+    /// assumed; `go()` runs it again in the right form.
+    pub redo: Option<Redo>,
+}
+
+/// What a single-file run learns only from the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Redo {
+    /// `a.txt host:x/NAME`: NAME is a directory, so the file goes into it.
+    DestIsDir,
+    /// `host:x/a.txt DEST`: the source is a file, not a tree.
+    SourceIsFile,
 }
 
 pub fn fail(code: i32, message: impl Into<String>) -> Failure {
     Failure {
         code,
         message: message.into(),
+        redo: None,
     }
 }
 
-/// Exit 30 for a connection lost and not re-established within
-/// `--retry-for`, exit 2 for one that could not be made (decided by the
-/// error's variant, not its text).
-pub fn transport_failure(e: Error) -> Failure {
-    let code = if e.is_connection() {
-        EXIT_LOST
-    } else {
-        EXIT_CONNECT
+/// A failure that `go()` answers by running again as `redo` says.
+pub fn redo(redo: Redo, message: impl Into<String>) -> Failure {
+    Failure {
+        redo: Some(redo),
+        ..fail(EXIT_USAGE, message)
+    }
+}
+
+/// The exit code for a transport error, decided by its variant, never its text.
+pub fn exit_code(e: &Error) -> i32 {
+    match e {
+        Error::ConnectionLost { .. } | Error::Timeout { .. } => EXIT_LOST,
+        Error::Unreachable(_) | Error::Connect(_) => EXIT_CONNECT,
+        Error::Denied(_) => EXIT_DENIED,
+        Error::Refused { .. } | Error::ChannelRefused { .. } => EXIT_NO_SFTP,
+        Error::Protocol { .. } => EXIT_PROTOCOL,
+        // A refusal about one path (e.g. the destination cannot be made).
+        Error::NoSuchFile(_)
+        | Error::PermissionDenied(_)
+        | Error::Failure(_)
+        | Error::Unsupported(_)
+        | Error::BadMessage(_)
+        | Error::Status(_) => EXIT_PARTIAL,
+    }
+}
+
+/// Debug builds only: runs `$ROBOSYNC_TEST_BEFORE_TRANSFER` (a shell
+/// command) between planning and sending, so a test can change the source
+/// at exactly that point (a file vanishing, exit 24) without a race.
+pub fn before_transfer() {
+    #[cfg(debug_assertions)]
+    if let Some(cmd) = std::env::var_os("ROBOSYNC_TEST_BEFORE_TRANSFER") {
+        let _ = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(cmd)
+            .status();
+    }
+}
+
+/// The `--files-from` paths the source lacks: errors (exit 23), as rsync's
+/// `link_stat … failed`, so a typo in a list never passes silently.
+pub fn unlisted(args: &Args, exists: impl Fn(&Path) -> bool) -> Vec<String> {
+    let Some(list) = &args.files_list else {
+        return Vec::new();
     };
-    fail(code, e.to_string())
+    list.paths()
+        .into_iter()
+        .filter(|p| !exists(p))
+        .map(|p| {
+            format!(
+                "{}: listed in --files-from but not in the source",
+                robosync_planner::escape(p)
+            )
+        })
+        .collect()
+}
+
+/// A run-ending transport error, with its [`exit_code`].
+pub fn transport_failure(e: Error) -> Failure {
+    fail(exit_code(&e), e.to_string())
 }
 
 pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
@@ -86,7 +169,9 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         }
         Err(f) => Err(f),
     };
+    let vanished = run.vanished_list();
     let (code, errors) = match result {
+        Ok(errors) if errors.is_empty() && !vanished.is_empty() => (EXIT_VANISHED, errors),
         Ok(errors) if errors.is_empty() => (0, errors),
         Ok(errors) => {
             for e in &errors {
@@ -99,7 +184,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
             (f.code, vec![f.message])
         }
     };
-    run.summary(code, args.dry_run, &errors);
+    run.summary(code, args.dry_run, &errors, &vanished);
     code
 }
 
@@ -132,37 +217,229 @@ pub(crate) fn default_state_dir() -> PathBuf {
     }
 }
 
+/// `SRC... DEST`: every source checked first (one side local, the other
+/// one host), then one run per source in order, as rsync copies them. A
+/// source that could not be copied (23) does not stop the next; anything
+/// worse (connection, guard, busy) stops there.
 async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>, Failure> {
-    let src = Endpoint::parse(&args.src).map_err(|e| fail(EXIT_USAGE, format!("source: {e}")))?;
-    let dst =
-        Endpoint::parse(&args.dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
-    let filters =
-        Filters::new(&rules, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    match (&src, &dst) {
-        (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
-            let (local, root, filters, label) = match single_file(l, path, &rules, args)? {
-                Some((parent, filters, name)) => {
-                    let root = crate::endpoint::trim_slashes(path).to_vec();
-                    // Its own state (not the parent's whole-tree pair).
-                    let label = format!("{} [{name}]", remote_label(user, host, &root));
-                    (parent, root, filters, label)
-                }
-                None => {
-                    let root = push_root(l, path)?;
-                    let label = remote_label(user, host, &root);
-                    (l.to_path_buf(), root, filters, label)
-                }
+    let (sources, dest) = args.paths();
+    let dst = Endpoint::parse(dest).map_err(|e| fail(EXIT_USAGE, format!("destination: {e}")))?;
+    let srcs = sources
+        .iter()
+        .map(|s| Endpoint::parse(s).map_err(|e| fail(EXIT_USAGE, format!("source: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    if srcs.len() == 1 {
+        return go_one(args, &rules, run, &srcs[0], &dst).await;
+    }
+    let host = |e: &Endpoint| match e {
+        Endpoint::Local(_) => None,
+        Endpoint::Remote { user, host, .. } => Some((user.clone(), host.clone())),
+    };
+    if srcs.iter().any(|s| host(s) != host(&srcs[0])) {
+        return Err(fail(
+            EXIT_USAGE,
+            "several sources must all be local or all on one remote [user@]host (as rsync): run robosync once per host",
+        ));
+    }
+    // Several sources go into DEST as a directory (rsync makes it if missing).
+    let dst = match dst {
+        Endpoint::Local(l) => {
+            if std::fs::metadata(&l).is_ok_and(|m| !m.is_dir()) {
+                return Err(fail(
+                    EXIT_USAGE,
+                    format!(
+                        "destination {} is not a directory: several sources need one (as rsync)",
+                        l.display()
+                    ),
+                ));
+            }
+            let mut d = l.into_os_string();
+            d.push("/");
+            Endpoint::Local(d.into())
+        }
+        Endpoint::Remote { user, host, path } => {
+            let path = if crate::endpoint::means_contents(&path) {
+                path
+            } else {
+                [&path[..], b"/"].concat()
             };
+            Endpoint::Remote { user, host, path }
+        }
+    };
+    // Only a contents source's run has DEST itself as its root.
+    let contents = srcs.iter().filter(|s| is_contents(s)).count();
+    let tops = match args.delete && contents > 0 {
+        true => srcs
+            .iter()
+            .map(|s| top_names(s, contents > 1))
+            .collect::<Result<Vec<_>, _>>()?,
+        false => vec![Vec::new(); srcs.len()],
+    };
+    let mut errors = Vec::new();
+    for (i, src) in srcs.iter().enumerate() {
+        // rsync deletes inside each source's root, never what another
+        // source brings: those names are protected in this run.
+        let others = tops
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i && is_contents(src));
+        let mut mine: Vec<Rule> = others
+            .flat_map(|(_, names)| names)
+            .filter_map(|n| std::str::from_utf8(n).ok())
+            .map(|n| Rule {
+                include: false,
+                pattern: anchored(n),
+                side: robosync_scanner::Side::Receiver,
+            })
+            .collect();
+        mine.extend_from_slice(&rules);
+        match go_one(args, &mine, run, src, &dst).await {
+            Ok(e) => errors.extend(e),
+            Err(f) if f.code == EXIT_PARTIAL => errors.push(f.message),
+            Err(mut f) => {
+                let rest: Vec<String> = srcs[i + 1..].iter().map(Endpoint::label).collect();
+                if !rest.is_empty() {
+                    f.message = format!("{}; not copied: {}", f.message, rest.join(", "));
+                }
+                if !errors.is_empty() {
+                    f.message = format!("{}; earlier: {}", f.message, errors.join("; "));
+                }
+                return Err(f);
+            }
+        }
+    }
+    Ok(errors)
+}
+
+/// The names a source makes at the top of DEST: its own (`data`, `a.txt`),
+/// or its entries (`data/`, local only: a remote one is listed by its run).
+/// `needed`: another contents source's run could delete them.
+fn top_names(src: &Endpoint, needed: bool) -> Result<Vec<Vec<u8>>, Failure> {
+    if !is_contents(src) {
+        return Ok(vec![crate::endpoint::last_component(path_of(src)).to_vec()]);
+    }
+    match src {
+        _ if !needed => Ok(Vec::new()),
+        Endpoint::Local(l) => Ok(std::fs::read_dir(l)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().as_bytes().to_vec())
+                    .collect()
+            })
+            .unwrap_or_default()),
+        Endpoint::Remote { .. } => Err(fail(
+            EXIT_USAGE,
+            format!(
+                "--delete with several sources cannot yet take a remote contents source ({}): \
+                 write it without the trailing / or run it on its own",
+                src.label()
+            ),
+        )),
+    }
+}
+
+fn path_of(e: &Endpoint) -> &[u8] {
+    match e {
+        Endpoint::Local(l) => l.as_os_str().as_bytes(),
+        Endpoint::Remote { path, .. } => path,
+    }
+}
+
+fn is_contents(e: &Endpoint) -> bool {
+    crate::endpoint::means_contents(path_of(e))
+}
+
+/// One source to DEST.
+async fn go_one(
+    args: &Args,
+    rules: &[Rule],
+    run: &Arc<Run>,
+    src: &Endpoint,
+    dst: &Endpoint,
+) -> Result<Vec<String>, Failure> {
+    let rules = rules.to_vec();
+    let filters = Filters::new(&rules, args.delete_excluded)
+        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?
+        .with_list(args.files_list.clone());
+    if args.hard_links && matches!(src, Endpoint::Remote { .. }) {
+        return Err(fail(
+            EXIT_USAGE,
+            "-H works on a push only: an SFTP listing carries no inode numbers, so a \
+             server's hard links cannot be told from copies (run without -H)",
+        ));
+    }
+    match (src, dst) {
+        (Endpoint::Local(l), Endpoint::Remote { user, host, path }) => {
+            if let Err(e) = std::fs::symlink_metadata(l) {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    // rsync's "link_stat failed" (23), before any login.
+                    return Err(fail(
+                        EXIT_PARTIAL,
+                        format!(
+                            "source {} does not exist (no such file or directory); nothing was copied from it: check the local path",
+                            l.display()
+                        ),
+                    ));
+                }
+            }
             let target = target(args, user, host).await?;
-            let r = push_run(args, run, filters, &local, target, &root, &label).await;
-            // The destination's lease ends here, whatever the run's outcome.
-            crate::lease::HELD.release().await;
-            r
+            let mut into = false;
+            loop {
+                let roots = match single_file(l, path, &rules, args, into)? {
+                    Some(mut r) => {
+                        // Its own state (not the parent's whole-tree pair).
+                        let name = r.rename.as_ref().map(|n| n.to.display().to_string());
+                        let at = remote_label(user, host, &r.remote);
+                        r.label = format!("{at} [{}]", name.unwrap_or_default());
+                        r
+                    }
+                    None => {
+                        let remote = push_root(l, path)?;
+                        Roots {
+                            local: l.to_path_buf(),
+                            label: remote_label(user, host, &remote),
+                            remote,
+                            filters: filters.clone(),
+                            rename: None,
+                        }
+                    }
+                };
+                let r = push_run(args, run, target.clone(), roots).await;
+                // The destination's lease ends here, whatever the run's outcome.
+                crate::lease::HELD.release().await;
+                match r {
+                    Err(f) if f.redo == Some(Redo::DestIsDir) && !into => into = true,
+                    r => return r,
+                }
+            }
         }
         (Endpoint::Remote { user, host, path }, Endpoint::Local(l)) => {
-            let root = pull_root(path, l)?;
             let target = target(args, user, host).await?;
-            crate::pull::pull_run(args, run, filters, path, target, &root, &src.label()).await
+            // Where a file already is (DEST, or DEST/NAME from a previous
+            // run), only a file can land: no tree run first.
+            let is_file = |p: &Path| std::fs::metadata(p).is_ok_and(|m| !m.is_dir());
+            let root = pull_root(path, l);
+            let file_there = match &root {
+                Ok(r) => is_file(r),
+                Err(_) => is_file(l) && !crate::endpoint::means_contents(path),
+            };
+            if !file_there {
+                let roots = Roots {
+                    local: root?,
+                    remote: path.clone(),
+                    filters,
+                    label: src.label(),
+                    rename: None,
+                };
+                match crate::pull::pull_run(args, run, target.clone(), roots).await {
+                    Err(f) if f.redo == Some(Redo::SourceIsFile) => {}
+                    r => return r,
+                }
+            }
+            let mut roots = pulled_file(path, l, &rules, args)?;
+            let name = roots.rename.as_ref().map(|n| n.to.display().to_string());
+            roots.label = format!("{} [{}]", src.label(), name.unwrap_or_default());
+            crate::pull::pull_run(args, run, target, roots).await
         }
         (Endpoint::Local(_), Endpoint::Local(_)) => Err(fail(
             EXIT_USAGE,
@@ -184,40 +461,122 @@ fn remote_label(user: &Option<String>, host: &str, path: &[u8]) -> String {
     .label()
 }
 
-/// A single-file push (`a.txt host:x/`): the file's parent synced with
-/// rules that select that one name on both sides, so the engine stays
-/// tree-based and `--delete` (even `--delete-excluded`) touches nothing else.
-/// `None` when the source is not a file.
+/// What one run syncs: a local directory with a remote one, the rules,
+/// the label its state is kept under, and for a single file the names it
+/// has on each side.
+pub struct Roots {
+    pub local: PathBuf,
+    /// As typed (before `~` expansion).
+    pub remote: Vec<u8>,
+    pub filters: Filters,
+    pub label: String,
+    pub rename: Option<Rename>,
+}
+
+/// A single-file push, as rsync: `a.txt host:x/` (or `into`, once the
+/// server said x/NAME is a directory) copies into that directory;
+/// `a.txt host:x/NAME` copies it as NAME. Either way the file's parent is
+/// synced with rules that select that one name on each side, so the engine
+/// stays tree-based and `--delete` (even `--delete-excluded`) touches
+/// nothing else. `None` when the source is not a file.
 fn single_file(
     local: &Path,
     dest: &[u8],
     rules: &[Rule],
     args: &Args,
-) -> Result<Option<(PathBuf, Filters, String)>, Failure> {
+    into: bool,
+) -> Result<Option<Roots>, Failure> {
     let src = local.as_os_str().as_bytes();
     let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
     if !is_file || crate::endpoint::means_contents(src) {
         return Ok(None);
     }
-    let shown = local.display();
-    let name = std::str::from_utf8(crate::endpoint::last_component(src)).map_err(|_| {
-        fail(
-            EXIT_USAGE,
-            format!("source {shown}: a single file's name must be UTF-8 here; copy its directory with a filter instead"),
-        )
-    })?;
-    if !crate::endpoint::means_contents(dest) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {shown} is a file: end the destination with / to copy it into that directory (a new name is not supported yet)"
-            ),
-        ));
-    }
+    let name = crate::endpoint::last_component(src);
     let parent = match local.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
+    let (root, to, or_into) = file_target(dest, name, into);
+    let filters = one_name(
+        name,
+        &to,
+        rules,
+        args,
+        &format!("source {}", local.display()),
+    )?;
+    Ok(Some(Roots {
+        local: parent,
+        remote: root,
+        filters,
+        label: String::new(),
+        rename: Some(Rename {
+            from: crate::endpoint::os(name),
+            to: crate::endpoint::os(&to),
+            or_into,
+        }),
+    }))
+}
+
+/// A single file pulled (the server said `src` is one), as rsync: into DEST
+/// when it ends in `/` or is a directory, else as DEST's own name.
+fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<Roots, Failure> {
+    let root = parent_of(crate::endpoint::trim_slashes(src));
+    let name = crate::endpoint::last_component(src);
+    let d = dest.as_os_str().as_bytes();
+    let into = std::fs::metadata(dest).is_ok_and(|m| m.is_dir());
+    // (A local DEST is known to be a directory or not already.)
+    let (local, to, _) = file_target(d, name, into);
+    let local = if local.is_empty() {
+        PathBuf::from(".")
+    } else {
+        crate::endpoint::os(&local).to_path_buf()
+    };
+    let filters = one_name(
+        name,
+        &to,
+        rules,
+        args,
+        &format!("source {}", String::from_utf8_lossy(src)),
+    )?;
+    Ok(Roots {
+        local,
+        remote: root,
+        filters,
+        label: String::new(),
+        rename: Some(Rename {
+            from: crate::endpoint::os(name),
+            to: crate::endpoint::os(&to),
+            or_into: false,
+        }),
+    })
+}
+
+/// Where a file named `name` lands for destination `dest`: (directory, name
+/// there, whether that name is DEST's own). Into `dest` when it ends in `/`
+/// (or `.`), names a home (`~`), or is known to be a directory; otherwise
+/// as `dest`'s last component.
+fn file_target(dest: &[u8], name: &[u8], into: bool) -> (Vec<u8>, Vec<u8>, bool) {
+    let last = crate::endpoint::last_component(dest);
+    if into || crate::endpoint::means_contents(dest) || last.starts_with(b"~") {
+        let dir = crate::endpoint::trim_slashes(dest).to_vec();
+        return (dir, name.to_vec(), false);
+    }
+    let dir = parent_of(crate::endpoint::trim_slashes(dest));
+    (dir, last.to_vec(), true)
+}
+
+/// The directory part of a slash-trimmed path: "" (the login or current
+/// directory) when it has none, `/` for a top-level name.
+fn parent_of(path: &[u8]) -> Vec<u8> {
+    match path.iter().rposition(|&b| b == b'/') {
+        Some(0) => b"/".to_vec(),
+        Some(i) => path[..i].to_vec(),
+        None => Vec::new(),
+    }
+}
+
+/// A rule pattern matching exactly `name` at the sync root.
+fn anchored(name: &str) -> String {
     let mut escaped = String::from("/");
     for c in name.chars() {
         if matches!(c, '*' | '?' | '[' | ']' | '\\' | '{' | '}') {
@@ -225,23 +584,44 @@ fn single_file(
         }
         escaped.push(c);
     }
-    let both = robosync_scanner::Side::SenderAndReceiver;
+    escaped
+}
+
+/// Rules selecting `from` on the sending side and `to` on the receiving
+/// side, ahead of the user's.
+fn one_name(
+    from: &[u8],
+    to: &[u8],
+    rules: &[Rule],
+    args: &Args,
+    what: &str,
+) -> Result<Filters, Failure> {
+    let utf8 = |b: &[u8]| {
+        std::str::from_utf8(b).map(str::to_string).map_err(|_| {
+            fail(
+                EXIT_USAGE,
+                format!("{what}: a single file's name must be UTF-8 here; copy its directory with a filter instead"),
+            )
+        })
+    };
+    let (from, to) = (utf8(from)?, utf8(to)?);
+    let rule = |include: bool, pattern: String, side| Rule {
+        include,
+        pattern,
+        side,
+    };
+    use robosync_scanner::Side;
     let mut mine = vec![
-        Rule {
-            include: true,
-            pattern: escaped,
-            side: both,
-        },
-        Rule {
-            include: false,
-            pattern: "*".into(),
-            side: both,
-        },
+        rule(true, anchored(&from), Side::Sender),
+        rule(false, "*".into(), Side::Sender),
+        rule(true, anchored(&to), Side::Receiver),
+        // A directory in the way is seen whole (rsync replaces it only when
+        // empty, or with --delete).
+        rule(true, format!("{}/**", anchored(&to)), Side::Receiver),
+        rule(false, "*".into(), Side::Receiver),
     ];
     mine.extend_from_slice(rules);
-    let filters =
-        Filters::new(&mine, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    Ok(Some((parent, filters, name.to_string())))
+    Filters::new(&mine, args.delete_excluded).map_err(|e| fail(EXIT_USAGE, e.to_string()))
 }
 
 /// The remote sync root of a push, as rsync decides it: `data/` (contents)
@@ -368,7 +748,12 @@ pub async fn open_pool(
         work,
     )
     .await
-    .map_err(transport_failure)?;
+    .map_err(|e| match exit_code(&e) {
+        // Never connected, so nothing was lost: the login kept failing
+        // (e.g. a ProxyJump host that is down) within --retry-for.
+        EXIT_LOST => fail(EXIT_CONNECT, e.to_string()),
+        _ => transport_failure(e),
+    })?;
     for n in pool.notes.lock().unwrap().drain(..) {
         if n.starts_with("warning") {
             run.warn(n.trim_start_matches("warning: "));
@@ -428,12 +813,17 @@ pub fn choose_manifest(
 async fn push_run(
     args: &Args,
     run: &Arc<Run>,
-    filters: Filters,
-    local_root: &Path,
     target: Target,
-    remote_path: &[u8],
-    dest_label: &str,
+    roots: Roots,
 ) -> Result<Vec<String>, Failure> {
+    let Roots {
+        local: ref local_root,
+        remote: ref remote_path,
+        filters,
+        label: ref dest_label,
+        ref rename,
+    } = roots;
+    let rename = rename.as_ref();
     let meta = std::fs::metadata(local_root)
         .map_err(|e| fail(EXIT_USAGE, format!("source {}: {e}", local_root.display())))?;
     if !meta.is_dir() {
@@ -490,17 +880,27 @@ async fn push_run(
         // The destination will hold about as many entries as the source.
         pool.widen_for_listing(snap.entries.len());
     }
-    let snap = snap.map_err(|e| {
+    let mut snap = snap.map_err(|e| {
         fail(
             EXIT_USAGE,
             format!("cannot scan {}: {e}", local_root.display()),
         )
     })?;
-    let mut errors: Vec<String> = snap
-        .errors
-        .iter()
-        .map(|e| format!("{}: {}", robosync_planner::escape(&e.path), e.message))
-        .collect();
+    if let Some(r) = rename {
+        // The file is known by its destination name from here on.
+        for e in snap.entries.iter_mut().filter(|e| e.path == r.from) {
+            e.path = r.to.clone();
+        }
+    }
+    let mut errors = unlisted(args, |p| local_root.join(p).symlink_metadata().is_ok());
+    for e in &snap.errors {
+        let path = robosync_planner::escape(&e.path);
+        if e.vanished {
+            run.vanished(&path);
+        } else {
+            errors.push(format!("{path}: {}", e.message));
+        }
+    }
     for s in &snap.skipped {
         run.warn(&format!(
             "skipping {:?} {} (not a regular file, directory or symlink)",
@@ -558,11 +958,29 @@ async fn push_run(
                 }
             }
         },
-        list_remote(&pool, &remote_root),
+        // A single file's: its name alone (a directory in the way whole).
+        list_remote(
+            &pool,
+            &remote_root,
+            rename.map(|r| r.to.as_os_str().as_bytes())
+        ),
         read_small(&session, &manifest_remote)
     );
     let _identity = made?;
     let listing = listing.map_err(transport_failure)?;
+    if let Some(r) = rename.filter(|r| r.or_into) {
+        if listing
+            .tree
+            .nodes
+            .get(&r.to)
+            .is_some_and(|n| n.kind == robosync_planner::Kind::Dir)
+        {
+            return Err(redo(
+                Redo::DestIsDir,
+                format!("{} is a directory", r.to.display()),
+            ));
+        }
+    }
     run.phase(Phase::Planning);
     errors.extend(listing.errors.iter().cloned());
     let mut listing = listing;
@@ -599,6 +1017,7 @@ async fn push_run(
         &opts,
         args.dry_run,
     )?;
+    errors.extend(plan.refused.iter().cloned());
     for w in &plan.warnings {
         run.warn(w);
     }
@@ -631,6 +1050,10 @@ async fn push_run(
         dirs_in_place,
         temps: Default::default(),
         root_real: Default::default(),
+        local_names: rename
+            .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
+            .unwrap_or_default(),
+        hard_links: args.hard_links,
     });
     push::adopt_unchanged(&job, &listing.tree);
 
@@ -661,6 +1084,7 @@ async fn push_run(
             Ok::<_, Error>((s, h))
         })
     });
+    before_transfer();
     let mut run_errors = job.execute(content).await;
     if run_errors.is_empty() && errors.is_empty() {
         run_errors.extend(job.execute(deletes).await);
@@ -673,6 +1097,25 @@ async fn push_run(
     ticker.abort();
     run.phase(Phase::Recording);
     errors.extend(run_errors);
+    if rename.is_none() && errors.is_empty() {
+        // rsync -a's `.`: the sync root takes the source directory's mode
+        // and mtime, after its contents changed it.
+        use std::os::unix::fs::MetadataExt;
+        let t = meta.mtime().clamp(0, u32::MAX as i64) as u32;
+        let attrs = robosync_transport::proto::Attrs {
+            permissions: Some(meta.mode() & 0o7777),
+            times: Some((t, t)),
+            ..Default::default()
+        };
+        let root = &remote_root;
+        let set = on_session(&pool, |s| {
+            let attrs = attrs.clone();
+            async move { s.setstat(root, &attrs).await }
+        });
+        if let Err(e) = set.await {
+            errors.push(format!("cannot set attributes of {dest_label}: {e}"));
+        }
+    }
     if errors.iter().any(|e| e.contains(crate::space::REMOTE_HINT)) {
         if let Some((bytes, files)) = crate::space::remote_temps(&pool, &remote_root).await {
             errors.push(crate::space::temps_held(bytes, files));
@@ -798,14 +1241,31 @@ async fn prepare_destination(
         s.realpath(remote_root)
     );
     let mut real = real;
-    if !there.is_ok_and(|a| a.is_dir()) {
+    if !there.as_ref().is_ok_and(|a| a.is_dir()) {
+        // A file there: what rsync calls "destination must be a directory".
+        let file = there.is_ok_and(|a| !a.is_symlink());
         // Missing parents, or not a directory: the careful way, with its errors.
-        if let Err(e) = push::mkdir_p(s, remote_root).await {
+        let made = match file {
+            true => Ok(()),
+            false => push::mkdir_p(s, remote_root).await,
+        };
+        if file || made.is_err() {
             if let Ok(h) = &opened {
                 // An empty lease of ours must not stay behind.
                 s.close_detached(h);
                 let _ = s.remove(&join(remote_root, b".robosync/lock")).await;
             }
+        }
+        if file {
+            return Err(fail(
+                EXIT_USAGE,
+                format!(
+                    "destination {} is not a directory: a directory or several sources need one (as rsync)",
+                    String::from_utf8_lossy(remote_root)
+                ),
+            ));
+        }
+        if let Err(e) = made {
             return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));
         }
         let _ = s.mkdir(&state, &private).await;
@@ -830,8 +1290,13 @@ async fn prepare_destination(
 /// Lists the remote tree; when the link drops meanwhile, lists it again
 /// from the start once the pool has reconnected (a listing changes nothing,
 /// so starting over is safe).
-pub async fn list_remote(pool: &Arc<Pool>, root: &[u8]) -> Result<remote::Listing, Error> {
-    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES)).await
+/// `only`: see [`remote::list`].
+pub async fn list_remote(
+    pool: &Arc<Pool>,
+    root: &[u8],
+    only: Option<&[u8]>,
+) -> Result<remote::Listing, Error> {
+    on_session(pool, |_| remote::list(pool, root, MAX_REMOTE_ENTRIES, only)).await
 }
 
 /// Runs `op`, which must be safe to repeat (it reads, or its changes are
@@ -874,7 +1339,7 @@ pub fn unless_lost(run: &Run, pool: &Pool, errors: Vec<String>) -> Result<Vec<St
     }
 }
 
-/// The plan, or the `--delete` guard that refuses it (exit 3). A dry run
+/// The plan, or the `--delete` guard that refuses it (exit 25). A dry run
 /// gets the whole plan, deletions included, and the guard a real run would
 /// stop at.
 pub fn plan_guarded(
@@ -1124,7 +1589,7 @@ pub fn hold_state(paths: &robosync_manifest::StatePaths) -> Result<std::fs::File
     }
     match std::io::Error::last_os_error() {
         e if e.kind() == std::io::ErrorKind::WouldBlock => Err(fail(
-            EXIT_GUARD,
+            EXIT_BUSY,
             format!(
                 "another robosync run is syncing this source and destination (it holds {}); \
                  this run did nothing: try again when that one has finished",
@@ -1165,7 +1630,7 @@ pub async fn open_small(s: &robosync_transport::Sftp, path: &[u8]) -> Result<Vec
     let private = private_attrs(0o600);
     match s.open(&tmp, flags, &private).await {
         Ok(h) => Ok(h),
-        Err(e) if e.status_code() == Some(robosync_transport::proto::FX_NO_SUCH_FILE) => {
+        Err(Error::NoSuchFile(_)) => {
             push::mkdir_p(s, dir).await?;
             s.open(&tmp, flags, &private).await
         }
@@ -1204,6 +1669,28 @@ fn small_tmp(path: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use robosync_manifest::Record;
+
+    #[test]
+    fn where_a_single_file_lands() {
+        let t = |dest: &str, into| {
+            let (dir, name, named) = file_target(dest.as_bytes(), b"a.txt", into);
+            (
+                String::from_utf8(dir).unwrap(),
+                String::from_utf8(name).unwrap(),
+                named,
+            )
+        };
+        let s = |d: &str, n: &str, named| (d.to_string(), n.to_string(), named);
+        assert_eq!(t("x/", false), s("x", "a.txt", false));
+        assert_eq!(t("x/b.txt", false), s("x", "b.txt", true));
+        assert_eq!(t("x/b.txt", true), s("x/b.txt", "a.txt", false));
+        assert_eq!(t("b.txt", false), s("", "b.txt", true));
+        assert_eq!(t("/b.txt", false), s("/", "b.txt", true));
+        assert_eq!(t("", false), s("", "a.txt", false));
+        assert_eq!(t("~", false), s("~", "a.txt", false));
+        assert_eq!(t("x/.", false), s("x/.", "a.txt", false));
+        assert_eq!(parent_of(b"/p/x"), b"/p");
+    }
 
     fn manifest(size: u64, run_id: u64) -> Manifest {
         let mut m = Manifest {

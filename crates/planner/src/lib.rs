@@ -41,6 +41,9 @@ pub struct Node {
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
     pub nodes: BTreeMap<PathBuf, Node>,
+    /// Directories (of a destination) holding entries that must stay, left
+    /// out of `nodes`: never replaced by a file or symlink, even with --delete.
+    pub held: std::collections::BTreeSet<PathBuf>,
 }
 
 /// `Path`'s order for relative paths without `.`, `..`, empty components or
@@ -92,6 +95,7 @@ impl Tree {
         nodes.sort_by(|a, b| path_order(a.0.as_os_str().as_bytes(), b.0.as_os_str().as_bytes()));
         Tree {
             nodes: nodes.into_iter().collect(),
+            ..Tree::default()
         }
     }
 
@@ -265,6 +269,10 @@ pub struct Plan {
     /// Files already up to date.
     pub unchanged: u64,
     pub warnings: Vec<String>,
+    /// Entries left as they are, each an error of the run (exit 23): a
+    /// non-empty directory where a file or symlink goes, without `--delete`
+    /// (rsync: "cannot delete non-empty directory").
+    pub refused: Vec<String>,
 }
 
 impl Plan {
@@ -296,6 +304,28 @@ fn dest_matches_record(d: &Node, r: &Record) -> bool {
         && d.size == r.remote_size
         && d.mtime == r.remote_mtime
         && d.whole.is_none_or(|w| w == r.whole)
+}
+
+/// A directory with entries, kept where a non-directory goes: only
+/// `--delete` removes what it holds (rsync's `--force`, implied by it),
+/// and never entries the receiver protects.
+fn in_use(dest: &Tree, path: &Path, d: &Node, opts: &PlanOptions) -> bool {
+    d.kind == Kind::Dir && dest.held.contains(path)
+        || d.kind == Kind::Dir
+            && !opts.delete
+            && dest
+                .nodes
+                .range::<Path, _>((std::ops::Bound::Excluded(path), std::ops::Bound::Unbounded))
+                .take_while(|(k, _)| k.starts_with(path))
+                .next()
+                .is_some()
+}
+
+fn non_empty(path: &Path) -> String {
+    format!(
+        "cannot delete non-empty directory: {} (a file goes there; --delete replaces it)",
+        escape(path)
+    )
 }
 
 /// Compares `source` with `dest` (and what `manifest` says robosync wrote there).
@@ -335,6 +365,9 @@ pub fn plan(
             (Kind::Symlink(t), Some(d)) if d.kind == Kind::Symlink(t.clone()) => {
                 plan.unchanged += 1;
             }
+            (Kind::Symlink(_), Some(d)) if in_use(dest, path, d, opts) => {
+                plan.refused.push(non_empty(path));
+            }
             (Kind::Symlink(t), d) => {
                 if let Some(d) = d {
                     replace.push(Action::Delete {
@@ -352,6 +385,9 @@ pub fn plan(
                 size: s.size,
                 reason: Reason::New,
             }),
+            (Kind::File, Some(d)) if in_use(dest, path, d, opts) => {
+                plan.refused.push(non_empty(path));
+            }
             (Kind::File, Some(d)) if d.kind != Kind::File => {
                 replace.push(Action::Delete {
                     path: path.clone(),
@@ -379,6 +415,13 @@ pub fn plan(
             .nodes
             .iter()
             .filter(|(p, _)| !source.nodes.contains_key(*p))
+            // Inside a directory a file or symlink replaces: that deletion
+            // already takes them.
+            .filter(|(p, _)| {
+                !p.ancestors()
+                    .skip(1)
+                    .any(|a| source.nodes.get(a).is_some_and(|n| n.kind != Kind::Dir))
+            })
             .collect();
         if !gone.is_empty() {
             if opts.guards && source.nodes.is_empty() {

@@ -37,6 +37,7 @@ fn tree(nodes: &[(&str, Node)]) -> Tree {
             .iter()
             .map(|(p, n)| (PathBuf::from(p), n.clone()))
             .collect(),
+        ..Tree::default()
     }
 }
 
@@ -389,4 +390,35 @@ fn a_record_of_a_file_that_landed_with_the_wrong_size_is_not_trusted() {
         "{:?}",
         p.actions
     );
+}
+
+/// rsync: a non-empty directory where a file goes stays without --delete
+/// (an error of the run); with --delete it is replaced, its entries going
+/// with it (not deleted a second time); a held one stays even then.
+#[test]
+fn non_empty_directory_in_the_way_of_a_file() {
+    let source = tree(&[("f", file(1, 1, &[1]))]);
+    let mut dest = tree(&[("f", dir()), ("f/z", file(1, 1, &[2]))]);
+    let keep = plan(&source, &dest, None, "src", &PlanOptions::default()).unwrap();
+    assert!(keep.actions.is_empty(), "{:?}", keep.actions);
+    assert_eq!(keep.refused.len(), 1, "{:?}", keep.refused);
+    let delete = PlanOptions {
+        delete: true,
+        max_delete: Some(10),
+        ..Default::default()
+    };
+    let p = plan(&source, &dest, None, "src", &delete).unwrap();
+    let deletes: Vec<_> = p
+        .actions
+        .iter()
+        .filter(|a| matches!(a, Action::Delete { .. }))
+        .map(|a| a.path().to_path_buf())
+        .collect();
+    assert_eq!(deletes, [PathBuf::from("f")]);
+    assert!(p.refused.is_empty());
+    dest.nodes.remove(Path::new("f/z"));
+    dest.held.insert("f".into());
+    let held = plan(&source, &dest, None, "src", &delete).unwrap();
+    assert!(held.actions.is_empty(), "{:?}", held.actions);
+    assert_eq!(held.refused.len(), 1);
 }

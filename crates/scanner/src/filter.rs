@@ -2,7 +2,9 @@
 //! rules), matched with globset.
 
 use std::cell::RefCell;
-use std::path::{Path, PathBuf};
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 
@@ -261,6 +263,15 @@ pub struct Filters {
 }
 
 impl Filters {
+    /// Restricts both sides to the paths of a `--files-from` list: only
+    /// they are copied, and `--delete` touches nothing unlisted (as rsync).
+    pub fn with_list(mut self, list: Option<FileList>) -> Filters {
+        let list = list.map(Arc::new);
+        self.sender.list = list.clone();
+        self.receiver.list = list;
+        self
+    }
+
     pub fn new(rules: &[Rule], delete_excluded: bool) -> Result<Filters, FilterError> {
         let on = |want: Side, both: bool| -> Vec<Rule> {
             rules
@@ -293,6 +304,90 @@ pub struct Filter {
     set: GlobSet,
     /// Per glob of `set`: (rule index, include?, directories only?).
     rules: Vec<(usize, bool, bool)>,
+    /// `--files-from`: a path must be listed as well as pass the rules.
+    list: Option<Arc<FileList>>,
+}
+
+/// The paths of `--files-from`, as rsync reads them: relative to the
+/// transfer root (a leading `/` or `./` is dropped), one a line, blank lines
+/// and `#`/`;` comments ignored. A listed path is selected with the
+/// directories leading to it (rsync's implied directories); what is below
+/// a listed directory only with `recursive` (rsync's `-r`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FileList {
+    listed: HashSet<PathBuf>,
+    implied: HashSet<PathBuf>,
+    recursive: bool,
+}
+
+impl FileList {
+    /// Reads the list from `path`, or from standard input for `-`.
+    pub fn read(path: &Path, recursive: bool) -> Result<FileList, FilterError> {
+        let read_err = |source| FilterError::Read {
+            path: path.to_owned(),
+            source,
+        };
+        let bytes = if path == Path::new("-") {
+            let mut b = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin(), &mut b).map_err(read_err)?;
+            b
+        } else {
+            std::fs::read(path).map_err(read_err)?
+        };
+        FileList::parse(&bytes, recursive)
+    }
+
+    /// The list from its bytes (names need not be UTF-8).
+    pub fn parse(text: &[u8], recursive: bool) -> Result<FileList, FilterError> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut list = FileList {
+            recursive,
+            ..FileList::default()
+        };
+        for line in text.split(|&b| b == b'\n') {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            if line.is_empty() || line[0] == b'#' || line[0] == b';' {
+                continue;
+            }
+            let mut path = PathBuf::new();
+            for c in Path::new(std::ffi::OsStr::from_bytes(line)).components() {
+                match c {
+                    Component::Normal(n) => path.push(n),
+                    Component::RootDir | Component::CurDir => {}
+                    Component::ParentDir | Component::Prefix(_) => {
+                        return Err(FilterError::Pattern {
+                            pattern: String::from_utf8_lossy(line).into_owned(),
+                            reason: "a --files-from path may not leave the source with `..`".into(),
+                        })
+                    }
+                }
+            }
+            if path.as_os_str().is_empty() {
+                continue;
+            }
+            for a in path.ancestors().skip(1) {
+                if !a.as_os_str().is_empty() {
+                    list.implied.insert(a.to_path_buf());
+                }
+            }
+            list.listed.insert(path);
+        }
+        Ok(list)
+    }
+
+    /// The listed paths, sorted.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut v: Vec<&Path> = self.listed.iter().map(PathBuf::as_path).collect();
+        v.sort();
+        v
+    }
+
+    /// Whether `path` (relative to the transfer root) is selected.
+    pub fn selects(&self, path: &Path, is_dir: bool) -> bool {
+        self.listed.contains(path)
+            || (is_dir && self.implied.contains(path))
+            || (self.recursive && path.ancestors().skip(1).any(|a| self.listed.contains(a)))
+    }
 }
 
 thread_local! {
@@ -361,12 +456,16 @@ impl Filter {
         Ok(Filter {
             set,
             rules: compiled,
+            list: None,
         })
     }
 
     /// Whether `path` (relative to the scan root, `/`-separated, no leading `/`)
     /// passes the filter. The pull side applies the same rules to remote paths.
     pub fn includes(&self, path: &Path, is_dir: bool) -> bool {
+        if self.list.as_ref().is_some_and(|l| !l.selects(path, is_dir)) {
+            return false;
+        }
         if self.rules.is_empty() {
             return true;
         }
@@ -384,7 +483,7 @@ impl Filter {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
+        self.rules.is_empty() && self.list.is_none()
     }
 }
 

@@ -51,7 +51,7 @@ mod walk;
 mod tests;
 
 pub use cache::{StatCache, RACY_WINDOW_NS};
-pub use filter::{Filter, FilterError, Filters, Rule, Rules, Side};
+pub use filter::{FileList, Filter, FilterError, Filters, Rule, Rules, Side};
 pub use hash::{hash_block, hash_bytes, whole_from_blocks};
 pub use walk::scan;
 
@@ -144,6 +144,9 @@ pub struct Entry {
 pub struct ScanError {
     pub path: PathBuf,
     pub message: String,
+    /// Listed, then gone when opened or stat'ed (rsync's "file has
+    /// vanished"): the source changed under the scan, nothing failed.
+    pub vanished: bool,
 }
 
 /// What kind of non-regular file was skipped.

@@ -869,3 +869,44 @@ fn wildcards_match_bytes_as_rsync() {
     let f = Filter::new(&[exc("??.txt")]).unwrap();
     assert!(!f.includes(Path::new("é.txt"), false));
 }
+
+/// `--files-from` as rsync reads it: comments and blank lines skipped, `/`
+/// and `./` dropped, implied directories, a listed directory's contents only
+/// when recursive, `..` refused; and it narrows the rules rather than
+/// replacing them.
+#[test]
+fn files_from_lists_paths_and_their_directories() {
+    let text = b"# c\n; c\n\n/a/b/f.txt\n./d\nraw\xff\r\n";
+    let p = |s: &str| PathBuf::from(s);
+    let plain = FileList::parse(text, false).unwrap();
+    assert_eq!(
+        plain.paths(),
+        [
+            Path::new("a/b/f.txt"),
+            Path::new("d"),
+            Path::new(OsStr::from_bytes(b"raw\xff"))
+        ]
+    );
+    assert!(plain.selects(&p("a"), true));
+    assert!(plain.selects(&p("a/b"), true));
+    assert!(!plain.selects(&p("a/b"), false));
+    assert!(plain.selects(&p("a/b/f.txt"), false));
+    assert!(!plain.selects(&p("a/b/g.txt"), false));
+    assert!(plain.selects(&p("d"), true));
+    assert!(!plain.selects(&p("d/x"), false));
+    assert!(!plain.selects(&p("#"), false));
+    let deep = FileList::parse(text, true).unwrap();
+    assert!(deep.selects(&p("d/x/y"), false));
+    assert!(!deep.selects(&p("a/b/g.txt"), false));
+    assert!(matches!(
+        FileList::parse(b"a/../../etc\n", false),
+        Err(FilterError::Pattern { .. })
+    ));
+    let f = Filters::new(&[exc("*.txt")], false)
+        .unwrap()
+        .with_list(Some(plain));
+    assert!(!f.sender.includes(&p("a/b/f.txt"), false));
+    assert!(!f.receiver.includes(&p("other"), false));
+    assert!(f.sender.includes(&p("d"), true));
+    assert!(!f.sender.is_empty());
+}

@@ -299,16 +299,25 @@ impl<'a> Walk<'a> {
     }
 
     fn io_error(&self, path: PathBuf, op: &str, e: io::Error) {
-        let message = if e.kind() == io::ErrorKind::NotFound {
+        let vanished = e.kind() == io::ErrorKind::NotFound;
+        let message = if vanished {
             "vanished during the scan".to_owned()
         } else {
             format!("{op}: {e}")
         };
-        self.error(path, message);
+        lock(&self.errors).push(ScanError {
+            path,
+            message,
+            vanished,
+        });
     }
 
     fn error(&self, path: PathBuf, message: String) {
-        lock(&self.errors).push(ScanError { path, message });
+        lock(&self.errors).push(ScanError {
+            path,
+            message,
+            vanished: false,
+        });
     }
 }
 

@@ -28,6 +28,7 @@ pub struct SshdBuilder {
     sftp_server: Option<PathBuf>,
     unprivileged: bool,
     host_ca: Option<PathBuf>,
+    second_factor: Option<String>,
 }
 
 impl Default for SshdBuilder {
@@ -42,6 +43,7 @@ impl Default for SshdBuilder {
             sftp_server: None,
             unprivileged: false,
             host_ca: None,
+            second_factor: None,
         }
     }
 }
@@ -97,6 +99,16 @@ impl SshdBuilder {
     /// at `ca` (as `HostCertificate`), besides the plain host key.
     pub fn host_certificate(mut self, ca: &Path) -> Self {
         self.host_ca = Some(ca.to_path_buf());
+        self
+    }
+
+    /// Require `publickey,keyboard-interactive`: after the key, PAM asks
+    /// `Password:` and accepts `code` (pam_exec, standing in for an MFA
+    /// service). sshd runs in a mount namespace of its own where a PAM
+    /// file of ours is bound over /etc/pam.d/sshd; the machine's is
+    /// untouched. Every answer checked is a line in [`Sshd::mfa_log`].
+    pub fn second_factor(mut self, code: &str) -> Self {
+        self.second_factor = Some(code.into());
         self
     }
 
@@ -229,10 +241,17 @@ impl Sshd {
         // not a top-level shell, which SHLVL=1 says. RHEL-family bash, as on
         // the Alliance's robot nodes, never sources it for ssh commands.
         const HERMETIC_SHELL: &str = "SetEnv SHLVL=1\n";
+        let auth = if b.second_factor.is_some() {
+            "UsePAM yes\nPasswordAuthentication no\nKbdInteractiveAuthentication yes\n\
+             AuthenticationMethods publickey,keyboard-interactive\nPermitRootLogin yes\n"
+        } else {
+            "UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PermitRootLogin prohibit-password\n"
+        };
         let config = format!(
             "Port {port}\n{listen}HostKey {hk}\nPidFile {pid}\nAuthorizedKeysFile {ak}\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel DEBUG1\n\
+             StrictModes no\n{auth}\
+             PubkeyAuthentication yes\nLogLevel DEBUG1\n\
              MaxSessions {ms}\nMaxStartups 100:30:200\nSubsystem sftp {sftp}\n{hermetic}{extra}\n",
             hk = host_key.display(),
             pid = d.join("sshd.pid").display(),
@@ -269,6 +288,42 @@ impl Sshd {
             "-E".into(),
             sshd_log,
         ];
+        if let Some(code) = &b.second_factor {
+            let check = d.join("mfa-check.sh");
+            fs::write(
+                &check,
+                format!(
+                    "#!/bin/sh\ncode=$(tr -d '\\000')\necho \"$code\" >> {log}\n[ \"$code\" = '{code}' ]\n",
+                    log = d.join("mfa.log").display()
+                ),
+            )
+            .unwrap();
+            fs::set_permissions(&check, fs::Permissions::from_mode(0o755)).unwrap();
+            let pam = d.join("pam-sshd");
+            fs::write(
+                &pam,
+                format!(
+                    "auth required pam_exec.so expose_authtok quiet {}\nauth optional pam_permit.so\n\
+                     account required pam_permit.so\nsession required pam_permit.so\n",
+                    check.display()
+                ),
+            )
+            .unwrap();
+            // unshare and sh exec in turn: the daemon keeps the child's pid.
+            let daemon: Vec<String> = s.argv.iter().map(|a| a.display().to_string()).collect();
+            s.argv = vec![
+                "unshare".into(),
+                "-m".into(),
+                "sh".into(),
+                "-c".into(),
+                format!(
+                    "mount --bind {} /etc/pam.d/sshd && exec {}",
+                    pam.display(),
+                    daemon.join(" ")
+                )
+                .into(),
+            ];
+        }
         let child = s.spawn_daemon();
         let mut dummy = std::mem::replace(&mut s.child, child);
         let _ = dummy.wait();
@@ -412,6 +467,11 @@ impl Sshd {
             .lines()
             .map(str::to_string)
             .collect()
+    }
+
+    /// The answers the second factor checked, one a line ([`SshdBuilder::second_factor`]).
+    pub fn mfa_log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("mfa.log")).unwrap_or_default()
     }
 
     pub fn log(&self) -> String {

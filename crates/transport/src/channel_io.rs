@@ -1,6 +1,8 @@
-//! Where an SFTP session's bytes go and come from: a russh channel, taken
-//! apart so that outgoing packets are handed over owned, or any byte stream
-//! (an `ssh -s sftp` child's pipes).
+//! The russh carrier of an SFTP session: a channel taken apart so that
+//! outgoing packets are handed over owned ([`Outbound`], robosync-sftp's
+//! [`Carrier`]) and incoming data read as a byte stream ([`ChannelReader`]).
+//! (An `ssh -s sftp` child's pipes need nothing here: robosync-sftp's
+//! `StreamCarrier` carries any byte stream.)
 //!
 //! Why not russh's `ChannelStream`: its `AsyncWrite` copies every buffer into
 //! a message of its own. A pushed byte was copied three times in user space
@@ -13,37 +15,32 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures::stream::{BoxStream, StreamExt};
+use robosync_sftp::Carrier;
 use russh::client::Msg;
 use russh::{ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 
-/// The sending side of a session.
+/// The sending side of a session over a russh channel. (An enum of one
+/// variant so that `connect.rs` names it as before.)
 pub enum Outbound {
-    Stream(Box<dyn AsyncWrite + Send + Unpin>),
     Channel(ChannelWriteHalf<Msg>),
 }
 
-impl Outbound {
-    /// Sends `parts` back to back: one or more whole packets.
-    pub async fn send(&mut self, parts: Vec<Bytes>) -> std::io::Result<()> {
+impl Carrier for Outbound {
+    async fn send(&mut self, parts: Vec<Bytes>) -> std::io::Result<()> {
+        let Outbound::Channel(c) = self;
         for part in parts {
-            match self {
-                Outbound::Stream(w) => w.write_all(&part).await?,
-                Outbound::Channel(c) => c
-                    .data_bytes(part)
-                    .await
-                    .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e))?,
-            }
+            c.data_bytes(part)
+                .await
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e))?;
         }
         Ok(())
     }
 
-    /// The session is over: a channel is closed (the server's sftp-server
-    /// then exits); a stream closes when dropped.
-    pub async fn close(self) {
-        if let Outbound::Channel(c) = self {
-            let _ = c.close().await;
-        }
+    /// The server's sftp-server exits once its channel is closed.
+    async fn close(self) {
+        let Outbound::Channel(c) = self;
+        let _ = c.close().await;
     }
 }
 

@@ -17,13 +17,15 @@ use std::time::{Duration, SystemTime};
 use russh::client::{self, AuthResult, Handle};
 use russh::keys::ssh_key::{Certificate, PublicKey};
 use russh::keys::{load_openssh_certificate, load_secret_key, PrivateKeyWithHashAlg};
-use russh::{cipher, ChannelMsg, Preferred};
+use russh::ChannelMsg;
 use tokio::process::Command;
 
+use crate::algorithms;
 use crate::channel_io::{ChannelReader, Outbound};
 use crate::client::{SessionOptions, Sftp};
 use crate::error::{russh_lost, Error};
 use crate::known_hosts::{self, HostKeyQuery, Verdict};
+use crate::passphrase;
 use crate::quickack::QuickAck;
 use crate::ssh_config::{AddressFamily, ConfigRequest, HostConfig, StrictHostKeyChecking};
 
@@ -61,15 +63,29 @@ impl client::Handler for HostKeyCheck {
                 (known_hosts::check(&files, &q, key), Some(key.clone()))
             }
             russh::keys::PublicKeyOrCertificate::Certificate(cert) => {
-                (known_hosts::check_certificate(&files, &q, cert), None)
+                let sig = cert.signature().algorithm();
+                if !algorithms::ca_signature_allowed(cfg, &sig) {
+                    *self.refusal.lock().unwrap() = Some(format!(
+                        "the host certificate of {host} is signed with {}, which CASignatureAlgorithms ({}) does not allow",
+                        sig.as_str(),
+                        cfg.ca_signature_algorithms.join(",")
+                    ));
+                    return Ok(false);
+                }
+                let plain = PublicKey::new(cert.public_key().clone(), "");
+                (
+                    known_hosts::check_certificate(&files, &q, cert),
+                    Some(plain),
+                )
             }
         };
         let accept = match &verdict {
             Verdict::Trusted { .. } | Verdict::TrustedByCa { .. } => true,
             Verdict::Unknown | Verdict::OtherTypesKnown { .. } => {
                 match cfg.strict_host_key_checking {
-                    StrictHostKeyChecking::No => true,
-                    StrictHostKeyChecking::AcceptNew => {
+                    // Both record the key as ssh does; a certificate from a CA
+                    // nobody trusts counts as its plain key (OpenSSH's fallback).
+                    StrictHostKeyChecking::No | StrictHostKeyChecking::AcceptNew => {
                         if let (Some(k), Some(file)) = (plain, cfg.user_known_hosts_files.first()) {
                             match known_hosts::append(file, &q, &k, cfg.hash_known_hosts) {
                                 Ok(()) => self.notes.lock().unwrap().push(format!(
@@ -114,60 +130,6 @@ fn ask_user(question: &str) -> bool {
     std::io::stdin().read_line(&mut line).is_ok() && line.trim() == "yes"
 }
 
-/// Cipher order: AES-GCM first where the CPU accelerates it, else ChaCha20;
-/// restricted to what the user's `Ciphers` allows when set.
-fn preferred(cfg: &HostConfig) -> Preferred {
-    let aes_fast = {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("aes")
-                && std::arch::is_x86_feature_detected!("pclmulqdq")
-        }
-        #[cfg(target_arch = "aarch64")]
-        {
-            std::arch::is_aarch64_feature_detected!("aes")
-        }
-        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
-        {
-            false
-        }
-    };
-    let mut order = if aes_fast {
-        vec![
-            cipher::AES_128_GCM,
-            cipher::AES_256_GCM,
-            cipher::CHACHA20_POLY1305,
-            cipher::AES_128_CTR,
-            cipher::AES_256_CTR,
-        ]
-    } else {
-        vec![
-            cipher::CHACHA20_POLY1305,
-            cipher::AES_128_GCM,
-            cipher::AES_256_GCM,
-            cipher::AES_128_CTR,
-            cipher::AES_256_CTR,
-        ]
-    };
-    if !cfg.ciphers.is_empty() {
-        order.retain(|c| cfg.ciphers.iter().any(|u| u == c.as_ref()));
-    }
-    // russh asks for host certificates only when told to; like OpenSSH, we
-    // want them first when a known_hosts file trusts a host CA (a certificate
-    // whose CA is not trusted still falls back to its plain key).
-    let host_key_certificates = if trusts_a_host_ca(cfg) {
-        Preferred::default().key
-    } else {
-        Vec::new().into()
-    };
-    // The kex list (with ext-info and strict-kex markers) stays russh's default.
-    Preferred {
-        cipher: order.into(),
-        host_key_certificates,
-        ..Preferred::default()
-    }
-}
-
 /// Whether any known_hosts file has a `@cert-authority` line.
 fn trusts_a_host_ca(cfg: &HostConfig) -> bool {
     cfg.user_known_hosts_files
@@ -189,6 +151,24 @@ pub struct Connection {
     quick_ack: QuickAckSwitch,
     /// Declared dead (a request on it went unanswered) though russh may not know yet.
     abandoned: AtomicBool,
+    /// Logged in with keyboard-interactive answers (counted in
+    /// [`LIVE_INTERACTIVE_LOGINS`] while it lives).
+    interactive_login: bool,
+}
+
+/// Keyboard-interactive logins alive in this run.
+static LIVE_INTERACTIVE_LOGINS: std::sync::atomic::AtomicUsize =
+    std::sync::atomic::AtomicUsize::new(0);
+/// Held while a keyboard-interactive prompt is being answered.
+static INTERACTIVE_PROMPT: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.interactive_login {
+            // A reconnection after this login died may ask again.
+            LIVE_INTERACTIVE_LOGINS.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
 }
 
 /// A russh error from a step of logging in or opening a channel: the link
@@ -229,16 +209,20 @@ impl Target {
     }
 }
 
-fn ssh_config(cfg: &HostConfig) -> client::Config {
-    client::Config {
-        preferred: preferred(cfg),
+/// russh's configuration for this host. The algorithm lists are the user's
+/// policy; host certificates are asked for, as OpenSSH does, when a
+/// known_hosts file trusts a host CA (a certificate whose CA is not trusted
+/// still falls back to its plain key).
+fn ssh_config(cfg: &HostConfig) -> Result<client::Config, Error> {
+    Ok(client::Config {
+        preferred: algorithms::preferred(cfg, trusts_a_host_ca(cfg))?,
         nodelay: true,
         window_size: 16 << 20,
         maximum_packet_size: 65535,
         keepalive_interval: Some(cfg.server_alive_interval.unwrap_or(Duration::from_secs(15))),
         keepalive_max: cfg.server_alive_count_max.max(1) as usize,
         ..Default::default()
-    }
+    })
 }
 
 /// Checks certificates for expiry before we try them; expired ones are an error.
@@ -250,14 +234,14 @@ fn load_certificate(
         return Ok(None);
     }
     let cert = load_openssh_certificate(path)
-        .map_err(|e| Error::Connect(format!("cannot read certificate {}: {e}", path.display())))?;
+        .map_err(|e| Error::Denied(format!("cannot read certificate {}: {e}", path.display())))?;
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs();
     let before = cert.valid_before();
     if now >= before {
-        return Err(Error::Connect(format!(
+        return Err(Error::Denied(format!(
             "certificate {} expired {} ago (valid until {}): renew it (e.g. run your site's key-signing tool) and try again",
             path.display(),
             human_duration(now - before),
@@ -265,7 +249,7 @@ fn load_certificate(
         )));
     }
     if now < cert.valid_after() {
-        return Err(Error::Connect(format!(
+        return Err(Error::Denied(format!(
             "certificate {} is not valid yet (valid from {}): check the clock",
             path.display(),
             unix_to_utc(i64::try_from(cert.valid_after()).unwrap_or(i64::MAX))
@@ -463,6 +447,85 @@ async fn resolve_addrs(cfg: &HostConfig) -> Result<Vec<SocketAddr>, Error> {
     Ok(addrs)
 }
 
+/// One `IdentityFile`: its private key file and public key, whichever exist
+/// (an agent-held key needs only its `.pub` on disk), and its certificate.
+struct Identity {
+    /// As configured.
+    path: PathBuf,
+    private: Option<PathBuf>,
+    public: Option<PublicKey>,
+    cert: Option<Certificate>,
+}
+
+struct Identities {
+    list: Vec<Identity>,
+    /// `CertificateFile`s that do not exist, named when login fails.
+    missing_certificates: Vec<PathBuf>,
+}
+
+fn read_public(path: &std::path::Path) -> Option<PublicKey> {
+    let text = std::fs::read_to_string(path).ok()?;
+    PublicKey::from_openssh(text.trim()).ok()
+}
+
+/// The identities in OpenSSH order, certificates attached and checked.
+fn identities(cfg: &HostConfig, notes: &mut Vec<String>) -> Result<Identities, Error> {
+    let mut list = Vec::new();
+    for id in &cfg.identity_files {
+        // `IdentityFile key.pub` names the key by its public half, as ssh allows.
+        let (private, public) = match id.to_str().and_then(|s| s.strip_suffix(".pub")) {
+            Some(stem) => (PathBuf::from(stem), id.clone()),
+            None => {
+                let mut p = id.clone().into_os_string();
+                p.push(".pub");
+                (id.clone(), PathBuf::from(p))
+            }
+        };
+        let mut cert_file = private.clone().into_os_string();
+        let private = private.exists().then_some(private);
+        let public = read_public(&public);
+        if private.is_none() && public.is_none() {
+            continue;
+        }
+        cert_file.push("-cert.pub");
+        let cert = load_certificate(std::path::Path::new(&cert_file), notes)?;
+        list.push(Identity {
+            path: id.clone(),
+            private,
+            public,
+            cert,
+        });
+    }
+    let mut missing_certificates = Vec::new();
+    for c in &cfg.certificate_files {
+        match load_certificate(c, notes)? {
+            Some(cert) => {
+                if let Some(slot) = list.iter_mut().find(|i| i.cert.is_none()) {
+                    slot.cert = Some(cert);
+                }
+            }
+            None => missing_certificates.push(c.clone()),
+        }
+    }
+    Ok(Identities {
+        list,
+        missing_certificates,
+    })
+}
+
+/// Whether an OpenSSH master listens on this ControlPath.
+fn master_is_live(sock: &std::path::Path) -> bool {
+    std::os::unix::net::UnixStream::connect(sock).is_ok()
+}
+
+/// Whether the host also has an IPv6 address (a from= pattern listing only
+/// IPv4 addresses could then be what refused us).
+async fn has_ipv6(cfg: &HostConfig) -> bool {
+    tokio::net::lookup_host((cfg.hostname.as_str(), cfg.port))
+        .await
+        .is_ok_and(|mut a| a.any(|a| a.is_ipv6()))
+}
+
 impl Connection {
     /// Connects and authenticates as `ssh host` would. `handshake` learns,
     /// as soon as authentication succeeds, how long connecting and the key
@@ -474,27 +537,20 @@ impl Connection {
         let cfg = target.config.clone();
         let peer = target.peer();
         let mut notes = cfg.warnings.clone();
+        if let Some(sock) = cfg.control_path.as_ref().filter(|p| master_is_live(p)) {
+            notes.retain(|n| !n.contains("ControlMaster/ControlPath"));
+            notes.push(format!(
+                "warning: an OpenSSH ControlMaster for {} is live at {}: robosync's built-in client \
+                 cannot share it and logs in anew (any MFA prompt again); add --ssh-program ssh to \
+                 run every session through that master",
+                cfg.alias,
+                sock.display()
+            ));
+        }
         let interactive = std::io::stdin().is_terminal() && !cfg.batch_mode;
 
-        // Identities: (private key file, certificate) in OpenSSH order.
-        let mut identities = Vec::new();
-        for id in &cfg.identity_files {
-            if !id.exists() {
-                continue;
-            }
-            let mut cert_file = id.clone().into_os_string();
-            cert_file.push("-cert.pub");
-            let cert = load_certificate(std::path::Path::new(&cert_file), &mut notes)?;
-            identities.push((id.clone(), cert));
-        }
-        for c in &cfg.certificate_files {
-            if let Some(cert) = load_certificate(c, &mut notes)? {
-                if let Some((_, slot)) = identities.iter_mut().find(|(_, s)| s.is_none()) {
-                    *slot = Some(cert);
-                }
-            }
-        }
-
+        let identities = identities(&cfg, &mut notes)?;
+        let russh_config = Arc::new(ssh_config(&cfg)?);
         let attempts = cfg.connection_attempts.max(1);
         let mut last_err = None;
         for attempt in 0..attempts {
@@ -513,12 +569,13 @@ impl Connection {
                         notes: key_notes.clone(),
                     };
                     let handle =
-                        match client::connect_stream(Arc::new(ssh_config(&cfg)), stream, handler)
-                            .await
-                        {
+                        match client::connect_stream(russh_config.clone(), stream, handler).await {
                             Ok(h) => h,
                             Err(e) => {
                                 if let Some(why) = refusal.lock().unwrap().take() {
+                                    return Err(Error::Denied(why));
+                                }
+                                if let Some(why) = algorithms::no_common_algorithm(&peer, &e) {
                                     return Err(Error::Connect(why));
                                 }
                                 last_err = Some(classify(&peer, "SSH handshake", e, |e| {
@@ -535,6 +592,7 @@ impl Connection {
                         notes,
                         quick_ack,
                         abandoned: AtomicBool::new(false),
+                        interactive_login: false,
                     };
                     conn.authenticate(&cfg, &identities, interactive, addr)
                         .await?;
@@ -583,101 +641,151 @@ impl Connection {
     async fn authenticate(
         &mut self,
         cfg: &HostConfig,
-        identities: &[(PathBuf, Option<Certificate>)],
+        ids: &Identities,
         interactive: bool,
         addr: Option<SocketAddr>,
     ) -> Result<(), Error> {
         let user = cfg.user.clone();
+        // What was tried, for the error; whether the server refused a key
+        // (only then can a from= pattern explain the failure).
         let mut tried = Vec::new();
+        let mut refused_a_key = false;
         let peer = self.peer.clone();
         let auth_err = |e: russh::Error| {
             classify(&peer, "during authentication", e, |e| {
-                Error::Connect(format!("authentication with {} failed: {e}", cfg.hostname))
+                Error::Denied(format!("authentication with {} failed: {e}", cfg.hostname))
             })
+        };
+        let server_rsa = |h: Result<Option<Option<russh::keys::HashAlg>>, russh::Error>| {
+            h.ok().flatten().flatten()
         };
 
         // Agent identities first, as OpenSSH does (restricted by IdentitiesOnly).
-        let file_keys: Vec<PublicKey> = identities
-            .iter()
-            .filter_map(|(p, _)| {
-                let mut pubf = p.clone().into_os_string();
-                pubf.push(".pub");
-                std::fs::read_to_string(&pubf)
-                    .ok()
-                    .and_then(|s| PublicKey::from_openssh(s.trim()).ok())
-            })
-            .collect();
-        if let Some(mut agent) = connect_agent(cfg).await {
-            if let Ok(ids) = agent.request_identities().await {
-                for id in ids {
+        let mut agent = connect_agent(cfg).await;
+        let mut in_agent: Vec<PublicKey> = Vec::new();
+        if let Some(agent) = agent.as_mut() {
+            if let Ok(agent_ids) = agent.request_identities().await {
+                for id in agent_ids {
                     let key = match &id {
                         russh::keys::agent::AgentIdentity::PublicKey { key, .. } => key.clone(),
                         _ => continue,
                     };
-                    if cfg.identities_only
-                        && !file_keys.iter().any(|k| k.key_data() == key.key_data())
-                    {
+                    in_agent.push(key.clone());
+                    let configured = ids.list.iter().any(|i| {
+                        i.public
+                            .as_ref()
+                            .is_some_and(|k| k.key_data() == key.key_data())
+                    });
+                    if cfg.identities_only && !configured {
+                        continue;
+                    }
+                    if !algorithms::accepts_key(cfg, &key.algorithm(), false) {
+                        tried.push(format!(
+                            "agent key {} (type not in PubkeyAcceptedAlgorithms)",
+                            known_hosts::fingerprint(&key)
+                        ));
                         continue;
                     }
                     tried.push(format!("agent key {}", known_hosts::fingerprint(&key)));
-                    let hash = self
-                        .handle
-                        .best_supported_rsa_hash()
-                        .await
-                        .ok()
-                        .flatten()
-                        .flatten();
+                    let hash = algorithms::rsa_hash(
+                        cfg,
+                        server_rsa(self.handle.best_supported_rsa_hash().await),
+                    );
                     if let Ok(AuthResult::Success) = self
                         .handle
-                        .authenticate_publickey_with(&user, key, hash, &mut agent)
+                        .authenticate_publickey_with(&user, key, hash, agent)
                         .await
                     {
                         return Ok(());
                     }
+                    refused_a_key = true;
                 }
             }
         }
+        let have_agent = agent.is_some();
+        let load_hint = |path: &std::path::Path| {
+            if have_agent {
+                format!("ssh-add {}", path.display())
+            } else {
+                format!(
+                    "start an agent (eval $(ssh-agent)) and ssh-add {}",
+                    path.display()
+                )
+            }
+        };
 
-        for (path, cert) in identities {
-            let key = match load_secret_key(path, None) {
-                Ok(k) => k,
+        for id in &ids.list {
+            let agent_had_it = id
+                .public
+                .as_ref()
+                .is_some_and(|k| in_agent.iter().any(|a| a.key_data() == k.key_data()));
+            let Some(private) = &id.private else {
+                if !agent_had_it {
+                    tried.push(format!(
+                        "{} (public key only, and {}: load its private key with ssh-add)",
+                        id.path.display(),
+                        if have_agent {
+                            "the agent does not hold it"
+                        } else {
+                            "no agent is reachable"
+                        }
+                    ));
+                }
+                continue;
+            };
+            if agent_had_it {
+                continue;
+            }
+            let key = match load_secret_key(private, None) {
+                Ok(k) => Arc::new(k),
+                Err(russh::keys::Error::KeyIsEncrypted) if !interactive => {
+                    tried.push(format!(
+                        "{} (encrypted, and no terminal to ask its passphrase: {})",
+                        private.display(),
+                        load_hint(private)
+                    ));
+                    continue;
+                }
                 Err(russh::keys::Error::KeyIsEncrypted) => {
-                    if !interactive {
-                        self.notes.push(format!(
-                            "skipped {}: it needs a passphrase and there is no terminal; load it into ssh-agent (ssh-add {}) for unattended runs",
-                            path.display(),
-                            path.display()
-                        ));
-                        tried.push(format!("{} (encrypted, skipped)", path.display()));
-                        continue;
+                    match passphrase::unlock(private).await {
+                        Ok(k) => k,
+                        Err(why) => {
+                            tried.push(format!("{} ({why})", private.display()));
+                            continue;
+                        }
                     }
-                    let prompt = format!("Enter passphrase for key '{}': ", path.display());
-                    let pass = read_password(&prompt);
-                    load_secret_key(path, Some(&pass)).map_err(|e| {
-                        Error::Connect(format!("cannot decrypt {}: {e}", path.display()))
-                    })?
                 }
                 Err(e) => {
-                    tried.push(format!("{} (unreadable: {e})", path.display()));
+                    tried.push(format!("{} (unreadable: {e})", private.display()));
                     continue;
                 }
             };
-            let key = Arc::new(key);
-            let result = if let Some(cert) = cert {
-                tried.push(format!("{} with certificate", path.display()));
+            let result = if let Some(cert) = &id.cert {
+                if !algorithms::accepts_key(cfg, &cert.algorithm(), true) {
+                    tried.push(format!(
+                        "{} (certificate type not in PubkeyAcceptedAlgorithms)",
+                        private.display()
+                    ));
+                    continue;
+                }
+                tried.push(format!("{} with certificate", private.display()));
                 self.handle
                     .authenticate_openssh_cert(&user, key.clone(), cert.clone())
                     .await
                     .map_err(auth_err)?
             } else {
-                tried.push(path.display().to_string());
-                let hash = self
-                    .handle
-                    .best_supported_rsa_hash()
-                    .await
-                    .ok()
-                    .flatten()
-                    .flatten();
+                if !algorithms::accepts_key(cfg, &key.algorithm(), false) {
+                    tried.push(format!(
+                        "{} (type not in PubkeyAcceptedAlgorithms)",
+                        private.display()
+                    ));
+                    continue;
+                }
+                tried.push(private.display().to_string());
+                let hash = algorithms::rsa_hash(
+                    cfg,
+                    server_rsa(self.handle.best_supported_rsa_hash().await),
+                );
                 self.handle
                     .authenticate_publickey(&user, PrivateKeyWithHashAlg::new(key, hash))
                     .await
@@ -686,10 +794,24 @@ impl Connection {
             if let AuthResult::Success = result {
                 return Ok(());
             }
+            refused_a_key = true;
         }
 
         if interactive {
+            // One human answer per run: connections wait for the first
+            // prompt, and while its login lives no other one asks again (an
+            // MFA code is one-time; that login carries the channels).
+            let _prompt = INTERACTIVE_PROMPT.lock().await;
+            if LIVE_INTERACTIVE_LOGINS.load(Ordering::SeqCst) > 0 {
+                return Err(Error::Connect(format!(
+                    "{} asks for keyboard-interactive (MFA) answers on every login: robosync keeps \
+                     to the one it has (use --ssh-program ssh with a ControlMaster to share it)",
+                    cfg.hostname
+                )));
+            }
             if let Ok(()) = self.keyboard_interactive(&user).await {
+                LIVE_INTERACTIVE_LOGINS.fetch_add(1, Ordering::SeqCst);
+                self.interactive_login = true;
                 return Ok(());
             }
         }
@@ -712,16 +834,24 @@ impl Connection {
                 tried.join(", ")
             }
         );
-        if let Some(a) = addr {
-            let fam = if a.is_ipv6() { "IPv6" } else { "IPv4" };
+        for c in &ids.missing_certificates {
             msg += &format!(
-                ". Connected via {fam} {}; a robot key's from= pattern only matches the addresses it lists: if it lists {} addresses, try {}",
-                a.ip(),
-                if a.is_ipv6() { "IPv4" } else { "IPv6" },
-                if a.is_ipv6() { "-4" } else { "-6" }
+                "; CertificateFile {} does not exist (renew or fetch the certificate)",
+                c.display()
             );
         }
-        Err(Error::Connect(msg))
+        if let Some(a) = addr.filter(|_| refused_a_key) {
+            if a.is_ipv6() || has_ipv6(cfg).await {
+                let fam = if a.is_ipv6() { "IPv6" } else { "IPv4" };
+                msg += &format!(
+                    ". Connected via {fam} {}; a robot key's from= pattern only matches the addresses it lists: if it lists {} addresses, try {}",
+                    a.ip(),
+                    if a.is_ipv6() { "IPv4" } else { "IPv6" },
+                    if a.is_ipv6() { "-4" } else { "-6" }
+                );
+            }
+        }
+        Err(Error::Denied(msg))
     }
 
     async fn keyboard_interactive(&mut self, user: &str) -> Result<(), Error> {
@@ -730,12 +860,12 @@ impl Connection {
             .handle
             .authenticate_keyboard_interactive_start(user, None)
             .await
-            .map_err(|e| Error::Connect(e.to_string()))?;
+            .map_err(|e| Error::Denied(e.to_string()))?;
         loop {
             match reply {
                 R::Success => return Ok(()),
                 R::Failure { .. } => {
-                    return Err(Error::Connect("keyboard-interactive failed".into()))
+                    return Err(Error::Denied("keyboard-interactive failed".into()))
                 }
                 R::InfoRequest {
                     name,
@@ -757,7 +887,7 @@ impl Connection {
                                 let _ = std::io::stdin().read_line(&mut s);
                                 s.trim_end().to_string()
                             } else {
-                                read_password(&p.prompt)
+                                passphrase::read_secret(&p.prompt).unwrap_or_default()
                             }
                         })
                         .collect();
@@ -765,7 +895,7 @@ impl Connection {
                         .handle
                         .authenticate_keyboard_interactive_respond(answers)
                         .await
-                        .map_err(|e| Error::Connect(e.to_string()))?;
+                        .map_err(|e| Error::Denied(e.to_string()))?;
                 }
             }
         }
@@ -813,8 +943,9 @@ impl Connection {
                 }),
             })?;
         channel.request_subsystem(true, "sftp").await.map_err(|e| {
-            classify(&self.peer, "subsystem request", e, |e| {
-                Error::Connect(format!("subsystem request failed: {e}"))
+            classify(&self.peer, "subsystem request", e, |e| Error::Refused {
+                peer: self.peer.clone(),
+                text: format!("subsystem request failed: {e}"),
             })
         })?;
         // INIT is queued at once, but it cannot leave before the server's
@@ -822,8 +953,9 @@ impl Connection {
         // subsystem has started (measured across 50 ms: the INIT went out
         // with the reply, one round trip after the request).
         channel.data_bytes(Sftp::init()).await.map_err(|e| {
-            classify(&self.peer, "starting SFTP", e, |e| {
-                Error::Connect(format!("cannot start SFTP: {e}"))
+            classify(&self.peer, "starting SFTP", e, |e| Error::Refused {
+                peer: self.peer.clone(),
+                text: format!("cannot start SFTP: {e}"),
             })
         })?;
         // The reply to want_reply comes as a message; a refusal is Failure.
@@ -919,28 +1051,6 @@ async fn connect_agent(
     russh::keys::agent::client::AgentClient::connect_uds(sock)
         .await
         .ok()
-}
-
-fn read_password(prompt: &str) -> String {
-    use std::io::Write;
-    eprint!("{prompt}");
-    let _ = std::io::stderr().flush();
-    // Turn echo off while reading from the terminal.
-    let fd = libc::STDIN_FILENO;
-    let mut term: libc::termios = unsafe { std::mem::zeroed() };
-    let have = unsafe { libc::tcgetattr(fd, &mut term) } == 0;
-    if have {
-        let mut quiet = term;
-        quiet.c_lflag &= !libc::ECHO;
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &quiet) };
-    }
-    let mut s = String::new();
-    let _ = std::io::stdin().read_line(&mut s);
-    if have {
-        unsafe { libc::tcsetattr(fd, libc::TCSANOW, &term) };
-    }
-    eprintln!();
-    s.trim_end_matches(['\n', '\r']).to_string()
 }
 
 /// Starts one SFTP session through the system `ssh` binary (`ssh -s host sftp`).

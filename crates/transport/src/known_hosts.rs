@@ -37,6 +37,8 @@ use russh::keys::ssh_key::public::KeyData;
 use russh::keys::ssh_key::{Algorithm, Certificate, HashAlg, PublicKey};
 use sha1::Sha1;
 
+use crate::ssh_config::wildcard_match;
+
 /// The host whose key is being checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HostKeyQuery<'a> {
@@ -258,31 +260,6 @@ fn parse_file(file: &Path, bytes: &[u8], entries: &mut Vec<Entry>) {
     }
 }
 
-/// OpenSSH `match_pattern`: `*` and `?` wildcards over the whole string.
-fn wildcard_match(s: &[u8], p: &[u8]) -> bool {
-    let (mut si, mut pi) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while si < s.len() {
-        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
-            si += 1;
-            pi += 1;
-        } else if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, si));
-            pi += 1;
-        } else if let Some((sp, ss)) = star {
-            pi = sp + 1;
-            si = ss + 1;
-            star = Some((sp, ss + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
-}
-
 fn hmac_sha1(salt: &[u8], name: &str) -> Vec<u8> {
     let mut mac = <Hmac<Sha1> as KeyInit>::new_from_slice(salt).expect("HMAC takes any key length");
     mac.update(name.as_bytes());
@@ -309,7 +286,7 @@ fn hosts_match(field: &str, name: &str) -> bool {
             Some(p) => (true, p),
             None => (false, pattern),
         };
-        if wildcard_match(name.as_bytes(), pattern.to_ascii_lowercase().as_bytes()) {
+        if wildcard_match(name, &pattern.to_ascii_lowercase()) {
             if negated {
                 return false;
             }

@@ -3,24 +3,25 @@
 //! Brief overview: [`ssh_config`] resolves a destination the way `ssh` would;
 //! [`connect::Connection`] authenticates (russh, over a socket that asks for
 //! quick ACKs until its first session runs: see `quickack`) and checks host
-//! keys with our own [`known_hosts`] policy; [`client::Sftp`] runs an SFTP v3 session
-//! ([`proto`] is its I/O-free codec) over a russh channel or an `ssh -s sftp`
-//! child ([`channel_io`]: packets go to russh owned, not copied), with many
-//! requests in flight; [`pool::Pool`] spreads sessions over
+//! keys with our own [`known_hosts`] policy; [`client::Sftp`] (from
+//! robosync-sftp, re-exported with its codec [`proto`] and [`Error`]) runs an
+//! SFTP v3 session over a russh channel or an `ssh -s sftp` child
+//! ([`channel_io`] is the russh carrier: packets go to russh owned, not
+//! copied), with many requests in flight; [`pool::Pool`] spreads sessions over
 //! several connections and reconnects.
 //!
 //! Must not: run remote commands (no `exec`, no PTY), decide what to transfer
 //! (the planner does), or touch local files.
 
+mod algorithms;
 pub mod channel_io;
-pub mod client;
 pub mod connect;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod known_hosts;
+mod passphrase;
 pub mod pool;
-pub mod proto;
 mod quickack;
 pub mod ssh_config;
 
@@ -28,3 +29,4 @@ pub use client::{Extensions, Limits, SessionOptions, Sftp};
 pub use connect::{Connection, Target};
 pub use error::Error;
 pub use pool::{Pool, PoolOptions};
+pub use robosync_sftp::{client, proto};

@@ -500,7 +500,7 @@ impl Pool {
                 if e.is_connection() {
                     let mut lost = self.lost.lock().unwrap();
                     if lost.is_none() {
-                        *lost = Some(copy(&e));
+                        *lost = Some(e.clone());
                     }
                 }
                 Err(e)
@@ -511,7 +511,7 @@ impl Pool {
     /// Why the pool gave up on the connection (an outage outlived
     /// `retry_for`), if it has: the run then ends as "connection lost".
     pub fn gave_up(&self) -> Option<Error> {
-        self.lost.lock().unwrap().as_ref().map(copy)
+        self.lost.lock().unwrap().clone()
     }
 
     /// Removes links with no live session or a closed connection; returns
@@ -679,21 +679,5 @@ async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
     };
     for s in &sessions {
         s.kill(why);
-    }
-}
-
-/// A copy of a connection error (errors are not `Clone`: they may carry
-/// sources elsewhere); other kinds keep their message.
-fn copy(e: &Error) -> Error {
-    match e {
-        Error::ConnectionLost { peer, detail } => Error::ConnectionLost {
-            peer: peer.clone(),
-            detail: detail.clone(),
-        },
-        Error::Timeout { peer, after } => Error::Timeout {
-            peer: peer.clone(),
-            after: *after,
-        },
-        e => Error::Connect(e.to_string()),
     }
 }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{oneshot, Semaphore};
 
-use crate::channel_io::Outbound;
+use crate::carrier::{Carrier, StreamCarrier};
 use crate::error::Error;
 use crate::proto::{self, Attrs, Name, Packet, Reply};
 
@@ -98,6 +98,9 @@ pub(crate) struct Shared {
     /// It ended because the link failed under it (a request unanswered in
     /// time, a send that failed), not because the server closed it.
     link_failed: AtomicBool,
+    /// It ended because the server sent a reply that does not decode: what
+    /// was in flight fails as a protocol error, which a reconnect won't cure.
+    malformed: AtomicBool,
     /// Turns true when it ends: wakes a writer stuck on a dead channel.
     ended: tokio::sync::watch::Sender<bool>,
 }
@@ -110,6 +113,7 @@ impl Shared {
             waiters: Mutex::new(Some(waiters)),
             dead: Mutex::new(None),
             link_failed: AtomicBool::new(false),
+            malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
         })
     }
@@ -193,7 +197,7 @@ impl Sftp {
         stream.write_all(&Self::init()).await.map_err(io)?;
         stream.flush().await.map_err(io)?;
         let (rd, wr) = tokio::io::split(stream);
-        Self::after_init(rd, Outbound::Stream(Box::new(wr)), Vec::new(), peer, opts).await
+        Self::after_init(rd, StreamCarrier(wr), Vec::new(), peer, opts).await
     }
 
     /// The INIT packet that opens every session.
@@ -203,15 +207,16 @@ impl Sftp {
 
     /// Finishes the handshake on a link whose INIT is already sent (and
     /// whose first `early` bytes were already read off `rd`).
-    pub async fn after_init<R>(
+    pub async fn after_init<R, C>(
         rd: R,
-        mut out: Outbound,
+        mut out: C,
         early: Vec<u8>,
         peer: &str,
         opts: SessionOptions,
     ) -> Result<Sftp, Error>
     where
         R: AsyncRead + Send + Unpin + 'static,
+        C: Carrier,
     {
         let mut rd = std::io::Cursor::new(early).chain(rd);
         let body = read_first_packet(&mut rd, peer).await?;
@@ -243,6 +248,7 @@ impl Sftp {
             waiters: Mutex::new(Some(HashMap::new())),
             dead: Mutex::new(None),
             link_failed: AtomicBool::new(false),
+            malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
@@ -566,6 +572,9 @@ impl Sftp {
     }
 
     fn lost(&self) -> Error {
+        if self.shared.malformed.load(Ordering::Relaxed) {
+            return self.protocol(self.shared.dead.lock().unwrap().clone().unwrap_or_default());
+        }
         Error::ConnectionLost {
             peer: self.peer.clone(),
             detail: self
@@ -579,12 +588,7 @@ impl Sftp {
     }
 
     fn status_error(&self, op: &'static str, path: &[u8], code: u32, message: String) -> Error {
-        Error::Status {
-            op,
-            path: String::from_utf8_lossy(path).into_owned(),
-            code,
-            message,
-        }
+        Error::from_status(op, path, code, message)
     }
 
     async fn expect_ok(
@@ -767,11 +771,26 @@ impl Sftp {
             return Err(self.status_error(
                 "lsetstat",
                 path,
+                proto::FX_OP_UNSUPPORTED,
+                "the server does not offer lsetstat@openssh.com".into(),
+            ));
+        }
+        self.extended("lsetstat@openssh.com", |p| p.bytes(path).attrs(attrs), 0)
+            .await
+            .map(|_| ())
+    }
+
+    /// A new name `link` for the existing file `existing` (hardlink@openssh.com, link(2)).
+    pub async fn hardlink(&self, existing: &[u8], link: &[u8]) -> Result<(), Error> {
+        if !self.extensions.hardlink {
+            return Err(self.status_error(
+                "hardlink",
+                link,
                 proto::FX_FAILURE,
                 "unsupported".into(),
             ));
         }
-        self.extended("lsetstat@openssh.com", |p| p.bytes(path).attrs(attrs), 0)
+        self.extended("hardlink@openssh.com", |p| p.bytes(existing).bytes(link), 0)
             .await
             .map(|_| ())
     }
@@ -982,6 +1001,13 @@ impl Sftp {
     }
 }
 
+/// Whether a server-supplied name is one safe path component: not empty,
+/// not `.` or `..`, no `/` and no NUL. A listing's names come from a server
+/// robosync does not trust; anything else could lead outside a directory.
+pub fn safe_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
 /// The most entries one directory listing may hold: far beyond any real
 /// directory, well within memory.
 pub const MAX_DIR_ENTRIES: usize = 10_000_000;
@@ -1107,7 +1133,10 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
                     let _ = tx.send(reply);
                 }
             }
-            Err(e) => break format!("{e} from {peer}"),
+            Err(e) => {
+                shared.malformed.store(true, Ordering::Relaxed);
+                break format!("{e} from {peer}");
+            }
         }
     };
     shared.end(why, false);

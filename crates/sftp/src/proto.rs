@@ -52,6 +52,10 @@ pub const FX_EOF: u32 = 1;
 pub const FX_NO_SUCH_FILE: u32 = 2;
 pub const FX_PERMISSION_DENIED: u32 = 3;
 pub const FX_FAILURE: u32 = 4;
+pub const FX_BAD_MESSAGE: u32 = 5;
+pub const FX_NO_CONNECTION: u32 = 6;
+pub const FX_CONNECTION_LOST: u32 = 7;
+pub const FX_OP_UNSUPPORTED: u32 = 8;
 
 const ATTR_SIZE: u32 = 0x01;
 const ATTR_UIDGID: u32 = 0x02;
