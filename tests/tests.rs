@@ -6,6 +6,7 @@ mod util;
 
 mod connect;
 mod differential;
+mod doctor;
 mod exit_codes;
 mod faults;
 mod filters;

@@ -27,6 +27,7 @@
 //! - 255 authentication refused, or the host key not accepted (as ssh)
 
 mod auth_hook;
+mod doctor;
 mod endpoint;
 mod lease;
 mod pull;
@@ -367,8 +368,15 @@ fn main() {
         }
         e.exit()
     };
+    // Subcommands come first, by their exact name: `robosync SRC DEST`
+    // keeps its meaning for every other word (a local path named like a
+    // subcommand is reachable as ./doctor).
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(code) = subcommand(&argv) {
+        std::process::exit(code);
+    }
     let matches = Args::command()
-        .try_get_matches()
+        .try_get_matches_from(argv)
         .unwrap_or_else(|e| usage(e));
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
     // As rsync: --delete-excluded implies --delete.
@@ -428,6 +436,23 @@ fn main() {
     // Don't wait for lingering tasks (e.g. a proxy child) on the way out.
     rt.shutdown_timeout(Duration::from_millis(200));
     std::process::exit(code);
+}
+
+/// Runs `robosync doctor …` (and the other subcommands) when the first
+/// argument names one; the exit code.
+fn subcommand(argv: &[OsString]) -> Option<i32> {
+    let rest = || {
+        let mut v = vec![OsString::from(format!(
+            "robosync {}",
+            argv[1].to_string_lossy()
+        ))];
+        v.extend(argv[2..].iter().cloned());
+        v
+    };
+    match argv.get(1)?.to_str()? {
+        "doctor" => Some(doctor::main(rest())),
+        _ => None,
+    }
 }
 
 /// rsync's code for a run stopped by a signal.
