@@ -154,7 +154,11 @@ fn doctor_refuses_an_unknown_host_key_with_its_fingerprint() {
     let r = doctor(&sshd.ssh_config, "robot");
     assert_eq!(r.code(), 255, "{}\n{}", r.stdout(), r.stderr());
     failed(&r, "host key");
-    assert!(line(&r, "host key").contains(&fingerprint), "{}", r.stdout());
+    assert!(
+        line(&r, "host key").contains(&fingerprint),
+        "{}",
+        r.stdout()
+    );
     assert!(r.stdout().contains("ssh-keyscan -p"), "{}", r.stdout());
     assert!(line(&r, "authentication").starts_with("- "));
     // Nothing was recorded.

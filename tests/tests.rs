@@ -19,6 +19,7 @@ mod paths;
 mod pull;
 mod reconnect;
 mod resume;
+mod robot_key;
 mod semantics;
 mod ssh_policy;
 mod transport;

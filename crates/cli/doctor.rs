@@ -556,21 +556,20 @@ async fn run(args: DoctorArgs) -> i32 {
 /// DNS (A and AAAA, the family used, the from= trap) and TCP from which
 /// local address; false when no address answers.
 async fn dns_and_tcp(c: &mut Checks, cfg: &ssh_config::HostConfig, timeout: Duration) -> bool {
-    let all: Vec<SocketAddr> = match tokio::net::lookup_host((cfg.hostname.as_str(), cfg.port))
-        .await
-    {
-        Ok(a) => a.collect(),
-        Err(e) => {
-            c.fail(
-                "DNS",
-                format!("cannot resolve {}: {e}", cfg.hostname),
-                "check HostName in your ssh config and this machine's DNS",
-                EXIT_CONNECT,
-            );
-            c.skip("TCP", "no address");
-            return false;
-        }
-    };
+    let all: Vec<SocketAddr> =
+        match tokio::net::lookup_host((cfg.hostname.as_str(), cfg.port)).await {
+            Ok(a) => a.collect(),
+            Err(e) => {
+                c.fail(
+                    "DNS",
+                    format!("cannot resolve {}: {e}", cfg.hostname),
+                    "check HostName in your ssh config and this machine's DNS",
+                    EXIT_CONNECT,
+                );
+                c.skip("TCP", "no address");
+                return false;
+            }
+        };
     let v4: Vec<String> = all
         .iter()
         .filter(|a| a.is_ipv4())
@@ -818,10 +817,7 @@ mod tests {
 
     #[test]
     fn targets_split_as_remote_endpoints() {
-        assert_eq!(
-            split_target("robot"),
-            (None, "robot".to_string(), None)
-        );
+        assert_eq!(split_target("robot"), (None, "robot".to_string(), None));
         assert_eq!(
             split_target("me@robot:/scratch/x"),
             (Some("me".into()), "robot".into(), Some("/scratch/x".into()))

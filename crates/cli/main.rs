@@ -34,6 +34,7 @@ mod pull;
 mod push;
 mod remote;
 mod report;
+mod robot_key;
 mod run;
 mod space;
 mod sync;
@@ -451,6 +452,7 @@ fn subcommand(argv: &[OsString]) -> Option<i32> {
     };
     match argv.get(1)?.to_str()? {
         "doctor" => Some(doctor::main(rest())),
+        "robot-key" => Some(robot_key::main(rest())),
         _ => None,
     }
 }

@@ -28,8 +28,8 @@ pub struct HostKeyProbe {
 
 struct Recorder {
     target: Target,
-    ip: Option<std::net::IpAddr>,
-    seen: Arc<Mutex<Option<(String, String, bool, Verdict)>>>,
+    addr: Option<SocketAddr>,
+    seen: Arc<Mutex<Option<HostKeyProbe>>>,
 }
 
 impl client::Handler for Recorder {
@@ -43,7 +43,11 @@ impl client::Handler for Recorder {
         let q = HostKeyQuery {
             host: cfg.host_key_alias.as_deref().unwrap_or(&cfg.hostname),
             port: cfg.port,
-            ip: if cfg.check_host_ip { self.ip } else { None },
+            ip: if cfg.check_host_ip {
+                self.addr.map(|a| a.ip())
+            } else {
+                None
+            },
         };
         let files: Vec<PathBuf> = cfg
             .user_known_hosts_files
@@ -51,7 +55,7 @@ impl client::Handler for Recorder {
             .chain(cfg.global_known_hosts_files.iter())
             .cloned()
             .collect();
-        let seen = match key {
+        let (algorithm, fingerprint, certificate, verdict) = match key {
             russh::keys::PublicKeyOrCertificate::PublicKey { key, .. } => (
                 key.algorithm().as_str().to_string(),
                 known_hosts::fingerprint(key),
@@ -67,7 +71,13 @@ impl client::Handler for Recorder {
                 known_hosts::check_certificate(&files, &q, cert),
             ),
         };
-        *self.seen.lock().unwrap() = Some(seen);
+        *self.seen.lock().unwrap() = Some(HostKeyProbe {
+            algorithm,
+            fingerprint,
+            certificate,
+            addr: self.addr,
+            verdict,
+        });
         // Never go on: the probe ends at the key, whatever it is.
         Ok(false)
     }
@@ -81,20 +91,14 @@ pub async fn host_key(target: &Target) -> Result<HostKeyProbe, Error> {
     let seen = Arc::new(Mutex::new(None));
     let recorder = Recorder {
         target: target.clone(),
-        ip: addr.map(|a| a.ip()),
+        addr,
         seen: seen.clone(),
     };
     let config = Arc::new(ssh_config(&target.config)?);
     let ended = client::connect_stream(config, stream, recorder).await;
     let seen = seen.lock().unwrap().take();
     match (seen, ended) {
-        (Some((algorithm, fingerprint, certificate, verdict)), _) => Ok(HostKeyProbe {
-            algorithm,
-            fingerprint,
-            certificate,
-            addr,
-            verdict,
-        }),
+        (Some(probe), _) => Ok(probe),
         (None, Err(e)) => Err(Error::Connect(format!(
             "SSH handshake with {} failed before a host key: {e}",
             target.peer()
