@@ -15,6 +15,7 @@ mod fuzz;
 mod integrity;
 mod locking;
 mod ops;
+mod packaging;
 mod paths;
 mod pull;
 mod reconnect;

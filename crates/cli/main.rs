@@ -30,6 +30,7 @@ mod auth_hook;
 mod doctor;
 mod endpoint;
 mod lease;
+mod packaging;
 mod pull;
 mod push;
 mod remote;
@@ -48,10 +49,15 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 #[derive(Parser, Debug)]
 #[command(
     name = "robosync",
-    version,
+    version = env!("ROBOSYNC_LONG_VERSION"),
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
     override_usage = "robosync [OPTIONS] SRC... DEST",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused."
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused.\n\
+Subcommands (the first word; a local path of that name is written ./doctor):\n\
+\x20 robosync doctor HOST[:PATH]         check each step to a server and say how to fix what fails\n\
+\x20 robosync robot-key --from PATTERN   make a robot-node key; print the line to register and the config\n\
+\x20 robosync completions SHELL          shell completions (bash, zsh, fish, elvish, powershell)\n\
+\x20 robosync man                        the man page (roff)"
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
@@ -453,6 +459,7 @@ fn subcommand(argv: &[OsString]) -> Option<i32> {
     match argv.get(1)?.to_str()? {
         "doctor" => Some(doctor::main(rest())),
         "robot-key" => Some(robot_key::main(rest())),
+        "completions" | "man" => Some(packaging::main(rest())),
         _ => None,
     }
 }
