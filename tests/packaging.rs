@@ -15,7 +15,7 @@ fn completions_cover_options_and_subcommands_and_parse() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let r = robosync_args(&["completions", shell]);
         assert_eq!(r.code(), 0, "{shell}: {}", r.stderr());
-        for word in ["doctor", "robot-key", "--bwlimit", "--delete"] {
+        for word in ["doctor", "robot-key", "bwlimit", "delete-excluded"] {
             assert!(r.stdout().contains(word), "{shell} lacks {word}");
         }
     }
