@@ -75,3 +75,46 @@ fn version_names_the_commit_and_the_features() {
         None => assert!(v.contains("(git unknown;"), "{v}"),
     }
 }
+
+/// Processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains(needle) {
+                found.push(cmdline);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn demo_run_twice_leaves_no_process_and_no_files() {
+    let root = robosync_testbed::workspace_root();
+    let tmp = tempdir();
+    for round in 1..=2 {
+        let r = run(Command::new("bash")
+            .arg(root.join("fixtures/demo.sh"))
+            .env("DEMO_PROFILE", "dev")
+            .env("TMPDIR", tmp.path())
+            .stdin(std::process::Stdio::null()));
+        assert_eq!(r.code(), 0, "round {round}: {}\n{}", r.stdout(), r.stderr());
+        assert!(
+            r.stdout().contains("round trip identical"),
+            "{}",
+            r.stdout()
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert!(left.is_empty(), "round {round} left {left:?}");
+        let running = processes_mentioning(&tmp.path().display().to_string());
+        assert!(
+            running.is_empty(),
+            "round {round} left running: {running:?}"
+        );
+    }
+}
