@@ -843,6 +843,8 @@ fn non_empty_directory_in_the_way_as_rsync() {
                 );
             }
             assert_trees(&oracle, &dest, &what);
+            // No state of robosync's inside the user's directory in the way.
+            assert!(!dest.join("f.txt/.robosync").exists(), "{what}");
         }
     }
 }
@@ -980,4 +982,77 @@ fn missing_local_source_as_rsync() {
     assert_eq!(r.code(), 23, "{}", r.stderr());
     assert!(r.stderr().contains("nothere"), "{}", r.stderr());
     assert_eq!(fs::read(dest.join("c.txt")).unwrap(), b"c\n");
+}
+
+/// DEST's parent missing, as rsync: a directory source (either spelling)
+/// exits 11 and a single file to a new name exits 3, both ways, creating
+/// nothing; `--mkpath` makes the parents, as rsync's. DEST itself missing
+/// (its parent there) is made, as before.
+#[test]
+fn missing_destination_parent_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let base = t.path().join("base");
+    data(&base);
+    write(&base.join("one.txt"), b"1");
+    let cases: [(&str, &str, i32); 4] = [
+        ("data", "no/deep", 11),
+        ("data/", "no/deep", 11),
+        ("one.txt", "no/deep/", 11),
+        ("one.txt", "no/new.txt", 3),
+    ];
+    for (i, (src, dest, code)) in cases.into_iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir(&oracle).unwrap();
+        assert_eq!(
+            rsync_code(&base, &[src, &format!("{}/{dest}", oracle.display())]),
+            code
+        );
+        assert!(!oracle.join("no").exists());
+
+        // Push.
+        let root = sshd.mkdir(&format!("push{i}"));
+        let r = run(robosync(&sshd, &t.path().join("state"))
+            .current_dir(&base)
+            .arg(src)
+            .arg(format!("robot:{}/{dest}", root.display())));
+        assert_eq!(r.code(), code, "push {src} {dest}: {}", r.stderr());
+        assert!(r.stderr().contains("--mkpath"), "{}", r.stderr());
+        assert!(!root.join("no").exists(), "push {src} {dest} made a parent");
+
+        // Pull (a file source is the remote copy of the same spelling).
+        let local = t.path().join(format!("pull{i}"));
+        fs::create_dir(&local).unwrap();
+        let remote_src = format!("robot:{}/{src}", base.display());
+        let r = run(robosync(&sshd, &t.path().join("state"))
+            .arg(&remote_src)
+            .arg(format!("{}/{dest}", local.display())));
+        assert_eq!(r.code(), code, "pull {src} {dest}: {}", r.stderr());
+        assert!(
+            !local.join("no").exists(),
+            "pull {src} {dest} made a parent"
+        );
+
+        // --mkpath: as rsync --mkpath, everything lands.
+        assert_eq!(
+            rsync_code(
+                &base,
+                &["--mkpath", src, &format!("{}/{dest}", oracle.display())]
+            ),
+            0
+        );
+        run(robosync(&sshd, &t.path().join("state"))
+            .current_dir(&base)
+            .arg("--mkpath")
+            .arg(src)
+            .arg(format!("robot:{}/{dest}", root.display())))
+        .success();
+        run(robosync(&sshd, &t.path().join("state"))
+            .arg("--mkpath")
+            .arg(&remote_src)
+            .arg(format!("{}/{dest}", local.display())))
+        .success();
+        assert_trees(&oracle, &root, &format!("push --mkpath {src} {dest}"));
+        assert_trees(&oracle, &local, &format!("pull --mkpath {src} {dest}"));
+    }
 }

@@ -24,7 +24,7 @@ fn pull_lands_tree_identically_and_rerun_transfers_nothing() {
     let src = sshd.mkdir("src");
     pull_tree(&src);
     let t = tempdir();
-    let dest = t.path().join("fresh/dest");
+    let dest = t.path().join("dest");
     let state = t.path().join("state");
 
     let first = run(robosync(&sshd, &state)

@@ -189,7 +189,7 @@ fn a_policy_robosync_or_the_server_cannot_meet_is_refused_in_one_line() {
             "d",
             &[opt],
         );
-        assert_eq!(r.code(), 2, "{opt}: {}", r.stderr());
+        assert_eq!(r.code(), 10, "{opt}: {}", r.stderr());
         let err = r.stderr();
         let lines: Vec<&str> = err.lines().filter(|l| l.contains(directive)).collect();
         assert_eq!(lines.len(), 1, "{opt}: {}", r.stderr());
@@ -205,7 +205,7 @@ fn a_policy_robosync_or_the_server_cannot_meet_is_refused_in_one_line() {
         "d",
         &["Ciphers=aes256-gcm@openssh.com"],
     );
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 10, "{}", r.stderr());
     let err = r.stderr();
     let lines: Vec<&str> = err.lines().filter(|l| l.contains("Ciphers")).collect();
     assert_eq!(lines.len(), 1, "{}", r.stderr());
@@ -328,7 +328,7 @@ fn agent_only_key_with_just_its_pub_on_disk_logs_in() {
         .env("SSH_AUTH_SOCK", &agent.sock)
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d3"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("ssh-add"), "{}", r.stderr());
 }
 
@@ -348,7 +348,7 @@ fn encrypted_key_without_agent_says_ssh_add_and_no_from_hint() {
     let r = run(robosync_with(&cfg, &t.path().join("s"))
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     let err = r.stderr();
     assert!(err.contains("encrypted"), "{err}");
     assert!(
@@ -362,7 +362,7 @@ fn encrypted_key_without_agent_says_ssh_add_and_no_from_hint() {
         .args(["-o", "User=nobody-here"])
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d2"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(r.stderr().contains("permission denied"), "{}", r.stderr());
     assert!(!r.stderr().contains("from="), "{}", r.stderr());
 }
@@ -392,7 +392,7 @@ fn missing_certificate_file_is_named() {
     let r = run(robosync_with(&cfg, &t.path().join("s"))
         .arg(contents(&src))
         .arg(remote(&sshd.mkdir("d"))));
-    assert_eq!(r.code(), 2, "{}", r.stderr());
+    assert_eq!(r.code(), 255, "{}", r.stderr());
     assert!(
         r.stderr().contains(&missing.display().to_string()),
         "{}",
@@ -540,7 +540,7 @@ fn hung_auth_command_times_out_and_a_waiting_run_says_so() {
     };
     let mut err = String::new();
     std::io::Read::read_to_string(first.stderr.as_mut().unwrap(), &mut err).unwrap();
-    assert_eq!(status.code(), Some(2), "{err}");
+    assert_eq!(status.code(), Some(255), "{err}");
     assert!(
         err.contains("--auth-timeout") && err.contains("3 s"),
         "{err}"

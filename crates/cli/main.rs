@@ -14,6 +14,7 @@
 //! - 5 the server would not start SFTP: subsystem refused, or the forced
 //!   command (e.g. transfer_commands.sh) rejected it (rsync 5)
 //! - 10 could not connect: resolution, TCP, ProxyCommand/ProxyJump (rsync 10)
+//! - 11 the destination cannot be made: its parent is missing (rsync 11; see --mkpath)
 //! - 12 the server broke the SFTP protocol (rsync 12)
 //! - 20 interrupted (SIGINT, SIGTERM): rerun to resume (rsync 20)
 //! - 23 some entries failed, the rest landed; or a pull's source is missing (rsync 23)
@@ -52,7 +53,7 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
     version = env!("ROBOSYNC_LONG_VERSION"),
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
     override_usage = "robosync [OPTIONS] SRC... DEST",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused.\n\
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 11 destination's parent missing, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused.\n\
 Subcommands (the first word; a local path of that name is written ./doctor):\n\
 \x20 robosync doctor HOST[:PATH]         check each step to a server and say how to fix what fails\n\
 \x20 robosync robot-key --from PATTERN   make a robot-node key; print the line to register and the config\n\
@@ -117,6 +118,10 @@ pub struct Args {
     /// (the destination file gets holes where the source has them).
     #[arg(short = 'S', long)]
     pub sparse: bool,
+    /// Create the destination's missing parent directories (as rsync
+    /// --mkpath); without it, as rsync, only the destination itself is made.
+    #[arg(long)]
+    pub mkpath: bool,
     /// Keep hard links (push): names of one local file arrive as links to
     /// one remote file (hardlink@openssh.com), not as copies.
     #[arg(short = 'H', long)]

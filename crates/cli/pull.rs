@@ -68,6 +68,7 @@ pub async fn pull_run(
         filters,
         ref label,
         ref rename,
+        creatable,
     } = roots;
     let rename = rename.as_ref();
     let exists = match std::fs::metadata(local_root) {
@@ -93,6 +94,7 @@ pub async fn pull_run(
     let _held = crate::sync::hold_state(&paths)?;
     // One run per destination (see crate::lease); a dry run takes no lease.
     let (mut _lease, mut _identity) = (None, None);
+    let had_state = local_root.join(".robosync").exists();
     if args.dry_run {
         if let Some(w) = crate::lease::peek_local(local_root) {
             run.warn(&w);
@@ -105,6 +107,8 @@ pub async fn pull_run(
             _lease = Some(crate::lease::take_local(local_root)?);
         }
     }
+    // Made by the lease just now: removed again if the source is a file.
+    let state_made = _lease.is_some() && !had_state;
 
     // Scan the destination while we connect.
     let (count, counted) = tokio::sync::oneshot::channel();
@@ -165,6 +169,12 @@ pub async fn pull_run(
         let root = &remote_root;
         let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
         if rename.is_none() && stat.is_ok_and(|a| !a.is_dir()) {
+            // Not a tree after all: no state of ours stays behind in what
+            // is the user's directory (DEST/NAME where a file was asked for).
+            drop(_lease.take());
+            if state_made {
+                let _ = std::fs::remove_dir(local_root.join(".robosync"));
+            }
             return Err(redo(
                 Redo::SourceIsFile,
                 format!("source {label} is a file"),
@@ -256,6 +266,17 @@ pub async fn pull_run(
     });
 
     if !exists && !args.dry_run {
+        let root = local_root.as_os_str().as_bytes();
+        if let Some(p) = crate::sync::required_parent(root, creatable) {
+            let p = std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&p));
+            if !p.is_dir() {
+                return Err(crate::sync::parent_missing(
+                    root,
+                    p.as_os_str().as_bytes(),
+                    creatable,
+                ));
+            }
+        }
         std::fs::create_dir_all(local_root).map_err(|e| {
             fail(
                 EXIT_USAGE,

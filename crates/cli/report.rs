@@ -68,6 +68,8 @@ pub enum ErrorKind {
     NoSftp,
     /// Could not connect (exit 10).
     Connect,
+    /// The destination could not be made: its parent is missing (exit 11).
+    Destination,
     /// The server broke the protocol (exit 12).
     Protocol,
     /// The run was interrupted (exit 20).
@@ -92,6 +94,7 @@ impl ErrorKind {
             3 => ErrorKind::Selection,
             5 => ErrorKind::NoSftp,
             10 => ErrorKind::Connect,
+            11 => ErrorKind::Destination,
             12 => ErrorKind::Protocol,
             20 => ErrorKind::Interrupted,
             23 => ErrorKind::Entry,

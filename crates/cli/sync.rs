@@ -30,6 +30,8 @@ pub const EXIT_SELECTION: i32 = 3;
 pub const EXIT_NO_SFTP: i32 = 5;
 /// Could not connect: resolution, TCP, proxy (rsync 10: error in socket I/O).
 pub const EXIT_CONNECT: i32 = 10;
+/// The destination cannot be made: its parent is missing (rsync 11: error in file I/O).
+pub const EXIT_FILE_IO: i32 = 11;
 /// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
 pub const EXIT_PROTOCOL: i32 = 12;
 /// Some entries failed, the rest landed (rsync 23).
@@ -401,6 +403,7 @@ async fn go_one(
                             remote,
                             filters: filters.clone(),
                             rename: None,
+                            creatable: creatable(args, if is_contents(src) { 1 } else { 2 }),
                         }
                     }
                 };
@@ -430,6 +433,7 @@ async fn go_one(
                     filters,
                     label: src.label(),
                     rename: None,
+                    creatable: creatable(args, if is_contents(src) { 1 } else { 2 }),
                 };
                 match crate::pull::pull_run(args, run, target.clone(), roots).await {
                     Err(f) if f.redo == Some(Redo::SourceIsFile) => {}
@@ -471,6 +475,10 @@ pub struct Roots {
     pub filters: Filters,
     pub label: String,
     pub rename: Option<Rename>,
+    /// How many trailing components of the root this run may create: as
+    /// rsync, DEST itself and the source's own name, never DEST's parents
+    /// (`--mkpath` lifts this).
+    pub creatable: usize,
 }
 
 /// A single-file push, as rsync: `a.txt host:x/` (or `into`, once the
@@ -497,6 +505,8 @@ fn single_file(
         _ => PathBuf::from("."),
     };
     let (root, to, or_into) = file_target(dest, name, into);
+    // Into DEST (which may be made), or as DEST's own name in its parent.
+    let made = usize::from(root == crate::endpoint::trim_slashes(dest));
     let filters = one_name(
         name,
         &to,
@@ -514,6 +524,7 @@ fn single_file(
             to: crate::endpoint::os(&to),
             or_into,
         }),
+        creatable: creatable(args, made),
     }))
 }
 
@@ -526,6 +537,7 @@ fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<R
     let into = std::fs::metadata(dest).is_ok_and(|m| m.is_dir());
     // (A local DEST is known to be a directory or not already.)
     let (local, to, _) = file_target(d, name, into);
+    let made = usize::from(local == crate::endpoint::trim_slashes(d));
     let local = if local.is_empty() {
         PathBuf::from(".")
     } else {
@@ -548,7 +560,54 @@ fn pulled_file(src: &[u8], dest: &Path, rules: &[Rule], args: &Args) -> Result<R
             to: crate::endpoint::os(&to),
             or_into: false,
         }),
+        creatable: creatable(args, made),
     })
+}
+
+/// [`Roots::creatable`]: `n`, or any number with `--mkpath`.
+fn creatable(args: &Args, n: usize) -> usize {
+    if args.mkpath {
+        usize::MAX
+    } else {
+        n
+    }
+}
+
+/// The ancestor of `root` that must exist when the run may create only its
+/// last `creatable` components; `None` when that is the login directory or
+/// `/` (which always exist) or nothing is required.
+pub fn required_parent(root: &[u8], creatable: usize) -> Option<Vec<u8>> {
+    let mut p = crate::endpoint::trim_slashes(root).to_vec();
+    for _ in 0..creatable {
+        if p.is_empty() || p == b"/" || p == b"." {
+            return None;
+        }
+        p = parent_of(&p);
+    }
+    let p = crate::endpoint::trim_slashes(&p).to_vec();
+    (!p.is_empty() && p != b"/" && p != b".").then_some(p)
+}
+
+/// The failure for a destination whose `parent` is missing, as rsync's:
+/// 11 when a directory could not be made, 3 when a file's directory is
+/// missing (rsync's change_dir failure).
+pub fn parent_missing(root: &[u8], parent: &[u8], creatable: usize) -> Failure {
+    let (root, parent) = (
+        String::from_utf8_lossy(root),
+        String::from_utf8_lossy(parent),
+    );
+    fail(
+        if creatable == 0 {
+            EXIT_SELECTION
+        } else {
+            EXIT_FILE_IO
+        },
+        format!(
+            "cannot create destination {root}: {parent} does not exist (robosync, like rsync, \
+             makes only the destination itself, not its parents): create {parent} first, or \
+             pass --mkpath"
+        ),
+    )
 }
 
 /// Where a file named `name` lands for destination `dest`: (directory, name
@@ -822,6 +881,7 @@ async fn push_run(
         filters,
         label: ref dest_label,
         ref rename,
+        creatable,
     } = roots;
     let rename = rename.as_ref();
     let meta = std::fs::metadata(local_root)
@@ -949,7 +1009,16 @@ async fn push_run(
             // MKDIRs are idempotent, and the lease knows its own.
             let mut s = session.clone();
             loop {
-                match prepare_destination(&pool, &s, &remote_root, &state_dir, dest_label).await {
+                match prepare_destination(
+                    &pool,
+                    &s,
+                    &remote_root,
+                    &state_dir,
+                    dest_label,
+                    creatable,
+                )
+                .await
+                {
                     Err(f) if f.code == EXIT_LOST => {
                         pool.repair().await.map_err(transport_failure)?;
                         s = pool.session().await.map_err(transport_failure)?;
@@ -1217,6 +1286,7 @@ async fn prepare_destination(
     remote_root: &[u8],
     state_dir: &Path,
     dest_label: &str,
+    creatable: usize,
 ) -> Result<std::fs::File, Failure> {
     let lost_or = |code: i32, what: &str, e: Error| {
         let code = if e.is_connection() { EXIT_LOST } else { code };
@@ -1233,7 +1303,13 @@ async fn prepare_destination(
     // The lease's EXCL open and the REALPATH go in the same flight,
     // after the MKDIRs (one channel's requests are answered in order).
     let (_, _, _, there, opened, real) = futures::join!(
-        s.mkdir(remote_root, &plain),
+        async {
+            // A file's own directory is never made (rsync: change_dir fails).
+            match creatable {
+                0 => Ok(()),
+                _ => s.mkdir(remote_root, &plain).await,
+            }
+        },
         s.mkdir(&state, &private),
         s.setstat(&state, &private),
         s.lstat(remote_root),
@@ -1245,11 +1321,23 @@ async fn prepare_destination(
         // A file there: what rsync calls "destination must be a directory".
         let file = there.is_ok_and(|a| !a.is_symlink());
         // Missing parents, or not a directory: the careful way, with its errors.
-        let made = match file {
+        let parent = required_parent(remote_root, creatable);
+        let missing = match &parent {
+            Some(p) if !file => match s.stat(p).await {
+                Ok(a) => !a.is_dir(),
+                // A cut is retried on a new session (the lease knows its own).
+                Err(e) if e.is_connection() => {
+                    return Err(lost_or(EXIT_PARTIAL, "cannot check the destination", e))
+                }
+                Err(_) => true,
+            },
+            _ => false,
+        };
+        let made = match file || missing {
             true => Ok(()),
             false => push::mkdir_p(s, remote_root).await,
         };
-        if file || made.is_err() {
+        if file || missing || made.is_err() {
             if let Ok(h) = &opened {
                 // An empty lease of ours must not stay behind.
                 s.close_detached(h);
@@ -1264,6 +1352,9 @@ async fn prepare_destination(
                     String::from_utf8_lossy(remote_root)
                 ),
             ));
+        }
+        if let (true, Some(p)) = (missing, &parent) {
+            return Err(parent_missing(remote_root, p, creatable));
         }
         if let Err(e) = made {
             return Err(lost_or(EXIT_PARTIAL, "cannot create destination", e));

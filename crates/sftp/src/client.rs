@@ -1112,6 +1112,8 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
         }
         let len = u32::from_be_bytes(head);
         if len > proto::MAX_INBOUND_PACKET {
+            // No SFTP server sends this: the server broke the protocol.
+            shared.malformed.store(true, Ordering::Relaxed);
             break format!(
                 "server sent a {len}-byte packet (limit {})",
                 proto::MAX_INBOUND_PACKET

@@ -351,10 +351,19 @@ async fn a_dead_carrier_fails_everything_in_flight() {
 
 #[tokio::test]
 async fn a_broken_reply_stream_ends_the_session_without_a_panic() {
-    for h in [Hostile::Truncated, Hostile::Garbage, Hostile::Oversized] {
+    // A stream cut short is a lost link; a reply that cannot be SFTP is
+    // the server breaking the protocol (exit 12, not retried as an outage).
+    for (h, protocol) in [
+        (Hostile::Truncated, false),
+        (Hostile::Garbage, true),
+        (Hostile::Oversized, true),
+    ] {
         let (_server, s) = session(MemFs::new(), hostile(h)).await;
         let e = bounded(s.stat(b"/")).await.unwrap_err();
-        assert!(matches!(e, Error::ConnectionLost { .. }), "{h:?}: {e}");
+        match protocol {
+            true => assert!(matches!(e, Error::Protocol { .. }), "{h:?}: {e}"),
+            false => assert!(matches!(e, Error::ConnectionLost { .. }), "{h:?}: {e}"),
+        }
         assert!(s.is_dead(), "{h:?}");
     }
 }
