@@ -333,7 +333,7 @@ async fn run(args: DoctorArgs) -> i32 {
                             probe.algorithm, probe.fingerprint
                         ),
                     );
-                    c.note("doctor records nothing: compare the fingerprint with the one your site publishes");
+                    c.note("the login below records it, as ssh would: compare the fingerprint with the one your site publishes");
                 }
                 Verdict::Unknown | Verdict::OtherTypesKnown { .. } => {
                     let port = if cfg.port == 22 {
