@@ -212,3 +212,46 @@ fn a_local_directory_named_doctor_is_still_a_source() {
     .success();
     assert_eq!(fs::read(dest.join("doctor/f.txt")).unwrap(), b"hi\n");
 }
+
+#[test]
+fn doctor_lists_the_agent_keys_and_logs_in_with_them() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let agent = crate::connect::Agent::start(t.path());
+    agent.add(&sshd.client_key);
+    let cfg = t.path().join("ssh_config");
+    fs::write(
+        &cfg,
+        sshd.config_stanza("robot")
+            .replace(
+                &format!("  IdentityFile {}\n", sshd.client_key.display()),
+                "",
+            )
+            .replace("  IdentitiesOnly yes\n", "")
+            .replace(
+                "IdentityAgent none",
+                &format!("IdentityAgent {}", t.path().join("agent.sock").display()),
+            ),
+    )
+    .unwrap();
+    let fingerprint = robosync_testbed::run(
+        Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(format!("{}.pub", sshd.client_key.display())),
+    );
+    let fingerprint = fingerprint.split_whitespace().nth(1).unwrap().to_string();
+    let r = doctor(&cfg, "robot");
+    assert_eq!(r.code(), 0, "{}\n{}", r.stdout(), r.stderr());
+    assert!(
+        line(&r, "config").ends_with("holding 1 key"),
+        "{}",
+        r.stdout()
+    );
+    assert!(
+        r.stdout()
+            .contains(&format!("note: agent key ssh-ed25519 {fingerprint}")),
+        "{}",
+        r.stdout()
+    );
+    passed(&r, "authentication");
+}

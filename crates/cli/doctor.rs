@@ -171,13 +171,22 @@ async fn run(args: DoctorArgs) -> i32 {
         }
     };
     let keys: Vec<&PathBuf> = cfg.identity_files.iter().filter(|p| p.exists()).collect();
-    let agent = match cfg.identity_agent.as_deref() {
-        Some("none") => "no agent".to_string(),
-        Some("SSH_AUTH_SOCK") | None => match std::env::var_os("SSH_AUTH_SOCK") {
-            Some(s) => format!("agent at {}", s.to_string_lossy()),
-            None => "no agent (SSH_AUTH_SOCK unset)".into(),
-        },
-        Some(p) => format!("agent at {p}"),
+    let agent_keys = robosync_transport::probe::agent_identities(&cfg).await;
+    let agent_at = match cfg.identity_agent.as_deref() {
+        Some("none") => None,
+        Some("SSH_AUTH_SOCK") | None => {
+            std::env::var_os("SSH_AUTH_SOCK").map(|s| s.to_string_lossy().into_owned())
+        }
+        Some(p) => Some(p.to_string()),
+    };
+    let agent = match (&agent_at, &agent_keys) {
+        (None, _) => "no agent".to_string(),
+        (Some(at), None) => format!("no agent answers at {at}"),
+        (Some(at), Some(keys)) => format!(
+            "agent at {at} holding {} key{}",
+            keys.len(),
+            if keys.len() == 1 { "" } else { "s" }
+        ),
     };
     let via = if !cfg.proxy_jump.is_empty() {
         let hops: Vec<&str> = cfg.proxy_jump.iter().map(|j| j.host.as_str()).collect();
@@ -209,6 +218,9 @@ async fn run(args: DoctorArgs) -> i32 {
     );
     for w in &cfg.warnings {
         c.note(w);
+    }
+    for k in agent_keys.iter().flatten() {
+        c.note(format!("agent key {k}"));
     }
 
     // 2. Key files: private keys others can read (OpenSSH refuses them),
@@ -257,10 +269,10 @@ async fn run(args: DoctorArgs) -> i32 {
             );
         }
     }
-    let agent_usable = !agent.starts_with("no agent");
+    let agent_usable = agent_keys.as_ref().is_some_and(|k| !k.is_empty());
     if keys.is_empty() && !agent_usable {
         key_problems.push((
-            "no identity file exists and no agent is reachable".into(),
+            "no identity file exists and no agent holds a key".into(),
             format!(
                 "create a dedicated key: robosync robot-key --from PATTERN (or name one with -i / IdentityFile in the Host {host} stanza)"
             ),

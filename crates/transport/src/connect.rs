@@ -1039,7 +1039,7 @@ impl Connection {
     }
 }
 
-async fn connect_agent(
+pub(crate) async fn connect_agent(
     cfg: &HostConfig,
 ) -> Option<russh::keys::agent::client::AgentClient<tokio::net::UnixStream>> {
     let sock = match cfg.identity_agent.as_deref() {

@@ -8,9 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use russh::client;
 
-use crate::connect::{ssh_config, Connection, Target};
+use crate::connect::{connect_agent, ssh_config, Connection, Target};
 use crate::error::Error;
 use crate::known_hosts::{self, HostKeyQuery, Verdict};
+use crate::ssh_config::HostConfig;
 
 /// The host key a server presented and what known_hosts says of it.
 #[derive(Debug, Clone)]
@@ -108,4 +109,31 @@ pub async fn host_key(target: &Target) -> Result<HostKeyProbe, Error> {
             target.peer()
         ))),
     }
+}
+
+/// The keys the host's agent (`IdentityAgent`, else `SSH_AUTH_SOCK`) holds,
+/// as `TYPE SHA256:… comment` (a certificate as `TYPE-cert …`); `None`
+/// when no agent is configured or it does not answer.
+pub async fn agent_identities(cfg: &HostConfig) -> Option<Vec<String>> {
+    let mut agent = connect_agent(cfg).await?;
+    let ids = agent.request_identities().await.ok()?;
+    Some(
+        ids.iter()
+            .map(|id| match id {
+                russh::keys::agent::AgentIdentity::PublicKey { key, comment } => format!(
+                    "{} {} {comment}",
+                    key.algorithm().as_str(),
+                    known_hosts::fingerprint(key)
+                ),
+                russh::keys::agent::AgentIdentity::Certificate { certificate, .. } => format!(
+                    "{}-cert {}",
+                    certificate.algorithm().as_str(),
+                    certificate
+                        .public_key()
+                        .fingerprint(russh::keys::HashAlg::Sha256)
+                ),
+            })
+            .map(|s| s.trim_end().to_string())
+            .collect(),
+    )
 }
