@@ -3,6 +3,9 @@
 //!
 //! This binary is thin: it parses arguments, wires the library crates
 //! (scanner → planner ← transport, manifest) together and reports.
+//! A first argument naming a subcommand (`doctor`, `robot-key`,
+//! `completions`, `man`) runs that instead (doctor.rs, robot_key.rs,
+//! packaging.rs); any other first word is a path, as rsync reads it.
 //!
 //! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
 //! written for rsync read them right), decided by typed error variants
