@@ -209,7 +209,7 @@ fn missing_or_file_destination() {
     let r = run(robosync(&sshd, &t.path().join("state"))
         .arg(format!("robot:{}", base.join("data").display()))
         .arg(&file));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.code(), 3, "{}", r.stderr());
     assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
     assert_eq!(fs::read(&file).unwrap(), b"x");
 }
@@ -454,7 +454,9 @@ fn several_sources_rules() {
         ),
     ] {
         let r = run(robosync(&sshd, &state).args(&args));
-        assert_eq!(r.code(), 1, "{args:?}: {}", r.stderr());
+        // rsync: 1 for the spelling, 3 when DEST cannot be a directory.
+        let code = if says == "not a directory" { 3 } else { 1 };
+        assert_eq!(r.code(), code, "{args:?}: {}", r.stderr());
         assert!(r.stderr().contains(says), "{args:?}: {}", r.stderr());
     }
     assert!(fs::read_dir(&dest).unwrap().next().is_none());
@@ -900,7 +902,7 @@ fn symlink_and_file_destinations_as_rsync() {
         .current_dir(&base)
         .arg("data/")
         .arg(format!("robot:{}", file.display())));
-    assert_eq!(r.code(), 1, "{}", r.stderr());
+    assert_eq!(r.code(), 3, "{}", r.stderr());
     assert!(r.stderr().contains("not a directory"), "{}", r.stderr());
     assert_eq!(fs::read(&file).unwrap(), b"x");
 }
@@ -1054,5 +1056,46 @@ fn missing_destination_parent_as_rsync() {
         .success();
         assert_trees(&oracle, &root, &format!("push --mkpath {src} {dest}"));
         assert_trees(&oracle, &local, &format!("pull --mkpath {src} {dest}"));
+    }
+}
+
+/// A symlink named without a trailing slash is copied as the link itself,
+/// as rsync (push and pull, a link to a directory and to a file); with the
+/// slash, the directory it points to is copied, as rsync.
+#[test]
+fn a_symlink_source_is_the_link_itself_as_rsync() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    // Remote paths are local ones here: one base serves both directions.
+    let base = sshd.mkdir("base");
+    data(&base);
+    std::os::unix::fs::symlink("data", base.join("to_dir")).unwrap();
+    std::os::unix::fs::symlink("data/top.txt", base.join("to_file")).unwrap();
+    let state = t.path().join("state");
+    for (i, src) in ["to_dir", "to_file", "to_dir/"].into_iter().enumerate() {
+        let oracle = t.path().join(format!("oracle{i}"));
+        fs::create_dir(&oracle).unwrap();
+        rsync(&base, src, &oracle);
+        let pushed = sshd.mkdir(&format!("pushed{i}"));
+        run(robosync(&sshd, &state)
+            .current_dir(&base)
+            .arg(src)
+            .arg(remote(&pushed)))
+        .success();
+        assert_trees(&oracle, &pushed, &format!("push {src}"));
+        let pulled = t.path().join(format!("pulled{i}"));
+        fs::create_dir(&pulled).unwrap();
+        run(robosync(&sshd, &state)
+            .arg(format!("robot:{}/{src}", base.display()))
+            .arg(format!("{}/", pulled.display())))
+        .success();
+        assert_trees(&oracle, &pulled, &format!("pull {src}"));
+        if !src.ends_with('/') {
+            let link = pulled.join(src);
+            assert!(
+                link.symlink_metadata().unwrap().file_type().is_symlink(),
+                "pull {src}"
+            );
+        }
     }
 }

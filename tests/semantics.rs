@@ -546,3 +546,39 @@ fn hard_links_arrive_as_links_as_rsync_h_makes_them() {
     assert_eq!(r.code(), 1, "{}", r.stderr());
     assert!(r.stderr().contains("-H"), "{}", r.stderr());
 }
+
+/// Observation 7 (part): where the server drops a setgid bit (a login that
+/// is not in the file's group: the kernel clears it on chmod), the file
+/// lands without it, and a rerun does not send it again and again.
+#[test]
+fn a_setgid_bit_the_server_drops_causes_no_resend_loop() {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    let t = tempdir();
+    // Root without CAP_FSETID: files in a setgid directory of a group it is
+    // not in lose their setgid bit on chmod, as an ordinary user's would.
+    let sshd = Sshd::builder().unprivileged(true).start();
+    let src = t.path().join("src");
+    write(&src.join("sgid"), b"#!/bin/sh\n");
+    fs::set_permissions(src.join("sgid"), fs::Permissions::from_mode(0o2755)).unwrap();
+    let dest = sshd.mkdir("dest");
+    chown(&dest, None, Some(65534)).unwrap();
+    fs::set_permissions(&dest, fs::Permissions::from_mode(0o2777)).unwrap();
+    let state = t.path().join("state");
+    run(robosync(&sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
+    let mode = fs::metadata(dest.join("sgid"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o755, "the server kept setgid: {mode:o}");
+    for _ in 0..2 {
+        let again = run(robosync(&sshd, &state)
+            .arg("--json")
+            .arg(contents(&src))
+            .arg(remote(&dest)))
+        .success();
+        assert_eq!(again.json()["files_transferred"], 0, "{}", again.stdout());
+    }
+}

@@ -75,7 +75,7 @@ pub async fn pull_run(
         Ok(m) if m.is_dir() => true,
         Ok(_) => {
             return Err(fail(
-                EXIT_USAGE,
+                crate::sync::EXIT_SELECTION,
                 format!(
                     "destination {} is not a directory (robosync copies trees)",
                     local_root.display()
@@ -161,6 +161,18 @@ pub async fn pull_run(
     })
     .await
     .map_err(transport_failure)?;
+    if rename.is_none() && !crate::endpoint::means_contents(remote_path) {
+        // `host:x/link` copies the symlink itself, as rsync (listing it
+        // would follow it): it goes the single-entry way.
+        let root = &remote_root;
+        let stat = on_session(&pool, |s| async move { s.lstat(root).await }).await;
+        if stat.is_ok_and(|a| a.is_symlink()) {
+            return Err(redo(
+                Redo::SourceIsFile,
+                format!("source {label} is a symlink"),
+            ));
+        }
+    }
     // A single file's: nothing below (a directory there is refused).
     let listing = list_remote(&pool, &remote_root, rename.map(|_| &b""[..]))
         .await
@@ -202,7 +214,7 @@ pub async fn pull_run(
             None => return Err(missing()),
             Some(&Kind::Dir) => {
                 return Err(fail(
-                    EXIT_USAGE,
+                    crate::sync::EXIT_SELECTION,
                     format!(
                         "destination {} is not a directory, and source {label} is one",
                         local_root.join(&r.to).display()

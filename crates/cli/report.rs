@@ -62,7 +62,7 @@ pub enum ErrorKind {
     Entry,
     /// Usage or configuration (exit 1).
     Usage,
-    /// A source or a listed path is missing or unreadable (exit 3).
+    /// File selection: an unreadable rules file, a file where DEST must be a directory (exit 3).
     Selection,
     /// The server would not start SFTP (exit 5).
     NoSftp,

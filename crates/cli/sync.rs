@@ -248,7 +248,7 @@ async fn go(args: &Args, rules: Vec<Rule>, run: &Arc<Run>) -> Result<Vec<String>
         Endpoint::Local(l) => {
             if std::fs::metadata(&l).is_ok_and(|m| !m.is_dir()) {
                 return Err(fail(
-                    EXIT_USAGE,
+                    EXIT_SELECTION,
                     format!(
                         "destination {} is not a directory: several sources need one (as rsync)",
                         l.display()
@@ -495,7 +495,9 @@ fn single_file(
     into: bool,
 ) -> Result<Option<Roots>, Failure> {
     let src = local.as_os_str().as_bytes();
-    let is_file = std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file());
+    // A symlink without a trailing slash is copied as the link, as rsync.
+    let is_file =
+        std::fs::symlink_metadata(local).is_ok_and(|m| m.is_file() || m.file_type().is_symlink());
     if !is_file || crate::endpoint::means_contents(src) {
         return Ok(None);
     }
@@ -691,16 +693,6 @@ fn push_root(local: &Path, dest: &[u8]) -> Result<Vec<u8>, Failure> {
     if crate::endpoint::means_contents(src) {
         return Ok(dest);
     }
-    if std::fs::symlink_metadata(local).is_ok_and(|m| m.file_type().is_symlink()) {
-        return Err(fail(
-            EXIT_USAGE,
-            format!(
-                "source {} is a symlink, which robosync copies only inside a tree: give {}/ for the contents of the directory it points to",
-                local.display(),
-                local.display()
-            ),
-        ));
-    }
     Ok(join(&dest, crate::endpoint::last_component(src)))
 }
 
@@ -712,7 +704,7 @@ fn pull_root(src: &[u8], dest: &Path) -> Result<PathBuf, Failure> {
     }
     if std::fs::metadata(dest).is_ok_and(|m| !m.is_dir()) {
         return Err(fail(
-            EXIT_USAGE,
+            EXIT_SELECTION,
             format!("destination {} is not a directory", dest.display()),
         ));
     }
@@ -1346,7 +1338,7 @@ async fn prepare_destination(
         }
         if file {
             return Err(fail(
-                EXIT_USAGE,
+                EXIT_SELECTION,
                 format!(
                     "destination {} is not a directory: a directory or several sources need one (as rsync)",
                     String::from_utf8_lossy(remote_root)

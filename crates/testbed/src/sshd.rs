@@ -87,7 +87,7 @@ impl SshdBuilder {
     }
 
     /// Run the SFTP server without root's power to ignore file modes
-    /// (CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH dropped with `setpriv`), as
+    /// (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and CAP_FSETID dropped with `setpriv`), as
     /// a robot node's unprivileged login would: a 0444 file then refuses
     /// writes even though these tests run as root.
     pub fn unprivileged(mut self, yes: bool) -> Self {
@@ -187,7 +187,7 @@ impl Sshd {
             fs::write(
                 &script,
                 format!(
-                    "#!/bin/sh\nsetpriv --bounding-set -dac_override,-dac_read_search -- {server} \"$@\" \
+                    "#!/bin/sh\nsetpriv --bounding-set -dac_override,-dac_read_search,-fsetid -- {server} \"$@\" \
                      || exec {server} \"$@\"\n"
                 ),
             )
