@@ -9,13 +9,18 @@
 //! Scenarios: P1 push one 1 GiB file (fresh); P2 push 10,000 files of
 //! 0.5–64 KiB in 100 directories (fresh); P3 no-change rerun of P2; P8 pull of
 //! P1's and P2's data; P5 P1 and P2 through a shaping proxy at 50 ms RTT, plus
-//! P1 at 50 ms RTT and 50 MB/s per connection.
+//! P1 at 50 ms RTT and 50 MB/s per connection. Issue 19's trees of tiny
+//! files (100,000 of 64 B in 1,000 directories): P2b push on loopback, P5-4
+//! push at 50 ms RTT, P8-3 pull at 50 ms RTT, P3b no-change rerun at 50 ms.
 //!
 //! Environment: `ROBOSYNC_BENCH_SCALE` (default 1) scales both data sets;
 //! `ROBOSYNC_BENCH_REPS` (default 3) timed repetitions, median reported;
 //! `ROBOSYNC_BENCH_ONLY` comma-separated scenario ids or groups (`P1,P5`);
 //! `ROBOSYNC_BENCH_TIMEOUT` seconds before one run is killed (default 300);
 //! `ROBOSYNC_BENCH_ARGS` extra robosync arguments (e.g. `--connections 4`);
+//! `ROBOSYNC_BENCH_TINY_FILES` files in the tiny-file tree (default 100000,
+//! for quick local measurements; the scale does not apply to it);
+//! `ROBOSYNC_BENCH_PEERS` comma-separated tool names to run (default all);
 //! `ROBOSYNC_BENCH_DIR` where to put data (default: `/dev/shm` when it has
 //! 12 GiB free, else a temporary directory; see [`roomy_tmpfs`]).
 //!
@@ -60,6 +65,8 @@ enum Op {
 enum Data {
     Big,
     Small,
+    /// Issue 19: many files of 64 B.
+    Tiny,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
@@ -127,6 +134,30 @@ const SCENARIOS: &[Scenario] = &[
         data: Data::Big,
         net: Net::WanCapped,
     },
+    Scenario {
+        id: "P2b",
+        op: Op::Push,
+        data: Data::Tiny,
+        net: Net::Loopback,
+    },
+    Scenario {
+        id: "P5-4",
+        op: Op::Push,
+        data: Data::Tiny,
+        net: Net::Wan,
+    },
+    Scenario {
+        id: "P8-3",
+        op: Op::Pull,
+        data: Data::Tiny,
+        net: Net::Wan,
+    },
+    Scenario {
+        id: "P3b",
+        op: Op::Rerun,
+        data: Data::Tiny,
+        net: Net::Wan,
+    },
 ];
 
 /// Goals of issue 5 as "robosync's time ÷ this peer's time ≤ max".
@@ -137,6 +168,11 @@ const GOALS: &[(&str, &str, f64, &str)] = &[
     ("P3", "rsync -a", 0.5, "≤ 0.5× time"),
     ("P5-1", "scp", 0.25, "≥ 4× throughput"),
     ("P5-2", "rsync -a", 1.0 / 1.5, "≥ 1.5× throughput"),
+    // Issue 19.
+    ("P2b", "rsync -a", 1.0, "≤ 1.0× time"),
+    ("P5-4", "rsync -a", 0.7, "≤ 0.7× time"),
+    ("P8-3", "rsync -a", 0.5, "≤ 0.5× time"),
+    ("P3b", "rsync -a", 0.2, "≤ 0.2× time"),
 ];
 
 impl Scenario {
@@ -157,6 +193,14 @@ impl Scenario {
                 sets.small.tally.bytes / MIB,
                 sets.small_dirs
             ),
+            Data::Tiny => match &sets.tiny {
+                Some(t) => format!(
+                    "{} files of 64 B in {} dirs",
+                    t.tally.files,
+                    t.tally.files.div_ceil(TINY_PER_DIR)
+                ),
+                None => "tiny files (not generated)".into(),
+            },
         };
         let op = match self.op {
             Op::Push => "push",
@@ -181,7 +225,12 @@ struct DataSets {
     big: DataSet,
     small: DataSet,
     small_dirs: usize,
+    /// Generated only when a scenario uses it.
+    tiny: Option<DataSet>,
 }
+
+/// Files per directory of the tiny-file tree (100 000 files in 1 000 dirs).
+const TINY_PER_DIR: u64 = 100;
 
 /// What one peer did in one scenario.
 enum Outcome {
@@ -250,12 +299,21 @@ fn main() {
         .collect();
     assert!(
         !scenarios.is_empty(),
-        "ROBOSYNC_BENCH_ONLY selects no scenario (ids: P1 P2 P3 P8 P8-1 P8-2 P5 P5-1 P5-2 P5-1cap)"
+        "ROBOSYNC_BENCH_ONLY selects no scenario (ids: P1 P2 P3 P8 P8-1 P8-2 P5 P5-1 P5-2 P5-1cap P2b P5-4 P8-3 P3b)"
     );
 
-    let sets = generate(base, settings.scale);
+    let tiny = scenarios
+        .iter()
+        .any(|s| s.data == Data::Tiny)
+        .then(|| env_or("ROBOSYNC_BENCH_TINY_FILES", 100_000u64));
+    let sets = generate(base, settings.scale, tiny);
     let sshd = Sshd::start();
-    let peers = Peer::all(PathBuf::from(env!("CARGO_BIN_EXE_robosync")), extra_args);
+    let mut peers = Peer::all(PathBuf::from(env!("CARGO_BIN_EXE_robosync")), extra_args);
+    if let Ok(names) = std::env::var("ROBOSYNC_BENCH_PEERS") {
+        let names: Vec<&str> = names.split(',').map(str::trim).collect();
+        // robosync stays first: ratios are taken against it.
+        peers.retain(|p| p.tool == Tool::Robosync || names.contains(&p.name.as_str()));
+    }
     fs::write(base.join("rclone.conf"), "").unwrap();
 
     let mut head = String::new();
@@ -307,6 +365,7 @@ fn main() {
         let data = match sc.data {
             Data::Big => &sets.big,
             Data::Small => &sets.small,
+            Data::Tiny => sets.tiny.as_ref().expect("tiny tree generated"),
         };
         let ctx = Ctx {
             settings: &settings,
@@ -634,7 +693,7 @@ impl SshdLog {
     }
 }
 
-fn generate(base: &Path, scale: f64) -> DataSets {
+fn generate(base: &Path, scale: f64, tiny: Option<u64>) -> DataSets {
     let started = std::time::Instant::now();
     let big_dir = base.join("data/big");
     fs::create_dir_all(&big_dir).unwrap();
@@ -653,6 +712,22 @@ fn generate(base: &Path, scale: f64) -> DataSets {
         let size = 512 + rng.next() % (64 * KIB - 512 + 1);
         write_random(&d.join(format!("f{i:05}.bin")), size, i as u64 + 2);
     }
+    let tiny = tiny.map(|n| {
+        let dir = base.join("data/tiny");
+        let mut rng = Rng::new(11);
+        for i in 0..n.max(1) {
+            let d = dir.join(format!("d{:04}", i / TINY_PER_DIR));
+            if i % TINY_PER_DIR == 0 {
+                fs::create_dir_all(&d).unwrap();
+            }
+            let bytes: Vec<u8> = (0..8).flat_map(|_| rng.next().to_le_bytes()).collect();
+            fs::write(d.join(format!("f{i:06}")), bytes).unwrap();
+        }
+        DataSet {
+            tally: tally(&dir),
+            dir,
+        }
+    });
     let sets = DataSets {
         big: DataSet {
             tally: tally(&big_dir),
@@ -663,12 +738,16 @@ fn generate(base: &Path, scale: f64) -> DataSets {
             dir: small_dir,
         },
         small_dirs: dirs,
+        tiny,
     };
     eprintln!(
-        "generated data in {:.1} s: big {}, small {}",
+        "generated data in {:.1} s: big {}, small {}{}",
         started.elapsed().as_secs_f64(),
         sets.big.tally,
-        sets.small.tally
+        sets.small.tally,
+        sets.tiny
+            .as_ref()
+            .map_or(String::new(), |t| format!(", tiny {}", t.tally))
     );
     sets
 }
@@ -747,6 +826,7 @@ fn report(
         let bytes = match sc.data {
             Data::Big => sets.big.tally.bytes,
             Data::Small => sets.small.tally.bytes,
+            Data::Tiny => sets.tiny.as_ref().map_or(0, |t| t.tally.bytes),
         };
         for (p, o) in peers.iter().zip(outcomes) {
             let goal = GOALS

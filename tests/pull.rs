@@ -380,3 +380,53 @@ fn pull_refetches_a_local_file_changed_under_the_same_size_and_mtime() {
     );
     assert_same_tree(&src, &dest);
 }
+
+/// Files in flight are bounded by the open-file limit: a push holds each one
+/// open locally, a pull each temp file of a file bigger than one READ. With
+/// a hard limit of 192 (robosync raises the soft limit only to the hard
+/// one), hundreds of such files still land both ways, every one of them.
+#[test]
+fn many_files_land_both_ways_under_a_low_open_file_limit() {
+    use std::os::unix::process::CommandExt;
+    let limited = |mut c: std::process::Command| {
+        // SAFETY: setrlimit is async-signal-safe and touches only the child.
+        unsafe {
+            c.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 192,
+                    rlim_max: 192,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        c
+    };
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    for i in 0..400u64 {
+        // Above one READ (at most 255 KiB from OpenSSH), and some tiny ones.
+        let size = if i % 4 == 0 { 64 } else { 300 << 10 };
+        write(
+            &src.join(format!("d{:02}/f{i:04}", i % 8)),
+            &bytes(size as usize, i),
+        );
+    }
+    let mid = sshd.mkdir("mid");
+    let state = t.path().join("state");
+    run(limited(robosync(&sshd, &state))
+        .arg(contents(&src))
+        .arg(remote(&mid)))
+    .success();
+    assert_same_tree(&src, &mid);
+    let back = t.path().join("back");
+    run(limited(robosync(&sshd, &state))
+        .arg(remote(&mid))
+        .arg(&back))
+    .success();
+    assert_same_tree(&src, &back);
+    assert!(temp_files(&back).is_empty());
+}

@@ -373,6 +373,24 @@ fn filter_rules(
     Ok(rules.into_vec())
 }
 
+/// Raises the soft limit on open files to the hard one (as Go's runtime
+/// does): a push holds one local file open per file in flight, up to
+/// thousands across latency (`push::fd_budget` bounds them by what is left).
+fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let want = now.maximum.unwrap_or(1 << 16).min(1 << 16);
+    if now.current.is_some_and(|c| c < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: now.maximum,
+            },
+        );
+    }
+}
+
 fn main() {
     // clap's errors would exit 2 (rsync's "protocol incompatibility"): a
     // wrapper would not know a typo from a fault. Usage is 1.
@@ -425,6 +443,7 @@ fn main() {
             std::process::exit(code);
         }
     };
+    raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

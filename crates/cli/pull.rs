@@ -392,10 +392,11 @@ pub async fn pull_run(
     let job = Arc::new(Pull {
         run: run.clone(),
         pool: pool.clone(),
-        root,
+        root: Arc::new(root),
         backup,
         remote_root,
         source,
+        landing: Landing::new(LANDING_THREADS),
         partials: Mutex::new(partials(&pending)),
         manifest: Mutex::new(manifest),
         data: crate::push::ReadAhead::for_sessions(pool.capacity()),
@@ -505,7 +506,9 @@ fn local(what: &str) -> impl Fn(io::Error) -> PullError + '_ {
 struct Pull {
     run: Arc<Run>,
     pool: Arc<Pool>,
-    root: LocalRoot,
+    root: Arc<LocalRoot>,
+    /// Where whole small files are written, off the async workers.
+    landing: Landing,
     backup: Option<Backup>,
     remote_root: Vec<u8>,
     source: Tree,
@@ -551,7 +554,7 @@ impl Pull {
                 _ => files.push(a),
             }
         }
-        let concurrency = 8 * self.pool.capacity();
+        let concurrency = self.files_in_flight().await;
         let results: Vec<Result<(), String>> = stream::iter(files)
             .map(|a| async move { self.file_action(a, removals).await })
             .buffer_unordered(concurrency)
@@ -559,6 +562,29 @@ impl Pull {
             .await;
         errors.extend(results.into_iter().filter_map(Result::err));
         errors
+    }
+
+    /// Files fetched at once: across latency a small file costs two round
+    /// trips (OPEN; READ+FSTAT), so files in flight are what sets the pace
+    /// (measured, 20,000 files of 64 B at 50 ms RTT, 16 sessions: 8 per
+    /// session with local writes on the async workers took 19.6 s, up to 256
+    /// with [`Landing`] threads 4.5 s). Bounded by the server's open-handle
+    /// limit (half of it, as a push does, leaving room for striped big files
+    /// and listings), by the read-ahead budget (each file holds at least
+    /// 64 KiB of it), and by our fds: a small file holds none while in flight
+    /// (see [`Pull::fetch_whole`]), a bigger one its temp file.
+    async fn files_in_flight(&self) -> usize {
+        let handles = self
+            .pool
+            .session()
+            .await
+            .map_or(0, |s| s.limits.max_open_handles);
+        let per_session = if handles > 0 {
+            (handles / 2).clamp(8, crate::push::PULL_FILES_PER_SESSION) as usize
+        } else {
+            16
+        };
+        (per_session * self.pool.capacity()).min(crate::push::fd_budget())
     }
 
     async fn file_action(&self, a: Action, removals: bool) -> Result<(), String> {
@@ -689,6 +715,13 @@ impl Pull {
 
     async fn fetch_once(&self, s: &Arc<Sftp>, key: &[u8], node: &Node) -> Result<(), PullError> {
         let size = node.size;
+        let abs = match self.remote_names.get(os(key).as_path()) {
+            Some(from) => join(&self.remote_root, from.as_os_str().as_bytes()),
+            None => join(&self.remote_root, key),
+        };
+        if size > 0 && size <= read_chunk(s) && self.fetch_whole(s, key, node, &abs).await? {
+            return Ok(());
+        }
         let tag = transfer_tag(key, node);
         let temp_rel = temp_for(key, &tag);
         let (dir, name) = self.root.parent(key).map_err(local("cannot open parent"))?;
@@ -714,10 +747,6 @@ impl Pull {
             mtime_ns: node.mtime * 1_000_000_000,
             whole: tag,
         });
-        let abs = match self.remote_names.get(os(key).as_path()) {
-            Some(from) => join(&self.remote_root, from.as_os_str().as_bytes()),
-            None => join(&self.remote_root, key),
-        };
         // Big files are striped: blocks go round robin over several sessions.
         let mut stripes: Vec<Arc<Sftp>> = vec![s.clone()];
         if nblocks >= STRIPE_MIN_BLOCKS {
@@ -753,21 +782,14 @@ impl Pull {
                 if let Some(e) = first_err {
                     return Err(PullError::Remote(e));
                 }
-                let (digest, now) = match self.receive_small(s, &handles[0].1, &file, size).await? {
-                    Some(small) => small,
-                    None => {
-                        let digest = self
-                            .receive(&handles, &file, key, &temp_rel, size, &confirmed)
-                            .await?;
-                        (digest, s.fstat(&handles[0].1).await?)
-                    }
-                };
+                let digest = self
+                    .receive(&handles, &file, key, &temp_rel, size, &confirmed)
+                    .await?;
+                let now = s.fstat(&handles[0].1).await?;
                 if now.size.unwrap_or(0) != size
                     || now.mtime().map(i64::from).unwrap_or(0) != node.mtime
                 {
-                    return Err(PullError::Local(
-                        "changed on the server while robosync was reading it; rerun to fetch the new content".into(),
-                    ));
+                    return Err(changed_on_server());
                 }
                 Ok(digest)
             }
@@ -846,31 +868,80 @@ impl Pull {
         Ok(())
     }
 
-    /// A file that one READ can carry: its bytes and its attributes right
-    /// after, in one round trip (see `Sftp::read_and_fstat`), written to
-    /// `file`. `None` when the file is bigger, or the server answered with
-    /// fewer bytes than asked: then the general path reads it.
-    async fn receive_small(
+    /// A file that one READ carries: OPEN, then READ and FSTAT in one flight
+    /// (its bytes and the attributes it had right after), CLOSE without
+    /// waiting; only then, on the [`Landing`] threads, its temp file is made,
+    /// written, given its attributes and renamed into place. No local file
+    /// exists while the requests are in flight, so files in flight are
+    /// bounded by the server's handles, not by our fds, and the async
+    /// workers never wait on the local disk. `false` when the server gave
+    /// fewer bytes than listed: the general path reads it then.
+    async fn fetch_whole(
         &self,
         s: &Sftp,
-        handle: &[u8],
-        file: &File,
-        size: u64,
-    ) -> Result<Option<(([u8; 32], Vec<[u8; 32]>), Attrs)>, PullError> {
-        if size == 0 || size > read_chunk(s) {
-            return Ok(None);
-        }
+        key: &[u8],
+        node: &Node,
+        abs: &[u8],
+    ) -> Result<bool, PullError> {
+        let size = node.size;
         let _held = self.data.acquire(size).await;
-        let (data, attrs) = s.read_and_fstat(handle, 0, size as u32).await?;
+        let handle = s
+            .open(abs, proto::FXF_READ, &Attrs::default())
+            .await
+            .map_err(|e| e.with_path("open", abs))?;
+        let got = s.read_and_fstat(&handle, 0, size as u32).await;
+        s.close_detached(&handle);
+        let (data, now) = got?;
         let Some(buf) = data.filter(|d| d.len() as u64 == size) else {
-            return Ok(None);
+            return Ok(false);
         };
-        file.write_all_at(&buf, 0)
-            .map_err(local("cannot write temp file"))?;
+        if now.size != Some(size) || now.mtime().map(i64::from).unwrap_or(0) != node.mtime {
+            return Err(changed_on_server());
+        }
+        let whole = robosync_scanner::hash_block(&buf, 0, size);
+        let tag = transfer_tag(key, node);
+        let temp_rel = temp_for(key, &tag);
+        self.run.journal(&JournalRecord::TransferStarted {
+            path: key.to_vec(),
+            temp: temp_rel.clone(),
+            size,
+            mtime_ns: node.mtime * 1_000_000_000,
+            whole: tag,
+        });
+        let landed = {
+            let root = self.root.clone();
+            let key = key.to_vec();
+            let node = node.clone();
+            let (fsync, verify) = (self.run.opts.fsync, self.run.opts.verify);
+            self.landing
+                .run(move || land_whole(&root, &key, &temp_rel, &buf, &node, fsync, verify))
+                .await
+        };
+        let st = landed?;
+        if self.run.opts.verify {
+            self.run.stats.verified.fetch_add(1, Ordering::Relaxed);
+        }
         self.run.throttle(size).await;
         self.run.add_bytes(size);
-        let h = robosync_scanner::hash_block(&buf, 0, size);
-        Ok(Some(((h, vec![h]), attrs)))
+        let record = Record {
+            size,
+            mtime_ns: node.mtime * 1_000_000_000,
+            mode: node.mode & MODE_MASK,
+            whole,
+            blocks: Vec::new(),
+            remote_size: st.st_size as u64,
+            remote_mtime: st.st_mtime,
+        };
+        self.run.journal(&JournalRecord::FileLanded {
+            path: key.to_vec(),
+            record: record.clone(),
+        });
+        self.manifest
+            .lock()
+            .unwrap()
+            .files
+            .insert(key.to_vec(), record);
+        Ok(true)
     }
 
     /// Fills `file` with the remote file's `size` bytes, in order, keeping the
@@ -956,6 +1027,104 @@ impl Pull {
         };
         Ok((whole, hashes))
     }
+}
+
+fn changed_on_server() -> PullError {
+    PullError::Local(
+        "changed on the server while robosync was reading it; rerun to fetch the new content"
+            .into(),
+    )
+}
+
+/// Threads that write whole small files ([`land_whole`]), so that creating,
+/// writing and renaming thousands of local files never holds up the async
+/// workers that keep requests flowing. A few are enough: each file's work
+/// is a handful of system calls.
+const LANDING_THREADS: usize = 2;
+
+type LandingJob = Box<dyn FnOnce() + Send>;
+
+/// A small pool of threads running local file work (see [`LANDING_THREADS`]).
+/// The threads end when the pool is dropped.
+struct Landing {
+    jobs: std::sync::mpsc::Sender<LandingJob>,
+}
+
+impl Landing {
+    fn new(threads: usize) -> Landing {
+        let (jobs, queue) = std::sync::mpsc::channel::<LandingJob>();
+        let queue = Arc::new(Mutex::new(queue));
+        for _ in 0..threads.max(1) {
+            let queue = queue.clone();
+            std::thread::spawn(move || loop {
+                let job = queue.lock().unwrap().recv();
+                match job {
+                    Ok(job) => job(),
+                    Err(_) => return,
+                }
+            });
+        }
+        Landing { jobs }
+    }
+
+    /// Runs `f` on a landing thread and waits for its result.
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .expect("landing threads live as long as the pool");
+        rx.await.expect("a landing job panicked")
+    }
+}
+
+/// Lands a whole small file received in memory: a fresh temp file beside
+/// `key` (EXCL, never through a symlink, resolved beneath the root), its
+/// bytes, its size, mode and mtime, then the rename into place (and with
+/// `verify`, the landed bytes read back and hashed). On failure the temp
+/// file is removed. Returns the landed file's stat.
+fn land_whole(
+    root: &LocalRoot,
+    key: &[u8],
+    temp_rel: &[u8],
+    data: &[u8],
+    node: &Node,
+    fsync: bool,
+    verify: bool,
+) -> Result<rustix::fs::Stat, PullError> {
+    let (dir, name) = root.parent(key).map_err(local("cannot open parent"))?;
+    let temp_name = last_component(temp_rel);
+    let file = create_temp(&dir, temp_name, true).map_err(local("cannot create temp file"))?;
+    let landed = (|| {
+        file.write_all_at(data, 0)
+            .map_err(local("cannot write temp file"))?;
+        file.set_len(data.len() as u64)
+            .map_err(local("cannot truncate temp file"))?;
+        set_file_attrs(&file, node).map_err(local("cannot set attributes"))?;
+        if fsync {
+            file.sync_all().map_err(local("cannot fsync"))?;
+        }
+        rustix::fs::renameat(&dir, temp_name, &dir, &name[..])
+            .map_err(|e| local("cannot rename into place")(e.into()))?;
+        Ok(())
+    })();
+    if let Err(e) = landed {
+        let _ = rustix::fs::unlinkat(&dir, temp_name, AtFlags::empty());
+        return Err(e);
+    }
+    if fsync {
+        let _ = rustix::fs::fsync(&dir);
+    }
+    if verify {
+        let back = crate::push::read_at(&file, 0, data.len()).map_err(local("cannot read back"))?;
+        if back != data {
+            return Err(PullError::Local(
+                "verification failed: the landed file does not hold the bytes received".into(),
+            ));
+        }
+    }
+    rustix::fs::fstat(&file).map_err(|e| local("cannot stat")(e.into()))
 }
 
 /// Names one download attempt: the same remote path, size and mtime give the
