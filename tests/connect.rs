@@ -227,13 +227,13 @@ fn auth_hook_from_robosync_config_file() {
 }
 
 /// A foreground `ssh-agent` on a socket of our own, killed on drop.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     sock: PathBuf,
 }
 
 impl Agent {
-    fn start(dir: &Path) -> Agent {
+    pub(crate) fn start(dir: &Path) -> Agent {
         let sock = dir.join("agent.sock");
         let child = Command::new("ssh-agent")
             .arg("-D")
@@ -252,7 +252,7 @@ impl Agent {
         Agent { child, sock }
     }
 
-    fn add(&self, key: &Path) {
+    pub(crate) fn add(&self, key: &Path) {
         sh(Command::new("ssh-add")
             .env("SSH_AUTH_SOCK", &self.sock)
             .arg("-q")

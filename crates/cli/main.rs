@@ -1,11 +1,15 @@
 //! robosync: resumable, parallel bulk transfers over SFTP alone, for HPC
 //! automation ("robot") nodes that allow nothing but sftp-server.
 //!
-//! The binary turns arguments into `robosync_sync::Job`s (`sync.rs`: the
-//! path forms, the host as `ssh HOST` resolves it, the auth hook), runs
-//! each with an observer that draws progress and itemises (`run.rs`), and
-//! maps the outcome to one exit code and, with `--json`, one report
-//! (`report.rs`). The sync itself is written once, in robosync-sync.
+//! The binary turns arguments into a `robosync_sync::Command` (`sync.rs`:
+//! endpoints, the engine's options, the host as `ssh HOST` resolves it, the
+//! auth hook), runs it with an observer that draws progress and itemises
+//! (`run.rs`), and maps the outcome to one exit code and, with `--json`,
+//! one report (`report.rs`). The sync itself is written once, in
+//! robosync-sync. A first argument naming a subcommand (`doctor`,
+//! `robot-key`, `completions`, `man`) runs that instead (doctor.rs,
+//! robot_key.rs, packaging.rs); any other first word is a path, as rsync
+//! reads it.
 //!
 //! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
 //! written for rsync read them right), decided by typed error variants
@@ -31,7 +35,10 @@
 //! - 255 authentication refused, or the host key not accepted (as ssh)
 
 mod auth_hook;
+mod doctor;
+mod packaging;
 mod report;
+mod robot_key;
 mod run;
 mod sync;
 
@@ -44,10 +51,15 @@ use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
 #[derive(Parser, Debug)]
 #[command(
     name = "robosync",
-    version,
+    version = env!("ROBOSYNC_LONG_VERSION"),
     about = "Resumable, parallel bulk file transfer over SFTP alone (robot/automation nodes)",
     override_usage = "robosync [OPTIONS] SRC... DEST",
-    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 11 destination's parent missing, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused."
+    after_help = "Examples:\n  robosync ./data rorqual:/project/x        push: makes /project/x/data\n  robosync ./data/ rorqual:/project/x       push the contents of data into /project/x\n  robosync rorqual:/project/x ./            pull: makes ./x\n  robosync a.txt rorqual:/project/b.txt     one file to a new name\n  robosync a b/ c.txt rorqual:/project/x/   several sources, in order\n  robosync -n --delete ./data/ robot:/scratch/data   show what a mirror would do\nAs rsync: a source ending in / means its contents; without, the directory itself lands inside DEST.\nExit codes (rsync's where they match): 0 ok, 1 usage, 3 file selection, 5 server would not start SFTP,\n  10 cannot connect, 11 destination's parent missing, 12 protocol error, 20 interrupted, 23 partial, 24 source files vanished,\n  25 delete guard, 30 connection lost, 70 internal, 75 destination busy, 255 auth or host key refused.\n\
+Subcommands (the first word; a local path of that name is written ./doctor):\n\
+\x20 robosync doctor HOST[:PATH]         check each step to a server and say how to fix what fails\n\
+\x20 robosync robot-key --from PATTERN   make a robot-node key; print the line to register and the config\n\
+\x20 robosync completions SHELL          shell completions (bash, zsh, fish, elvish, powershell)\n\
+\x20 robosync man                        the man page (roff)"
 )]
 pub struct Args {
     /// Source: a local path or [user@]host:path (host may be a Host alias from ssh_config).
@@ -387,8 +399,15 @@ fn main() {
         }
         e.exit()
     };
+    // Subcommands come first, by their exact name: `robosync SRC DEST`
+    // keeps its meaning for every other word (a local path named like a
+    // subcommand is reachable as ./doctor).
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    if let Some(code) = subcommand(&argv) {
+        std::process::exit(code);
+    }
     let matches = Args::command()
-        .try_get_matches()
+        .try_get_matches_from(argv)
         .unwrap_or_else(|e| usage(e));
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|e| usage(e));
     // As rsync: --delete-excluded implies --delete.
@@ -449,6 +468,25 @@ fn main() {
     // Don't wait for lingering tasks (e.g. a proxy child) on the way out.
     rt.shutdown_timeout(Duration::from_millis(200));
     std::process::exit(code);
+}
+
+/// Runs `robosync doctor …` (and the other subcommands) when the first
+/// argument names one; the exit code.
+fn subcommand(argv: &[OsString]) -> Option<i32> {
+    let rest = || {
+        let mut v = vec![OsString::from(format!(
+            "robosync {}",
+            argv[1].to_string_lossy()
+        ))];
+        v.extend(argv[2..].iter().cloned());
+        v
+    };
+    match argv.get(1)?.to_str()? {
+        "doctor" => Some(doctor::main(rest())),
+        "robot-key" => Some(robot_key::main(rest())),
+        "completions" | "man" => Some(packaging::main(rest())),
+        _ => None,
+    }
 }
 
 /// rsync's code for a run stopped by a signal.

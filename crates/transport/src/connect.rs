@@ -213,7 +213,7 @@ impl Target {
 /// policy; host certificates are asked for, as OpenSSH does, when a
 /// known_hosts file trusts a host CA (a certificate whose CA is not trusted
 /// still falls back to its plain key).
-fn ssh_config(cfg: &HostConfig) -> Result<client::Config, Error> {
+pub(crate) fn ssh_config(cfg: &HostConfig) -> Result<client::Config, Error> {
     Ok(client::Config {
         preferred: algorithms::preferred(cfg, trusts_a_host_ca(cfg))?,
         nodelay: true,
@@ -607,7 +607,7 @@ impl Connection {
         Err(last_err.unwrap())
     }
 
-    async fn dial(
+    pub(crate) async fn dial(
         target: &Target,
         cfg: &HostConfig,
     ) -> Result<(Stream, Option<SocketAddr>, QuickAckSwitch), Error> {
@@ -1039,7 +1039,7 @@ impl Connection {
     }
 }
 
-async fn connect_agent(
+pub(crate) async fn connect_agent(
     cfg: &HostConfig,
 ) -> Option<russh::keys::agent::client::AgentClient<tokio::net::UnixStream>> {
     let sock = match cfg.identity_agent.as_deref() {

@@ -22,6 +22,7 @@ pub mod fuzzing;
 pub mod known_hosts;
 mod passphrase;
 pub mod pool;
+pub mod probe;
 mod quickack;
 pub mod ssh_config;
 
