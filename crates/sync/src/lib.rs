@@ -22,8 +22,21 @@
 //!
 //! What happens along the way goes to an [`Observer`] (phases, itemised
 //! actions, notes, warnings, progress); the engine never prints. The outcome
-//! is a [`Report`]: counters, the entries that failed, and, when the run
-//! stopped, a [`Failure`] whose `code` is the documented exit code.
+//! is a [`Report`]: counters, the entries that failed (each an
+//! [`EntryError`]: path, [`Operation`], message), and, when the run stopped,
+//! a [`Failure`] whose `code` is the documented exit code.
+//!
+//! A command line's `SRC... DEST` is a [`Command`]: [`run_command`] reads
+//! the paths as rsync does (`paths.rs`: a source's own name or its
+//! contents, a single file to a new name, several sources, what only the
+//! server can tell re-run as a [`Redo`]), asks the front-end's
+//! [`Connector`] for each host's [`Target`], runs one [`Job`] per source
+//! and adds their reports up.
+//!
+//! Modules, each depending only on those listed before it: `failure` (exit
+//! codes, typed errors), `dirs`, `remote` (the walker, session retries,
+//! small state files), `space`, `lease`, `push` and `pull` (the data
+//! planes), `sync` (the run), `paths` (the command).
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
