@@ -33,10 +33,11 @@
 //! [`Connector`] for each host's [`Target`], runs one [`Job`] per source
 //! and adds their reports up.
 //!
-//! Modules, each depending only on those listed before it: `failure` (exit
-//! codes, typed errors), `dirs`, `remote` (the walker, session retries,
-//! small state files), `space`, `lease`, `push` and `pull` (the data
-//! planes), `sync` (the run), `paths` (the command).
+//! Modules, each depending only on those listed before it (and this root's
+//! types): `failure` (exit codes, typed errors), `endpoint`, `dirs`, `run`
+//! (a run's shared state), `remote` (the walker, session retries, small
+//! state files), `space`, `lease`, `push` and `pull` (the data planes),
+//! `sync` (the run), `paths` (the command).
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
