@@ -34,12 +34,10 @@
 //!   a daemon timeout, so a wrapper can retry on 75 alone
 //! - 255 authentication refused, or the host key not accepted (as ssh)
 
-mod auth_hook;
-mod doctor;
 mod packaging;
 mod report;
-mod robot_key;
 mod run;
+mod subcommands;
 mod sync;
 
 use std::ffi::OsString;
@@ -47,6 +45,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{ArgAction, CommandFactory, FromArgMatches, Parser};
+use robosync_transport::auth_hook::parse_duration;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -216,28 +215,6 @@ pub struct Args {
     /// Never show progress bars (they only appear when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| s.split_at(i))
-        .unwrap_or((s, "s"));
-    let n: f64 = num
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite())
-        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
-    let mult = match unit {
-        "ms" => 0.001,
-        "s" | "" => 1.0,
-        "m" | "min" => 60.0,
-        "h" => 3600.0,
-        "d" => 86400.0,
-        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use s, m, h or d)")),
-    };
-    Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is not a usable duration"))
 }
 
 impl Args {
@@ -482,8 +459,8 @@ fn subcommand(argv: &[OsString]) -> Option<i32> {
         v
     };
     match argv.get(1)?.to_str()? {
-        "doctor" => Some(doctor::main(rest())),
-        "robot-key" => Some(robot_key::main(rest())),
+        "doctor" => Some(subcommands::doctor(rest())),
+        "robot-key" => Some(subcommands::robot_key(rest())),
         "completions" | "man" => Some(packaging::main(rest())),
         _ => None,
     }
@@ -512,14 +489,6 @@ async fn interrupted() {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
-        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
-        assert!(parse_duration("3 weeks").is_err());
-    }
 
     #[test]
     fn rates() {

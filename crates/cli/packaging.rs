@@ -15,8 +15,8 @@ pub fn full_command() -> clap::Command {
     crate::Args::command()
         .subcommand_negates_reqs(true)
         .args_conflicts_with_subcommands(true)
-        .subcommand(crate::doctor::DoctorArgs::command().name("doctor"))
-        .subcommand(crate::robot_key::RobotKeyArgs::command().name("robot-key"))
+        .subcommand(crate::subcommands::DoctorArgs::command().name("doctor"))
+        .subcommand(crate::subcommands::RobotKeyArgs::command().name("robot-key"))
         .subcommand(
             clap::Command::new("completions")
                 .about("Print shell completions for robosync (bash, zsh, fish, elvish, powershell)")

@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use robosync_scanner::Rule;
-use robosync_sync::{fail, Command, Connector, Endpoint, Failure, Options, Report, EXIT_USAGE};
+use robosync_sync::{
+    fail, Command, Connector, Endpoint, Failure, Options, Report, EXIT_DENIED, EXIT_USAGE,
+};
+use robosync_transport::auth_hook;
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
 use robosync_transport::{SessionOptions, Target};
 
@@ -162,7 +165,21 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
         .await
         .expect("config task panicked")
         .map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    crate::auth_hook::before_connect(args, host, &config).await?;
+    let hook = auth_hook::Settings {
+        command: args.auth_command.clone(),
+        margin: args.auth_margin,
+        timeout: args.auth_timeout,
+        state_dir: args
+            .state_dir
+            .clone()
+            .unwrap_or_else(robosync_sync::default_state_dir),
+    };
+    auth_hook::before_connect(&hook, host, &config)
+        .await
+        .map_err(|e| match e {
+            auth_hook::HookError::Config(m) => fail(EXIT_USAGE, m),
+            auth_hook::HookError::Failed(m) => fail(EXIT_DENIED, m),
+        })?;
     Ok(Target {
         request,
         config: Arc::new(config),

@@ -8,12 +8,15 @@
 //! SFTP v3 session over a russh channel or an `ssh -s sftp` child
 //! ([`channel_io`] is the russh carrier: packets go to russh owned, not
 //! copied), with many requests in flight; [`pool::Pool`] spreads sessions over
-//! several connections and reconnects.
+//! several connections and reconnects; [`auth_hook`] runs `--auth-command`
+//! (under a lock, with a timeout) to refresh a certificate before the first
+//! login.
 //!
 //! Must not: run remote commands (no `exec`, no PTY), decide what to transfer
-//! (the planner does), or touch local files.
+//! (the planner does), or touch local files (except the auth hook's lock).
 
 mod algorithms;
+pub mod auth_hook;
 pub mod channel_io;
 pub mod connect;
 pub mod error;

@@ -23,57 +23,95 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use robosync_transport::connect::{certificate_paths, certificate_time_left};
-use robosync_transport::ssh_config::{wildcard_match, HostConfig};
-
-use crate::{parse_duration, Args};
-use robosync_sync::{fail, Failure, EXIT_DENIED, EXIT_USAGE};
+use crate::connect::{certificate_paths, certificate_time_left, human_duration};
+use crate::ssh_config::{wildcard_match, HostConfig};
 
 const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
 
-/// What to run for one host, and when.
+/// The command line's say in the hook (`--auth-command`, `--auth-margin`,
+/// `--auth-timeout`, `--state-dir`); the config file fills what is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hook {
-    pub command: String,
-    pub margin: Duration,
+pub struct Settings {
+    pub command: Option<String>,
+    pub margin: Option<Duration>,
     /// How long the command may run, and how long to wait for another run's.
     pub timeout: Duration,
+    /// Where the lock goes when no certificate is configured.
+    pub state_dir: PathBuf,
+}
+
+/// Why the hook stopped the run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HookError {
+    /// robosync's config file cannot be read or has a mistake (a usage error).
+    Config(String),
+    /// The hook failed, timed out, or could not take the lock (authentication).
+    Failed(String),
+}
+
+/// What to run for one host, and when.
+struct Hook {
+    command: String,
+    margin: Duration,
+    timeout: Duration,
 }
 
 /// Runs the host's hook if it has one and the certificate calls for it.
-pub async fn before_connect(args: &Args, host: &str, cfg: &HostConfig) -> Result<(), Failure> {
+pub async fn before_connect(
+    settings: &Settings,
+    host: &str,
+    cfg: &HostConfig,
+) -> Result<(), HookError> {
     let file = config_path();
     let from_file = match &file {
         Some(p) if p.exists() => {
             let text = fs::read_to_string(p).map_err(|e| {
-                fail(
-                    EXIT_USAGE,
-                    format!("cannot read robosync config {}: {e}", p.display()),
-                )
+                HookError::Config(format!("cannot read robosync config {}: {e}", p.display()))
             })?;
             settings_for(&text, &[host, &cfg.hostname])
-                .map_err(|e| fail(EXIT_USAGE, format!("{}:{e}", p.display())))?
+                .map_err(|e| HookError::Config(format!("{}:{e}", p.display())))?
         }
         _ => (None, None),
     };
-    let Some(command) = args.auth_command.clone().or(from_file.0) else {
+    let Some(command) = settings.command.clone().or(from_file.0) else {
         return Ok(());
     };
     let hook = Hook {
         command,
-        margin: args.auth_margin.or(from_file.1).unwrap_or(DEFAULT_MARGIN),
-        timeout: args.auth_timeout,
+        margin: settings.margin.or(from_file.1).unwrap_or(DEFAULT_MARGIN),
+        timeout: settings.timeout,
     };
-    let state_dir = args
-        .state_dir
-        .clone()
-        .unwrap_or_else(robosync_sync::default_state_dir);
+    let state_dir = settings.state_dir.clone();
     let cfg = cfg.clone();
     let host = host.to_string();
     tokio::task::spawn_blocking(move || run_if_needed(&hook, &host, &cfg, &state_dir))
         .await
         .expect("auth hook task panicked")
-        .map_err(|e| fail(EXIT_DENIED, e))
+        .map_err(HookError::Failed)
+}
+
+/// A duration as `--auth-margin` and `AuthMargin` take it (and robosync's
+/// other duration options): `30s`, `10m`, `2h`, `1d`, `500ms`; bare is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| s.split_at(i))
+        .unwrap_or((s, "s"));
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite())
+        .ok_or_else(|| format!("{s:?} is not a duration (e.g. 30s, 10m, 2h)"))?;
+    let mult = match unit {
+        "ms" => 0.001,
+        "s" | "" => 1.0,
+        "m" | "min" => 60.0,
+        "h" => 3600.0,
+        "d" => 86400.0,
+        _ => return Err(format!("unknown unit {unit:?} in {s:?} (use s, m, h or d)")),
+    };
+    Duration::try_from_secs_f64(n * mult).map_err(|_| format!("{s:?} is not a usable duration"))
 }
 
 fn config_path() -> Option<PathBuf> {
@@ -211,7 +249,7 @@ fn lock(cfg: &HostConfig, state_dir: &Path, timeout: Duration) -> Result<File, S
             eprintln!(
                 "robosync: waiting for another robosync run's --auth-command to refresh the \
                  certificate (up to {}, --auth-timeout)",
-                robosync_transport::connect::human_duration(timeout.as_secs())
+                human_duration(timeout.as_secs())
             );
             said = true;
         }
@@ -219,7 +257,7 @@ fn lock(cfg: &HostConfig, state_dir: &Path, timeout: Duration) -> Result<File, S
             return Err(format!(
                 "another robosync run's --auth-command held the lock for more than {} \
                  (--auth-timeout); check for a hung run or raise --auth-timeout",
-                robosync_transport::connect::human_duration(timeout.as_secs())
+                human_duration(timeout.as_secs())
             ));
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -275,7 +313,7 @@ fn run(hook: &Hook, host: &str, cfg: &HostConfig) -> Result<(), String> {
                     "--auth-command {:?} did not finish within {} (--auth-timeout) and was stopped; \
                      check what it waits for, or raise --auth-timeout",
                     hook.command,
-                    robosync_transport::connect::human_duration(hook.timeout.as_secs())
+                    human_duration(hook.timeout.as_secs())
                 ));
             }
             Err(e) => return Err(format!("--auth-command {:?}: {e}", hook.command)),
@@ -300,6 +338,14 @@ fn run(hook: &Hook, host: &str, cfg: &HostConfig) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("10m").unwrap(), Duration::from_secs(600));
+        assert_eq!(parse_duration("2").unwrap(), Duration::from_secs(2));
+        assert!(parse_duration("3 weeks").is_err());
+    }
 
     #[test]
     fn config_file_first_value_wins_and_patterns_match() {

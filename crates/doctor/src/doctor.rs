@@ -9,16 +9,14 @@
 //!
 //! Nothing changes remotely except the probe file, which is created with a
 //! fresh name (EXCL) and removed. The exit code is the one a sync would
-//! have ended with at the first failed check (see main.rs), 0 when all pass.
+//! have ended with at the first failed check (see robosync_sync::exit_code), 0 when all pass.
 
-use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::StreamExt;
 use robosync_transport::connect::{certificate_paths, certificate_time_left, human_duration};
 use robosync_transport::known_hosts::Verdict;
@@ -27,40 +25,27 @@ use robosync_transport::{proto, Connection, Error, SessionOptions, Sftp, Target}
 
 use robosync_sync::{exit_code, EXIT_CONNECT, EXIT_DENIED, EXIT_USAGE};
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "robosync doctor",
-    about = "Check, step by step, whether robosync can work with HOST (and PATH there), and say how to fix what fails",
-    after_help = "Nothing changes on the server except, with a PATH, one probe file that is written and removed.\n\
-                  Exit code: 0 when every check passes, else the code a sync would end with at the first failure\n\
-                  (1 config, 10 cannot connect, 255 host key or authentication, 5 SFTP refused)."
-)]
-pub struct DoctorArgs {
+/// What `robosync doctor` checks: the binary parses them (see its
+/// `--help`) and passes them here.
+#[derive(Debug, Clone)]
+pub struct DoctorOptions {
     /// [user@]host or [user@]host:PATH (host may be a Host alias from ssh_config).
     pub target: String,
     /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
-    #[arg(short = 'F', value_name = "FILE")]
     pub config_file: Option<PathBuf>,
-    /// Identity (private key) file, as ssh -i; may be repeated.
-    #[arg(short = 'i', value_name = "IDENTITY")]
+    /// Identity (private key) files, as ssh -i.
     pub identity: Vec<PathBuf>,
     /// Port on the remote host, as scp -P.
-    #[arg(short = 'P', value_name = "PORT")]
     pub port: Option<u16>,
-    /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
-    #[arg(short = 'o', value_name = "OPTION")]
+    /// ssh_config options, as ssh -o "Key=value".
     pub options: Vec<String>,
-    /// Use IPv4 addresses only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
+    /// IPv4 addresses only.
     pub ipv4: bool,
-    /// Use IPv6 addresses only.
-    #[arg(short = '6')]
+    /// IPv6 addresses only.
     pub ipv6: bool,
     /// Give up on a step the server has not answered in this long.
-    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = crate::parse_duration)]
     pub timeout: Duration,
     /// Size of the write probe (with a PATH).
-    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = crate::parse_rate)]
     pub probe_size: u64,
 }
 
@@ -89,16 +74,8 @@ impl Checks {
     }
 }
 
-/// Runs `robosync doctor` with the arguments after `doctor`; the exit code.
-pub fn main(argv: Vec<OsString>) -> i32 {
-    let args = match DoctorArgs::try_parse_from(argv) {
-        Ok(a) => a,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            return EXIT_USAGE;
-        }
-        Err(e) => e.exit(),
-    };
+/// Runs `robosync doctor` (printing each check on stdout); the exit code.
+pub fn main(args: DoctorOptions) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -129,7 +106,7 @@ fn split_target(s: &str) -> (Option<String>, String, Option<String>) {
     (user, host, path.filter(|p| !p.is_empty()))
 }
 
-async fn run(args: DoctorArgs) -> i32 {
+async fn run(args: DoctorOptions) -> i32 {
     let mut c = Checks::default();
     let (user, host, path) = split_target(&args.target);
     if host.is_empty() {

@@ -8,78 +8,42 @@
 //! automation-node page requires: IP addresses only, at least the first
 //! three octets fixed (`x.y.z.*`), public (no 10/8, 172.16/12, 192.168/16).
 
-use std::ffi::OsString;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use clap::Parser;
-
-use robosync_sync::EXIT_USAGE;
-
 /// The Alliance's transfer-only wrapper (scp, sftp, rsync).
-const ALLIANCE_TRANSFER_WRAPPER: &str =
+pub const ALLIANCE_TRANSFER_WRAPPER: &str =
     "/cvmfs/soft.computecanada.ca/custom/bin/computecanada/allowed_commands/transfer_commands.sh";
 
-#[derive(Parser, Debug)]
-#[command(
-    name = "robosync robot-key",
-    about = "Create a dedicated ed25519 key for a robot node and print the line to register, the ssh config stanza and the doctor command",
-    after_help = "The from= pattern lists the addresses the key may be used from, comma-separated: at least the first three\n\
-                  octets fixed (216.18.209.* or 216.18.209.0/24, not 216.18.*.*) and public. A client that connects over IPv6\n\
-                  arrives from its IPv6 address: list that too (e.g. 2620:123:7002:4::/64), or keep AddressFamily inet."
-)]
-pub struct RobotKeyArgs {
-    /// Addresses the key may be used from (the from= pattern list), e.g. 216.18.209.*
-    #[arg(long, value_name = "PATTERN")]
+/// What `robosync robot-key` makes: the binary parses them (see its
+/// `--help`) and passes them here.
+#[derive(Debug, Clone)]
+pub struct RobotKeyOptions {
+    /// Addresses the key may be used from (the from= pattern list).
     pub from: Option<String>,
-    /// The key file to create [default: ~/.ssh/robosync_robot_ed25519].
-    #[arg(long, value_name = "FILE")]
+    /// The key file to create (None: ~/.ssh/robosync_robot_ed25519).
     pub key: Option<PathBuf>,
     /// Print the lines for an existing key instead of refusing.
-    #[arg(long)]
     pub reuse: bool,
     /// The forced command (the site's transfer wrapper).
-    #[arg(long, value_name = "WRAPPER", default_value = ALLIANCE_TRANSFER_WRAPPER)]
     pub command: String,
     /// The Host alias for ~/.ssh/config.
-    #[arg(long, value_name = "ALIAS", default_value = "robot")]
     pub host: String,
-    /// The robot node's host name (e.g. robot.rorqual.alliancecan.ca).
-    #[arg(long, value_name = "NAME")]
+    /// The robot node's host name.
     pub hostname: Option<String>,
     /// Port of the robot node's sshd, if not 22.
-    #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
-    /// Your account name on the cluster [default: $USER].
-    #[arg(long, value_name = "NAME")]
+    /// The account name on the cluster (None: $USER).
     pub user: Option<String>,
-    /// Accept private and loopback addresses in the pattern (a site other
-    /// than the Alliance, a lab network, a test).
-    #[arg(long)]
+    /// Accept private and loopback addresses in the pattern.
     pub any_address: bool,
 }
 
-/// Runs `robosync robot-key` with the arguments after `robot-key`; the exit code.
-pub fn main(argv: Vec<OsString>) -> i32 {
-    let args = match RobotKeyArgs::try_parse_from(argv) {
-        Ok(a) => a,
-        Err(e) if e.use_stderr() => {
-            let _ = e.print();
-            return EXIT_USAGE;
-        }
-        Err(e) => e.exit(),
-    };
-    match run(&args) {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("robosync robot-key: error: {e}");
-            EXIT_USAGE
-        }
-    }
-}
-
-fn run(args: &RobotKeyArgs) -> Result<(), String> {
+/// Makes the key (unless it exists and `reuse`) and prints on stdout the
+/// line to register, the config stanza and the doctor command; the error
+/// says what to change.
+pub fn run(args: &RobotKeyOptions) -> Result<(), String> {
     let Some(from) = &args.from else {
         return Err(match suggested_pattern() {
             Some(p) => format!(

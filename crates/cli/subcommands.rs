@@ -1,0 +1,144 @@
+//! The `doctor` and `robot-key` subcommands' arguments (clap), handed to
+//! robosync-doctor as plain options.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use robosync_doctor::{doctor, robot_key, DoctorOptions, RobotKeyOptions};
+use robosync_sync::EXIT_USAGE;
+use robosync_transport::auth_hook::parse_duration;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "robosync doctor",
+    about = "Check, step by step, whether robosync can work with HOST (and PATH there), and say how to fix what fails",
+    after_help = "Nothing changes on the server except, with a PATH, one probe file that is written and removed.\n\
+                  Exit code: 0 when every check passes, else the code a sync would end with at the first failure\n\
+                  (1 config, 10 cannot connect, 255 host key or authentication, 5 SFTP refused)."
+)]
+pub struct DoctorArgs {
+    /// [user@]host or [user@]host:PATH (host may be a Host alias from ssh_config).
+    pub target: String,
+    /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
+    #[arg(short = 'F', value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Identity (private key) file, as ssh -i; may be repeated.
+    #[arg(short = 'i', value_name = "IDENTITY")]
+    pub identity: Vec<PathBuf>,
+    /// Port on the remote host, as scp -P.
+    #[arg(short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub options: Vec<String>,
+    /// Use IPv4 addresses only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 addresses only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
+    /// Give up on a step the server has not answered in this long.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Size of the write probe (with a PATH).
+    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = crate::parse_rate)]
+    pub probe_size: u64,
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "robosync robot-key",
+    about = "Create a dedicated ed25519 key for a robot node and print the line to register, the ssh config stanza and the doctor command",
+    after_help = "The from= pattern lists the addresses the key may be used from, comma-separated: at least the first three\n\
+                  octets fixed (216.18.209.* or 216.18.209.0/24, not 216.18.*.*) and public. A client that connects over IPv6\n\
+                  arrives from its IPv6 address: list that too (e.g. 2620:123:7002:4::/64), or keep AddressFamily inet."
+)]
+pub struct RobotKeyArgs {
+    /// Addresses the key may be used from (the from= pattern list), e.g. 216.18.209.*
+    #[arg(long, value_name = "PATTERN")]
+    pub from: Option<String>,
+    /// The key file to create [default: ~/.ssh/robosync_robot_ed25519].
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// Print the lines for an existing key instead of refusing.
+    #[arg(long)]
+    pub reuse: bool,
+    /// The forced command (the site's transfer wrapper).
+    #[arg(long, value_name = "WRAPPER", default_value = robot_key::ALLIANCE_TRANSFER_WRAPPER)]
+    pub command: String,
+    /// The Host alias for ~/.ssh/config.
+    #[arg(long, value_name = "ALIAS", default_value = "robot")]
+    pub host: String,
+    /// The robot node's host name (e.g. robot.rorqual.alliancecan.ca).
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+    /// Port of the robot node's sshd, if not 22.
+    #[arg(long, value_name = "PORT")]
+    pub port: Option<u16>,
+    /// Your account name on the cluster [default: $USER].
+    #[arg(long, value_name = "NAME")]
+    pub user: Option<String>,
+    /// Accept private and loopback addresses in the pattern (a site other
+    /// than the Alliance, a lab network, a test).
+    #[arg(long)]
+    pub any_address: bool,
+}
+
+/// clap's parse of a subcommand's arguments; on an error, the exit code.
+fn parse<T: Parser>(argv: Vec<OsString>) -> Result<T, i32> {
+    match T::try_parse_from(argv) {
+        Ok(a) => Ok(a),
+        Err(e) if e.use_stderr() => {
+            let _ = e.print();
+            Err(EXIT_USAGE)
+        }
+        Err(e) => e.exit(),
+    }
+}
+
+/// Runs `robosync doctor` with the arguments after `doctor`; the exit code.
+pub fn doctor(argv: Vec<OsString>) -> i32 {
+    let a: DoctorArgs = match parse(argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    doctor::main(DoctorOptions {
+        target: a.target,
+        config_file: a.config_file,
+        identity: a.identity,
+        port: a.port,
+        options: a.options,
+        ipv4: a.ipv4,
+        ipv6: a.ipv6,
+        timeout: a.timeout,
+        probe_size: a.probe_size,
+    })
+}
+
+/// Runs `robosync robot-key` with the arguments after `robot-key`; the exit code.
+pub fn robot_key(argv: Vec<OsString>) -> i32 {
+    let a: RobotKeyArgs = match parse(argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let opts = RobotKeyOptions {
+        from: a.from,
+        key: a.key,
+        reuse: a.reuse,
+        command: a.command,
+        host: a.host,
+        hostname: a.hostname,
+        port: a.port,
+        user: a.user,
+        any_address: a.any_address,
+    };
+    match robot_key::run(&opts) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("robosync robot-key: error: {e}");
+            EXIT_USAGE
+        }
+    }
+}
