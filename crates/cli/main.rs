@@ -3,13 +3,14 @@
 //!
 //! The binary turns arguments into a `robosync_sync::Command` (`sync.rs`:
 //! endpoints, the engine's options, the host as `ssh HOST` resolves it, the
-//! auth hook), runs it with an observer that draws progress and itemises
-//! (`run.rs`), and maps the outcome to one exit code and, with `--json`,
-//! one report (`report.rs`). The sync itself is written once, in
-//! robosync-sync. A first argument naming a subcommand (`doctor`,
-//! `robot-key`, `completions`, `man`) runs that instead (doctor.rs,
-//! robot_key.rs, packaging.rs); any other first word is a path, as rsync
-//! reads it.
+//! auth hook's settings for `robosync_transport::auth_hook`), runs it with an
+//! observer that draws progress and itemises (`run.rs`), and maps the
+//! outcome to one exit code and, with `--json`, one report (`report.rs`).
+//! The sync itself is written once, in robosync-sync. A first argument
+//! naming a subcommand (`doctor`, `robot-key`, `completions`, `man`) runs
+//! that instead: `subcommands.rs` parses doctor's and robot-key's arguments
+//! and hands them to robosync-doctor, `packaging.rs` prints completions and
+//! the man page; any other first word is a path, as rsync reads it.
 //!
 //! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
 //! written for rsync read them right), decided by typed error variants
