@@ -429,6 +429,20 @@ impl Pull {
         Ok(())
     }
 
+    /// A file is in place: journaled first (a crash after this resumes
+    /// from the journal), then recorded in the run's manifest.
+    fn landed(&self, key: &[u8], record: Record) {
+        self.run.journal(&JournalRecord::FileLanded {
+            path: key.to_vec(),
+            record: record.clone(),
+        });
+        self.manifest
+            .lock()
+            .unwrap()
+            .files
+            .insert(key.to_vec(), record);
+    }
+
     fn delete(&self, rel: &Path, removals: bool) -> Result<(), String> {
         let key = rel.as_os_str().as_bytes();
         let r = match (&self.backup, removals) {
@@ -657,15 +671,7 @@ impl Pull {
             remote_size: st.st_size as u64,
             remote_mtime: st.st_mtime,
         };
-        self.run.journal(&JournalRecord::FileLanded {
-            path: key.to_vec(),
-            record: record.clone(),
-        });
-        self.manifest
-            .lock()
-            .unwrap()
-            .files
-            .insert(key.to_vec(), record);
+        self.landed(key, record);
         Ok(())
     }
 
@@ -733,15 +739,7 @@ impl Pull {
             remote_size: st.st_size as u64,
             remote_mtime: st.st_mtime,
         };
-        self.run.journal(&JournalRecord::FileLanded {
-            path: key.to_vec(),
-            record: record.clone(),
-        });
-        self.manifest
-            .lock()
-            .unwrap()
-            .files
-            .insert(key.to_vec(), record);
+        self.landed(key, record);
         Ok(true)
     }
 
