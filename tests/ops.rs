@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-#[path = "../crates/cli/report.rs"]
-#[allow(dead_code)]
-mod report;
-use report::{ErrorKind, Report, SCHEMA_VERSION};
+use robosync_sync::json::{ErrorKind, Report, SCHEMA_VERSION};
 
 /// What a run printed with its stderr (and, unless `pipe_stdout`, its
 /// stdout) on a 160×40 pseudo-terminal.

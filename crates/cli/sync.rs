@@ -4,6 +4,7 @@
 //! it, and its report turned into the exit code and the summary.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use robosync_scanner::Rule;
@@ -33,12 +34,23 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
                 let run = run.clone();
                 tokio::spawn(async move {
                     loop {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         run.refresh();
                     }
                 })
             };
-            let report = robosync_sync::run_command(&command, &Ssh(&args), run.clone()).await;
+            let ssh = Ssh(&args);
+            let report = tokio::select! {
+                r = robosync_sync::run_command(&command, &ssh, run.clone()) => r,
+                () = interrupted() => {
+                    // Everything landed so far is in place and journaled;
+                    // the destination's lease goes now (bounded: the link
+                    // may hang).
+                    let release = robosync_sync::release_lease();
+                    let _ = tokio::time::timeout(Duration::from_secs(3), release).await;
+                    run.interrupted()
+                }
+            };
             ticker.abort();
             report
         }
@@ -51,23 +63,14 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         },
     };
     // The exit code, from the runs' typed outcomes (README "Exit codes").
-    let code = report.exit_code();
     for e in &report.errors {
         run.error(&e.message);
     }
-    let failure = report.failure.map(|f| f.message);
-    if let Some(m) = &failure {
-        run.error(m);
+    if let Some(f) = &report.failure {
+        run.error(&f.message);
     }
-    run.ran(&report.stats);
-    run.summary(
-        code,
-        args.dry_run,
-        &report.errors,
-        failure.as_deref(),
-        &report.vanished,
-    );
-    code
+    run.summary(&report, args.dry_run);
+    report.exit_code()
 }
 
 /// The command line as the engine takes it.
@@ -189,4 +192,19 @@ async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target
             ..SessionOptions::default()
         },
     })
+}
+
+/// Ctrl-C, or a SIGTERM from a scheduler.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
 }
