@@ -6,14 +6,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::BoxFuture;
 use robosync_scanner::Rule;
-use robosync_sync::{
-    fail, Command, Connector, Endpoint, Failure, Options, Report, EXIT_DENIED, EXIT_USAGE,
-};
+use robosync_sync::{fail, Command, Endpoint, Failure, Options, Report, SshConnector, EXIT_USAGE};
 use robosync_transport::auth_hook;
-use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
-use robosync_transport::{SessionOptions, Target};
+use robosync_transport::ssh_config::{AddressFamily, ConfigRequest};
+use robosync_transport::SessionOptions;
 
 use crate::run::{Run, RunOptions};
 use crate::Args;
@@ -39,7 +36,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
                     }
                 })
             };
-            let ssh = Ssh(&args);
+            let ssh = connector(&args);
             let report = tokio::select! {
                 r = robosync_sync::run_command(&command, &ssh, run.clone()) => r,
                 () = interrupted() => {
@@ -133,65 +130,40 @@ fn options(args: &Args) -> Options {
     }
 }
 
-/// A host reached as `ssh HOST` would (ssh_config, `-o`, `-p`, …), the
+/// Hosts reached as `ssh HOST` would (ssh_config, `-o`, `-p`, …), the
 /// auth hook run first.
-struct Ssh<'a>(&'a Args);
-
-impl Connector for Ssh<'_> {
-    fn target<'a>(
-        &'a self,
-        user: &'a Option<String>,
-        host: &'a str,
-    ) -> BoxFuture<'a, Result<Target, Failure>> {
-        Box::pin(target(self.0, user, host))
-    }
-}
-
-async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target, Failure> {
-    let request = ConfigRequest {
-        host: host.to_string(),
-        config_file: args.config_file.clone(),
-        options: args.options.clone(),
-        user: user.clone(),
-        port: args.port,
-        identity_files: args.identity.clone(),
-        family: if args.ipv4 {
-            Some(AddressFamily::Inet)
-        } else if args.ipv6 {
-            Some(AddressFamily::Inet6)
-        } else {
-            None
+fn connector(args: &Args) -> SshConnector {
+    SshConnector {
+        request: ConfigRequest {
+            host: String::new(),
+            config_file: args.config_file.clone(),
+            options: args.options.clone(),
+            user: None,
+            port: args.port,
+            identity_files: args.identity.clone(),
+            family: if args.ipv4 {
+                Some(AddressFamily::Inet)
+            } else if args.ipv6 {
+                Some(AddressFamily::Inet6)
+            } else {
+                None
+            },
         },
-    };
-    let req = request.clone();
-    let config = tokio::task::spawn_blocking(move || ssh_config::resolve(&req))
-        .await
-        .expect("config task panicked")
-        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    let hook = auth_hook::Settings {
-        command: args.auth_command.clone(),
-        margin: args.auth_margin,
-        timeout: args.auth_timeout,
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(robosync_sync::default_state_dir),
-    };
-    auth_hook::before_connect(&hook, host, &config)
-        .await
-        .map_err(|e| match e {
-            auth_hook::HookError::Config(m) => fail(EXIT_USAGE, m),
-            auth_hook::HookError::Failed(m) => fail(EXIT_DENIED, m),
-        })?;
-    Ok(Target {
-        request,
-        config: Arc::new(config),
+        hook: auth_hook::Settings {
+            command: args.auth_command.clone(),
+            margin: args.auth_margin,
+            timeout: args.auth_timeout,
+            state_dir: args
+                .state_dir
+                .clone()
+                .unwrap_or_else(robosync_sync::default_state_dir),
+        },
         ssh_program: args.ssh_program.clone(),
         session: SessionOptions {
             request_timeout: args.timeout,
             ..SessionOptions::default()
         },
-    })
+    }
 }
 
 /// Ctrl-C, or a SIGTERM from a scheduler.

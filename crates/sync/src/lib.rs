@@ -39,7 +39,8 @@
 //! types): `failure` (exit codes, typed errors), `json`, `endpoint`, `dirs`, `run`
 //! (a run's shared state), `remote` (the walker, session retries, small
 //! state files), `space`, `lease`, `push` and `pull` (the data planes),
-//! `sync` (the run), `paths` (the command).
+//! `sync` (the run), `paths` (the command), `ssh` (the usual
+//! [`Connector`], [`SshConnector`]).
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
@@ -68,6 +69,7 @@ mod push;
 mod remote;
 mod run;
 mod space;
+mod ssh;
 mod sync;
 
 pub use endpoint::Endpoint;
@@ -80,6 +82,7 @@ pub use paths::{run_command, Command, Connector};
 pub use push::raise_fd_limit;
 pub use robosync_scanner::ScanProgress;
 pub use run::parse_rate;
+pub use ssh::SshConnector;
 pub use sync::default_state_dir;
 
 /// Which way the bytes go.
