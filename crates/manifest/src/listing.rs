@@ -70,7 +70,7 @@ impl ListingRecord {
             return None;
         }
         match postcard::take_from_bytes::<ListingRecord>(body) {
-            Ok((r, rest)) if rest.is_empty() => Some(r),
+            Ok((r, [])) => Some(r),
             _ => None,
         }
     }

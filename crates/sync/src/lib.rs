@@ -36,7 +36,8 @@
 //! Modules, each depending only on those listed before it (and this root's
 //! types): `failure` (exit codes, typed errors), `endpoint`, `dirs`, `run`
 //! (a run's shared state), `remote` (the walker, session retries, small
-//! state files), `space`, `lease`, `push` and `pull` (the data planes),
+//! state files), `confirm` (a push's destination confirmed against the
+//! record of its last clean run instead of listed), `space`, `lease`, `push` and `pull` (the data planes),
 //! `sync` (the run), `paths` (the command).
 //!
 //! ```no_run
@@ -55,6 +56,7 @@ use std::time::Duration;
 use robosync_scanner::Filters;
 use robosync_transport::Target;
 
+mod confirm;
 mod dirs;
 mod endpoint;
 mod failure;
@@ -87,7 +89,7 @@ pub enum Direction {
 }
 
 /// How a run behaves: the command line's options, without clap.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Plan and show, change nothing.
     pub dry_run: bool,
@@ -99,6 +101,9 @@ pub struct Options {
     pub backup_dir: Option<PathBuf>,
     /// Rehash every local file, and compare remote content for same-size files.
     pub checksum: bool,
+    /// A push lists its whole destination, never confirming it against
+    /// the record of the last run (see the `confirm` module).
+    pub full_listing: bool,
     /// Read landed files back and compare BLAKE3.
     pub verify: bool,
     /// Update changed files in place (push without copy-data).
