@@ -134,8 +134,13 @@ fn an_in_place_edit_is_seen_by_full_listings_only() {
 
 /// The pair's listing record in the state directory.
 fn record_path(state: &Path) -> PathBuf {
-    let pair = fs::read_dir(state).unwrap().next().unwrap().unwrap().path();
-    pair.join("listing")
+    let pairs: Vec<PathBuf> = fs::read_dir(state)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("manifest").exists())
+        .collect();
+    assert_eq!(pairs.len(), 1, "one pair's state in {}", state.display());
+    pairs[0].join("listing")
 }
 
 #[test]

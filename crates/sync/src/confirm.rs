@@ -17,7 +17,7 @@
 //! A pull always lists its source in full: there, the remote is the
 //! source, and a file edited in place must be seen.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -120,8 +120,9 @@ pub async fn confirm(
         match r {
             Ok(a) if a.is_dir() => {
                 let now = a.permissions.unwrap_or(0) & 0o7777;
-                if a.mtime().map(i64::from) != Some(mtime) || now != mode {
-                    changed.push(path);
+                let seen = a.mtime().map_or(0, i64::from);
+                if seen != mtime || now != mode {
+                    changed.push((path, seen, now));
                 }
             }
             Err(e) if e.is_connection() || matches!(e, Error::Protocol { .. }) => return Err(e),
@@ -129,7 +130,7 @@ pub async fn confirm(
         }
     }
     let known: HashSet<&[u8]> = dirs.iter().map(|d| &d.path[..]).collect();
-    let start = changed.clone();
+    let start = changed.iter().map(|c| c.0.clone()).collect();
     let fresh = walk(pool, root, MAX_REMOTE_ENTRIES, None, start, |p| {
         !known.contains(p)
     })
@@ -141,12 +142,21 @@ pub async fn confirm(
         .filter(|(p, n)| n.kind == Kind::Dir && !known.contains(p.as_os_str().as_bytes()))
         .count();
     let listed = changed.len() + new_dirs;
-    let changed: HashSet<PathBuf> = changed.iter().map(|c| os(c)).collect();
     let mut tree = recorded_tree(record);
-    // What the changed directories held is what they hold now.
+    let changed: HashMap<PathBuf, (i64, u32)> = changed
+        .into_iter()
+        .map(|(p, mtime, mode)| (os(&p), (mtime, mode)))
+        .collect();
+    // What the changed directories held is what they hold now, and they
+    // are as their stat showed them (a mode or mtime set outside is seen).
     tree.nodes
-        .retain(|p, _| !p.parent().is_some_and(|d| changed.contains(d)));
+        .retain(|p, _| !p.parent().is_some_and(|d| changed.contains_key(d)));
     tree.nodes.extend(fresh.tree.nodes);
+    for (p, (mtime, mode)) in &changed {
+        if let Some(n) = tree.nodes.get_mut(p) {
+            (n.mtime, n.mode) = (*mtime, *mode);
+        }
+    }
     // Nothing below a directory that is no longer there.
     let mut dirs_now: HashSet<PathBuf> = HashSet::from([PathBuf::new()]);
     tree.nodes.retain(|p, n| {
