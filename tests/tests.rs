@@ -14,6 +14,7 @@ mod filters;
 mod foundation;
 mod fuzz;
 mod integrity;
+mod listing;
 mod locking;
 mod ops;
 mod packaging;

@@ -86,6 +86,11 @@ pub struct Args {
     /// pull's destination) instead of trusting unchanged size and times.
     #[arg(short = 'c', long)]
     pub checksum: bool,
+    /// List the whole destination of a push, instead of confirming the
+    /// last run's record of it with a stat per directory (also implied by
+    /// --checksum, and done every 10th run or after 7 days).
+    #[arg(long)]
+    pub full_listing: bool,
     /// After landing, read files back and compare BLAKE3.
     #[arg(long)]
     pub verify: bool,

@@ -115,6 +115,7 @@ fn options(args: &Args) -> Options {
         max_delete: args.max_delete,
         backup_dir: args.backup_dir.clone(),
         checksum: args.checksum,
+        full_listing: args.full_listing,
         verify: args.verify,
         inplace: args.inplace,
         sparse: args.sparse,

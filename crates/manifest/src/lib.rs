@@ -22,6 +22,8 @@
 //! - [`replay`] reads a journal, ignoring a torn tail; [`compact`] folds it
 //!   into the manifest at the start of a run and keeps only the records of
 //!   transfers still in progress.
+//! - [`ListingRecord`]: the destination's tree as a clean push left it, for
+//!   the next push to confirm directory by directory instead of listing it.
 //! - [`state_paths`] says where a (source, destination) pair keeps its
 //!   state; [`pick_newer`] chooses between the local and remote manifest.
 //!
@@ -63,6 +65,7 @@ mod files_codec;
 #[doc(hidden)]
 pub mod fuzzing;
 mod journal;
+mod listing;
 mod manifest;
 mod state;
 
@@ -71,5 +74,6 @@ pub use journal::{
     compact, replay, Compacted, Journal, JournalPolicy, JournalRecord, Replay, CHECKPOINT_BYTES,
     CHECKPOINT_INTERVAL,
 };
+pub use listing::{forget_listing, ListedEntry, ListedKind, ListingRecord, LISTING_VERSION};
 pub use manifest::{Manifest, Record, FORMAT_VERSION};
 pub use state::{open_private, pick_newer, private_dir, state_paths, Choice, StatePaths};

@@ -19,7 +19,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 const MAGIC: [u8; 8] = *b"RBSMFST\0";
 /// magic (8) + version (u32) + flags (u32) + body length (u64) + BLAKE3 of body (32).
-const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 32;
+pub(crate) const HEADER_LEN: usize = 8 + 4 + 4 + 8 + 32;
 
 /// What robosync knows one destination file holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +161,25 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// BLAKE3 of what the manifest says the destination holds (its block
+    /// size and records), whatever run wrote it and when: two manifests
+    /// with equal digests describe the same destination.
+    pub fn content_digest(&self) -> [u8; 32] {
+        struct Files<'a>(&'a std::collections::BTreeMap<Vec<u8>, Record>);
+        impl Serialize for Files<'_> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                crate::files_codec::serialize(self.0, s)
+            }
+        }
+        let mut body = Vec::with_capacity(64 * self.files.len() + 16);
+        postcard::serialize_with_flavor(
+            &(self.block_size, Files(&self.files)),
+            AppendTo(&mut body),
+        )
+        .expect("postcard encoding into a Vec is infallible for Manifest");
+        *blake3::hash(&body).as_bytes()
+    }
+
     /// Reads and decodes the manifest at `path`; `Ok(None)` when there is
     /// no file there.
     pub fn load(path: &Path) -> Result<Option<Manifest>, ManifestError> {
@@ -207,9 +226,15 @@ impl Manifest {
 
 /// The header that vouches for `body`: magic, version, flags, length, BLAKE3.
 pub(crate) fn header(body: &[u8]) -> [u8; HEADER_LEN] {
+    framed(MAGIC, FORMAT_VERSION, body)
+}
+
+/// The header of one of this crate's files: `magic`, `version`, flags,
+/// length and BLAKE3 of `body`.
+pub(crate) fn framed(magic: [u8; 8], version: u32, body: &[u8]) -> [u8; HEADER_LEN] {
     let mut out = [0; HEADER_LEN];
-    out[0..8].copy_from_slice(&MAGIC);
-    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[0..8].copy_from_slice(&magic);
+    out[8..12].copy_from_slice(&version.to_le_bytes());
     out[12..16].copy_from_slice(&0u32.to_le_bytes());
     out[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
     out[24..56].copy_from_slice(blake3::hash(body).as_bytes());

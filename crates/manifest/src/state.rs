@@ -15,6 +15,9 @@ pub struct StatePaths {
     pub manifest: PathBuf,
     /// `dir/journal`
     pub journal: PathBuf,
+    /// `dir/listing`: the destination's tree after the last clean push
+    /// ([`crate::ListingRecord`]).
+    pub listing: PathBuf,
     /// `dir/stat-cache` (owned by the scanner; this crate only names it).
     pub stat_cache: PathBuf,
 }
@@ -81,6 +84,7 @@ pub fn state_paths(state_dir: &Path, source: &str, destination: &str) -> StatePa
     StatePaths {
         manifest: dir.join("manifest"),
         journal: dir.join("journal"),
+        listing: dir.join("listing"),
         stat_cache: dir.join("stat-cache"),
         dir,
     }

@@ -36,11 +36,12 @@
 //! [`json`] is the `--json` report every front-end prints the same way.
 //!
 //! Modules, each depending only on those listed before it (and this root's
-//! types): `failure` (exit codes, typed errors), `json`, `endpoint`, `dirs`, `run`
-//! (a run's shared state), `remote` (the walker, session retries, small
-//! state files), `space`, `lease`, `push` and `pull` (the data planes),
-//! `sync` (the run), `paths` (the command), `ssh` (the usual
-//! [`Connector`], [`SshConnector`]).
+//! types): `failure` (exit codes, typed errors), `json`, `endpoint`,
+//! `dirs`, `run` (a run's shared state), `remote` (the walker, session
+//! retries, small state files), `confirm` (a push's destination confirmed
+//! against the record of its last clean run instead of listed), `space`,
+//! `lease`, `push` and `pull` (the data planes), `sync` (the run), `paths`
+//! (the command), `ssh` (the usual [`Connector`], [`SshConnector`]).
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
@@ -58,6 +59,7 @@ use std::time::Duration;
 use robosync_scanner::Filters;
 use robosync_transport::Target;
 
+mod confirm;
 mod dirs;
 mod endpoint;
 mod failure;
@@ -95,7 +97,7 @@ pub enum Direction {
 }
 
 /// How a run behaves: the command line's options, without clap.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Options {
     /// Plan and show, change nothing.
     pub dry_run: bool,
@@ -107,6 +109,9 @@ pub struct Options {
     pub backup_dir: Option<PathBuf>,
     /// Rehash every local file, and compare remote content for same-size files.
     pub checksum: bool,
+    /// A push lists its whole destination, never confirming it against
+    /// the record of the last run (see the `confirm` module).
+    pub full_listing: bool,
     /// Read landed files back and compare BLAKE3.
     pub verify: bool,
     /// Update changed files in place (push without copy-data).

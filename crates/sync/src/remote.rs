@@ -89,11 +89,26 @@ pub async fn list<S: Sessions>(
     max_entries: usize,
     only: Option<&[u8]>,
 ) -> Result<Listing, Error> {
+    walk(pool, root, max_entries, only, vec![Vec::new()], |_| true).await
+}
+
+/// Lists the directories `start` (relative to `root`; the root is the
+/// empty path) and, below them, each subdirectory `descend` accepts (with
+/// what is below it, as `descend` decides again). The entries of the
+/// listed directories only; `only`: see [`list`].
+pub async fn walk<S: Sessions>(
+    pool: &Arc<S>,
+    root: &[u8],
+    max_entries: usize,
+    only: Option<&[u8]>,
+    start: Vec<Vec<u8>>,
+    descend: impl Fn(&[u8]) -> bool,
+) -> Result<Listing, Error> {
     let mut out = Listing::default();
     // Collected, then built in one pass (see Tree::from_unsorted).
     let mut nodes: Vec<(PathBuf, Node)> = Vec::new();
     let mut tasks: JoinSet<DirListing> = JoinSet::new();
-    let mut queue: Vec<Vec<u8>> = vec![Vec::new()];
+    let mut queue: Vec<Vec<u8>> = start;
     let mut symlinks = Vec::new();
     // Each directory in flight holds a handle: within what the server lets
     // one session hold (limits@openssh.com), half of it, so the lease and
@@ -161,7 +176,8 @@ pub async fn list<S: Sessions>(
             }
             let a = &n.attrs;
             let kind = if a.is_dir() {
-                if !rel.is_empty() || only.is_none_or(|o| o == &n.filename[..]) {
+                if (!rel.is_empty() || only.is_none_or(|o| o == &n.filename[..])) && descend(&path)
+                {
                     queue.push(path.clone());
                 }
                 Kind::Dir

@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 
 use robosync_manifest::{
-    compact, pick_newer, state_paths, Compacted, Journal, JournalRecord, Manifest, ManifestError,
-    Record,
+    compact, pick_newer, state_paths, Compacted, Journal, JournalRecord, ListingRecord, Manifest,
+    ManifestError, Record,
 };
 use robosync_planner::{plan, Action, Kind, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache};
@@ -26,7 +26,7 @@ use crate::remote::{
     write_small,
 };
 use crate::run::Run;
-use crate::{join, now_unix, push, remote, Direction, Job, Options, Phase};
+use crate::{confirm, join, now_unix, push, remote, Direction, Job, Options, Phase};
 
 /// Debug builds only: runs `$ROBOSYNC_TEST_BEFORE_TRANSFER` (a shell
 /// command) between planning and sending, so a test can change the source
@@ -352,20 +352,89 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
         Direction::Push => r.to.as_os_str().as_bytes(),
         Direction::Pull => &b""[..],
     });
-    let listed = futures::future::join3(
-        destination,
-        list_remote(&pool, &remote_root, only),
-        remote_copy,
-    );
+    // A push's destination: confirmed against the record of the last
+    // clean run when it may be (see crate::confirm), else listed whole.
+    // A pull's source is always listed whole.
+    let quick = match push && rename.is_none() {
+        true => {
+            let path = paths.listing.clone();
+            let record = tokio::task::spawn_blocking(move || ListingRecord::load(&path))
+                .await
+                .ok()
+                .flatten();
+            Some(confirm::full_listing_reason(args, record, now_unix()))
+        }
+        false => None,
+    };
+    let listed = async {
+        let record = match quick {
+            Some(Ok(record)) => record,
+            Some(Err(why)) => {
+                let (listing, copy) =
+                    futures::join!(list_remote(&pool, &remote_root, only), remote_copy);
+                return (listing, copy, Listed::Full(why));
+            }
+            None => {
+                let (listing, copy) =
+                    futures::join!(list_remote(&pool, &remote_root, only), remote_copy);
+                return (listing, copy, Listed::Full(String::new()));
+            }
+        };
+        let confirming = on_session(&pool, |_| confirm::confirm(&pool, &remote_root, &record));
+        let (copy, confirmed) = futures::join!(remote_copy, confirming);
+        let why = match confirmed {
+            _ if !confirm::copy_agrees(&record, copy.as_deref()) => {
+                "the destination's manifest copy is not the one recorded"
+            }
+            Ok(Some(c)) => {
+                let how = Listed::Quick {
+                    record,
+                    dirs: c.dirs,
+                    listed: c.listed,
+                };
+                return (Ok(c.listing), copy, how);
+            }
+            Ok(None) => "a recorded directory is gone or no longer a directory",
+            Err(e) => return (Err(e), copy, Listed::Full(String::new())),
+        };
+        let listing = list_remote(&pool, &remote_root, only).await;
+        (listing, copy, Listed::Full(why.into()))
+    };
+    let listed = futures::future::join(destination, listed);
     let scanned = async {
         let r = scan.await.expect("scan task panicked");
         run.phase(Phase::Listing);
         r
     };
-    let ((scanned, cache, local), (made, listing, remote_copy)) = futures::join!(scanned, listed);
+    let ((scanned, cache, local), (made, (listing, remote_copy, mut listed))) =
+        futures::join!(scanned, listed);
     run.phase(Phase::Planning);
     let _identity = made?;
     let mut listing = listing.map_err(transport_failure)?;
+    if let Listed::Quick { record, .. } = &listed {
+        // The record holds for the manifest it was written with; a local
+        // manifest that moved on since (or an interrupted run's journal)
+        // means the destination may hold more than it says.
+        let agrees = local
+            .as_ref()
+            .is_ok_and(|c| c.pending.is_empty() && record.matches(&c.manifest));
+        if !agrees {
+            listing = list_remote(&pool, &remote_root, only)
+                .await
+                .map_err(transport_failure)?;
+            listed = Listed::Full("the local manifest is not the one recorded".into());
+        }
+    }
+    match &listed {
+        Listed::Quick { dirs, listed, .. } => run.note(format!(
+            "listing: confirmed {dirs} directories of the destination by their mtime, \
+             listed {listed} that changed since the last run (--full-listing lists all)"
+        )),
+        Listed::Full(why) if !why.is_empty() => {
+            run.note(format!("listing: the whole destination ({why})"))
+        }
+        Listed::Full(_) => {}
+    }
     if !push && listing.root_missing {
         let f = crate::pull::missing_source(&pool, &remote_root, &label, rename).await;
         if f.redo.is_some() {
@@ -445,11 +514,18 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     ));
     let cache_unchanged = snap.stats.cache_unchanged;
 
+    // A clean push of a tree records the destination it leaves, for the
+    // next run to confirm (see crate::confirm): here the destination as seen.
+    let recording = push && rename.is_none() && args.backup_dir.is_none() && !args.dry_run;
+    let mut seen = None;
     // Source and destination trees, each as its side saw it; a
     // destination's excluded entries are protected from --delete (rsync).
     let (mut source, mut dest, stale_local_temps) = match direction {
         Direction::Push => {
             let mut dest = std::mem::take(&mut listing.tree);
+            if recording {
+                seen = Some(dest.clone());
+            }
             if let Some(b) = args.backup_dir.as_ref().filter(|b| b.is_relative()) {
                 // A backup dir inside the destination is not part of the mirror.
                 dest.nodes.retain(|p, _| !p.starts_with(b));
@@ -558,6 +634,17 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
         run.warn("not deleting anything: the source could not be read completely");
     }
 
+    // What the destination holds once every action landed; the record
+    // of the last run goes until this one ends clean.
+    let after = seen.map(|d| confirm::tree_after(d, &source, &plan.actions));
+    if push {
+        if let Err(e) = robosync_manifest::forget_listing(&paths.listing) {
+            run.warn(&format!(
+                "cannot remove {}: {e}; the next run lists the whole destination",
+                paths.listing.display()
+            ));
+        }
+    }
     // Files the destination already holds and the manifest lacks are
     // recorded, so the next run can trust (and delta) them.
     adopt_unchanged(&mut manifest, &source, &dest, direction, &entries);
@@ -680,11 +767,29 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     // destination at once: both record the same state, so whichever lands
     // first, the next run starts from what is there.
     let manifest = Arc::new(executor.manifest());
+    // The record needs everything to have landed, and the root's attributes set.
+    let clean = errors.is_empty() && run.vanished_list().is_empty() && pool.gave_up().is_none();
+    let root_attrs = root_meta.as_ref().map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        (m.mtime().clamp(0, u32::MAX as i64), m.mode() & 0o7777)
+    });
+    let quick_record = match listed {
+        Listed::Quick { record, .. } => Some(record),
+        Listed::Full(_) => None,
+    };
     let recorded = {
         let (run, manifest, paths) = (run.clone(), manifest.clone(), paths.clone());
+        let after = after.filter(|_| clean).zip(root_attrs);
         tokio::task::spawn_blocking(move || {
             let mut errors = Vec::new();
             record_locally(&run, &manifest, &paths, &mut errors);
+            if let (Some((after, root)), true) = (after, errors.is_empty()) {
+                let record =
+                    confirm::record_of(&after, root, &manifest, quick_record.as_ref(), now_unix());
+                if let Err(e) = record.save(&paths.listing) {
+                    run.warn(&format!("{e}; the next run lists the whole destination"));
+                }
+            }
             errors
         })
     };
@@ -751,6 +856,18 @@ fn local_root_exists(direction: Direction, root: &Path) -> Result<bool, Failure>
         Err(_) if direction == Direction::Pull => Ok(false),
         Err(e) => Err(fail(EXIT_USAGE, format!("{what} {}: {e}", root.display()))),
     }
+}
+
+/// How a run came by the remote tree.
+enum Listed {
+    /// Listed whole: why (empty when there was no choice: a pull, a single file).
+    Full(String),
+    /// Confirmed against the record: its `dirs` directories stated, `listed` of them listed.
+    Quick {
+        record: ListingRecord,
+        dirs: usize,
+        listed: usize,
+    },
 }
 
 /// The local scan, as trees and (for a push, whose executor reads them) entries.
