@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 use robosync_sync::{
-    EntryError, Observer, Phase, ScanProgress, Stats, EXIT_PARTIAL, EXIT_VANISHED,
+    EntryError, Observer, Phase, PoolEvent, ScanProgress, Stats, EXIT_PARTIAL, EXIT_VANISHED,
 };
 
 use crate::report::{ErrorKind, ErrorRecord, Report, SCHEMA_VERSION};
@@ -376,6 +376,15 @@ impl Observer for Run {
         self.log(&format!("warning: {msg}"));
         if !self.opts.quiet {
             self.eprintln(&format!("robosync: warning: {msg}"));
+        }
+    }
+
+    /// Warnings as warnings; `-v` shows the rest, one line per connection
+    /// and per channels added.
+    fn connection(&self, event: &PoolEvent) {
+        match event {
+            PoolEvent::Warning(w) => self.warn(w),
+            e => self.note(&e.to_string()),
         }
     }
 

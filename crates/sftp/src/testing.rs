@@ -245,6 +245,7 @@ pub struct MemServer {
     pub fs: MemFs,
     seen: Arc<Seen>,
     held: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl MemServer {
@@ -261,8 +262,16 @@ impl MemServer {
             next_handle: 0x7f_fff0,
             count: 0,
         };
-        tokio::spawn(session.run(server, held_rx));
-        (MemServer { fs, seen, held }, client)
+        let task = tokio::spawn(session.run(server, held_rx));
+        (
+            MemServer {
+                fs,
+                seen,
+                held,
+                task,
+            },
+            client,
+        )
     }
 
     /// Starts a server and an [`Sftp`] session on it.
@@ -285,6 +294,17 @@ impl MemServer {
     /// Answers everything held, and what comes next.
     pub fn release(&self) {
         self.held.send_replace(false);
+    }
+
+    /// Ends the server at once, as a dropped link would: its end of the
+    /// pipe closes, so the client reads end-of-stream.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    /// Whether the server has ended (killed, or closed by a hostile mode).
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Requests received so far (INIT included).

@@ -19,6 +19,7 @@ mod algorithms;
 pub mod auth_hook;
 pub mod channel_io;
 pub mod connect;
+pub mod dial;
 pub mod error;
 #[doc(hidden)]
 pub mod fuzzing;
@@ -28,9 +29,12 @@ pub mod pool;
 pub mod probe;
 mod quickack;
 pub mod ssh_config;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use client::{Extensions, Limits, SessionOptions, Sftp};
 pub use connect::{Connection, Target};
+pub use dial::{Dialed, Dialer, Link, SshDialer};
 pub use error::Error;
-pub use pool::{Pool, PoolOptions};
+pub use pool::{EventSink, Pool, PoolEvent, PoolOptions};
 pub use robosync_sftp::{client, proto};

@@ -17,12 +17,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::client::Sftp;
-use crate::connect::{open_sftp_via_ssh, Connection, Target};
+use crate::dial::{Dialer, Link as Connection, SshDialer};
 use crate::error::Error;
+use crate::Target;
 
+/// How many sessions a [`Pool`] aims for, and how long it keeps reconnecting.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
+    /// SSH connections (logins).
     pub connections: usize,
+    /// SFTP channels per connection.
     pub channels: usize,
     /// Keep reconnecting this long after a drop before giving up.
     pub retry_for: Duration,
@@ -41,19 +45,107 @@ pub const NEAR: Duration = Duration::from_millis(2);
 /// (measured: 16 ms on loopback, 112 ms across a 50 ms round trip).
 pub const FAR_HANDSHAKE: Duration = Duration::from_millis(50);
 
+/// What happens to a pool's connections, as it happens: for a front-end to
+/// show (`-v`: one line per connection and channel) or count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// Connection `number` (counted from 1 over the pool's life) logged in
+    /// and opened `channels` SFTP channels.
+    Connected {
+        /// Which connection.
+        number: usize,
+        /// SFTP channels opened on it.
+        channels: usize,
+    },
+    /// `added` more channels opened on connection `number`.
+    ChannelsAdded {
+        /// Which connection.
+        number: usize,
+        /// Channels added.
+        added: usize,
+    },
+    /// Connection `number` was lost: what was in flight on it goes again
+    /// on live sessions.
+    ConnectionLost {
+        /// Which connection.
+        number: usize,
+        /// Why it counts as lost.
+        why: String,
+    },
+    /// Connection `number` logged in to replace a lost one.
+    Reconnected {
+        /// Which connection (a new number).
+        number: usize,
+        /// SFTP channels opened on it.
+        channels: usize,
+    },
+    /// A detail worth a `-v` reader's time (a fallback, fewer channels or
+    /// connections than asked for, a warning from a later login).
+    Note(String),
+    /// Something probably wrong that did not stop the first login (an
+    /// expiring certificate, a ControlMaster robosync cannot share).
+    Warning(String),
+}
+
+impl std::fmt::Display for PoolEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |n: &usize| if *n == 1 { "" } else { "s" };
+        match self {
+            PoolEvent::Connected { number, channels } => {
+                write!(
+                    f,
+                    "connection #{number}: {channels} SFTP channel{}",
+                    s(channels)
+                )
+            }
+            PoolEvent::ChannelsAdded { number, added } => {
+                write!(
+                    f,
+                    "connection #{number}: {added} more SFTP channel{}",
+                    s(added)
+                )
+            }
+            PoolEvent::ConnectionLost { number, why } => {
+                write!(f, "connection #{number} lost: {why}")
+            }
+            PoolEvent::Reconnected { number, channels } => write!(
+                f,
+                "connection #{number}: reconnected, {channels} SFTP channel{}",
+                s(channels)
+            ),
+            PoolEvent::Note(n) | PoolEvent::Warning(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Where a pool's events go (called from its tasks, concurrently).
+pub type EventSink = Arc<dyn Fn(PoolEvent) + Send + Sync>;
+
 struct Link {
-    conn: Option<Arc<Connection>>,
+    /// Which connection (see [`PoolEvent::Connected`]).
+    number: usize,
+    conn: Option<Arc<dyn Connection>>,
     sessions: Vec<Arc<Sftp>>,
 }
 
+/// SFTP sessions over a few connections to one server, kept alive: see the
+/// module's documentation.
 pub struct Pool {
-    target: Target,
+    dialer: Arc<dyn Dialer>,
     opts: PoolOptions,
     links: Mutex<Vec<Link>>,
     next: AtomicUsize,
     repair: tokio::sync::Mutex<()>,
-    /// Messages worth showing once (fallbacks, warnings from connecting).
-    pub notes: Mutex<Vec<String>>,
+    /// Where events go.
+    events: EventSink,
+    /// Connections opened so far (numbers them).
+    dialed: AtomicUsize,
+    /// Connections already reported lost.
+    lost_numbers: Mutex<Vec<usize>>,
+    /// The first login is over: warnings from connecting are notes from now
+    /// on (a later login repeats what the first already said).
+    opened: AtomicBool,
+    /// Connections re-established after a loss.
     pub reconnects: AtomicUsize,
     /// The background task adding channels and connections.
     grower: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -76,10 +168,6 @@ pub struct Pool {
     me: Weak<Pool>,
 }
 
-/// Connecting, the key exchange, logging in and opening channels: a bound
-/// on one attempt beyond the TCP connect itself.
-const LOGIN_LIMIT: Duration = Duration::from_secs(30);
-
 impl Pool {
     /// Opens the first connection with one SFTP channel (errors here are
     /// final: auth, host key, refused SFTP) and returns at once; the other
@@ -87,7 +175,14 @@ impl Pool {
     /// (each channel costs the server a fork and an sftp-server start, so a
     /// small run should not wait for all of them). Refusals mean fewer.
     pub async fn open(target: Target, opts: PoolOptions) -> Result<Arc<Pool>, Error> {
-        Self::open_expecting(target, opts, async { false }).await
+        let quiet: EventSink = Arc::new(|_| {});
+        Self::open_expecting(
+            Arc::new(SshDialer::new(target)),
+            opts,
+            async { false },
+            quiet,
+        )
+        .await
     }
 
     /// [`Pool::open`], and when the first key exchange shows a distant
@@ -95,18 +190,23 @@ impl Pool {
     /// the other connections log in as soon as the first has authenticated
     /// (never before: a refused key must not be tried twice), alongside its
     /// channel and the listing, rather than after the plan.
+    /// Connections come from `dialer`; `events` hears what happens to them.
     pub async fn open_expecting(
-        target: Target,
+        dialer: Arc<dyn Dialer>,
         opts: PoolOptions,
         work: impl std::future::Future<Output = bool> + Send + 'static,
+        events: EventSink,
     ) -> Result<Arc<Pool>, Error> {
         let pool = Arc::new_cyclic(|me| Pool {
-            target,
+            dialer,
             opts,
             links: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             repair: tokio::sync::Mutex::new(()),
-            notes: Mutex::new(Vec::new()),
+            events,
+            dialed: AtomicUsize::new(0),
+            lost_numbers: Mutex::new(Vec::new()),
+            opened: AtomicBool::new(false),
             reconnects: AtomicUsize::new(0),
             grower: Mutex::new(None),
             near: Default::default(),
@@ -122,7 +222,7 @@ impl Pool {
         let (handshake, took) = tokio::sync::oneshot::channel();
         let early = pool.clone();
         // (An `ssh` program per session reports no handshake: nothing early.)
-        *pool.early.lock().unwrap() = pool.target.ssh_program.is_none().then(|| {
+        *pool.early.lock().unwrap() = pool.dialer.shares_connections().then(|| {
             tokio::spawn(async move {
                 let Ok(took) = took.await else { return };
                 if took < FAR_HANDSHAKE || early.opts.connections < 2 || !work.await {
@@ -154,7 +254,10 @@ impl Pool {
         };
         let near = first.sessions.first().is_some_and(|s| s.rtt < NEAR);
         pool.near.store(near, Ordering::Relaxed);
+        let (number, channels) = (first.number, first.sessions.len());
         pool.links.lock().unwrap().push(first);
+        pool.event(PoolEvent::Connected { number, channels });
+        pool.opened.store(true, Ordering::Relaxed);
         Ok(pool)
     }
 
@@ -201,7 +304,12 @@ impl Pool {
         *widening = Some(tokio::spawn(async move {
             // Counting none elsewhere keeps a refusal quiet here: it is not
             // news until `expand` meets it, and reports it, for the transfers.
-            if let Ok(l) = pool.extend_link(Some(conn), 1, 0).await {
+            let number = pool.first_number();
+            if let Ok(l) = pool.extend_link(number, Some(conn), 1, 0).await {
+                pool.event(PoolEvent::ChannelsAdded {
+                    number,
+                    added: l.sessions.len(),
+                });
                 pool.links.lock().unwrap().push(l);
             }
         }));
@@ -227,21 +335,21 @@ impl Pool {
             let _ = task.await;
         }
         // Sessions on the first connection, wherever they are linked.
-        let (conn, on_first) = {
+        let (number, conn, on_first) = {
             let links = self.links.lock().unwrap();
             match links.first() {
                 Some(l) => {
                     let on_first = match &l.conn {
-                        Some(c) => links
+                        Some(_) => links
                             .iter()
-                            .filter(|o| o.conn.as_ref().is_some_and(|x| Arc::ptr_eq(x, c)))
+                            .filter(|o| o.conn.is_some() && o.number == l.number)
                             .map(|o| o.sessions.len())
                             .sum(),
                         None => l.sessions.len(),
                     };
-                    (l.conn.clone(), on_first)
+                    (l.number, l.conn.clone(), on_first)
                 }
-                None => (None, 0),
+                None => (0, None, 0),
             }
         };
         // The first connection's other channels and the other connections
@@ -252,8 +360,15 @@ impl Pool {
         let connected = self.links.lock().unwrap().len().max(1);
         let more_channels = async {
             if channels > on_first && on_first > 0 {
-                match self.extend_link(conn, channels - on_first, on_first).await {
-                    Ok(l) => self.links.lock().unwrap().push(l),
+                match self
+                    .extend_link(number, conn, channels - on_first, on_first)
+                    .await
+                {
+                    Ok(l) => {
+                        let added = l.sessions.len();
+                        self.links.lock().unwrap().push(l);
+                        self.event(PoolEvent::ChannelsAdded { number, added });
+                    }
                     // A refusal is noted by extend_link; a drop is news of its own.
                     Err(e) if e.is_transient() => {
                         self.note(format!("could not open more channels: {e}"))
@@ -290,7 +405,9 @@ impl Pool {
             for r in opened {
                 match r {
                     Ok(l) => {
+                        let (number, channels) = (l.number, l.sessions.len());
                         self.links.lock().unwrap().push(l);
+                        self.event(PoolEvent::Connected { number, channels });
                         have += 1;
                     }
                     Err(e) => failed = Some(e),
@@ -307,12 +424,10 @@ impl Pool {
 
     /// Distinct live SSH connections now (extra channels form links of their own).
     fn connections(&self) -> usize {
-        let mut seen: Vec<*const Connection> = Vec::new();
+        let mut seen: Vec<usize> = Vec::new();
         for l in self.links.lock().unwrap().iter() {
-            if let Some(c) = l.conn.as_ref().filter(|c| !c.is_closed()) {
-                if !seen.contains(&Arc::as_ptr(c)) {
-                    seen.push(Arc::as_ptr(c));
-                }
+            if l.conn.as_ref().is_some_and(|c| !c.is_closed()) && !seen.contains(&l.number) {
+                seen.push(l.number);
             }
         }
         seen.len()
@@ -337,7 +452,40 @@ impl Pool {
     }
 
     fn note(&self, s: String) {
-        self.notes.lock().unwrap().push(s);
+        self.event(PoolEvent::Note(s));
+    }
+
+    fn event(&self, e: PoolEvent) {
+        (self.events)(e);
+    }
+
+    /// What connecting said: its warnings count as such during the first
+    /// login only (later logins repeat them: notes then, as before).
+    fn connecting_said(&self, n: &str) {
+        match n.strip_prefix("warning: ") {
+            Some(w) if !self.opened.load(Ordering::Relaxed) => {
+                self.event(PoolEvent::Warning(w.to_string()))
+            }
+            _ => self.note(n.to_string()),
+        }
+    }
+
+    /// The first connection's number (0 before any).
+    fn first_number(&self) -> usize {
+        self.links.lock().unwrap().first().map_or(0, |l| l.number)
+    }
+
+    /// Reports connection `number` lost, once.
+    fn lost(&self, number: usize, why: &str) {
+        let mut seen = self.lost_numbers.lock().unwrap();
+        if !seen.contains(&number) {
+            seen.push(number);
+            drop(seen);
+            self.event(PoolEvent::ConnectionLost {
+                number,
+                why: why.to_string(),
+            });
+        }
     }
 
     /// Opens one connection and its channels, bounded in time (and by
@@ -349,29 +497,25 @@ impl Pool {
         handshake: Option<tokio::sync::oneshot::Sender<Duration>>,
         within: Option<Duration>,
     ) -> Result<Link, Error> {
-        let limit = self
-            .target
-            .config
-            .connect_timeout
-            .unwrap_or(Duration::from_secs(30))
-            + LOGIN_LIMIT;
+        let limit = self.dialer.login_limit();
         let limit = within.map_or(limit, |w| w.min(limit));
+        let number = self.dialed.fetch_add(1, Ordering::Relaxed) + 1;
         let opened = async {
-            let conn = if self.target.ssh_program.is_some() {
-                None
-            } else {
-                let c = Arc::new(Connection::open(&self.target, handshake).await?);
-                for n in c.notes.iter() {
-                    self.note(n.clone());
+            let conn = if self.dialer.shares_connections() {
+                let dialed = self.dialer.connect(handshake).await?;
+                for n in &dialed.notes {
+                    self.connecting_said(n);
                 }
-                Some(c)
+                Some(dialed.link)
+            } else {
+                None
             };
-            self.extend_link(conn, channels, 0).await
+            self.extend_link(number, conn, channels, 0).await
         };
         match tokio::time::timeout(limit, opened).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                peer: self.target.peer(),
+                peer: self.dialer.peer(),
                 after: limit,
             }),
         }
@@ -381,16 +525,16 @@ impl Pool {
     /// fails only if none opens. `already` counts sessions on it elsewhere.
     async fn extend_link(
         &self,
-        conn: Option<Arc<Connection>>,
+        number: usize,
+        conn: Option<Arc<dyn Connection>>,
         n: usize,
         already: usize,
     ) -> Result<Link, Error> {
-        let opts = self.target.session.clone();
         // Concurrently: each costs a few round trips and a server-side fork.
         let opened = futures::future::join_all((0..n.max(1)).map(|_| async {
             match &conn {
-                Some(c) => c.open_sftp(opts.clone()).await,
-                None => open_sftp_via_ssh(&self.target).await,
+                Some(c) => c.open_sftp().await,
+                None => self.dialer.open_alone().await,
             }
         }))
         .await;
@@ -417,9 +561,19 @@ impl Pool {
             }
         }
         if let Some(conn) = &conn {
-            tokio::spawn(watch(conn.clone(), sessions.clone()));
+            let (pool, conn, watched) = (self.me.clone(), conn.clone(), sessions.clone());
+            tokio::spawn(async move {
+                let why = watch(conn, watched).await;
+                if let (Some(why), Some(pool)) = (why, pool.upgrade()) {
+                    pool.lost(number, why);
+                }
+            });
         }
-        Ok(Link { conn, sessions })
+        Ok(Link {
+            number,
+            conn,
+            sessions,
+        })
     }
 
     /// Ends the background growth: waits for it (so its notes are complete)
@@ -485,14 +639,16 @@ impl Pool {
             .unwrap()
             .get_or_insert_with(|| Instant::now() + self.opts.retry_for);
         let why = Error::ConnectionLost {
-            peer: self.target.peer(),
+            peer: self.dialer.peer(),
             detail: "no live session left".into(),
         };
         match self.reconnect_until(self.shape().1, deadline, why).await {
             Ok(l) => {
                 *self.outage.lock().unwrap() = None;
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
+                let (number, channels) = (l.number, l.sessions.len());
                 self.links.lock().unwrap().push(l);
+                self.event(PoolEvent::Reconnected { number, channels });
                 self.replace_later(lost_conns.saturating_sub(1));
                 Ok(())
             }
@@ -522,26 +678,28 @@ impl Pool {
             l.sessions.iter().any(|s| !s.is_dead())
                 && l.conn.as_ref().is_none_or(|c| !c.is_closed())
         };
-        let mut gone: Vec<*const Connection> = Vec::new();
-        let mut count = 0;
+        let mut gone: Vec<usize> = Vec::new();
         for l in links.iter().filter(|l| !alive(l)) {
             match &l.conn {
-                Some(c) if !gone.contains(&Arc::as_ptr(c)) => {
-                    gone.push(Arc::as_ptr(c));
+                Some(_) if !gone.contains(&l.number) => {
                     // A connection counts once, whichever of its links goes last.
                     if !links
                         .iter()
-                        .any(|o| alive(o) && o.conn.as_ref().is_some_and(|x| Arc::ptr_eq(x, c)))
+                        .any(|o| alive(o) && o.conn.is_some() && o.number == l.number)
                     {
-                        count += 1;
+                        gone.push(l.number);
                     }
                 }
                 Some(_) => {}
-                None => count += 1,
+                None => gone.push(l.number),
             }
         }
         links.retain(alive);
-        count
+        drop(links);
+        for &number in &gone {
+            self.lost(number, "its sessions ended");
+        }
+        gone.len()
     }
 
     /// Logs in again (with `channels` channels) until `deadline`, with
@@ -577,7 +735,7 @@ impl Pool {
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         Err(Error::ConnectionLost {
-            peer: self.target.peer(),
+            peer: self.dialer.peer(),
             detail: format!(
                 "not re-established within --retry-for {:?} (last: {last}); rerun to resume, or allow longer with --retry-for",
                 self.opts.retry_for
@@ -609,13 +767,15 @@ impl Pool {
                 }
                 let deadline = Instant::now() + pool.opts.retry_for;
                 let why = Error::ConnectionLost {
-                    peer: pool.target.peer(),
+                    peer: pool.dialer.peer(),
                     detail: "replacing a lost connection".into(),
                 };
                 match pool.reconnect_until(pool.shape().1, deadline, why).await {
                     Ok(l) => {
                         pool.reconnects.fetch_add(1, Ordering::Relaxed);
+                        let (number, channels) = (l.number, l.sessions.len());
                         pool.links.lock().unwrap().push(l);
+                        pool.event(PoolEvent::Reconnected { number, channels });
                         *pool.outage.lock().unwrap() = None;
                         pool.to_replace.fetch_sub(1, Ordering::Relaxed);
                     }
@@ -629,6 +789,7 @@ impl Pool {
         });
     }
 
+    /// Logs out: every connection closed (each bounded in time).
     pub async fn close(&self) {
         self.stop_early();
         if let Some(task) = self.widening.lock().unwrap().take() {
@@ -647,8 +808,9 @@ impl Pool {
         }
     }
 
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// Who the sessions talk to (`user@host:port`).
+    pub fn peer(&self) -> String {
+        self.dialer.peer()
     }
 }
 
@@ -657,7 +819,8 @@ impl Pool {
 /// declared dead), every session on it ends at once, so that what was in
 /// flight fails now and is re-issued elsewhere rather than waiting out its
 /// timeout. Russh reports a closed connection only by polling.
-async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
+/// Returns why, or `None` when the sessions ended on their own.
+async fn watch(conn: Arc<dyn Connection>, sessions: Vec<Arc<Sftp>>) -> Option<&'static str> {
     let why = loop {
         if conn.is_closed() {
             break "the SSH connection closed";
@@ -667,7 +830,7 @@ async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
             break "another channel of its SSH connection went unanswered";
         }
         if sessions.iter().all(|s| s.is_dead()) {
-            return;
+            return None;
         }
         // Only sessions still live: an ended one would wake this at once, forever.
         let live = sessions.iter().filter(|s| !s.is_dead());
@@ -680,4 +843,5 @@ async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
     for s in &sessions {
         s.kill(why);
     }
+    Some(why)
 }
