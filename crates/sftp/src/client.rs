@@ -6,7 +6,7 @@
 //! queue), and its timeout starts once its bytes are on the wire.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -103,6 +103,8 @@ pub(crate) struct Shared {
     malformed: AtomicBool,
     /// Turns true when it ends: wakes a writer stuck on a dead channel.
     ended: tokio::sync::watch::Sender<bool>,
+    /// Replies matched to a request so far.
+    answered: AtomicU64,
 }
 
 impl Shared {
@@ -115,6 +117,7 @@ impl Shared {
             link_failed: AtomicBool::new(false),
             malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
+            answered: AtomicU64::new(0),
         })
     }
 
@@ -250,6 +253,7 @@ impl Sftp {
             link_failed: AtomicBool::new(false),
             malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
+            answered: AtomicU64::new(0),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
         {
@@ -519,6 +523,12 @@ impl Sftp {
         replies
             .try_into()
             .map_err(|r: Vec<Reply>| self.protocol(format!("{} replies to 2 requests", r.len())))
+    }
+
+    /// Replies the server has sent to requests so far: a session that
+    /// answers nothing is no working session, however well it opened.
+    pub fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
     }
 
     /// Whether the session has ended (connection lost or closed).
@@ -1132,6 +1142,7 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
                     .as_mut()
                     .and_then(|m| m.remove(&id));
                 if let Some(tx) = tx {
+                    shared.answered.fetch_add(1, Ordering::Relaxed);
                     let _ = tx.send(reply);
                 }
             }

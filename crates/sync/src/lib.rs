@@ -62,6 +62,8 @@ mod dirs;
 mod endpoint;
 mod failure;
 mod lease;
+#[cfg(test)]
+mod memory_tests;
 mod paths;
 mod pull;
 mod push;

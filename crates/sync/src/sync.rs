@@ -594,6 +594,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
                 partials,
                 manifest: Mutex::new(manifest),
                 data: push::ReadAhead::for_sessions(pool.capacity()),
+                slots: Default::default(),
                 dirs_in_place: in_place,
                 remote_names: rename
                     .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))

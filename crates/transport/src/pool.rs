@@ -10,6 +10,9 @@
 //! deadline (`retry_for` from its start): [`Pool::repair`] reconnects with
 //! exponential backoff and jitter, each attempt bounded by what remains,
 //! and past it every caller gets the same "not re-established" error at once.
+//! A login alone does not end an outage: one of its sessions must answer a
+//! request (a server that logs in, then answers nothing, ends in the same
+//! error rather than in logins forever).
 //! Lost connections are replaced in the background while others still work.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -160,6 +163,11 @@ pub struct Pool {
     /// When the current outage (no live session) must end; `None` while
     /// sessions live. One deadline however many callers wait on it.
     outage: Mutex<Option<Instant>>,
+    /// Sessions logged in during the current outage, with the replies each
+    /// had then: the outage ends only once one of them answers more (a
+    /// server that accepts logins and then answers nothing, a hung
+    /// filesystem behind it, would otherwise reset the deadline forever).
+    proving: Mutex<Vec<(Arc<Sftp>, u64)>>,
     /// Why the pool gave up (an outage outlived `retry_for`), once it has.
     lost: Mutex<Option<Error>>,
     /// Connections lost and not yet replaced, and whether a task replaces them.
@@ -214,6 +222,7 @@ impl Pool {
             refused_more: Default::default(),
             widening: Mutex::new(None),
             outage: Mutex::new(None),
+            proving: Mutex::new(Vec::new()),
             lost: Mutex::new(None),
             to_replace: AtomicUsize::new(0),
             replacing: AtomicBool::new(false),
@@ -627,9 +636,8 @@ impl Pool {
     pub async fn repair(&self) -> Result<(), Error> {
         let _guard = self.repair.lock().await;
         let lost_conns = self.prune();
+        self.end_outage_if_answered();
         if !self.sessions().is_empty() {
-            // Whatever outage there was is over (sessions came back some other way).
-            *self.outage.lock().unwrap() = None;
             self.replace_later(lost_conns);
             return Ok(());
         }
@@ -644,7 +652,7 @@ impl Pool {
         };
         match self.reconnect_until(self.shape().1, deadline, why).await {
             Ok(l) => {
-                *self.outage.lock().unwrap() = None;
+                self.on_probation(&l);
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
                 let (number, channels) = (l.number, l.sessions.len());
                 self.links.lock().unwrap().push(l);
@@ -661,6 +669,45 @@ impl Pool {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Sessions of `l`, which replaces lost ones during an outage: the
+    /// outage is over once one of them answers a request.
+    fn on_probation(&self, l: &Link) {
+        let mut proving = self.proving.lock().unwrap();
+        proving.extend(l.sessions.iter().map(|s| (s.clone(), s.answered())));
+    }
+
+    /// [`Pool::on_probation`] for connection `number`, if an outage is on.
+    fn on_probation_if_outage(&self, number: usize) {
+        if self.outage.lock().unwrap().is_none() {
+            return;
+        }
+        let sessions: Vec<Arc<Sftp>> = self
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.number == number)
+            .flat_map(|l| l.sessions.iter().cloned())
+            .collect();
+        let mut proving = self.proving.lock().unwrap();
+        proving.extend(sessions.into_iter().map(|s| {
+            let at = s.answered();
+            (s, at)
+        }));
+    }
+
+    /// Ends the outage (its deadline) once a session that logged in during
+    /// it has answered a request, or when none did and sessions live anyway.
+    fn end_outage_if_answered(&self) {
+        let live = !self.sessions().is_empty();
+        let mut proving = self.proving.lock().unwrap();
+        let answered = proving.iter().any(|(s, at)| s.answered() > *at);
+        if answered || (proving.is_empty() && live) {
+            proving.clear();
+            *self.outage.lock().unwrap() = None;
         }
     }
 
@@ -776,7 +823,7 @@ impl Pool {
                         let (number, channels) = (l.number, l.sessions.len());
                         pool.links.lock().unwrap().push(l);
                         pool.event(PoolEvent::Reconnected { number, channels });
-                        *pool.outage.lock().unwrap() = None;
+                        pool.on_probation_if_outage(number);
                         pool.to_replace.fetch_sub(1, Ordering::Relaxed);
                     }
                     Err(e) => {
