@@ -145,6 +145,8 @@ pub struct Pool {
     dialed: AtomicUsize,
     /// Connections already reported lost.
     lost_numbers: Mutex<Vec<usize>>,
+    /// The pool is logging out: connections closing now are not lost.
+    closing: AtomicBool,
     /// The first login is over: warnings from connecting are notes from now
     /// on (a later login repeats what the first already said).
     opened: AtomicBool,
@@ -214,6 +216,7 @@ impl Pool {
             events,
             dialed: AtomicUsize::new(0),
             lost_numbers: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
             opened: AtomicBool::new(false),
             reconnects: AtomicUsize::new(0),
             grower: Mutex::new(None),
@@ -486,6 +489,9 @@ impl Pool {
 
     /// Reports connection `number` lost, once.
     fn lost(&self, number: usize, why: &str) {
+        if self.closing.load(Ordering::Relaxed) {
+            return;
+        }
         let mut seen = self.lost_numbers.lock().unwrap();
         if !seen.contains(&number) {
             seen.push(number);
@@ -838,6 +844,7 @@ impl Pool {
 
     /// Logs out: every connection closed (each bounded in time).
     pub async fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         self.stop_early();
         if let Some(task) = self.widening.lock().unwrap().take() {
             task.abort();
