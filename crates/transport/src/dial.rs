@@ -1,7 +1,7 @@
 //! How the [`Pool`](crate::Pool) reaches a server: a [`Dialer`] opens
 //! connections ([`Link`]s) and SFTP sessions on them. [`SshDialer`] is the
 //! real one (russh, or an `ssh` program per session); with the `testing`
-//! feature, [`crate::testing::MemDialer`] opens in-memory servers sharing
+//! feature, `testing::MemDialer` opens in-memory servers sharing
 //! one file tree, which a test can make drop or refuse, so the pool and
 //! everything above it run without sshd.
 
@@ -45,10 +45,6 @@ pub struct Dialed {
 pub trait Dialer: Send + Sync + 'static {
     /// Who the sessions talk to (`user@host:port`), for messages.
     fn peer(&self) -> String;
-    /// The same, naming the server for this machine's lock on a destination.
-    fn identity(&self) -> String {
-        self.peer()
-    }
     /// How long one login (with its channels) may take before it counts as failed.
     fn login_limit(&self) -> Duration;
     /// Whether sessions share connections ([`Dialer::connect`]); when not
