@@ -899,3 +899,143 @@ async fn watch(conn: Arc<dyn Connection>, sessions: Vec<Arc<Sftp>>) -> Option<&'
     }
     Some(why)
 }
+
+/// The pool over in-memory servers ([`crate::testing::MemDialer`]): no sshd.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemDialer;
+    use crate::SessionOptions;
+    use robosync_sftp::testing::{Hostile, MemFs, ServerOptions};
+
+    fn opts(retry_for: Duration) -> PoolOptions {
+        PoolOptions {
+            connections: 1,
+            channels: 2,
+            retry_for,
+            when_near: None,
+        }
+    }
+
+    async fn open(
+        dialer: MemDialer,
+        retry_for: Duration,
+    ) -> (Arc<Pool>, Arc<Mutex<Vec<PoolEvent>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let pool = Pool::open_expecting(Arc::new(dialer), opts(retry_for), async { false }, sink)
+            .await
+            .unwrap();
+        (pool, events)
+    }
+
+    /// A STAT of the root on any session, repairing as a run does, until
+    /// it is answered or the pool gives up.
+    async fn stat_root(pool: &Pool) -> Result<(), Error> {
+        loop {
+            let s = pool.session().await?;
+            match s.stat(b"/").await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_connection() => pool.repair().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_reported_lost_and_replaced() {
+        let fs = MemFs::new();
+        let dialer = MemDialer::new(fs, SessionOptions::default(), |n| {
+            Ok(ServerOptions {
+                // The first connection hangs up at its second request.
+                hostile: (n == 0).then_some(Hostile::DropCarrier),
+                honest: 1,
+                ..Default::default()
+            })
+        });
+        let (pool, events) = open(dialer, Duration::from_secs(10)).await;
+        stat_root(&pool).await.unwrap();
+        assert_eq!(pool.reconnects.load(Ordering::Relaxed), 1);
+        let events = events.lock().unwrap().clone();
+        assert_eq!(
+            events.first(),
+            Some(&PoolEvent::Connected {
+                number: 1,
+                channels: 1
+            })
+        );
+        assert!(
+            events.contains(&PoolEvent::Reconnected {
+                number: 2,
+                channels: 2
+            }),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, PoolEvent::ConnectionLost { number: 1, .. })),
+            "{events:?}"
+        );
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn logins_that_then_answer_nothing_do_not_end_the_outage() {
+        let fs = MemFs::new();
+        let session = SessionOptions {
+            request_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        // Every connection opens its sessions, then answers nothing.
+        let dialer = MemDialer::new(fs, session, |_| {
+            Ok(ServerOptions {
+                hostile: Some(Hostile::Silent),
+                honest: 1,
+                ..Default::default()
+            })
+        });
+        let (pool, _) = open(dialer, Duration::from_secs(1)).await;
+        // A guard, not a measurement: before, each login restarted the
+        // outage's deadline, and this never ended.
+        let r = tokio::time::timeout(Duration::from_secs(60), stat_root(&pool))
+            .await
+            .expect("the pool gave up");
+        assert!(matches!(r, Err(Error::ConnectionLost { .. })), "{r:?}");
+        assert!(pool.gave_up().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_login_refused_past_retry_for_is_connection_lost() {
+        let fs = MemFs::new();
+        let dialer = MemDialer::new(fs, SessionOptions::default(), |n| match n {
+            0 => Ok(ServerOptions::default()),
+            _ => Err(Error::ConnectionLost {
+                peer: "memory".into(),
+                detail: "refused".into(),
+            }),
+        });
+        let killer = Arc::new(dialer);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let pool = Pool::open_expecting(
+            killer.clone(),
+            opts(Duration::from_millis(500)),
+            async { false },
+            sink,
+        )
+        .await
+        .unwrap();
+        stat_root(&pool).await.unwrap();
+        killer.kill();
+        let r = stat_root(&pool).await;
+        assert!(matches!(r, Err(Error::ConnectionLost { .. })), "{r:?}");
+        assert!(killer.dials() >= 2, "it tried to log in again");
+    }
+}
