@@ -497,6 +497,7 @@ fn run_scenario(
                 let _ = fs::remove_dir_all(&dir);
             }
             // Flush the last run's dirty pages before the next is timed.
+            // SAFETY: sync has no preconditions and cannot fail.
             unsafe { libc::sync() };
         }
     }
@@ -534,6 +535,7 @@ fn warm_up(ctx: &Ctx) {
         eprintln!("   (warm-up copy failed; the first run may be slow)");
     }
     let _ = fs::remove_dir_all(&copy);
+    // SAFETY: sync has no preconditions and cannot fail.
     unsafe { libc::sync() };
 }
 
@@ -799,7 +801,9 @@ fn write_random(path: &Path, size: u64, seed: u64) {
 /// `ROBOSYNC_BENCH_DIR` overrides it.
 fn roomy_tmpfs() -> Option<std::ffi::OsString> {
     let dir = c"/dev/shm";
+    // SAFETY: statvfs is plain integers, for which all zeroes is a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: dir is NUL-terminated and st is valid and writable.
     let ok = unsafe { libc::statvfs(dir.as_ptr(), &mut st) } == 0;
     let free = st.f_bavail as u64 * st.f_frsize as u64;
     (ok && free >= 12 << 30).then(|| "/dev/shm".into())

@@ -245,7 +245,9 @@ impl Agent {
             .spawn()
             .expect("ssh-agent");
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !sock.exists() {
+        // The socket exists from bind(); it answers only from listen() on
+        // (ssh-add saw "Connection refused" in between on a loaded machine).
+        while std::os::unix::net::UnixStream::connect(&sock).is_err() {
             assert!(Instant::now() < deadline, "ssh-agent did not start");
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -196,3 +196,32 @@ fn json_errors_carry_the_entry_and_operation_the_engine_typed() {
         );
     }
 }
+
+/// Issue 18: with `-v`, one line per connection and per channels added,
+/// from the pool's typed events; without it, none.
+#[test]
+fn verbose_shows_one_line_per_connection_both_ways() {
+    let sshd = Sshd::start();
+    for way in WAYS {
+        let p = pair(&sshd, way, "conns");
+        let ran = sync(&sshd, &p, &["-v", "--connections", "2", "--channels", "2"]);
+        let stderr = ran.stderr();
+        let lines: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with("connection #"))
+            .collect();
+        assert!(
+            lines.contains(&"connection #1: 1 SFTP channel"),
+            "{way:?}: {stderr}"
+        );
+        // Logging out at the end loses nothing.
+        assert!(!stderr.contains(" lost"), "{way:?}: {stderr}");
+        let p = pair(&sshd, way, "quiet-conns");
+        let ran = sync(&sshd, &p, &[]);
+        assert!(
+            !ran.stderr().contains("connection #"),
+            "{way:?}: {}",
+            ran.stderr()
+        );
+    }
+}

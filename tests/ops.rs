@@ -44,6 +44,7 @@ fn on_terminal(mut cmd: Command, pipe_stdout: bool) -> Screen {
         )
     };
     assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty succeeded: both fds are open and owned by nobody else.
     let (master, slave) = unsafe { (fs::File::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
     cmd.env("TERM", "xterm-256color").stdin(Stdio::null());
     cmd.stderr(Stdio::from(slave.try_clone().unwrap()));

@@ -97,6 +97,7 @@ pub fn set_mtime(path: &Path, secs: i64) {
         tv_nsec: 0,
     };
     let times = [t, t];
+    // SAFETY: c is NUL-terminated and times holds the two timespecs utimensat reads.
     let r = unsafe {
         libc::utimensat(
             libc::AT_FDCWD,

@@ -70,13 +70,16 @@ pub fn run(cmd: &mut Command, scratch: &Path, timeout: Duration) -> Ran {
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut status = 0;
+        // SAFETY: rusage is plain integers, for which all zeroes is a valid value.
         let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: status and usage are valid, writable, and outlive the call.
         let r = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
         let _ = tx.send((r, status, usage, Instant::now()));
     });
     let (result, timed_out) = match rx.recv_timeout(timeout) {
         Ok(r) => (r, false),
         Err(_) => {
+            // SAFETY: kill only sends a signal, to the group the child leads.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
             (rx.recv().expect("wait4 thread"), true)
         }
@@ -84,6 +87,7 @@ pub fn run(cmd: &mut Command, scratch: &Path, timeout: Duration) -> Ran {
     let (r, status, usage, ended) = result;
     assert_eq!(r, pid, "wait4 failed: {}", std::io::Error::last_os_error());
     // Helpers it left behind (an ssh stuck on a dead proxy) must not outlive the run.
+    // SAFETY: kill only sends a signal, to the group the child led.
     unsafe { libc::kill(-pid, libc::SIGKILL) };
     let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);

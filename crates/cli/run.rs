@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
 use robosync_sync::json::Report;
-use robosync_sync::{Observer, Phase, ScanProgress, EXIT_PARTIAL, EXIT_VANISHED};
+use robosync_sync::{Observer, Phase, PoolEvent, ScanProgress, EXIT_PARTIAL, EXIT_VANISHED};
 
 /// How much to show, and where.
 #[derive(Debug, Clone, Default)]
@@ -323,6 +323,15 @@ impl Observer for Run {
         self.log(&format!("warning: {msg}"));
         if !self.opts.quiet {
             self.eprintln(&format!("robosync: warning: {msg}"));
+        }
+    }
+
+    /// Warnings as warnings; `-v` shows the rest, one line per connection
+    /// and per channels added.
+    fn connection(&self, event: &PoolEvent) {
+        match event {
+            PoolEvent::Warning(w) => self.warn(w),
+            e => self.note(&e.to_string()),
         }
     }
 

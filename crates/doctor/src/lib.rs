@@ -12,6 +12,8 @@
 //! option structs ([`DoctorOptions`], [`RobotKeyOptions`]); both print
 //! their results on stdout.
 
+#![deny(missing_docs)]
+
 pub mod doctor;
 pub mod robot_key;
 

@@ -137,7 +137,9 @@ pub fn run(args: &RobotKeyOptions) -> Result<(), String> {
 /// Which address families a pattern list allows.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Families {
+    /// IPv4 addresses match.
     pub v4: bool,
+    /// IPv6 addresses match.
     pub v6: bool,
 }
 

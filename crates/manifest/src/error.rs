@@ -39,7 +39,9 @@ pub enum ManifestError {
     Io {
         /// What was being done, e.g. "read manifest", "fsync journal".
         op: &'static str,
+        /// The file it was done to.
         path: PathBuf,
+        /// What the operating system said.
         #[source]
         source: io::Error,
     },
@@ -48,7 +50,12 @@ pub enum ManifestError {
         "{file} {path} is not a robosync {file} (bad magic bytes): remove it to force a full compare",
         path = .path.display()
     )]
-    BadMagic { file: StateFile, path: PathBuf },
+    BadMagic {
+        /// Which kind of state file.
+        file: StateFile,
+        /// Where it is.
+        path: PathBuf,
+    },
     /// The file was written by a newer robosync with a format this build
     /// cannot read.
     #[error(
@@ -57,9 +64,13 @@ pub enum ManifestError {
         path = .path.display()
     )]
     FutureVersion {
+        /// Which kind of state file.
         file: StateFile,
+        /// Where it is.
         path: PathBuf,
+        /// The format version it carries.
         found: u32,
+        /// The newest format this build reads.
         supported: u32,
     },
     /// The file ends before its header says it should.
@@ -68,9 +79,13 @@ pub enum ManifestError {
         path = .path.display()
     )]
     Truncated {
+        /// Which kind of state file.
         file: StateFile,
+        /// Where it is.
         path: PathBuf,
+        /// Bytes its header promises.
         expected: u64,
+        /// Bytes there are.
         found: u64,
     },
     /// The file is damaged: checksum mismatch, undecodable body, trailing
@@ -80,8 +95,11 @@ pub enum ManifestError {
         path = .path.display()
     )]
     Corrupt {
+        /// Which kind of state file.
         file: StateFile,
+        /// Where it is.
         path: PathBuf,
+        /// What is wrong with it.
         detail: String,
     },
 }

@@ -28,31 +28,58 @@ pub const CHECKPOINT_BYTES: u64 = 64 << 20;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum JournalRecord {
     /// A run began. `run_id` as in [`Manifest::run_id`], `unix` seconds.
-    RunStarted { run_id: u64, unix: i64 },
+    RunStarted {
+        /// The run's identifier.
+        run_id: u64,
+        /// When it began (Unix seconds).
+        unix: i64,
+    },
     /// `path` now holds exactly `record` under its final name.
-    FileLanded { path: Vec<u8>, record: Record },
+    FileLanded {
+        /// The file, relative to the destination root.
+        path: Vec<u8>,
+        /// What it now holds.
+        record: Record,
+    },
     /// Block `index` of the in-progress transfer into `temp` is written and
     /// has BLAKE3 `hash`.
     BlockDone {
+        /// The file being transferred.
         path: Vec<u8>,
+        /// Its temp file.
         temp: Vec<u8>,
+        /// Which block (of 256 KiB).
         index: u64,
+        /// The block's BLAKE3.
         hash: [u8; 32],
     },
     /// Intent: `temp` is being built to become `path` with this size, source
     /// mtime and whole-file BLAKE3, so that a resume knows what it was for.
     TransferStarted {
+        /// The file it will become.
         path: Vec<u8>,
+        /// The temp file being built.
         temp: Vec<u8>,
+        /// The source's size.
         size: u64,
+        /// The source's mtime (nanoseconds since the epoch).
         mtime_ns: i64,
+        /// The source's whole-file BLAKE3.
         whole: [u8; 32],
     },
     /// Intent: an in-place update is about to overwrite these blocks of
     /// `path`; until a `FileLanded` follows, the file must be redone.
-    InplaceIntent { path: Vec<u8>, blocks: Vec<u64> },
+    InplaceIntent {
+        /// The file updated in place.
+        path: Vec<u8>,
+        /// The blocks about to be overwritten.
+        blocks: Vec<u64>,
+    },
     /// `path` was deleted (or moved to the backup dir) on the destination.
-    Deleted { path: Vec<u8> },
+    Deleted {
+        /// What was deleted, relative to the destination root.
+        path: Vec<u8>,
+    },
 }
 
 impl JournalRecord {

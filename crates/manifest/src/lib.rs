@@ -60,6 +60,8 @@
 //! `u32` length + first 8 bytes of BLAKE3 + postcard payload, so a torn or
 //! damaged record is detected and ends the replay.
 
+#![deny(missing_docs)]
+
 mod error;
 mod files_codec;
 #[doc(hidden)]

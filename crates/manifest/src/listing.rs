@@ -25,7 +25,9 @@ pub const LISTING_VERSION: u32 = 1;
 pub struct ListedEntry {
     /// Relative path bytes, '/'-separated; empty for the destination root.
     pub path: Vec<u8>,
+    /// File, directory or symlink.
     pub kind: ListedKind,
+    /// Bytes, as the server reported them.
     pub size: u64,
     /// Whole seconds, as SFTP v3 shows them.
     pub mtime: i64,
@@ -36,8 +38,11 @@ pub struct ListedEntry {
 /// What an entry is; a symlink with its target's bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ListedKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symlink, with its target's bytes.
     Symlink(Vec<u8>),
 }
 
@@ -55,6 +60,7 @@ pub struct ListingRecord {
 }
 
 impl ListingRecord {
+    /// The record's bytes: a framed header ([`LISTING_VERSION`], checksum), then the body.
     pub fn encode(&self) -> Vec<u8> {
         let body = postcard::to_allocvec(self).expect("postcard encoding into a Vec cannot fail");
         let mut out = framed(MAGIC, LISTING_VERSION, &body).to_vec();

@@ -8,6 +8,8 @@
 //!
 //! Must not: do I/O. Pure functions, so every rule is unit-tested.
 
+#![deny(missing_docs)]
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::os::unix::ffi::OsStrExt;
@@ -19,27 +21,35 @@ use robosync_scanner::{EntryKind, Snapshot};
 /// What kind of node a path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
+    /// A symlink and its target, as stored.
     Symlink(PathBuf),
 }
 
 /// One node of a tree, as much as the side can tell.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Node {
+    /// File, directory or symlink.
     pub kind: Kind,
+    /// Bytes (files; 0 otherwise).
     pub size: u64,
     /// Whole seconds: SFTP v3 carries no finer mtime, so both sides compare at this grain.
     pub mtime: i64,
+    /// Permission bits (no type bits).
     pub mode: u32,
     /// Known content hashes (local side only): whole-file and per block.
     pub whole: Option<[u8; 32]>,
+    /// BLAKE3 of each block, in order (empty when unknown).
     pub blocks: Vec<[u8; 32]>,
 }
 
 /// A directory tree keyed by relative path (bytes order).
 #[derive(Debug, Clone, Default)]
 pub struct Tree {
+    /// Every entry but the root, by path relative to it.
     pub nodes: BTreeMap<PathBuf, Node>,
     /// Directories (of a destination) holding entries that must stay, left
     /// out of `nodes`: never replaced by a file or symlink, even with --delete.
@@ -111,6 +121,7 @@ impl Tree {
         manifest.files.retain(|k, _| here.contains(k.as_slice()));
     }
 
+    /// How many regular files the tree holds.
     pub fn files(&self) -> usize {
         self.nodes.values().filter(|n| n.kind == Kind::File).count()
     }
@@ -119,6 +130,7 @@ impl Tree {
 /// Why a file is sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
+    /// The destination has no such file.
     New,
     /// Size or mtime differs and robosync has no usable record of the old content.
     Changed,
@@ -131,41 +143,58 @@ pub enum Reason {
 /// One step of a plan. Paths are relative to the roots.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
+    /// Make a directory (or set the mode of one in place).
     Mkdir {
+        /// The directory.
         path: PathBuf,
+        /// Its permission bits.
         mode: u32,
     },
     /// Send the whole file.
     Copy {
+        /// The file.
         path: PathBuf,
+        /// Its size at the source.
         size: u64,
+        /// Why it goes.
         reason: Reason,
     },
     /// Send only `send` blocks; the others equal the old destination file's
     /// blocks at the same index.
     Delta {
+        /// The file.
         path: PathBuf,
+        /// Its size at the source.
         size: u64,
+        /// Blocks to send.
         send: Vec<u64>,
+        /// Blocks the destination already holds at the same index.
         reuse: Vec<u64>,
     },
+    /// Make a symlink.
     Symlink {
+        /// The link.
         path: PathBuf,
+        /// What it points at, as stored.
         target: PathBuf,
     },
     /// Content equal; only permission bits or mtime differ.
     SetAttrs {
+        /// The entry.
         path: PathBuf,
     },
     /// Remove a destination entry that the source lacks (`--delete`) or that is
     /// of the wrong kind (before a `Replaced` copy).
     Delete {
+        /// The entry.
         path: PathBuf,
+        /// It is a directory (removed with everything under it).
         dir: bool,
     },
 }
 
 impl Action {
+    /// The entry the action is about, relative to the roots.
     pub fn path(&self) -> &Path {
         match self {
             Action::Mkdir { path, .. }
@@ -230,13 +259,16 @@ pub fn escape(p: &Path) -> String {
     s
 }
 
+/// How to plan.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
+    /// `--delete`: remove destination entries the source lacks.
     pub delete: bool,
     /// Refuse `--delete` beyond this many deletions; `None` = at most half the destination.
     pub max_delete: Option<u64>,
     /// Block deltas are possible (server has copy-data, or `--inplace`).
     pub delta: bool,
+    /// Bytes per block of a delta (the scanner's block size).
     pub block_size: u64,
     /// Refuse a plan that trips a `--delete` guard ([`PlanError`]); a dry
     /// run turns this off to show everything, then names the guard.
@@ -255,19 +287,32 @@ impl Default for PlanOptions {
     }
 }
 
+/// A `--delete` guard the plan tripped: the run refuses it (exit 25).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
+    /// The source (named) is empty while the destination is not.
     #[error("refusing --delete: the source {0} is empty; if it is an unmounted disk this would wipe the mirror. Check the source, or delete on the destination by hand")]
     EmptySource(String),
+    /// More removals than the limit allows.
     #[error("refusing --delete: it would remove {would} of {total} destination entries (limit {limit}); check the source, or pass --max-delete {would} to allow it")]
-    TooManyDeletes { would: u64, total: u64, limit: u64 },
+    TooManyDeletes {
+        /// Removals the plan holds.
+        would: u64,
+        /// Entries at the destination.
+        total: u64,
+        /// The most allowed.
+        limit: u64,
+    },
 }
 
+/// What to do to make the destination match the source.
 #[derive(Debug, Clone, Default)]
 pub struct Plan {
+    /// The steps, in the order they can run (directories before what they hold).
     pub actions: Vec<Action>,
     /// Files already up to date.
     pub unchanged: u64,
+    /// Things worth telling the user (nothing refused).
     pub warnings: Vec<String>,
     /// Entries left as they are, each an error of the run (exit 23): a
     /// non-empty directory where a file or symlink goes, without `--delete`

@@ -173,6 +173,7 @@ impl StatCache {
         self.records.len()
     }
 
+    /// Whether it holds no record.
     pub fn is_empty(&self) -> bool {
         self.records.is_empty()
     }

@@ -17,7 +17,9 @@ use globset::{Candidate, GlobBuilder, GlobSet, GlobSetBuilder};
 pub enum Side {
     /// No modifier: both sides, but the sender's alone under `--delete-excluded`.
     Both,
+    /// `s`: the sender's side only (what is copied).
     Sender,
+    /// `r`: the receiver's side only (what `--delete` protects).
     Receiver,
     /// `sr`: both sides even under `--delete-excluded`.
     SenderAndReceiver,
@@ -36,8 +38,11 @@ pub enum Side {
 /// - an excluded directory is not descended, so nothing below it can be included.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
+    /// `+` (include) rather than `-` (exclude).
     pub include: bool,
+    /// The pattern, as written.
     pub pattern: String,
+    /// Which side it applies to.
     pub side: Side,
 }
 
@@ -72,6 +77,7 @@ pub struct Rules {
 const MAX_MERGE_DEPTH: usize = 16;
 
 impl Rules {
+    /// The rules, in order.
     pub fn into_vec(self) -> Vec<Rule> {
         self.list
     }
@@ -235,15 +241,31 @@ fn read_lines(path: &Path) -> Result<Vec<String>, FilterError> {
         .collect())
 }
 
+/// A filter rule or file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FilterError {
+    /// A pattern that does not compile.
     #[error("invalid filter pattern {pattern:?}: {reason}")]
-    Pattern { pattern: String, reason: String },
+    Pattern {
+        /// The pattern.
+        pattern: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A rule line that does not parse.
     #[error("invalid filter rule {rule:?}: {reason}")]
-    Rule { rule: String, reason: String },
+    Rule {
+        /// The line.
+        rule: String,
+        /// Why not.
+        reason: String,
+    },
+    /// A filter file that cannot be read.
     #[error("cannot read filter file {}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         source: std::io::Error,
     },
 }
@@ -272,6 +294,8 @@ impl Filters {
         self
     }
 
+    /// The sender's and the receiver's filters from `rules`; with
+    /// `delete_excluded`, plain rules bind the sender alone (rsync).
     pub fn new(rules: &[Rule], delete_excluded: bool) -> Result<Filters, FilterError> {
         let on = |want: Side, both: bool| -> Vec<Rule> {
             rules
@@ -395,6 +419,7 @@ thread_local! {
 }
 
 impl Filter {
+    /// Compiles `rules` (all their patterns at once).
     pub fn new(rules: &[Rule]) -> Result<Filter, FilterError> {
         let mut set = GlobSetBuilder::new();
         let mut compiled = Vec::with_capacity(rules.len());
@@ -482,6 +507,7 @@ impl Filter {
         })
     }
 
+    /// Whether it lets everything through (no rule, no list).
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty() && self.list.is_none()
     }

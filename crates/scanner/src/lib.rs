@@ -36,6 +36,8 @@
 //! (128 bytes + its path) plus one cache record (80 bytes + its path's bytes,
 //! in the cache's arena): about 300 bytes per entry at the peak.
 
+#![deny(missing_docs)]
+
 use std::cmp::Ordering;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -77,10 +79,13 @@ pub const BLOCK_SIZE: u64 = 256 * 1024;
 /// What a scanned entry is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EntryKind {
+    /// A regular file.
     File,
+    /// A directory.
     Dir,
     /// A symbolic link, not followed; the target is kept verbatim (bytes).
     Symlink {
+        /// What it points at.
         target: PathBuf,
     },
 }
@@ -101,7 +106,9 @@ pub enum EntryKind {
 /// `size.div_ceil(BLOCK_SIZE)` entries in `blocks`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Digest {
+    /// BLAKE3 of the whole file.
     pub whole: [u8; 32],
+    /// BLAKE3 of each block (empty for a file of at most one block).
     pub blocks: Vec<[u8; 32]>,
 }
 
@@ -117,10 +124,12 @@ impl Digest {
     }
 }
 
+/// One scanned file, directory or symlink.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
     /// Relative to the scan root; never empty (the root itself is not an entry).
     pub path: PathBuf,
+    /// File, directory or symlink.
     pub kind: EntryKind,
     /// Files: length in bytes. Symlinks: length of the target. Directories: 0.
     pub size: u64,
@@ -142,7 +151,9 @@ pub struct Entry {
 /// deletes remote files must not take their absence as deletion.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ScanError {
+    /// The path, relative to the scan root.
     pub path: PathBuf,
+    /// What went wrong (the OS error, or what changed).
     pub message: String,
     /// Listed, then gone when opened or stat'ed (rsync's "file has
     /// vanished"): the source changed under the scan, nothing failed.
@@ -152,9 +163,13 @@ pub struct ScanError {
 /// What kind of non-regular file was skipped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpecialKind {
+    /// A named pipe.
     Fifo,
+    /// A Unix socket.
     Socket,
+    /// A block device node.
     BlockDevice,
+    /// A character device node.
     CharDevice,
 }
 
@@ -162,14 +177,18 @@ pub enum SpecialKind {
 /// also skips these with a warning and a zero exit).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
+    /// The path, relative to the scan root.
     pub path: PathBuf,
+    /// What it is.
     pub kind: SpecialKind,
 }
 
+/// What a scan did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanStats {
     /// Files opened and read in this scan.
     pub files_hashed: u64,
+    /// Bytes those files held.
     pub bytes_hashed: u64,
     /// Files whose digest came from the [`StatCache`] without opening them.
     pub cache_hits: u64,
@@ -178,6 +197,7 @@ pub struct ScanStats {
     pub cache_unchanged: bool,
 }
 
+/// A scanned tree: its entries, what could not be read, what was skipped.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
     /// Sorted by path bytes ([`cmp_paths`]); a directory always precedes its children.
@@ -189,11 +209,14 @@ pub struct Snapshot {
     /// What the filter left out (a directory not descended), sorted by
     /// path bytes: a receiver protects these from `--delete`.
     pub excluded: Vec<PathBuf>,
+    /// What the scan did.
     pub stats: ScanStats,
 }
 
+/// How to scan.
 #[derive(Debug, Clone, Default)]
 pub struct ScanOptions {
+    /// What is scanned: an excluded directory is not descended.
     pub filter: Filter,
     /// Ignore the stat cache and rehash every file (`--checksum`).
     pub ignore_cache: bool,
@@ -204,7 +227,9 @@ pub struct ScanOptions {
 /// How far a running scan has got: entries seen, bytes hashed so far.
 #[derive(Debug, Default)]
 pub struct ScanProgress {
+    /// Entries seen so far.
     pub entries: std::sync::atomic::AtomicU64,
+    /// Bytes hashed so far.
     pub bytes_hashed: std::sync::atomic::AtomicU64,
 }
 

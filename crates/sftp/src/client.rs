@@ -6,7 +6,7 @@
 //! queue), and its timeout starts once its bytes are on the wire.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -21,8 +21,11 @@ use crate::proto::{self, Attrs, Name, Packet, Reply};
 /// Sizes a server allows, from `limits@openssh.com` or conservative defaults.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
+    /// Bytes one READ may ask for.
     pub max_read: u32,
+    /// Bytes one WRITE may carry.
     pub max_write: u32,
+    /// Handles one session may hold open (0: the server does not say).
     pub max_open_handles: u64,
 }
 
@@ -62,12 +65,19 @@ impl Default for Limits {
 /// OpenSSH extensions the server advertised.
 #[derive(Debug, Clone, Default)]
 pub struct Extensions {
+    /// `posix-rename@openssh.com`: RENAME that replaces its target atomically.
     pub posix_rename: bool,
+    /// `fsync@openssh.com`.
     pub fsync: bool,
+    /// `copy-data`: server-side copies between handles (block deltas).
     pub copy_data: bool,
+    /// `lsetstat@openssh.com`: attributes of a symlink itself.
     pub lsetstat: bool,
+    /// `limits@openssh.com`: the server says its packet and handle limits.
     pub limits: bool,
+    /// `hardlink@openssh.com`.
     pub hardlink: bool,
+    /// `expand-path@openssh.com`: `~` expanded by the server.
     pub expand_path: bool,
 }
 
@@ -103,6 +113,8 @@ pub(crate) struct Shared {
     malformed: AtomicBool,
     /// Turns true when it ends: wakes a writer stuck on a dead channel.
     ended: tokio::sync::watch::Sender<bool>,
+    /// Replies matched to a request so far.
+    answered: AtomicU64,
 }
 
 impl Shared {
@@ -115,6 +127,7 @@ impl Shared {
             link_failed: AtomicBool::new(false),
             malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
+            answered: AtomicU64::new(0),
         })
     }
 
@@ -208,7 +221,9 @@ pub struct Sftp {
     budget: Arc<Semaphore>,
     budget_bytes: usize,
     timeout: Duration,
+    /// What the server allows (its `limits@openssh.com` answer, or defaults).
     pub limits: Limits,
+    /// The extensions it advertised.
     pub extensions: Extensions,
     /// Who we talk to, for error messages.
     pub peer: String,
@@ -284,6 +299,7 @@ impl Sftp {
             link_failed: AtomicBool::new(false),
             malformed: AtomicBool::new(false),
             ended: tokio::sync::watch::Sender::new(false),
+            answered: AtomicU64::new(0),
         });
         let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Bytes>>(64);
         {
@@ -563,6 +579,12 @@ impl Sftp {
             .map_err(|r: Vec<Reply>| self.protocol(format!("{} replies to 2 requests", r.len())))
     }
 
+    /// Replies the server has sent to requests so far: a session that
+    /// answers nothing is no working session, however well it opened.
+    pub fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
+    }
+
     /// Whether the session has ended (connection lost or closed).
     pub fn is_dead(&self) -> bool {
         self.shared.dead.lock().unwrap().is_some()
@@ -709,6 +731,7 @@ impl Sftp {
         }
     }
 
+    /// OPEN: a handle for the file at `path` (`flags`: [`proto::FXF_READ`] and the others; `attrs` for a file created).
     pub async fn open(&self, path: &[u8], flags: u32, attrs: &Attrs) -> Result<Vec<u8>, Error> {
         self.expect_handle("open", path, proto::FXP_OPEN, |p| {
             p.bytes(path).u32(flags).attrs(attrs)
@@ -716,6 +739,7 @@ impl Sftp {
         .await
     }
 
+    /// CLOSE, waiting for the answer.
     pub async fn close(&self, handle: &[u8]) -> Result<(), Error> {
         self.expect_ok("close", b"", proto::FXP_CLOSE, |p| p.bytes(handle))
             .await
@@ -778,21 +802,25 @@ impl Sftp {
         }
     }
 
+    /// LSTAT: the attributes of `path`, not following a final symlink.
     pub async fn lstat(&self, path: &[u8]) -> Result<Attrs, Error> {
         self.expect_attrs("lstat", path, proto::FXP_LSTAT, |p| p.bytes(path))
             .await
     }
 
+    /// STAT: the attributes of `path`, following symlinks.
     pub async fn stat(&self, path: &[u8]) -> Result<Attrs, Error> {
         self.expect_attrs("stat", path, proto::FXP_STAT, |p| p.bytes(path))
             .await
     }
 
+    /// FSTAT: the attributes of an open handle.
     pub async fn fstat(&self, handle: &[u8]) -> Result<Attrs, Error> {
         self.expect_attrs("fstat", b"", proto::FXP_FSTAT, |p| p.bytes(handle))
             .await
     }
 
+    /// SETSTAT: sets `attrs` on `path`.
     pub async fn setstat(&self, path: &[u8], attrs: &Attrs) -> Result<(), Error> {
         self.expect_ok("setstat", path, proto::FXP_SETSTAT, |p| {
             p.bytes(path).attrs(attrs)
@@ -800,6 +828,7 @@ impl Sftp {
         .await
     }
 
+    /// FSETSTAT: sets `attrs` on an open handle.
     pub async fn fsetstat(&self, handle: &[u8], attrs: &Attrs) -> Result<(), Error> {
         self.expect_ok("fsetstat", b"", proto::FXP_FSETSTAT, |p| {
             p.bytes(handle).attrs(attrs)
@@ -837,6 +866,7 @@ impl Sftp {
             .map(|_| ())
     }
 
+    /// MKDIR with `attrs` (its mode).
     pub async fn mkdir(&self, path: &[u8], attrs: &Attrs) -> Result<(), Error> {
         self.expect_ok("mkdir", path, proto::FXP_MKDIR, |p| {
             p.bytes(path).attrs(attrs)
@@ -844,21 +874,25 @@ impl Sftp {
         .await
     }
 
+    /// RMDIR: removes an empty directory.
     pub async fn rmdir(&self, path: &[u8]) -> Result<(), Error> {
         self.expect_ok("rmdir", path, proto::FXP_RMDIR, |p| p.bytes(path))
             .await
     }
 
+    /// REMOVE: removes a file or symlink.
     pub async fn remove(&self, path: &[u8]) -> Result<(), Error> {
         self.expect_ok("remove", path, proto::FXP_REMOVE, |p| p.bytes(path))
             .await
     }
 
+    /// REALPATH: the canonical absolute form of `path`.
     pub async fn realpath(&self, path: &[u8]) -> Result<Vec<u8>, Error> {
         self.expect_name("realpath", path, proto::FXP_REALPATH, |p| p.bytes(path))
             .await
     }
 
+    /// READLINK: what the symlink at `path` points at.
     pub async fn readlink(&self, path: &[u8]) -> Result<Vec<u8>, Error> {
         self.expect_name("readlink", path, proto::FXP_READLINK, |p| p.bytes(path))
             .await
@@ -890,6 +924,7 @@ impl Sftp {
             .await
     }
 
+    /// `fsync@openssh.com` on an open handle.
     pub async fn fsync(&self, handle: &[u8]) -> Result<(), Error> {
         self.extended("fsync@openssh.com", |p| p.bytes(handle), 0)
             .await
@@ -954,6 +989,7 @@ impl Sftp {
         .await
     }
 
+    /// OPENDIR: a handle for reading the directory at `path`.
     pub async fn opendir(&self, path: &[u8]) -> Result<Vec<u8>, Error> {
         self.expect_handle("opendir", path, proto::FXP_OPENDIR, |p| p.bytes(path))
             .await
@@ -1174,6 +1210,7 @@ pub(crate) async fn read_replies<R: AsyncRead + Unpin>(
                     .as_mut()
                     .and_then(|m| m.remove(&id));
                 if let Some(tx) = tx {
+                    shared.answered.fetch_add(1, Ordering::Relaxed);
                     let _ = tx.send(reply);
                 }
             }

@@ -26,6 +26,8 @@
 //! # let _ = names; Ok(()) }
 //! ```
 
+#![deny(missing_docs)]
+
 pub mod carrier;
 pub mod client;
 pub mod error;

@@ -7,54 +7,97 @@
 
 use std::fmt;
 
+/// The SFTP version robosync speaks (draft-ietf-secsh-filexfer-02).
 pub const VERSION: u32 = 3;
 
 // Packet types.
+/// Packet type `SSH_FXP_INIT`.
 pub const FXP_INIT: u8 = 1;
+/// Packet type `SSH_FXP_VERSION`.
 pub const FXP_VERSION: u8 = 2;
+/// Packet type `SSH_FXP_OPEN`.
 pub const FXP_OPEN: u8 = 3;
+/// Packet type `SSH_FXP_CLOSE`.
 pub const FXP_CLOSE: u8 = 4;
+/// Packet type `SSH_FXP_READ`.
 pub const FXP_READ: u8 = 5;
+/// Packet type `SSH_FXP_WRITE`.
 pub const FXP_WRITE: u8 = 6;
+/// Packet type `SSH_FXP_LSTAT`.
 pub const FXP_LSTAT: u8 = 7;
+/// Packet type `SSH_FXP_FSTAT`.
 pub const FXP_FSTAT: u8 = 8;
+/// Packet type `SSH_FXP_SETSTAT`.
 pub const FXP_SETSTAT: u8 = 9;
+/// Packet type `SSH_FXP_FSETSTAT`.
 pub const FXP_FSETSTAT: u8 = 10;
+/// Packet type `SSH_FXP_OPENDIR`.
 pub const FXP_OPENDIR: u8 = 11;
+/// Packet type `SSH_FXP_READDIR`.
 pub const FXP_READDIR: u8 = 12;
+/// Packet type `SSH_FXP_REMOVE`.
 pub const FXP_REMOVE: u8 = 13;
+/// Packet type `SSH_FXP_MKDIR`.
 pub const FXP_MKDIR: u8 = 14;
+/// Packet type `SSH_FXP_RMDIR`.
 pub const FXP_RMDIR: u8 = 15;
+/// Packet type `SSH_FXP_REALPATH`.
 pub const FXP_REALPATH: u8 = 16;
+/// Packet type `SSH_FXP_STAT`.
 pub const FXP_STAT: u8 = 17;
+/// Packet type `SSH_FXP_RENAME`.
 pub const FXP_RENAME: u8 = 18;
+/// Packet type `SSH_FXP_READLINK`.
 pub const FXP_READLINK: u8 = 19;
+/// Packet type `SSH_FXP_SYMLINK`.
 pub const FXP_SYMLINK: u8 = 20;
+/// Packet type `SSH_FXP_STATUS`.
 pub const FXP_STATUS: u8 = 101;
+/// Packet type `SSH_FXP_HANDLE`.
 pub const FXP_HANDLE: u8 = 102;
+/// Packet type `SSH_FXP_DATA`.
 pub const FXP_DATA: u8 = 103;
+/// Packet type `SSH_FXP_NAME`.
 pub const FXP_NAME: u8 = 104;
+/// Packet type `SSH_FXP_ATTRS`.
 pub const FXP_ATTRS: u8 = 105;
+/// Packet type `SSH_FXP_EXTENDED`.
 pub const FXP_EXTENDED: u8 = 200;
+/// Packet type `SSH_FXP_EXTENDED_REPLY`.
 pub const FXP_EXTENDED_REPLY: u8 = 201;
 
 // Open flags.
+/// OPEN flag `SSH_FXF_READ`: open for reading.
 pub const FXF_READ: u32 = 0x01;
+/// OPEN flag `SSH_FXF_WRITE`: open for writing.
 pub const FXF_WRITE: u32 = 0x02;
+/// OPEN flag `SSH_FXF_APPEND`: writes go to the end.
 pub const FXF_APPEND: u32 = 0x04;
+/// OPEN flag `SSH_FXF_CREAT`: create the file if missing.
 pub const FXF_CREAT: u32 = 0x08;
+/// OPEN flag `SSH_FXF_TRUNC`: truncate an existing file.
 pub const FXF_TRUNC: u32 = 0x10;
+/// OPEN flag `SSH_FXF_EXCL`: fail if the file exists (with CREAT).
 pub const FXF_EXCL: u32 = 0x20;
 
 // Status codes.
+/// Status `SSH_FX_OK`: success.
 pub const FX_OK: u32 = 0;
+/// Status `SSH_FX_EOF`: end of file or of a directory.
 pub const FX_EOF: u32 = 1;
+/// Status `SSH_FX_NO_SUCH_FILE`: no such file.
 pub const FX_NO_SUCH_FILE: u32 = 2;
+/// Status `SSH_FX_PERMISSION_DENIED`: permission denied.
 pub const FX_PERMISSION_DENIED: u32 = 3;
+/// Status `SSH_FX_FAILURE`: any other failure.
 pub const FX_FAILURE: u32 = 4;
+/// Status `SSH_FX_BAD_MESSAGE`: a malformed request.
 pub const FX_BAD_MESSAGE: u32 = 5;
+/// Status `SSH_FX_NO_CONNECTION`: no connection (client-side).
 pub const FX_NO_CONNECTION: u32 = 6;
+/// Status `SSH_FX_CONNECTION_LOST`: connection lost (client-side).
 pub const FX_CONNECTION_LOST: u32 = 7;
+/// Status `SSH_FX_OP_UNSUPPORTED`: an operation the server does not support.
 pub const FX_OP_UNSUPPORTED: u32 = 8;
 
 const ATTR_SIZE: u32 = 0x01;
@@ -70,7 +113,9 @@ pub const MAX_INBOUND_PACKET: u32 = 1024 * 1024;
 /// File attributes; absent fields are `None`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Attrs {
+    /// Bytes (files).
     pub size: Option<u64>,
+    /// Owner and group ids.
     pub uid_gid: Option<(u32, u32)>,
     /// Full st_mode, including the file type bits.
     pub permissions: Option<u32>,
@@ -78,24 +123,33 @@ pub struct Attrs {
     pub times: Option<(u32, u32)>,
 }
 
+/// Mask of the file-type bits of `permissions`.
 pub const S_IFMT: u32 = 0o170000;
+/// File type: directory.
 pub const S_IFDIR: u32 = 0o040000;
+/// File type: regular file.
 pub const S_IFREG: u32 = 0o100000;
+/// File type: symlink.
 pub const S_IFLNK: u32 = 0o120000;
 
 impl Attrs {
+    /// The file-type bits, when the permissions are known.
     pub fn file_type(&self) -> Option<u32> {
         self.permissions.map(|p| p & S_IFMT)
     }
+    /// Whether it is a directory.
     pub fn is_dir(&self) -> bool {
         self.file_type() == Some(S_IFDIR)
     }
+    /// Whether it is a regular file.
     pub fn is_file(&self) -> bool {
         self.file_type() == Some(S_IFREG)
     }
+    /// Whether it is a symlink.
     pub fn is_symlink(&self) -> bool {
         self.file_type() == Some(S_IFLNK)
     }
+    /// The modification time (Unix seconds), when known.
     pub fn mtime(&self) -> Option<u32> {
         self.times.map(|t| t.1)
     }
@@ -104,22 +158,36 @@ impl Attrs {
 /// One directory entry from READDIR (or the single name of REALPATH/READLINK).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Name {
+    /// The name (one component, raw bytes: the server's word, not yet trusted).
     pub filename: Vec<u8>,
+    /// Its attributes.
     pub attrs: Attrs,
 }
 
 /// A decoded server reply, with its request id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Status { code: u32, message: String },
+    /// STATUS: a result code and the server's message.
+    Status {
+        /// `FX_OK`, `FX_EOF`, … (see [`FX_OK`] and the others).
+        code: u32,
+        /// The server's words.
+        message: String,
+    },
+    /// HANDLE: an opened handle (raw bytes).
     Handle(Vec<u8>),
+    /// DATA: bytes read.
     Data(Vec<u8>),
+    /// NAME: names (READDIR, REALPATH, READLINK).
     Name(Vec<Name>),
+    /// ATTRS: attributes (STAT and the others).
     Attrs(Attrs),
+    /// EXTENDED_REPLY: an extension's answer (its raw body).
     Extended(Vec<u8>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A packet that does not decode; says what was wrong.
 pub struct DecodeError(pub &'static str);
 
 impl fmt::Display for DecodeError {
@@ -136,6 +204,7 @@ pub struct Packet {
 }
 
 impl Packet {
+    /// A packet of type `kind` with request id `id`.
     pub fn new(kind: u8, id: u32) -> Packet {
         Packet::after(Vec::with_capacity(64), kind, id)
     }
@@ -153,19 +222,23 @@ impl Packet {
         buf.extend_from_slice(&VERSION.to_be_bytes());
         Packet { buf, start: 0 }
     }
+    /// Appends a big-endian u32.
     pub fn u32(mut self, v: u32) -> Packet {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
+    /// Appends a big-endian u64.
     pub fn u64(mut self, v: u64) -> Packet {
         self.buf.extend_from_slice(&v.to_be_bytes());
         self
     }
+    /// Appends a length-prefixed string.
     pub fn bytes(mut self, v: &[u8]) -> Packet {
         self.buf.extend_from_slice(&(v.len() as u32).to_be_bytes());
         self.buf.extend_from_slice(v);
         self
     }
+    /// Appends attributes.
     pub fn attrs(mut self, a: &Attrs) -> Packet {
         let mut flags = 0;
         if a.size.is_some() {
@@ -195,6 +268,7 @@ impl Packet {
         }
         self
     }
+    /// The whole packet, its length prefix filled in.
     pub fn finish(self) -> Vec<u8> {
         self.finish_before(0)
     }
@@ -214,17 +288,21 @@ pub struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    /// Reads `buf` from its start.
     pub fn new(buf: &'a [u8]) -> Reader<'a> {
         Reader { buf }
     }
+    /// Whether everything was read.
     pub fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
+    /// Reads one byte.
     pub fn u8(&mut self) -> Result<u8, DecodeError> {
         let (&b, rest) = self.buf.split_first().ok_or(DecodeError("short"))?;
         self.buf = rest;
         Ok(b)
     }
+    /// Reads a big-endian u32.
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
         let (a, rest) = self
             .buf
@@ -233,9 +311,11 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(u32::from_be_bytes(*a))
     }
+    /// Reads a big-endian u64.
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
         Ok(((self.u32()? as u64) << 32) | self.u32()? as u64)
     }
+    /// Reads a length-prefixed string.
     pub fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let n = self.u32()? as usize;
         if self.buf.len() < n {
@@ -245,6 +325,7 @@ impl<'a> Reader<'a> {
         self.buf = rest;
         Ok(a)
     }
+    /// Reads attributes.
     pub fn attrs(&mut self) -> Result<Attrs, DecodeError> {
         let flags = self.u32()?;
         let mut a = Attrs::default();
@@ -268,6 +349,7 @@ impl<'a> Reader<'a> {
         }
         Ok(a)
     }
+    /// Everything not yet read.
     pub fn rest(&mut self) -> &'a [u8] {
         std::mem::take(&mut self.buf)
     }
@@ -332,6 +414,7 @@ pub fn data_head(head: &[u8]) -> Option<(u32, usize)> {
 /// Extension names and data from a VERSION packet.
 pub type ExtensionList = Vec<(String, Vec<u8>)>;
 
+/// Decodes a VERSION packet's body: the version and the extensions advertised.
 pub fn decode_version(body: &[u8]) -> Result<(u32, ExtensionList), DecodeError> {
     let mut r = Reader::new(body);
     if r.u8()? != FXP_VERSION {

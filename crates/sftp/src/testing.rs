@@ -44,12 +44,25 @@ struct Entry {
     mtime: u32,
 }
 
+/// One change a client made to a [`MemFs`], in the order the servers made
+/// them (see [`MemFs::changes`]): for tests of what lands when.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A file, directory or symlink was created at this path.
+    Created(Vec<u8>),
+    /// Bytes were written to the file at this path.
+    Written(Vec<u8>),
+    /// The entry at the first path was renamed to the second.
+    Renamed(Vec<u8>, Vec<u8>),
+}
+
 /// A file tree in memory, shared between a test and its servers. Paths are
 /// absolute byte strings (`/` joins components; any other byte, UTF-8 or
 /// not, is part of a name).
 #[derive(Clone)]
 pub struct MemFs {
     tree: Arc<Mutex<BTreeMap<Vec<u8>, Entry>>>,
+    changes: Arc<Mutex<Vec<Change>>>,
 }
 
 impl Default for MemFs {
@@ -65,6 +78,7 @@ impl MemFs {
         tree.insert(b"/".to_vec(), dir_entry(0o755));
         MemFs {
             tree: Arc::new(Mutex::new(tree)),
+            changes: Arc::default(),
         }
     }
 
@@ -115,6 +129,15 @@ impl MemFs {
             .unwrap()
             .get(&key)
             .map(|e| (e.mode, e.mtime))
+    }
+
+    /// What clients changed so far, in order (what a test adds is not listed).
+    pub fn changes(&self) -> Vec<Change> {
+        self.changes.lock().unwrap().clone()
+    }
+
+    fn changed(&self, c: Change) {
+        self.changes.lock().unwrap().push(c);
     }
 
     /// Every path in the tree, sorted.
@@ -245,6 +268,7 @@ pub struct MemServer {
     pub fs: MemFs,
     seen: Arc<Seen>,
     held: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl MemServer {
@@ -261,8 +285,16 @@ impl MemServer {
             next_handle: 0x7f_fff0,
             count: 0,
         };
-        tokio::spawn(session.run(server, held_rx));
-        (MemServer { fs, seen, held }, client)
+        let task = tokio::spawn(session.run(server, held_rx));
+        (
+            MemServer {
+                fs,
+                seen,
+                held,
+                task,
+            },
+            client,
+        )
     }
 
     /// Starts a server and an [`Sftp`] session on it.
@@ -285,6 +317,17 @@ impl MemServer {
     /// Answers everything held, and what comes next.
     pub fn release(&self) {
         self.held.send_replace(false);
+    }
+
+    /// Ends the server at once, as a dropped link would: its end of the
+    /// pipe closes, so the client reads end-of-stream.
+    pub fn kill(&self) {
+        self.task.abort();
+    }
+
+    /// Whether the server has ended (killed, or closed by a hostile mode).
+    pub fn has_ended(&self) -> bool {
+        self.task.is_finished()
     }
 
     /// Requests received so far (INIT included).
@@ -470,6 +513,8 @@ impl Session {
                     file.resize(end as usize, 0);
                 }
                 file[off as usize..end as usize].copy_from_slice(data);
+                drop(tree);
+                self.fs.changed(Change::Written(key));
                 ok()
             }
             proto::FXP_LSTAT | proto::FXP_STAT => {
@@ -766,6 +811,8 @@ impl Session {
                 mtime: 1_700_000_000,
             },
         );
+        drop(tree);
+        self.fs.changed(Change::Created(key.to_vec()));
         Ok(())
     }
 
@@ -874,6 +921,8 @@ impl Session {
             let e = tree.remove(&old).expect("listed just now");
             tree.insert([to, &old[from.len()..]].concat(), e);
         }
+        drop(tree);
+        self.fs.changed(Change::Renamed(from.to_vec(), to.to_vec()));
         Ok(())
     }
 }

@@ -4,7 +4,9 @@
 //!
 //! A front-end (the `robosync` binary, a Slurm shard runner, a test) builds
 //! a [`Job`]: which way ([`Direction`]), the local root, the remote root, the
-//! filter rules, the SSH [`Target`] and the [`Options`]. [`run`] then does
+//! filter rules, how to reach the host (a [`Dialer`]: for a real host an
+//! `SshDialer` of the SSH `Target`; in tests an in-memory one) and the
+//! [`Options`]. [`run`] then does
 //! the whole sync once, the same steps for a push and a pull:
 //!
 //! 1. state paths and this pair's lock, the destination's lease;
@@ -21,7 +23,8 @@
 //!    removed, the pool closed.
 //!
 //! What happens along the way goes to an [`Observer`] (phases, itemised
-//! actions, notes, warnings, progress); the engine never prints. The outcome
+//! actions, notes, warnings, progress, each connection as a [`PoolEvent`]);
+//! the engine never prints. The outcome
 //! is a [`Report`]: counters, the entries that failed (each an
 //! [`EntryError`]: path, [`Operation`], message), and, when the run stopped,
 //! a [`Failure`] whose `code` is the documented exit code.
@@ -30,7 +33,7 @@
 //! the paths as rsync does (`paths.rs`: a source's own name or its
 //! contents, a single file to a new name, several sources, what only the
 //! server can tell re-run as a [`Redo`]), asks the front-end's
-//! [`Connector`] for each host's [`Target`], runs one [`Job`] per source
+//! [`Connector`] for each host's `Target`, runs one [`Job`] per source
 //! and adds their reports up.
 //!
 //! [`json`] is the `--json` report every front-end prints the same way.
@@ -57,7 +60,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use robosync_scanner::Filters;
-use robosync_transport::Target;
+pub use robosync_transport::{Dialer, PoolEvent};
 
 mod confirm;
 mod dirs;
@@ -65,6 +68,8 @@ mod endpoint;
 mod failure;
 pub mod json;
 mod lease;
+#[cfg(test)]
+mod memory_tests;
 mod paths;
 mod pull;
 mod push;
@@ -167,8 +172,9 @@ pub struct Job {
     /// The remote side as the user named it (`[user@]host:path`): part of
     /// this pair's state identity and of messages.
     pub label: String,
-    /// Where and how to connect.
-    pub target: Target,
+    /// Where and how to connect (a `robosync_transport::SshDialer` for a
+    /// real host).
+    pub dialer: Arc<dyn Dialer>,
     /// How to behave.
     pub options: Options,
     /// A single file's run: its names on each side (the roots are its
@@ -233,6 +239,10 @@ pub trait Observer: Send + Sync {
     fn notice(&self, msg: &str);
     /// Something probably wrong that did not stop the run.
     fn warn(&self, msg: &str);
+    /// Something happened to the connections: one logged in, channels
+    /// opened, one was lost or replaced, or connecting said something
+    /// ([`PoolEvent::Note`], [`PoolEvent::Warning`]).
+    fn connection(&self, event: &PoolEvent);
     /// What the transfer will move: bytes and files.
     fn total(&self, bytes: u64, files: u64);
     /// `n` more bytes moved.

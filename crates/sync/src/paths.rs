@@ -113,7 +113,7 @@ impl Runs<'_> {
             remote: roots.remote,
             filters: roots.filters,
             label: roots.label,
-            target,
+            dialer: Arc::new(robosync_transport::SshDialer::new(target)),
             options: self.cmd.options.clone(),
             rename: roots.rename,
             creatable: roots.creatable,

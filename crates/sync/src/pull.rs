@@ -273,6 +273,8 @@ pub struct Pull {
     pub manifest: Mutex<Manifest>,
     /// Bytes asked of the server and not yet written locally, all files together.
     pub data: crate::push::ReadAhead,
+    /// Files in flight on each session (see [`crate::push::Slots`]).
+    pub slots: crate::push::Slots,
     /// Directories already right at the destination (see `sync::dirs_in_place`).
     pub dirs_in_place: HashSet<PathBuf>,
     /// Entries whose remote name differs (a single file to a new name):
@@ -353,11 +355,9 @@ impl Pull {
             .session()
             .await
             .map_or(0, |s| s.limits.max_open_handles);
-        let per_session = if handles > 0 {
-            (handles / 2).clamp(8, crate::push::PULL_FILES_PER_SESSION) as usize
-        } else {
-            16
-        };
+        let per_session =
+            crate::push::files_per_session(handles, crate::push::PULL_FILES_PER_SESSION);
+        self.slots.set_per_session(per_session);
         (per_session * self.pool.capacity()).min(crate::push::fd_budget())
     }
 
@@ -512,7 +512,7 @@ impl Pull {
         let node = self.node(rel)?;
         let key = rel.as_os_str().as_bytes();
         loop {
-            let s = self.pool.session().await?;
+            let (s, _slot) = self.slots.take(&self.pool).await?;
             match self.fetch_once(&s, key, node).await {
                 Ok(()) => {
                     self.run.file_done();

@@ -165,8 +165,63 @@ pub struct Slots {
     freed: tokio::sync::Notify,
 }
 
+impl Slots {
+    /// Files in flight per session from now on.
+    pub fn set_per_session(&self, n: usize) {
+        self.per_session.store(n, Ordering::Relaxed);
+    }
+
+    /// A session for one file: the least loaded, once it has a free slot.
+    /// The file stays on it: a session answers in order, so a file queued
+    /// behind many others waits for all of them while sessions that joined
+    /// later sit idle (measured: 512 small files dealt round-robin while only
+    /// the first session was up stalled for five seconds). Each file holds
+    /// a handle on its session: the slots keep a session within the
+    /// server's handle limit while others are still joining.
+    pub async fn take(&self, pool: &Pool) -> Result<(Arc<Sftp>, Slot<'_>), Error> {
+        loop {
+            let live = pool.sessions();
+            if live.is_empty() {
+                pool.repair().await?;
+                continue;
+            }
+            {
+                let mut load = self.load.lock().unwrap();
+                let key = |s: &Arc<Sftp>| Arc::as_ptr(s) as usize;
+                let best = live
+                    .iter()
+                    .min_by_key(|s| load.get(&key(s)).copied().unwrap_or(0))
+                    .expect("sessions are not empty");
+                let n = load.entry(key(best)).or_insert(0);
+                if *n < self.per_session.load(Ordering::Relaxed).max(1) {
+                    *n += 1;
+                    let slot = Slot {
+                        slots: self,
+                        key: key(best),
+                    };
+                    return Ok((best.clone(), slot));
+                }
+            }
+            // All full: wait for a file to finish (or a session to join).
+            let wait = self.freed.notified();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), wait).await;
+        }
+    }
+}
+
+/// Files in flight per session for a server allowing `handles` open
+/// handles per session (0: it does not say): half of them, so listings,
+/// the lease and striped big files still fit, at most `cap`.
+pub fn files_per_session(handles: u64, cap: u64) -> usize {
+    if handles > 0 {
+        (handles / 2).clamp(1, cap) as usize
+    } else {
+        16
+    }
+}
+
 /// One file's place on a session; given back on drop.
-struct Slot<'a> {
+pub struct Slot<'a> {
     slots: &'a Slots,
     key: usize,
 }
@@ -452,12 +507,8 @@ impl Push {
             .session()
             .await
             .map_or(0, |s| s.limits.max_open_handles);
-        let per_session = if handles > 0 {
-            (handles / 2).clamp(8, PUSH_FILES_PER_SESSION) as usize
-        } else {
-            16
-        };
-        self.slots.per_session.store(per_session, Ordering::Relaxed);
+        let per_session = files_per_session(handles, PUSH_FILES_PER_SESSION);
+        self.slots.set_per_session(per_session);
         // Each file in flight holds its local file open.
         let concurrency = (per_session * self.pool.capacity()).min(fd_budget());
         let results: Vec<Result<(), EntryError>> = stream::iter(files)
@@ -519,41 +570,6 @@ impl Push {
             errors.extend(results.into_iter().filter_map(Result::err));
         }
         errors
-    }
-
-    /// A session for one file: the least loaded, once it has a free slot.
-    /// The file stays on it: a session answers in order, so a file queued
-    /// behind many others waits for all of them while sessions that joined
-    /// later sit idle (measured: 512 small files dealt round-robin while only
-    /// the first session was up stalled for five seconds).
-    async fn slot(&self) -> Result<(Arc<Sftp>, Slot<'_>), Error> {
-        loop {
-            let live = self.pool.sessions();
-            if live.is_empty() {
-                self.pool.repair().await?;
-                continue;
-            }
-            {
-                let mut load = self.slots.load.lock().unwrap();
-                let key = |s: &Arc<Sftp>| Arc::as_ptr(s) as usize;
-                let best = live
-                    .iter()
-                    .min_by_key(|s| load.get(&key(s)).copied().unwrap_or(0))
-                    .expect("sessions are not empty");
-                let n = load.entry(key(best)).or_insert(0);
-                if *n < self.slots.per_session.load(Ordering::Relaxed).max(1) {
-                    *n += 1;
-                    let slot = Slot {
-                        slots: &self.slots,
-                        key: key(best),
-                    };
-                    return Ok((best.clone(), slot));
-                }
-            }
-            // All full: wait for a file to finish (or a session to join).
-            let wait = self.slots.freed.notified();
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(50), wait).await;
-        }
     }
 
     /// Runs `f` on a session, retrying on another (or a reconnected) one when the link drops.
@@ -831,7 +847,7 @@ impl Push {
         let mut delta = delta;
         let mut pipelined = true;
         loop {
-            let (s, _slot) = self.slot().await?;
+            let (s, _slot) = self.slots.take(&self.pool).await?;
             let attempt = match &delta {
                 Some((send, reuse)) if self.run.opts.inplace => {
                     self.send_inplace(&s, &key, e, &file, send).await

@@ -76,7 +76,7 @@ impl Sessions for Pool {
     }
 
     fn peer(&self) -> String {
-        self.target().peer()
+        Pool::peer(self)
     }
 }
 

@@ -228,6 +228,11 @@ impl Run {
         self.observer.warn(msg);
     }
 
+    /// Something happened to the pool's connections.
+    pub fn pool_event(&self, e: robosync_transport::PoolEvent) {
+        self.observer.connection(&e);
+    }
+
     /// One action a real run would take (a dry run's output).
     pub fn planned(&self, line: &str) {
         self.observer.planned(line);

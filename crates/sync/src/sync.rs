@@ -13,7 +13,7 @@ use robosync_manifest::{
 };
 use robosync_planner::{plan, Action, Kind, PlanOptions, Tree};
 use robosync_scanner::{Filter, ScanOptions, Snapshot, StatCache};
-use robosync_transport::{Error, Pool, PoolOptions, Target};
+use robosync_transport::{Dialer, Error, Pool, PoolOptions};
 
 use crate::dirs::{dirs_in_place, dirs_touched, mode_mask};
 use crate::failure::{
@@ -76,20 +76,22 @@ pub fn default_state_dir() -> PathBuf {
 /// likely have enough to do for more connections (see [`Pool::open_expecting`]).
 pub async fn open_pool(
     args: &Options,
-    run: &Run,
-    target: Target,
+    run: &Arc<Run>,
+    dialer: Arc<dyn Dialer>,
     work: impl std::future::Future<Output = bool> + Send + 'static,
 ) -> Result<Arc<Pool>, Failure> {
-    // MFA hosts: one login, all channels on it (see connect::needs_interactive_auth).
-    let interactive_auth = target.ssh_program.is_none()
-        && robosync_transport::connect::needs_interactive_auth(&target.config);
-    let connections = if interactive_auth {
+    // MFA hosts: one login, all channels on it.
+    let connections = if dialer.one_login() {
         1
     } else {
         args.connections.unwrap_or(2).max(1)
     };
+    let events = {
+        let run = run.clone();
+        Arc::new(move |e| run.pool_event(e))
+    };
     let pool = Pool::open_expecting(
-        target,
+        dialer,
         PoolOptions {
             connections,
             channels: args.channels.unwrap_or(8).max(1),
@@ -112,6 +114,7 @@ pub async fn open_pool(
             }),
         },
         work,
+        events,
     )
     .await
     .map_err(|e| match exit_code(&e) {
@@ -120,13 +123,6 @@ pub async fn open_pool(
         EXIT_LOST => fail(EXIT_CONNECT, e.to_string()),
         _ => transport_failure(e),
     })?;
-    for n in pool.notes.lock().unwrap().drain(..) {
-        if n.starts_with("warning") {
-            run.warn(n.trim_start_matches("warning: "));
-        } else {
-            run.note(n);
-        }
-    }
     Ok(pool)
 }
 
@@ -186,7 +182,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
         remote: remote_path,
         filters,
         label,
-        target,
+        dialer,
         options,
         rename,
         creatable,
@@ -280,7 +276,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
     // has to do is known only from the listing.
     let dry_run = args.dry_run;
     let work = async move { push && !dry_run && work.await.unwrap_or(false) };
-    let pool = open_pool(args, run, target, work).await?;
+    let pool = open_pool(args, run, dialer, work).await?;
     run.phase(Phase::Scanning);
     {
         // Both sides hold about as many entries (a rerun's, at least).
@@ -685,6 +681,7 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
                 partials,
                 manifest: Mutex::new(manifest),
                 data: push::ReadAhead::for_sessions(pool.capacity()),
+                slots: Default::default(),
                 dirs_in_place: in_place,
                 remote_names: rename
                     .map(|r| HashMap::from([(r.to.clone(), r.from.clone())]))
@@ -1144,14 +1141,7 @@ async fn prepare_destination(
     let taken = crate::lease::take_remote(pool, s, remote_root, Some(opened), dest_label).await;
     crate::lease::HELD.hold(taken?);
     let real = real.map_err(|e| lost_or(EXIT_PARTIAL, "cannot resolve destination", e))?;
-    let c = &pool.target().config;
-    let identity = format!(
-        "{}@{}:{}:{}",
-        c.user,
-        c.hostname,
-        c.port,
-        String::from_utf8_lossy(&real)
-    );
+    let identity = format!("{}:{}", pool.peer(), String::from_utf8_lossy(&real));
     crate::lease::hold_identity(state_dir, &identity, dest_label)
 }
 
@@ -1314,9 +1304,6 @@ pub async fn close_run(
         ));
     }
     pool.settle(verbose).await;
-    for n in pool.notes.lock().unwrap().drain(..) {
-        run.note(n);
-    }
     pool.close().await;
 }
 

@@ -55,9 +55,12 @@ pub fn free_port() -> u16 {
 
 /// Name of the user running the tests (sshd logs in as this user).
 pub fn current_user() -> String {
+    // SAFETY: geteuid has no preconditions and cannot fail.
     let uid = unsafe { libc::geteuid() };
+    // SAFETY: getpwuid returns null or a pointer to static storage, read at once below (tests only: no other thread calls it meanwhile).
     let pw = unsafe { libc::getpwuid(uid) };
     assert!(!pw.is_null(), "no passwd entry for uid {uid}");
+    // SAFETY: pw is not null (asserted), and pw_name is a NUL-terminated string in it.
     unsafe { std::ffi::CStr::from_ptr((*pw).pw_name) }
         .to_string_lossy()
         .into_owned()

@@ -272,6 +272,7 @@ impl Sshd {
         fs::write(&s.ssh_config, s.config_stanza("robot")).unwrap();
 
         // As root, sshd insists on its privilege-separation directory.
+        // SAFETY: geteuid has no preconditions and cannot fail.
         if unsafe { libc::geteuid() } == 0 {
             let _ = fs::create_dir_all("/run/sshd");
         }
@@ -387,10 +388,13 @@ impl Sshd {
     fn kill_all(&mut self) {
         let pid = self.child.id() as i32;
         // Stop the listener first so it forks no new sessions meanwhile.
+        // SAFETY: kill only sends a signal; pid is our own child, not yet reaped.
         unsafe { libc::kill(pid, libc::SIGSTOP) };
         for (p, _) in descendants_of(pid) {
+            // SAFETY: kill only sends a signal; an exited pid makes it fail harmlessly.
             unsafe { libc::kill(p, libc::SIGKILL) };
         }
+        // SAFETY: kill only sends a signal; pid is our own child, not yet reaped.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         let _ = self.child.wait();
     }
@@ -535,6 +539,7 @@ fn descendants_of(root: i32) -> Vec<(i32, String)> {
 
 impl Drop for Sshd {
     fn drop(&mut self) {
+        // SAFETY: kill only sends a signal; the child is ours and not yet reaped.
         unsafe {
             libc::kill(self.child.id() as i32, libc::SIGTERM);
         }

@@ -32,7 +32,9 @@ const DEFAULT_MARGIN: Duration = Duration::from_secs(3600);
 /// `--auth-timeout`, `--state-dir`); the config file fills what is `None`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
+    /// `--auth-command`: what refreshes the certificate.
     pub command: Option<String>,
+    /// `--auth-margin`: refresh when the certificate expires sooner than this.
     pub margin: Option<Duration>,
     /// How long the command may run, and how long to wait for another run's.
     pub timeout: Duration,

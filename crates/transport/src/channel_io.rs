@@ -23,6 +23,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// The sending side of a session over a russh channel. (An enum of one
 /// variant so that `connect.rs` names it as before.)
 pub enum Outbound {
+    /// A russh channel's writing half.
     Channel(ChannelWriteHalf<Msg>),
 }
 
@@ -51,6 +52,7 @@ pub struct ChannelReader {
 }
 
 impl ChannelReader {
+    /// Reads the data a channel's reading half receives.
     pub fn new(half: ChannelReadHalf) -> ChannelReader {
         let messages = futures::stream::unfold(half, |mut half| async move {
             loop {

@@ -145,7 +145,9 @@ fn trusts_a_host_ca(cfg: &HostConfig) -> bool {
 /// One authenticated SSH connection (russh carrier).
 pub struct Connection {
     handle: Handle<HostKeyCheck>,
+    /// `user@host:port`, for messages.
     pub peer: String,
+    /// What connecting found worth saying (warnings start `warning: `).
     pub notes: Vec<String>,
     /// Switches off the socket's quick ACKs once a session runs (see `quickack`).
     quick_ack: QuickAckSwitch,
@@ -193,14 +195,18 @@ fn classify(
 /// How to reach a host: the resolved config plus the user's original request.
 #[derive(Clone)]
 pub struct Target {
+    /// What the user asked for (`[user@]host`, `-o`, `-F`).
     pub request: ConfigRequest,
+    /// The effective configuration for it.
     pub config: Arc<HostConfig>,
     /// Use this OpenSSH client binary instead of russh (`--ssh-program`).
     pub ssh_program: Option<PathBuf>,
+    /// Tunables of each SFTP session.
     pub session: SessionOptions,
 }
 
 impl Target {
+    /// `user@host:port`, for messages.
     pub fn peer(&self) -> String {
         format!(
             "{}@{}:{}",
@@ -294,6 +300,7 @@ pub fn certificate_paths(cfg: &HostConfig) -> Vec<PathBuf> {
     v
 }
 
+/// `secs` as a person reads it: seconds, minutes, hours or days.
 pub fn human_duration(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s} s"),
@@ -1031,6 +1038,7 @@ impl Connection {
         matches!(pinged, Ok(Ok(()))) && !self.handle.is_closed()
     }
 
+    /// Disconnects (as an application would).
     pub async fn close(&self) {
         let _ = self
             .handle

@@ -44,6 +44,7 @@ use crate::ssh_config::wildcard_match;
 pub struct HostKeyQuery<'a> {
     /// `HostKeyAlias` if set, else the host name connected to.
     pub host: &'a str,
+    /// The port connected to (non-22 ports are recorded as `[host]:port`).
     pub port: u16,
     /// The address connected to, when `CheckHostIP` is on.
     pub ip: Option<IpAddr>,
@@ -53,39 +54,63 @@ pub struct HostKeyQuery<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
     /// A line for this host lists this key.
-    Trusted { file: PathBuf, line: usize },
+    Trusted {
+        /// The known_hosts file.
+        file: PathBuf,
+        /// The line (from 1).
+        line: usize,
+    },
     /// A host certificate signed by the `@cert-authority` on this line.
-    TrustedByCa { file: PathBuf, line: usize },
+    TrustedByCa {
+        /// The known_hosts file.
+        file: PathBuf,
+        /// The line (from 1).
+        line: usize,
+    },
     /// Nothing is known about this host.
     Unknown,
     /// Keys of other types are known for this host, not this type (OpenSSH
     /// proceeds as for an unknown key, but says so). Callers treat it as
     /// [`Verdict::Unknown`].
     OtherTypesKnown {
+        /// The known_hosts file.
         file: PathBuf,
+        /// The line (from 1).
         line: usize,
+        /// The key type recorded there.
         known_type: String,
+        /// The key type the server presented.
         presented_type: String,
     },
     /// A different key of the same type is recorded for this host.
     Changed {
+        /// The known_hosts file.
         file: PathBuf,
+        /// The line (from 1).
         line: usize,
+        /// SHA256 fingerprint of the recorded key.
         expected_fingerprint: String,
+        /// SHA256 fingerprint of the presented key.
         presented_fingerprint: String,
     },
     /// The key (or the certificate's CA) is marked `@revoked`.
     Revoked {
+        /// The known_hosts file.
         file: PathBuf,
+        /// The line (from 1).
         line: usize,
+        /// SHA256 fingerprint of the revoked key.
         fingerprint: String,
     },
     /// A host certificate from a trusted CA that is not valid for this
     /// connection (expired, not yet valid, wrong principal, not a host
     /// certificate, bad signature).
     InvalidCertificate {
+        /// The known_hosts file naming the CA.
         file: PathBuf,
+        /// The line (from 1).
         line: usize,
+        /// Why the certificate does not do.
         reason: String,
     },
 }

@@ -10,6 +10,9 @@
 //! deadline (`retry_for` from its start): [`Pool::repair`] reconnects with
 //! exponential backoff and jitter, each attempt bounded by what remains,
 //! and past it every caller gets the same "not re-established" error at once.
+//! A login alone does not end an outage: one of its sessions must answer a
+//! request (a server that logs in, then answers nothing, ends in the same
+//! error rather than in logins forever).
 //! Lost connections are replaced in the background while others still work.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,12 +20,16 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::client::Sftp;
-use crate::connect::{open_sftp_via_ssh, Connection, Target};
+use crate::dial::{Dialer, Link as Connection, SshDialer};
 use crate::error::Error;
+use crate::Target;
 
+/// How many sessions a [`Pool`] aims for, and how long it keeps reconnecting.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
+    /// SSH connections (logins).
     pub connections: usize,
+    /// SFTP channels per connection.
     pub channels: usize,
     /// Keep reconnecting this long after a drop before giving up.
     pub retry_for: Duration,
@@ -41,19 +48,109 @@ pub const NEAR: Duration = Duration::from_millis(2);
 /// (measured: 16 ms on loopback, 112 ms across a 50 ms round trip).
 pub const FAR_HANDSHAKE: Duration = Duration::from_millis(50);
 
+/// What happens to a pool's connections, as it happens: for a front-end to
+/// show (`-v`: one line per connection and channel) or count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PoolEvent {
+    /// Connection `number` (counted from 1 over the pool's life) logged in
+    /// and opened `channels` SFTP channels.
+    Connected {
+        /// Which connection.
+        number: usize,
+        /// SFTP channels opened on it.
+        channels: usize,
+    },
+    /// `added` more channels opened on connection `number`.
+    ChannelsAdded {
+        /// Which connection.
+        number: usize,
+        /// Channels added.
+        added: usize,
+    },
+    /// Connection `number` was lost: what was in flight on it goes again
+    /// on live sessions.
+    ConnectionLost {
+        /// Which connection.
+        number: usize,
+        /// Why it counts as lost.
+        why: String,
+    },
+    /// Connection `number` logged in to replace a lost one.
+    Reconnected {
+        /// Which connection (a new number).
+        number: usize,
+        /// SFTP channels opened on it.
+        channels: usize,
+    },
+    /// A detail worth a `-v` reader's time (a fallback, fewer channels or
+    /// connections than asked for, a warning from a later login).
+    Note(String),
+    /// Something probably wrong that did not stop the first login (an
+    /// expiring certificate, a ControlMaster robosync cannot share).
+    Warning(String),
+}
+
+impl std::fmt::Display for PoolEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |n: &usize| if *n == 1 { "" } else { "s" };
+        match self {
+            PoolEvent::Connected { number, channels } => {
+                write!(
+                    f,
+                    "connection #{number}: {channels} SFTP channel{}",
+                    s(channels)
+                )
+            }
+            PoolEvent::ChannelsAdded { number, added } => {
+                write!(
+                    f,
+                    "connection #{number}: {added} more SFTP channel{}",
+                    s(added)
+                )
+            }
+            PoolEvent::ConnectionLost { number, why } => {
+                write!(f, "connection #{number} lost: {why}")
+            }
+            PoolEvent::Reconnected { number, channels } => write!(
+                f,
+                "connection #{number}: reconnected, {channels} SFTP channel{}",
+                s(channels)
+            ),
+            PoolEvent::Note(n) | PoolEvent::Warning(n) => f.write_str(n),
+        }
+    }
+}
+
+/// Where a pool's events go (called from its tasks, concurrently).
+pub type EventSink = Arc<dyn Fn(PoolEvent) + Send + Sync>;
+
 struct Link {
-    conn: Option<Arc<Connection>>,
+    /// Which connection (see [`PoolEvent::Connected`]).
+    number: usize,
+    conn: Option<Arc<dyn Connection>>,
     sessions: Vec<Arc<Sftp>>,
 }
 
+/// SFTP sessions over a few connections to one server, kept alive: see the
+/// module's documentation.
 pub struct Pool {
-    target: Target,
+    dialer: Arc<dyn Dialer>,
     opts: PoolOptions,
     links: Mutex<Vec<Link>>,
     next: AtomicUsize,
     repair: tokio::sync::Mutex<()>,
-    /// Messages worth showing once (fallbacks, warnings from connecting).
-    pub notes: Mutex<Vec<String>>,
+    /// Where events go.
+    events: EventSink,
+    /// Connections opened so far (numbers them).
+    dialed: AtomicUsize,
+    /// Connections already reported lost.
+    lost_numbers: Mutex<Vec<usize>>,
+    /// The pool is logging out: connections closing now are not lost.
+    closing: AtomicBool,
+    /// The first login is over: warnings from connecting are notes from now
+    /// on (a later login repeats what the first already said).
+    opened: AtomicBool,
+    /// Connections re-established after a loss.
     pub reconnects: AtomicUsize,
     /// The background task adding channels and connections.
     grower: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -68,6 +165,11 @@ pub struct Pool {
     /// When the current outage (no live session) must end; `None` while
     /// sessions live. One deadline however many callers wait on it.
     outage: Mutex<Option<Instant>>,
+    /// Sessions logged in during the current outage, with the replies each
+    /// had then: the outage ends only once one of them answers more (a
+    /// server that accepts logins and then answers nothing, a hung
+    /// filesystem behind it, would otherwise reset the deadline forever).
+    proving: Mutex<Vec<(Arc<Sftp>, u64)>>,
     /// Why the pool gave up (an outage outlived `retry_for`), once it has.
     lost: Mutex<Option<Error>>,
     /// Connections lost and not yet replaced, and whether a task replaces them.
@@ -76,10 +178,6 @@ pub struct Pool {
     me: Weak<Pool>,
 }
 
-/// Connecting, the key exchange, logging in and opening channels: a bound
-/// on one attempt beyond the TCP connect itself.
-const LOGIN_LIMIT: Duration = Duration::from_secs(30);
-
 impl Pool {
     /// Opens the first connection with one SFTP channel (errors here are
     /// final: auth, host key, refused SFTP) and returns at once; the other
@@ -87,7 +185,14 @@ impl Pool {
     /// (each channel costs the server a fork and an sftp-server start, so a
     /// small run should not wait for all of them). Refusals mean fewer.
     pub async fn open(target: Target, opts: PoolOptions) -> Result<Arc<Pool>, Error> {
-        Self::open_expecting(target, opts, async { false }).await
+        let quiet: EventSink = Arc::new(|_| {});
+        Self::open_expecting(
+            Arc::new(SshDialer::new(target)),
+            opts,
+            async { false },
+            quiet,
+        )
+        .await
     }
 
     /// [`Pool::open`], and when the first key exchange shows a distant
@@ -95,18 +200,24 @@ impl Pool {
     /// the other connections log in as soon as the first has authenticated
     /// (never before: a refused key must not be tried twice), alongside its
     /// channel and the listing, rather than after the plan.
+    /// Connections come from `dialer`; `events` hears what happens to them.
     pub async fn open_expecting(
-        target: Target,
+        dialer: Arc<dyn Dialer>,
         opts: PoolOptions,
         work: impl std::future::Future<Output = bool> + Send + 'static,
+        events: EventSink,
     ) -> Result<Arc<Pool>, Error> {
         let pool = Arc::new_cyclic(|me| Pool {
-            target,
+            dialer,
             opts,
             links: Mutex::new(Vec::new()),
             next: AtomicUsize::new(0),
             repair: tokio::sync::Mutex::new(()),
-            notes: Mutex::new(Vec::new()),
+            events,
+            dialed: AtomicUsize::new(0),
+            lost_numbers: Mutex::new(Vec::new()),
+            closing: AtomicBool::new(false),
+            opened: AtomicBool::new(false),
             reconnects: AtomicUsize::new(0),
             grower: Mutex::new(None),
             near: Default::default(),
@@ -114,6 +225,7 @@ impl Pool {
             refused_more: Default::default(),
             widening: Mutex::new(None),
             outage: Mutex::new(None),
+            proving: Mutex::new(Vec::new()),
             lost: Mutex::new(None),
             to_replace: AtomicUsize::new(0),
             replacing: AtomicBool::new(false),
@@ -122,7 +234,7 @@ impl Pool {
         let (handshake, took) = tokio::sync::oneshot::channel();
         let early = pool.clone();
         // (An `ssh` program per session reports no handshake: nothing early.)
-        *pool.early.lock().unwrap() = pool.target.ssh_program.is_none().then(|| {
+        *pool.early.lock().unwrap() = pool.dialer.shares_connections().then(|| {
             tokio::spawn(async move {
                 let Ok(took) = took.await else { return };
                 if took < FAR_HANDSHAKE || early.opts.connections < 2 || !work.await {
@@ -154,7 +266,10 @@ impl Pool {
         };
         let near = first.sessions.first().is_some_and(|s| s.rtt < NEAR);
         pool.near.store(near, Ordering::Relaxed);
+        let (number, channels) = (first.number, first.sessions.len());
         pool.links.lock().unwrap().push(first);
+        pool.event(PoolEvent::Connected { number, channels });
+        pool.opened.store(true, Ordering::Relaxed);
         Ok(pool)
     }
 
@@ -201,7 +316,12 @@ impl Pool {
         *widening = Some(tokio::spawn(async move {
             // Counting none elsewhere keeps a refusal quiet here: it is not
             // news until `expand` meets it, and reports it, for the transfers.
-            if let Ok(l) = pool.extend_link(Some(conn), 1, 0).await {
+            let number = pool.first_number();
+            if let Ok(l) = pool.extend_link(number, Some(conn), 1, 0).await {
+                pool.event(PoolEvent::ChannelsAdded {
+                    number,
+                    added: l.sessions.len(),
+                });
                 pool.links.lock().unwrap().push(l);
             }
         }));
@@ -227,21 +347,21 @@ impl Pool {
             let _ = task.await;
         }
         // Sessions on the first connection, wherever they are linked.
-        let (conn, on_first) = {
+        let (number, conn, on_first) = {
             let links = self.links.lock().unwrap();
             match links.first() {
                 Some(l) => {
                     let on_first = match &l.conn {
-                        Some(c) => links
+                        Some(_) => links
                             .iter()
-                            .filter(|o| o.conn.as_ref().is_some_and(|x| Arc::ptr_eq(x, c)))
+                            .filter(|o| o.conn.is_some() && o.number == l.number)
                             .map(|o| o.sessions.len())
                             .sum(),
                         None => l.sessions.len(),
                     };
-                    (l.conn.clone(), on_first)
+                    (l.number, l.conn.clone(), on_first)
                 }
-                None => (None, 0),
+                None => (0, None, 0),
             }
         };
         // The first connection's other channels and the other connections
@@ -252,8 +372,15 @@ impl Pool {
         let connected = self.links.lock().unwrap().len().max(1);
         let more_channels = async {
             if channels > on_first && on_first > 0 {
-                match self.extend_link(conn, channels - on_first, on_first).await {
-                    Ok(l) => self.links.lock().unwrap().push(l),
+                match self
+                    .extend_link(number, conn, channels - on_first, on_first)
+                    .await
+                {
+                    Ok(l) => {
+                        let added = l.sessions.len();
+                        self.links.lock().unwrap().push(l);
+                        self.event(PoolEvent::ChannelsAdded { number, added });
+                    }
                     // A refusal is noted by extend_link; a drop is news of its own.
                     Err(e) if e.is_transient() => {
                         self.note(format!("could not open more channels: {e}"))
@@ -290,7 +417,9 @@ impl Pool {
             for r in opened {
                 match r {
                     Ok(l) => {
+                        let (number, channels) = (l.number, l.sessions.len());
                         self.links.lock().unwrap().push(l);
+                        self.event(PoolEvent::Connected { number, channels });
                         have += 1;
                     }
                     Err(e) => failed = Some(e),
@@ -307,12 +436,10 @@ impl Pool {
 
     /// Distinct live SSH connections now (extra channels form links of their own).
     fn connections(&self) -> usize {
-        let mut seen: Vec<*const Connection> = Vec::new();
+        let mut seen: Vec<usize> = Vec::new();
         for l in self.links.lock().unwrap().iter() {
-            if let Some(c) = l.conn.as_ref().filter(|c| !c.is_closed()) {
-                if !seen.contains(&Arc::as_ptr(c)) {
-                    seen.push(Arc::as_ptr(c));
-                }
+            if l.conn.as_ref().is_some_and(|c| !c.is_closed()) && !seen.contains(&l.number) {
+                seen.push(l.number);
             }
         }
         seen.len()
@@ -337,7 +464,43 @@ impl Pool {
     }
 
     fn note(&self, s: String) {
-        self.notes.lock().unwrap().push(s);
+        self.event(PoolEvent::Note(s));
+    }
+
+    fn event(&self, e: PoolEvent) {
+        (self.events)(e);
+    }
+
+    /// What connecting said: its warnings count as such during the first
+    /// login only (later logins repeat them: notes then, as before).
+    fn connecting_said(&self, n: &str) {
+        match n.strip_prefix("warning: ") {
+            Some(w) if !self.opened.load(Ordering::Relaxed) => {
+                self.event(PoolEvent::Warning(w.to_string()))
+            }
+            _ => self.note(n.to_string()),
+        }
+    }
+
+    /// The first connection's number (0 before any).
+    fn first_number(&self) -> usize {
+        self.links.lock().unwrap().first().map_or(0, |l| l.number)
+    }
+
+    /// Reports connection `number` lost, once.
+    fn lost(&self, number: usize, why: &str) {
+        if self.closing.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut seen = self.lost_numbers.lock().unwrap();
+        if !seen.contains(&number) {
+            seen.push(number);
+            drop(seen);
+            self.event(PoolEvent::ConnectionLost {
+                number,
+                why: why.to_string(),
+            });
+        }
     }
 
     /// Opens one connection and its channels, bounded in time (and by
@@ -349,29 +512,25 @@ impl Pool {
         handshake: Option<tokio::sync::oneshot::Sender<Duration>>,
         within: Option<Duration>,
     ) -> Result<Link, Error> {
-        let limit = self
-            .target
-            .config
-            .connect_timeout
-            .unwrap_or(Duration::from_secs(30))
-            + LOGIN_LIMIT;
+        let limit = self.dialer.login_limit();
         let limit = within.map_or(limit, |w| w.min(limit));
+        let number = self.dialed.fetch_add(1, Ordering::Relaxed) + 1;
         let opened = async {
-            let conn = if self.target.ssh_program.is_some() {
-                None
-            } else {
-                let c = Arc::new(Connection::open(&self.target, handshake).await?);
-                for n in c.notes.iter() {
-                    self.note(n.clone());
+            let conn = if self.dialer.shares_connections() {
+                let dialed = self.dialer.connect(handshake).await?;
+                for n in &dialed.notes {
+                    self.connecting_said(n);
                 }
-                Some(c)
+                Some(dialed.link)
+            } else {
+                None
             };
-            self.extend_link(conn, channels, 0).await
+            self.extend_link(number, conn, channels, 0).await
         };
         match tokio::time::timeout(limit, opened).await {
             Ok(r) => r,
             Err(_) => Err(Error::Timeout {
-                peer: self.target.peer(),
+                peer: self.dialer.peer(),
                 after: limit,
             }),
         }
@@ -381,16 +540,16 @@ impl Pool {
     /// fails only if none opens. `already` counts sessions on it elsewhere.
     async fn extend_link(
         &self,
-        conn: Option<Arc<Connection>>,
+        number: usize,
+        conn: Option<Arc<dyn Connection>>,
         n: usize,
         already: usize,
     ) -> Result<Link, Error> {
-        let opts = self.target.session.clone();
         // Concurrently: each costs a few round trips and a server-side fork.
         let opened = futures::future::join_all((0..n.max(1)).map(|_| async {
             match &conn {
-                Some(c) => c.open_sftp(opts.clone()).await,
-                None => open_sftp_via_ssh(&self.target).await,
+                Some(c) => c.open_sftp().await,
+                None => self.dialer.open_alone().await,
             }
         }))
         .await;
@@ -417,9 +576,19 @@ impl Pool {
             }
         }
         if let Some(conn) = &conn {
-            tokio::spawn(watch(conn.clone(), sessions.clone()));
+            let (pool, conn, watched) = (self.me.clone(), conn.clone(), sessions.clone());
+            tokio::spawn(async move {
+                let why = watch(conn, watched).await;
+                if let (Some(why), Some(pool)) = (why, pool.upgrade()) {
+                    pool.lost(number, why);
+                }
+            });
         }
-        Ok(Link { conn, sessions })
+        Ok(Link {
+            number,
+            conn,
+            sessions,
+        })
     }
 
     /// Ends the background growth: waits for it (so its notes are complete)
@@ -473,9 +642,8 @@ impl Pool {
     pub async fn repair(&self) -> Result<(), Error> {
         let _guard = self.repair.lock().await;
         let lost_conns = self.prune();
+        self.end_outage_if_answered();
         if !self.sessions().is_empty() {
-            // Whatever outage there was is over (sessions came back some other way).
-            *self.outage.lock().unwrap() = None;
             self.replace_later(lost_conns);
             return Ok(());
         }
@@ -485,14 +653,16 @@ impl Pool {
             .unwrap()
             .get_or_insert_with(|| Instant::now() + self.opts.retry_for);
         let why = Error::ConnectionLost {
-            peer: self.target.peer(),
+            peer: self.dialer.peer(),
             detail: "no live session left".into(),
         };
         match self.reconnect_until(self.shape().1, deadline, why).await {
             Ok(l) => {
-                *self.outage.lock().unwrap() = None;
+                self.on_probation(&l);
                 self.reconnects.fetch_add(1, Ordering::Relaxed);
+                let (number, channels) = (l.number, l.sessions.len());
                 self.links.lock().unwrap().push(l);
+                self.event(PoolEvent::Reconnected { number, channels });
                 self.replace_later(lost_conns.saturating_sub(1));
                 Ok(())
             }
@@ -505,6 +675,45 @@ impl Pool {
                 }
                 Err(e)
             }
+        }
+    }
+
+    /// Sessions of `l`, which replaces lost ones during an outage: the
+    /// outage is over once one of them answers a request.
+    fn on_probation(&self, l: &Link) {
+        let mut proving = self.proving.lock().unwrap();
+        proving.extend(l.sessions.iter().map(|s| (s.clone(), s.answered())));
+    }
+
+    /// [`Pool::on_probation`] for connection `number`, if an outage is on.
+    fn on_probation_if_outage(&self, number: usize) {
+        if self.outage.lock().unwrap().is_none() {
+            return;
+        }
+        let sessions: Vec<Arc<Sftp>> = self
+            .links
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.number == number)
+            .flat_map(|l| l.sessions.iter().cloned())
+            .collect();
+        let mut proving = self.proving.lock().unwrap();
+        proving.extend(sessions.into_iter().map(|s| {
+            let at = s.answered();
+            (s, at)
+        }));
+    }
+
+    /// Ends the outage (its deadline) once a session that logged in during
+    /// it has answered a request, or when none did and sessions live anyway.
+    fn end_outage_if_answered(&self) {
+        let live = !self.sessions().is_empty();
+        let mut proving = self.proving.lock().unwrap();
+        let answered = proving.iter().any(|(s, at)| s.answered() > *at);
+        if answered || (proving.is_empty() && live) {
+            proving.clear();
+            *self.outage.lock().unwrap() = None;
         }
     }
 
@@ -522,26 +731,28 @@ impl Pool {
             l.sessions.iter().any(|s| !s.is_dead())
                 && l.conn.as_ref().is_none_or(|c| !c.is_closed())
         };
-        let mut gone: Vec<*const Connection> = Vec::new();
-        let mut count = 0;
+        let mut gone: Vec<usize> = Vec::new();
         for l in links.iter().filter(|l| !alive(l)) {
             match &l.conn {
-                Some(c) if !gone.contains(&Arc::as_ptr(c)) => {
-                    gone.push(Arc::as_ptr(c));
+                Some(_) if !gone.contains(&l.number) => {
                     // A connection counts once, whichever of its links goes last.
                     if !links
                         .iter()
-                        .any(|o| alive(o) && o.conn.as_ref().is_some_and(|x| Arc::ptr_eq(x, c)))
+                        .any(|o| alive(o) && o.conn.is_some() && o.number == l.number)
                     {
-                        count += 1;
+                        gone.push(l.number);
                     }
                 }
                 Some(_) => {}
-                None => count += 1,
+                None => gone.push(l.number),
             }
         }
         links.retain(alive);
-        count
+        drop(links);
+        for &number in &gone {
+            self.lost(number, "its sessions ended");
+        }
+        gone.len()
     }
 
     /// Logs in again (with `channels` channels) until `deadline`, with
@@ -577,7 +788,7 @@ impl Pool {
             delay = (delay * 2).min(Duration::from_secs(10));
         }
         Err(Error::ConnectionLost {
-            peer: self.target.peer(),
+            peer: self.dialer.peer(),
             detail: format!(
                 "not re-established within --retry-for {:?} (last: {last}); rerun to resume, or allow longer with --retry-for",
                 self.opts.retry_for
@@ -609,14 +820,16 @@ impl Pool {
                 }
                 let deadline = Instant::now() + pool.opts.retry_for;
                 let why = Error::ConnectionLost {
-                    peer: pool.target.peer(),
+                    peer: pool.dialer.peer(),
                     detail: "replacing a lost connection".into(),
                 };
                 match pool.reconnect_until(pool.shape().1, deadline, why).await {
                     Ok(l) => {
                         pool.reconnects.fetch_add(1, Ordering::Relaxed);
+                        let (number, channels) = (l.number, l.sessions.len());
                         pool.links.lock().unwrap().push(l);
-                        *pool.outage.lock().unwrap() = None;
+                        pool.event(PoolEvent::Reconnected { number, channels });
+                        pool.on_probation_if_outage(number);
                         pool.to_replace.fetch_sub(1, Ordering::Relaxed);
                     }
                     Err(e) => {
@@ -629,7 +842,9 @@ impl Pool {
         });
     }
 
+    /// Logs out: every connection closed (each bounded in time).
     pub async fn close(&self) {
+        self.closing.store(true, Ordering::Relaxed);
         self.stop_early();
         if let Some(task) = self.widening.lock().unwrap().take() {
             task.abort();
@@ -647,8 +862,9 @@ impl Pool {
         }
     }
 
-    pub fn target(&self) -> &Target {
-        &self.target
+    /// Who the sessions talk to (`user@host:port`).
+    pub fn peer(&self) -> String {
+        self.dialer.peer()
     }
 }
 
@@ -657,7 +873,8 @@ impl Pool {
 /// declared dead), every session on it ends at once, so that what was in
 /// flight fails now and is re-issued elsewhere rather than waiting out its
 /// timeout. Russh reports a closed connection only by polling.
-async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
+/// Returns why, or `None` when the sessions ended on their own.
+async fn watch(conn: Arc<dyn Connection>, sessions: Vec<Arc<Sftp>>) -> Option<&'static str> {
     let why = loop {
         if conn.is_closed() {
             break "the SSH connection closed";
@@ -667,7 +884,7 @@ async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
             break "another channel of its SSH connection went unanswered";
         }
         if sessions.iter().all(|s| s.is_dead()) {
-            return;
+            return None;
         }
         // Only sessions still live: an ended one would wake this at once, forever.
         let live = sessions.iter().filter(|s| !s.is_dead());
@@ -679,5 +896,146 @@ async fn watch(conn: Arc<Connection>, sessions: Vec<Arc<Sftp>>) {
     };
     for s in &sessions {
         s.kill(why);
+    }
+    Some(why)
+}
+
+/// The pool over in-memory servers ([`crate::testing::MemDialer`]): no sshd.
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::MemDialer;
+    use crate::SessionOptions;
+    use robosync_sftp::testing::{Hostile, MemFs, ServerOptions};
+
+    fn opts(retry_for: Duration) -> PoolOptions {
+        PoolOptions {
+            connections: 1,
+            channels: 2,
+            retry_for,
+            when_near: None,
+        }
+    }
+
+    async fn open(
+        dialer: MemDialer,
+        retry_for: Duration,
+    ) -> (Arc<Pool>, Arc<Mutex<Vec<PoolEvent>>>) {
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let pool = Pool::open_expecting(Arc::new(dialer), opts(retry_for), async { false }, sink)
+            .await
+            .unwrap();
+        (pool, events)
+    }
+
+    /// A STAT of the root on any session, repairing as a run does, until
+    /// it is answered or the pool gives up.
+    async fn stat_root(pool: &Pool) -> Result<(), Error> {
+        loop {
+            let s = pool.session().await?;
+            match s.stat(b"/").await {
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_connection() => pool.repair().await?,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_is_reported_lost_and_replaced() {
+        let fs = MemFs::new();
+        let dialer = MemDialer::new(fs, SessionOptions::default(), |n| {
+            Ok(ServerOptions {
+                // The first connection hangs up at its second request.
+                hostile: (n == 0).then_some(Hostile::DropCarrier),
+                honest: 1,
+                ..Default::default()
+            })
+        });
+        let (pool, events) = open(dialer, Duration::from_secs(10)).await;
+        stat_root(&pool).await.unwrap();
+        assert_eq!(pool.reconnects.load(Ordering::Relaxed), 1);
+        let events = events.lock().unwrap().clone();
+        assert_eq!(
+            events.first(),
+            Some(&PoolEvent::Connected {
+                number: 1,
+                channels: 1
+            })
+        );
+        assert!(
+            events.contains(&PoolEvent::Reconnected {
+                number: 2,
+                channels: 2
+            }),
+            "{events:?}"
+        );
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, PoolEvent::ConnectionLost { number: 1, .. })),
+            "{events:?}"
+        );
+        pool.close().await;
+    }
+
+    #[tokio::test]
+    async fn logins_that_then_answer_nothing_do_not_end_the_outage() {
+        let fs = MemFs::new();
+        let session = SessionOptions {
+            request_timeout: Duration::from_millis(200),
+            ..Default::default()
+        };
+        // Every connection opens its sessions, then answers nothing.
+        let dialer = MemDialer::new(fs, session, |_| {
+            Ok(ServerOptions {
+                hostile: Some(Hostile::Silent),
+                honest: 1,
+                ..Default::default()
+            })
+        });
+        let (pool, _) = open(dialer, Duration::from_secs(1)).await;
+        // A guard, not a measurement: before, each login restarted the
+        // outage's deadline, and this never ended.
+        let r = tokio::time::timeout(Duration::from_secs(60), stat_root(&pool))
+            .await
+            .expect("the pool gave up");
+        assert!(matches!(r, Err(Error::ConnectionLost { .. })), "{r:?}");
+        assert!(pool.gave_up().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_login_refused_past_retry_for_is_connection_lost() {
+        let fs = MemFs::new();
+        let dialer = MemDialer::new(fs, SessionOptions::default(), |n| match n {
+            0 => Ok(ServerOptions::default()),
+            _ => Err(Error::ConnectionLost {
+                peer: "memory".into(),
+                detail: "refused".into(),
+            }),
+        });
+        let killer = Arc::new(dialer);
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink: EventSink = {
+            let events = events.clone();
+            Arc::new(move |e| events.lock().unwrap().push(e))
+        };
+        let pool = Pool::open_expecting(
+            killer.clone(),
+            opts(Duration::from_millis(500)),
+            async { false },
+            sink,
+        )
+        .await
+        .unwrap();
+        stat_root(&pool).await.unwrap();
+        killer.kill();
+        let r = stat_root(&pool).await;
+        assert!(matches!(r, Err(Error::ConnectionLost { .. })), "{r:?}");
+        assert!(killer.dials() >= 2, "it tried to log in again");
     }
 }

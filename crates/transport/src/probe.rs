@@ -24,6 +24,7 @@ pub struct HostKeyProbe {
     pub certificate: bool,
     /// The address connected to (none through a proxy).
     pub addr: Option<SocketAddr>,
+    /// What the known_hosts files say about the key.
     pub verdict: Verdict,
 }
 

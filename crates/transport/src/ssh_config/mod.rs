@@ -90,18 +90,26 @@ pub struct ConfigRequest {
 /// `AddressFamily`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AddressFamily {
+    /// `any`: IPv4 or IPv6.
     #[default]
     Any,
+    /// `inet`: IPv4 only.
     Inet,
+    /// `inet6`: IPv6 only.
     Inet6,
 }
 
 /// `StrictHostKeyChecking`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StrictHostKeyChecking {
+    /// `yes`: only known keys.
     Yes,
+    /// `accept-new`: an unknown host's key is recorded; a changed one refused.
     AcceptNew,
+    /// `no`: an unknown host's key is recorded as with `accept-new` (a
+    /// changed one is still refused).
     No,
+    /// `ask` (the default): a person confirms an unknown key; unattended, refused.
     #[default]
     Ask,
 }
@@ -109,8 +117,11 @@ pub enum StrictHostKeyChecking {
 /// One hop of a `ProxyJump` chain, in connection order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JumpHost {
+    /// `user@`, when given.
     pub user: Option<String>,
+    /// The host (an alias its own config resolves).
     pub host: String,
+    /// `:port`, when given.
     pub port: Option<u16>,
 }
 
@@ -122,13 +133,17 @@ pub struct HostConfig {
     pub alias: String,
     /// The host name to connect to (`HostName`, or the alias).
     pub hostname: String,
+    /// `Port`.
     pub port: u16,
+    /// `User` (default: the local user).
     pub user: String,
     /// Identity files in the order they are to be tried (`-i` first). Includes
     /// OpenSSH's defaults (`~/.ssh/id_rsa`, ...) when none is configured; they may
     /// not exist.
     pub identity_files: Vec<PathBuf>,
+    /// `CertificateFile`s.
     pub certificate_files: Vec<PathBuf>,
+    /// `IdentitiesOnly`: only the configured identities, not every agent key.
     pub identities_only: bool,
     /// `IdentityAgent`: a socket path, `SSH_AUTH_SOCK` (use the environment) or
     /// `none`; `None` when unset (use `SSH_AUTH_SOCK`).
@@ -137,22 +152,39 @@ pub struct HostConfig {
     pub proxy_jump: Vec<JumpHost>,
     /// `ProxyCommand` with `%h %p %r %n %%` (and the other client tokens) expanded.
     pub proxy_command: Option<String>,
+    /// `AddressFamily`.
     pub address_family: AddressFamily,
+    /// `ConnectTimeout` (the TCP connect), when set.
     pub connect_timeout: Option<Duration>,
+    /// `ConnectionAttempts`.
     pub connection_attempts: u32,
+    /// `ServerAliveInterval`, when set.
     pub server_alive_interval: Option<Duration>,
+    /// `ServerAliveCountMax`.
     pub server_alive_count_max: u32,
+    /// `UserKnownHostsFile`s.
     pub user_known_hosts_files: Vec<PathBuf>,
+    /// `GlobalKnownHostsFile`s.
     pub global_known_hosts_files: Vec<PathBuf>,
+    /// `StrictHostKeyChecking`.
     pub strict_host_key_checking: StrictHostKeyChecking,
+    /// `HostKeyAlias`: the name host keys are looked up and recorded under.
     pub host_key_alias: Option<String>,
+    /// `HashKnownHosts`: a recorded host's name is hashed.
     pub hash_known_hosts: bool,
+    /// `CheckHostIP`: the address's key is checked too.
     pub check_host_ip: bool,
+    /// `BatchMode`: never ask a person (passphrases, host keys).
     pub batch_mode: bool,
+    /// `Ciphers`, in order of preference.
     pub ciphers: Vec<String>,
+    /// `KexAlgorithms`, in order of preference.
     pub kex_algorithms: Vec<String>,
+    /// `MACs`, in order of preference.
     pub macs: Vec<String>,
+    /// `HostKeyAlgorithms`, in order of preference.
     pub host_key_algorithms: Vec<String>,
+    /// `PubkeyAcceptedAlgorithms`: the key types offered.
     pub pubkey_accepted_algorithms: Vec<String>,
     /// `ControlPath`, expanded; `None` when unset or `none`. robosync's own
     /// client cannot share it, but tells the user when a master is live.
@@ -167,40 +199,68 @@ pub struct HostConfig {
 /// Why the configuration could not be resolved.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    /// A config file that cannot be read.
     #[error("cannot read ssh config {path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
+    /// A line that does not parse.
     #[error("{path}:{line}: {message}")]
     Parse {
+        /// The file.
         path: PathBuf,
+        /// The line (from 1).
         line: usize,
+        /// What is wrong.
         message: String,
     },
+    /// A `-o` option that does not parse.
     #[error("bad -o option {option:?}: {message}")]
-    BadOption { option: String, message: String },
+    BadOption {
+        /// The option as given.
+        option: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A directive's value that is not valid for it.
     #[error("invalid {key} value {value:?}: {message}")]
     BadValue {
+        /// The directive.
         key: String,
+        /// Its value.
         value: String,
+        /// What is wrong.
         message: String,
     },
+    /// `ssh -G` could not be started.
     #[error("cannot run {program} -G: {source}; install OpenSSH's client or let robosync read ssh_config itself")]
     SshGSpawn {
+        /// The program.
         program: String,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
+    /// `ssh -G` failed.
     #[error("`ssh -G {host}` failed ({status}): {stderr}; `ssh {host}` would fail the same way, fix the configuration it names")]
     SshG {
+        /// The destination asked about.
         host: String,
+        /// Its exit status.
         status: String,
+        /// What it printed.
         stderr: String,
     },
+    /// The local user is not in the password database.
     #[error("cannot find the local user (uid {uid}) in the password database; set HOME and USER")]
-    NoLocalUser { uid: u32 },
+    NoLocalUser {
+        /// The uid looked up.
+        uid: u32,
+    },
 }
 
 /// Resolves with `ssh -G` when an `ssh` binary is on `PATH`, otherwise natively.
