@@ -7,9 +7,10 @@
 //! observer that draws progress and itemises (`run.rs`), and maps the
 //! outcome to one exit code and, with `--json`, one report (`report.rs`).
 //! The sync itself is written once, in robosync-sync. A first argument
-//! naming a subcommand (`doctor`, `robot-key`, `completions`, `man`) runs
-//! that instead: `subcommands.rs` parses doctor's and robot-key's arguments
-//! and hands them to robosync-doctor, `packaging.rs` prints completions and
+//! naming a subcommand (`doctor`, `robot-key`, `state`, `completions`,
+//! `man`) runs that instead: `subcommands.rs` parses doctor's, robot-key's
+//! and state's arguments and hands them to robosync-doctor and
+//! `robosync_sync::state`, `packaging.rs` prints completions and
 //! the man page; any other first word is a path, as rsync reads it.
 //!
 //! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
@@ -58,6 +59,7 @@ use robosync_transport::auth_hook::parse_duration;
 Subcommands (the first word; a local path of that name is written ./doctor):\n\
 \x20 robosync doctor HOST[:PATH]         check each step to a server and say how to fix what fails\n\
 \x20 robosync robot-key --from PATTERN   make a robot-node key; print the line to register and the config\n\
+\x20 robosync state list|clean           the local state of each (source, destination) pair; clean old state
 \x20 robosync completions SHELL          shell completions (bash, zsh, fish, elvish, powershell)\n\
 \x20 robosync man                        the man page (roff)"
 )]
@@ -462,6 +464,7 @@ fn subcommand(argv: &[OsString]) -> Option<i32> {
     match argv.get(1)?.to_str()? {
         "doctor" => Some(subcommands::doctor(rest())),
         "robot-key" => Some(subcommands::robot_key(rest())),
+        "state" => Some(subcommands::state(rest())),
         "completions" | "man" => Some(packaging::main(rest())),
         _ => None,
     }

@@ -17,6 +17,7 @@ pub fn full_command() -> clap::Command {
         .args_conflicts_with_subcommands(true)
         .subcommand(crate::subcommands::DoctorArgs::command().name("doctor"))
         .subcommand(crate::subcommands::RobotKeyArgs::command().name("robot-key"))
+        .subcommand(crate::subcommands::StateArgs::command().name("state"))
         .subcommand(
             clap::Command::new("completions")
                 .about("Print shell completions for robosync (bash, zsh, fish, elvish, powershell)")
@@ -72,6 +73,24 @@ pub fn main(argv: Vec<OsString>) -> i32 {
                 .expect("rendering into memory");
             let options = String::from_utf8_lossy(&options).replacen(".SH OPTIONS\n", "", 1);
             out.extend_from_slice(options.as_bytes());
+            // `state list`, `state clean`: a subsection each.
+            for inner in sub.get_subcommands().filter(|i| i.get_name() != "help") {
+                out.extend_from_slice(
+                    format!(
+                        ".SS \"ROBOSYNC {} {}\"\n{}\n",
+                        sub.get_name().to_uppercase(),
+                        inner.get_name().to_uppercase(),
+                        inner.get_about().map(|a| a.to_string()).unwrap_or_default()
+                    )
+                    .as_bytes(),
+                );
+                let mut options = Vec::new();
+                clap_mangen::Man::new(inner.clone())
+                    .render_options_section(&mut options)
+                    .expect("rendering into memory");
+                let options = String::from_utf8_lossy(&options).replacen(".SH OPTIONS\n", "", 1);
+                out.extend_from_slice(options.as_bytes());
+            }
         }
     }
     use std::io::Write;

@@ -37,7 +37,8 @@
 //! types): `failure` (exit codes, typed errors), `endpoint`, `dirs`, `run`
 //! (a run's shared state), `remote` (the walker, session retries, small
 //! state files), `space`, `lease`, `push` and `pull` (the data planes),
-//! `sync` (the run), `paths` (the command).
+//! `sync` (the run), `paths` (the command); `state` (the state directory's
+//! pairs, for `robosync state list|clean`) beside them.
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
@@ -65,6 +66,7 @@ mod push;
 mod remote;
 mod run;
 mod space;
+pub mod state;
 mod sync;
 
 pub use endpoint::Endpoint;
