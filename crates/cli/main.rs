@@ -195,6 +195,11 @@ pub struct Args {
     /// of the run, schema in README "JSON report"; -v lines go to stderr.
     #[arg(long)]
     pub json: bool,
+    /// JSON lines on stderr for pipeline tools: each phase as it begins,
+    /// progress (bytes and files done/total, rate) at most twice a second,
+    /// and an end line; schema in README "JSON progress". Stdout is untouched.
+    #[arg(long)]
+    pub json_progress: bool,
     /// One line per action in rsync's -i format (as -v, without the notes).
     #[arg(long)]
     pub itemize_changes: bool,

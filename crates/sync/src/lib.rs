@@ -38,7 +38,8 @@
 //! (a run's shared state), `remote` (the walker, session retries, small
 //! state files), `space`, `lease`, `push` and `pull` (the data planes),
 //! `sync` (the run), `paths` (the command); `state` (the state directory's
-//! pairs, for `robosync state list|clean`) beside them.
+//! pairs, for `robosync state list|clean`) and `progress` (`--json-progress`
+//! lines, an observer) beside them.
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
@@ -61,6 +62,7 @@ mod endpoint;
 mod failure;
 mod lease;
 mod paths;
+pub mod progress;
 mod pull;
 mod push;
 mod remote;
@@ -198,6 +200,20 @@ impl Phase {
             Phase::Connecting => "connecting",
             Phase::Scanning => "scanning",
             Phase::Listing => "listing the destination",
+            Phase::Planning => "planning",
+            Phase::Transferring => "transferring",
+            Phase::Recording => "recording",
+            Phase::Closing => "closing",
+        }
+    }
+
+    /// Its stable name for machines (`--json-progress`): one word, never
+    /// reworded.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Scanning => "scanning",
+            Phase::Listing => "listing",
             Phase::Planning => "planning",
             Phase::Transferring => "transferring",
             Phase::Recording => "recording",
