@@ -21,6 +21,9 @@
 //! `ROBOSYNC_BENCH_TINY_FILES` files in the tiny-file tree (default 100000,
 //! for quick local measurements; the scale does not apply to it);
 //! `ROBOSYNC_BENCH_PEERS` comma-separated tool names to run (default all);
+//! `ROBOSYNC_BENCH_BASELINE` another robosync binary (say, main's) run as
+//! one more peer, "robosync (baseline)", interleaved with the rest, so a
+//! change is measured before and after in the same run;
 //! `ROBOSYNC_BENCH_DIR` where to put data (default: `/dev/shm` when it has
 //! 12 GiB free, else a temporary directory; see [`roomy_tmpfs`]).
 //!
@@ -309,6 +312,10 @@ fn main() {
     let sets = generate(base, settings.scale, tiny);
     let sshd = Sshd::start();
     let mut peers = Peer::all(PathBuf::from(env!("CARGO_BIN_EXE_robosync")), extra_args);
+    if let Some(bin) = std::env::var_os("ROBOSYNC_BENCH_BASELINE") {
+        let baseline = Peer::robosync("robosync (baseline)", PathBuf::from(bin), &peers[0]);
+        peers.insert(1, baseline);
+    }
     if let Ok(names) = std::env::var("ROBOSYNC_BENCH_PEERS") {
         let names: Vec<&str> = names.split(',').map(str::trim).collect();
         // robosync stays first: ratios are taken against it.
@@ -857,7 +864,7 @@ fn report(
                         secs,
                         size.map_or("—".into(), |b| format!("{:.0}", b as f64 / MB / wall)),
                         format!("{:.2} + {:.2}", user, sys),
-                        if p.tool == Tool::Robosync {
+                        if std::ptr::eq(p, &peers[0]) {
                             "1.00".into()
                         } else {
                             ratio.map_or("—".into(), |r| format!("{r:.2}"))

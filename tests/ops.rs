@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-#[path = "../crates/cli/report.rs"]
-#[allow(dead_code)]
-mod report;
-use report::{ErrorKind, Report, SCHEMA_VERSION};
+use robosync_sync::json::{ErrorKind, Report, SCHEMA_VERSION};
 
 /// What a run printed with its stderr (and, unless `pipe_stdout`, its
 /// stdout) on a 160×40 pseudo-terminal.
@@ -389,9 +386,7 @@ fn json_progress_lines_parse_phases_in_order_and_end_at_the_totals() {
     let lines: Vec<serde_json::Value> = ran
         .stderr()
         .lines()
-        .map(|l| {
-            serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}"))
-        })
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
         .collect();
     let fields = [
         "schema_version",
@@ -445,7 +440,9 @@ fn json_progress_lines_parse_phases_in_order_and_end_at_the_totals() {
         .filter(|l| l["event"] == "progress" && l["phase"] == "transferring")
         .collect();
     assert!(!moving.is_empty(), "{lines:?}");
-    assert!(moving.iter().any(|l| l["bytes_per_second"].as_u64() > Some(0)));
+    assert!(moving
+        .iter()
+        .any(|l| l["bytes_per_second"].as_u64() > Some(0)));
     let end = lines.last().unwrap();
     assert_eq!(end["event"], "end", "{end}");
     assert_eq!(lines.iter().filter(|l| l["event"] == "end").count(), 1);

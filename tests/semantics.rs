@@ -281,7 +281,8 @@ fn tilde_paths_are_the_login_directory() {
 }
 
 /// Ctrl-C (and a scheduler's SIGTERM) stops the run with rsync's code 20
-/// and says that a rerun resumes; the rerun then completes.
+/// and says that a rerun resumes (and `--json` still prints its one
+/// document, saying so); the rerun then completes.
 #[test]
 fn an_interrupted_run_says_so_and_exits_20() {
     let sshd = Sshd::start();
@@ -300,7 +301,9 @@ fn an_interrupted_run_says_so_and_exits_20() {
     let state = t.path().join("state");
     for sig in [libc::SIGINT, libc::SIGTERM] {
         let before = proxy.stats().up;
+        let json = sig == libc::SIGTERM;
         let child = robosync_with(&cfg, &state)
+            .args(json.then_some("--json"))
             .arg(contents(&src))
             .arg(remote(&dest))
             .stdout(std::process::Stdio::piped())
@@ -316,6 +319,15 @@ fn an_interrupted_run_says_so_and_exits_20() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(20), "{stderr}");
         assert!(stderr.contains("interrupted: rerun to resume"), "{stderr}");
+        if json {
+            let r: robosync_sync::json::Report = serde_json::from_slice(&out.stdout)
+                .unwrap_or_else(|e| panic!("stdout is not one report ({e}): {stderr}"));
+            assert_eq!(r.exit_code, 20);
+            assert_eq!(
+                r.errors.last().map(|e| e.kind),
+                Some(robosync_sync::json::ErrorKind::Interrupted)
+            );
+        }
         assert!(
             !dest.join(".robosync/lock").exists(),
             "the destination's lease outlived the run"

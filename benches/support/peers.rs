@@ -102,6 +102,17 @@ impl Peer {
         peers
     }
 
+    /// Another robosync binary, with `like`'s extra arguments.
+    pub fn robosync(name: &str, program: PathBuf, like: &Peer) -> Peer {
+        Peer {
+            name: name.into(),
+            tool: Tool::Robosync,
+            version: version_line(&program, &["--version"]),
+            program: Some(program),
+            extra_args: like.extra_args.clone(),
+        }
+    }
+
     pub fn installed(&self) -> bool {
         self.program.is_some()
     }

@@ -1,43 +1,19 @@
 //! robosync: resumable, parallel bulk transfers over SFTP alone, for HPC
 //! automation ("robot") nodes that allow nothing but sftp-server.
 //!
-//! The binary turns arguments into a `robosync_sync::Command` (`sync.rs`:
-//! endpoints, the engine's options, the host as `ssh HOST` resolves it, the
-//! auth hook's settings for `robosync_transport::auth_hook`), runs it with an
-//! observer that draws progress and itemises (`run.rs`), and maps the
-//! outcome to one exit code and, with `--json`, one report (`report.rs`).
-//! The sync itself is written once, in robosync-sync. A first argument
-//! naming a subcommand (`doctor`, `robot-key`, `state`, `completions`,
-//! `man`) runs that instead: `subcommands.rs` parses doctor's, robot-key's
-//! and state's arguments and hands them to robosync-doctor and
-//! `robosync_sync::state`, `packaging.rs` prints completions and
-//! the man page; any other first word is a path, as rsync reads it.
-//!
-//! Exit codes: rsync's numbers where the meaning matches (so cron wrappers
-//! written for rsync read them right), decided by typed error variants
-//! (`robosync_sync::exit_code`), never by message text; `--json` carries the same:
-//!
-//! - 0 everything landed
-//! - 1 usage or configuration error (every argument error, values that cannot work)
-//! - 3 file selection error: a rules file that cannot be read (rsync 3)
-//! - 5 the server would not start SFTP: subsystem refused, or the forced
-//!   command (e.g. transfer_commands.sh) rejected it (rsync 5)
-//! - 10 could not connect: resolution, TCP, ProxyCommand/ProxyJump (rsync 10)
-//! - 11 the destination cannot be made: its parent is missing (rsync 11; see --mkpath)
-//! - 12 the server broke the SFTP protocol (rsync 12)
-//! - 20 interrupted (SIGINT, SIGTERM): rerun to resume (rsync 20)
-//! - 23 some entries failed, the rest landed; or a pull's source is missing (rsync 23)
-//! - 24 some source files vanished during the run, nothing else failed (rsync 24)
-//! - 25 a `--delete` guard stopped the deletions (rsync 25, its --max-delete)
-//! - 30 connection lost and not recovered within `--retry-for` (rsync 30)
-//! - 70 internal error (a bug)
-//! - 75 another run holds this destination (see `lease.rs`): sysexits'
-//!   EX_TEMPFAIL, "try again later"; rsync has no such code, and its 35 is
-//!   a daemon timeout, so a wrapper can retry on 75 alone
-//! - 255 authentication refused, or the host key not accepted (as ssh)
+//! The binary only: it turns arguments into a `robosync_sync::Command`
+//! (`sync.rs`: endpoints, the engine's options, the host as `ssh HOST`
+//! resolves it, the auth hook's settings), runs it with an observer that
+//! draws progress, itemises and prints the summary or the `--json` report
+//! (`run.rs`), and exits with the report's code. The sync is written once,
+//! in robosync-sync, and so are the exit-code table
+//! (`robosync_sync::EXIT_*`, rsync's numbers where the meaning matches) and
+//! the JSON report (`robosync_sync::json`). A first argument naming a
+//! subcommand (`doctor`, `robot-key`, `state`, `completions`, `man`) runs
+//! that instead (`subcommands.rs`, `packaging.rs`); any other first word is
+//! a path, as rsync reads it.
 
 mod packaging;
-mod report;
 mod run;
 mod subcommands;
 mod sync;
@@ -208,7 +184,7 @@ pub struct Args {
     pub stats: bool,
     /// Limit the transfer to RATE in total over all connections: bytes per
     /// second with a K, M or G suffix (binary units; a bare number is KiB, as rsync).
-    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    #[arg(long, value_name = "RATE", value_parser = robosync_sync::parse_rate)]
     pub bwlimit: Option<u64>,
     /// Append itemised actions, warnings and errors, with UTC timestamps, to FILE.
     #[arg(long, value_name = "FILE")]
@@ -235,33 +211,6 @@ impl Args {
         let dest = all.pop().expect("clap requires two paths");
         (all, dest)
     }
-}
-
-/// `--bwlimit`'s RATE in bytes per second: `500K`, `10M`, `1G`, `4096B`;
-/// a bare number is KiB per second, as rsync reads it.
-pub fn parse_rate(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("/s");
-    let (num, unit) = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map(|i| t.split_at(i))
-        .unwrap_or((t, "K"));
-    let mult: f64 = match unit.to_ascii_uppercase().trim_end_matches("IB") {
-        "B" => 1.0,
-        "K" | "KB" => 1024.0,
-        "M" | "MB" => 1024.0 * 1024.0,
-        "G" | "GB" => 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(format!("{s:?} is not a rate (e.g. 500K, 10M, 1G)")),
-    };
-    let n: f64 = num
-        .parse()
-        .ok()
-        .filter(|n: &f64| n.is_finite() && *n > 0.0)
-        .ok_or_else(|| format!("{s:?} is not a rate above zero (e.g. 500K, 10M, 1G)"))?;
-    let rate = n * mult;
-    if rate < 1024.0 {
-        return Err(format!("--bwlimit {s} is below 1 KiB/s, which cannot work"));
-    }
-    Ok(rate as u64)
 }
 
 /// Values that parse but cannot work: refused before anything connects,
@@ -356,24 +305,6 @@ fn filter_rules(
     Ok(rules.into_vec())
 }
 
-/// Raises the soft limit on open files to the hard one (as Go's runtime
-/// does): a push holds one local file open per file in flight, up to
-/// thousands across latency (`push::fd_budget` bounds them by what is left).
-fn raise_fd_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let now = getrlimit(Resource::Nofile);
-    let want = now.maximum.unwrap_or(1 << 16).min(1 << 16);
-    if now.current.is_some_and(|c| c < want) {
-        let _ = setrlimit(
-            Resource::Nofile,
-            Rlimit {
-                current: Some(want),
-                maximum: now.maximum,
-            },
-        );
-    }
-}
-
 fn main() {
     // clap's errors would exit 2 (rsync's "protocol incompatibility"): a
     // wrapper would not know a typo from a fault. Usage is 1.
@@ -426,7 +357,7 @@ fn main() {
             std::process::exit(code);
         }
     };
-    raise_fd_limit();
+    robosync_sync::raise_fd_limit();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -434,21 +365,9 @@ fn main() {
     // On a worker, not this thread: replies then wake the run's futures on
     // the worker that read them, instead of across threads to this one.
     let run = rt.spawn(sync::main(args, rules));
-    let code = rt.block_on(async {
-        tokio::select! {
-            done = run => done.unwrap_or_else(|e| {
-                eprintln!("robosync: error: internal failure ({e}); please report it");
-                EXIT_INTERNAL
-            }),
-            _ = interrupted() => {
-                // Everything landed so far is in place and journaled; the
-                // destination's lease goes now (bounded: the link may hang).
-                let release = robosync_sync::release_lease();
-                let _ = tokio::time::timeout(Duration::from_secs(3), release).await;
-                eprintln!("robosync: interrupted: rerun to resume");
-                EXIT_INTERRUPTED
-            }
-        }
+    let code = rt.block_on(run).unwrap_or_else(|e| {
+        eprintln!("robosync: error: internal failure ({e}); please report it");
+        robosync_sync::EXIT_INTERNAL
     });
     // Don't wait for lingering tasks (e.g. a proxy child) on the way out.
     rt.shutdown_timeout(Duration::from_millis(200));
@@ -472,41 +391,5 @@ fn subcommand(argv: &[OsString]) -> Option<i32> {
         "state" => Some(subcommands::state(rest())),
         "completions" | "man" => Some(packaging::main(rest())),
         _ => None,
-    }
-}
-
-/// rsync's code for a run stopped by a signal.
-const EXIT_INTERRUPTED: i32 = 20;
-/// A bug: the run's task failed.
-const EXIT_INTERNAL: i32 = 70;
-
-/// Ctrl-C, or a SIGTERM from a scheduler.
-async fn interrupted() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates() {
-        assert_eq!(parse_rate("500").unwrap(), 500 * 1024);
-        assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
-        assert_eq!(parse_rate("1GiB/s").unwrap(), 1 << 30);
-        assert_eq!(parse_rate("4096B").unwrap(), 4096);
-        assert!(parse_rate("0").is_err());
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("10B").is_err());
     }
 }

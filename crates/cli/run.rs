@@ -10,11 +10,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, HumanDuration, ProgressBar, ProgressStyle};
-use robosync_sync::{
-    EntryError, Observer, Phase, ScanProgress, Stats, EXIT_PARTIAL, EXIT_VANISHED,
-};
-
-use crate::report::{ErrorKind, ErrorRecord, Report, SCHEMA_VERSION};
+use robosync_sync::json::Report;
+use robosync_sync::{Observer, Phase, ScanProgress, EXIT_PARTIAL, EXIT_VANISHED};
 
 /// How much to show, and where.
 #[derive(Debug, Clone, Default)]
@@ -33,8 +30,6 @@ pub struct RunOptions {
 pub struct Run {
     pub opts: RunOptions,
     started: Instant,
-    /// The finished runs' counters, added up (one run per source).
-    stats: Mutex<Stats>,
     /// Files landed, bytes moved: this command's, for the progress line.
     files_done: AtomicU64,
     bytes_done: AtomicU64,
@@ -63,7 +58,6 @@ impl Run {
         Run {
             opts,
             started: Instant::now(),
-            stats: Mutex::new(Stats::default()),
             files_done: AtomicU64::new(0),
             bytes_done: AtomicU64::new(0),
             bar,
@@ -74,11 +68,6 @@ impl Run {
             planned: Mutex::new(Vec::new()),
             log: Mutex::new(None),
         }
-    }
-
-    /// A run ended: its counters join the command's.
-    pub fn ran(&self, stats: &Stats) {
-        *self.stats.lock().unwrap() += *stats;
     }
 
     /// `--log-file`: itemised actions and errors, each with a UTC timestamp.
@@ -164,21 +153,17 @@ impl Run {
         }
     }
 
-    /// The end of the run: the bar goes, and what was done is said once —
-    /// the `--json` report on stdout, a closing line on a terminal (or with
-    /// `-v`), `--stats`' counters, and on failure how many things failed.
-    pub fn summary(
-        &self,
-        code: i32,
-        dry_run: bool,
-        errors: &[EntryError],
-        failure: Option<&str>,
-        vanished: &[String],
-    ) {
+    /// The end of the command: the bar goes, and what was done is said
+    /// once: the `--json` report on stdout, a closing line on a terminal
+    /// (or with `-v`), `--stats`' counters, and on failure how many things
+    /// failed.
+    pub fn summary(&self, outcome: &robosync_sync::Report, dry_run: bool) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        let r = self.report(code, dry_run, errors, failure, vanished);
+        let planned = std::mem::take(&mut *self.planned.lock().unwrap());
+        let r = Report::new(outcome, dry_run, self.started.elapsed(), planned);
+        let code = r.exit_code;
         self.log(&format!(
             "done: exit {code}, {} files, {} bytes sent, {} unchanged, {} deleted, {} failed",
             r.files_transferred,
@@ -194,7 +179,7 @@ impl Run {
             );
         }
         if self.opts.stats {
-            let block = self.stats_block(&r);
+            let block = r.stats_block(self.average_rate().unwrap_or(0));
             if self.opts.json {
                 eprint!("{block}");
             } else {
@@ -235,6 +220,25 @@ impl Run {
         line
     }
 
+    /// The report of a command stopped by a signal: what the progress
+    /// counters saw land, and "rerun to resume" (exit 20).
+    pub fn interrupted(&self) -> robosync_sync::Report {
+        robosync_sync::Report {
+            stats: robosync_sync::Stats {
+                files: self.files_done.load(Ordering::Relaxed),
+                bytes: self.bytes_done.load(Ordering::Relaxed),
+                ..Default::default()
+            },
+            elapsed: self.started.elapsed(),
+            errors: Vec::new(),
+            failure: Some(robosync_sync::fail(
+                robosync_sync::EXIT_INTERRUPTED,
+                "interrupted: rerun to resume",
+            )),
+            vanished: Vec::new(),
+        }
+    }
+
     /// Bytes per second over the transfer phase alone.
     fn average_rate(&self) -> Option<u64> {
         let (start, end) = (*self.transfer.lock().unwrap())?;
@@ -246,63 +250,6 @@ impl Run {
         (secs > 0.0 && bytes > 0).then(|| (bytes as f64 / secs) as u64)
     }
 
-    fn stats_block(&self, r: &Report) -> String {
-        format!(
-            "Number of files transferred: {}\nTotal bytes sent: {}\nResumed bytes: {}\nUnchanged files: {}\nDeleted entries: {}\nVerified files: {}\nErrors: {}\nElapsed: {:.3} s\nAverage transfer rate: {} bytes/s\n",
-            r.files_transferred,
-            r.bytes_transferred,
-            r.resumed_bytes,
-            r.files_skipped,
-            r.deleted,
-            r.verified,
-            r.errors.len(),
-            r.elapsed_seconds,
-            self.average_rate().unwrap_or(0),
-        )
-    }
-
-    fn report(
-        &self,
-        code: i32,
-        dry_run: bool,
-        errors: &[EntryError],
-        failure: Option<&str>,
-        vanished: &[String],
-    ) -> Report {
-        let s = *self.stats.lock().unwrap();
-        // Entries as the engine typed them, then what stopped the run.
-        let entries = errors.iter().map(|e| ErrorRecord {
-            path: e.path.clone(),
-            operation: e.operation.name().map(str::to_string),
-            kind: ErrorKind::Entry,
-            message: e.message.clone(),
-        });
-        let failure = failure.map(|m| ErrorRecord {
-            path: None,
-            operation: None,
-            kind: ErrorKind::of_exit(code),
-            message: m.to_string(),
-        });
-        let errors = entries.chain(failure).collect();
-        Report {
-            schema_version: SCHEMA_VERSION,
-            exit_code: code,
-            dry_run,
-            files_transferred: s.files,
-            bytes_transferred: s.bytes,
-            files_skipped: s.skipped,
-            deleted: s.deleted,
-            verified: s.verified,
-            resumed_bytes: s.resumed,
-            elapsed_seconds: self.started.elapsed().as_secs_f64(),
-            planned: std::mem::take(&mut self.planned.lock().unwrap()),
-            errors,
-            vanished: vanished.to_vec(),
-        }
-    }
-}
-
-impl Run {
     fn item_out(&self, line: &str) {
         if self.opts.json {
             self.eprintln(line);

@@ -44,7 +44,7 @@ pub struct DoctorArgs {
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Duration,
     /// Size of the write probe (with a PATH).
-    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = crate::parse_rate)]
+    #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = robosync_sync::parse_rate)]
     pub probe_size: u64,
 }
 

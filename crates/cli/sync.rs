@@ -4,16 +4,14 @@
 //! it, and its report turned into the exit code and the summary.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use futures::future::BoxFuture;
 use robosync_scanner::Rule;
 use robosync_sync::progress::{JsonProgress, Tee};
-use robosync_sync::{
-    fail, Command, Connector, Endpoint, Failure, Options, Report, EXIT_DENIED, EXIT_USAGE,
-};
+use robosync_sync::{fail, Command, Endpoint, Failure, Options, Report, SshConnector, EXIT_USAGE};
 use robosync_transport::auth_hook;
-use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest};
-use robosync_transport::{SessionOptions, Target};
+use robosync_transport::ssh_config::{AddressFamily, ConfigRequest};
+use robosync_transport::SessionOptions;
 
 use crate::run::{Run, RunOptions};
 use crate::Args;
@@ -37,7 +35,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
                 let (run, lines) = (run.clone(), lines.clone());
                 tokio::spawn(async move {
                     loop {
-                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        tokio::time::sleep(Duration::from_millis(200)).await;
                         run.refresh();
                         if let Some(l) = &lines {
                             l.tick();
@@ -49,7 +47,18 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
                 Some(l) => Arc::new(Tee(run.clone(), l.clone())),
                 None => run.clone(),
             };
-            let report = robosync_sync::run_command(&command, &Ssh(&args), observer).await;
+            let ssh = connector(&args);
+            let report = tokio::select! {
+                r = robosync_sync::run_command(&command, &ssh, observer) => r,
+                () = interrupted() => {
+                    // Everything landed so far is in place and journaled;
+                    // the destination's lease goes now (bounded: the link
+                    // may hang).
+                    let release = robosync_sync::release_lease();
+                    let _ = tokio::time::timeout(Duration::from_secs(3), release).await;
+                    run.interrupted()
+                }
+            };
             ticker.abort();
             if let Some(l) = &lines {
                 l.finish();
@@ -65,23 +74,14 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
         },
     };
     // The exit code, from the runs' typed outcomes (README "Exit codes").
-    let code = report.exit_code();
     for e in &report.errors {
         run.error(&e.message);
     }
-    let failure = report.failure.map(|f| f.message);
-    if let Some(m) = &failure {
-        run.error(m);
+    if let Some(f) = &report.failure {
+        run.error(&f.message);
     }
-    run.ran(&report.stats);
-    run.summary(
-        code,
-        args.dry_run,
-        &report.errors,
-        failure.as_deref(),
-        &report.vanished,
-    );
-    code
+    run.summary(&report, args.dry_run);
+    report.exit_code()
 }
 
 /// The command line as the engine takes it.
@@ -144,63 +144,53 @@ fn options(args: &Args) -> Options {
     }
 }
 
-/// A host reached as `ssh HOST` would (ssh_config, `-o`, `-p`, …), the
+/// Hosts reached as `ssh HOST` would (ssh_config, `-o`, `-p`, …), the
 /// auth hook run first.
-struct Ssh<'a>(&'a Args);
-
-impl Connector for Ssh<'_> {
-    fn target<'a>(
-        &'a self,
-        user: &'a Option<String>,
-        host: &'a str,
-    ) -> BoxFuture<'a, Result<Target, Failure>> {
-        Box::pin(target(self.0, user, host))
-    }
-}
-
-async fn target(args: &Args, user: &Option<String>, host: &str) -> Result<Target, Failure> {
-    let request = ConfigRequest {
-        host: host.to_string(),
-        config_file: args.config_file.clone(),
-        options: args.options.clone(),
-        user: user.clone(),
-        port: args.port,
-        identity_files: args.identity.clone(),
-        family: if args.ipv4 {
-            Some(AddressFamily::Inet)
-        } else if args.ipv6 {
-            Some(AddressFamily::Inet6)
-        } else {
-            None
+fn connector(args: &Args) -> SshConnector {
+    SshConnector {
+        request: ConfigRequest {
+            host: String::new(),
+            config_file: args.config_file.clone(),
+            options: args.options.clone(),
+            user: None,
+            port: args.port,
+            identity_files: args.identity.clone(),
+            family: if args.ipv4 {
+                Some(AddressFamily::Inet)
+            } else if args.ipv6 {
+                Some(AddressFamily::Inet6)
+            } else {
+                None
+            },
         },
-    };
-    let req = request.clone();
-    let config = tokio::task::spawn_blocking(move || ssh_config::resolve(&req))
-        .await
-        .expect("config task panicked")
-        .map_err(|e| fail(EXIT_USAGE, e.to_string()))?;
-    let hook = auth_hook::Settings {
-        command: args.auth_command.clone(),
-        margin: args.auth_margin,
-        timeout: args.auth_timeout,
-        state_dir: args
-            .state_dir
-            .clone()
-            .unwrap_or_else(robosync_sync::default_state_dir),
-    };
-    auth_hook::before_connect(&hook, host, &config)
-        .await
-        .map_err(|e| match e {
-            auth_hook::HookError::Config(m) => fail(EXIT_USAGE, m),
-            auth_hook::HookError::Failed(m) => fail(EXIT_DENIED, m),
-        })?;
-    Ok(Target {
-        request,
-        config: Arc::new(config),
+        hook: auth_hook::Settings {
+            command: args.auth_command.clone(),
+            margin: args.auth_margin,
+            timeout: args.auth_timeout,
+            state_dir: args
+                .state_dir
+                .clone()
+                .unwrap_or_else(robosync_sync::default_state_dir),
+        },
         ssh_program: args.ssh_program.clone(),
         session: SessionOptions {
             request_timeout: args.timeout,
             ..SessionOptions::default()
         },
-    })
+    }
+}
+
+/// Ctrl-C, or a SIGTERM from a scheduler.
+async fn interrupted() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
 }

@@ -23,6 +23,9 @@ pub const EXIT_FILE_IO: i32 = 11;
 /// The server broke the SFTP protocol (rsync 12: error in protocol data stream).
 pub const EXIT_PROTOCOL: i32 = 12;
 
+/// Interrupted by SIGINT or SIGTERM; a rerun resumes (rsync 20).
+pub const EXIT_INTERRUPTED: i32 = 20;
+
 /// Some entries failed, the rest landed (rsync 23).
 pub const EXIT_PARTIAL: i32 = 23;
 
@@ -34,6 +37,9 @@ pub const EXIT_GUARD: i32 = 25;
 
 /// Connection lost and not re-established within `--retry-for` (rsync 30: timeout).
 pub const EXIT_LOST: i32 = 30;
+
+/// A bug: the run's task failed (sysexits' EX_SOFTWARE).
+pub const EXIT_INTERNAL: i32 = 70;
 
 /// Another run holds this destination: sysexits' EX_TEMPFAIL ("try again
 /// later"); rsync has no such code, and its 35 means a daemon timeout.

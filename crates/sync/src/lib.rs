@@ -33,12 +33,15 @@
 //! [`Connector`] for each host's [`Target`], runs one [`Job`] per source
 //! and adds their reports up.
 //!
+//! [`json`] is the `--json` report every front-end prints the same way.
+//!
 //! Modules, each depending only on those listed before it (and this root's
-//! types): `failure` (exit codes, typed errors), `endpoint`, `dirs`, `run`
+//! types): `failure` (exit codes, typed errors), `json`, `endpoint`, `dirs`, `run`
 //! (a run's shared state), `remote` (the walker, session retries, small
 //! state files), `space`, `lease`, `push` and `pull` (the data planes),
-//! `sync` (the run), `paths` (the command); `state` (the state directory's
-//! pairs, for `robosync state list|clean`) and `progress` (`--json-progress`
+//! `sync` (the run), `paths` (the command), `ssh` (the usual
+//! [`Connector`], [`SshConnector`]); `state` (the state directory's pairs,
+//! for `robosync state list|clean`) and `progress` (`--json-progress`
 //! lines, an observer) beside them.
 //!
 //! ```no_run
@@ -60,6 +63,7 @@ use robosync_transport::Target;
 mod dirs;
 mod endpoint;
 mod failure;
+pub mod json;
 mod lease;
 mod paths;
 pub mod progress;
@@ -68,17 +72,21 @@ mod push;
 mod remote;
 mod run;
 mod space;
+mod ssh;
 pub mod state;
 mod sync;
 
 pub use endpoint::Endpoint;
 pub use failure::{
     exit_code, fail, redo, EntryError, Failure, Operation, Redo, EXIT_BUSY, EXIT_CONNECT,
-    EXIT_DENIED, EXIT_FILE_IO, EXIT_GUARD, EXIT_LOST, EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL,
-    EXIT_SELECTION, EXIT_USAGE, EXIT_VANISHED,
+    EXIT_DENIED, EXIT_FILE_IO, EXIT_GUARD, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_LOST,
+    EXIT_NO_SFTP, EXIT_PARTIAL, EXIT_PROTOCOL, EXIT_SELECTION, EXIT_USAGE, EXIT_VANISHED,
 };
 pub use paths::{run_command, Command, Connector};
+pub use push::raise_fd_limit;
 pub use robosync_scanner::ScanProgress;
+pub use run::parse_rate;
+pub use ssh::SshConnector;
 pub use sync::default_state_dir;
 
 /// Which way the bytes go.

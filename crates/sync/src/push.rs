@@ -242,13 +242,32 @@ pub const PUSH_FILES_PER_SESSION: u64 = 64;
 pub const PULL_FILES_PER_SESSION: u64 = 256;
 
 /// Local files a run may hold open for files in flight: the soft fd limit
-/// (raised to the hard one at start, see `main`), less room for sockets,
+/// (raised to the hard one at start, see [`raise_fd_limit`]), less room for sockets,
 /// the journal and listings.
 pub fn fd_budget() -> usize {
     let soft = rustix::process::getrlimit(rustix::process::Resource::Nofile)
         .current
         .unwrap_or(u64::MAX);
     (soft.saturating_sub(128).min(usize::MAX as u64) as usize).max(32)
+}
+
+/// Raises the soft limit on open files to the hard one (as Go's runtime
+/// does), for a front-end to call once at start: a push holds one local
+/// file open per file in flight, up to thousands across latency
+/// ([`fd_budget`] bounds them by what is left).
+pub fn raise_fd_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let now = getrlimit(Resource::Nofile);
+    let want = now.maximum.unwrap_or(1 << 16).min(1 << 16);
+    if now.current.is_some_and(|c| c < want) {
+        let _ = setrlimit(
+            Resource::Nofile,
+            Rlimit {
+                current: Some(want),
+                maximum: now.maximum,
+            },
+        );
+    }
 }
 
 /// Reorders file actions round-robin across their directories. Creating a

@@ -52,6 +52,33 @@ pub struct Run {
     bucket: Mutex<Bucket>,
 }
 
+/// `--bwlimit`'s RATE in bytes per second: `500K`, `10M`, `1G`, `4096B`;
+/// a bare number is KiB per second, as rsync reads it.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim().trim_end_matches("/s");
+    let (num, unit) = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .map(|i| t.split_at(i))
+        .unwrap_or((t, "K"));
+    let mult: f64 = match unit.to_ascii_uppercase().trim_end_matches("IB") {
+        "B" => 1.0,
+        "K" | "KB" => 1024.0,
+        "M" | "MB" => 1024.0 * 1024.0,
+        "G" | "GB" => 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(format!("{s:?} is not a rate (e.g. 500K, 10M, 1G)")),
+    };
+    let n: f64 = num
+        .parse()
+        .ok()
+        .filter(|n: &f64| n.is_finite() && *n > 0.0)
+        .ok_or_else(|| format!("{s:?} is not a rate above zero (e.g. 500K, 10M, 1G)"))?;
+    let rate = n * mult;
+    if rate < 1024.0 {
+        return Err(format!("--bwlimit {s} is below 1 KiB/s, which cannot work"));
+    }
+    Ok(rate as u64)
+}
+
 /// `--bwlimit`'s token bucket: `tokens` bytes may go now; it refills at the
 /// limit's rate up to one second's worth.
 struct Bucket {
@@ -213,5 +240,21 @@ impl Run {
 
     pub fn kept_errors(&self) -> Vec<EntryError> {
         std::mem::take(&mut self.kept_errors.lock().unwrap())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("500").unwrap(), 500 * 1024);
+        assert_eq!(parse_rate("10M").unwrap(), 10 << 20);
+        assert_eq!(parse_rate("1GiB/s").unwrap(), 1 << 30);
+        assert_eq!(parse_rate("4096B").unwrap(), 4096);
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("10B").is_err());
     }
 }
