@@ -46,6 +46,10 @@ pub struct DoctorArgs {
     /// Size of the write probe (with a PATH).
     #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = robosync_sync::parse_rate)]
     pub probe_size: u64,
+    /// Print the checks as one JSON document on stdout (name, status
+    /// ok/failed/skipped, detail, fix, notes); schema in README "doctor --json".
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -115,6 +119,7 @@ pub fn doctor(argv: Vec<OsString>) -> i32 {
         ipv6: a.ipv6,
         timeout: a.timeout,
         probe_size: a.probe_size,
+        json: a.json,
     })
 }
 
