@@ -11,8 +11,14 @@ use std::process::Command;
 use crate::util::*;
 
 fn doctor(config: &Path, target: &str) -> Ran {
+    doctor_with(&[], config, target)
+}
+
+/// `robosync doctor` with `extra` arguments first.
+fn doctor_with(extra: &[&str], config: &Path, target: &str) -> Ran {
     let mut c = Command::new(env!("CARGO_BIN_EXE_robosync"));
     c.arg("doctor")
+        .args(extra)
         .arg("-F")
         .arg(config)
         .arg("--probe-size")
@@ -263,16 +269,7 @@ fn doctor_lists_the_agent_keys_and_logs_in_with_them() {
 #[test]
 fn doctor_json_is_one_document_of_checks_with_the_same_exit_code() {
     fn json(config: &Path, target: &str) -> (Ran, serde_json::Value) {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_robosync"));
-        c.arg("doctor")
-            .arg("--json")
-            .arg("-F")
-            .arg(config)
-            .arg("--probe-size")
-            .arg("1M")
-            .arg(target)
-            .env_remove("SSH_AUTH_SOCK");
-        let r = run(&mut c);
+        let r = doctor_with(&["--json"], config, target);
         let v = serde_json::from_str(&r.stdout())
             .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", r.stdout()));
         (r, v)

@@ -48,25 +48,27 @@ fn line<'a>(listing: &'a str, needle: &str) -> &'a str {
         .unwrap_or_else(|| panic!("no line with {needle:?} in:\n{listing}"))
 }
 
-/// A push of `src` to `dest` and a pull of `dest` into `back`, with `state`.
-fn push_and_pull(sshd: &Sshd, state: &Path, src: &Path, dest: &Path, back: &Path) {
-    run(robosync(sshd, state).arg(contents(src)).arg(remote(dest))).success();
-    run(robosync(sshd, state).arg(remote(dest)).arg(back)).success();
+/// A source of two files pushed to the sshd's `dest` and pulled back into
+/// `back`, with the state in `state`: the paths `(src, dest, back, state)`
+/// under `t`.
+fn push_and_pull(sshd: &Sshd, t: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf) {
+    let (src, back, state) = (t.join("src"), t.join("back"), t.join("state"));
+    write(&src.join("a/one.txt"), b"one\n");
+    write(&src.join("big.bin"), &bytes(300 << 10, 1));
+    let dest = sshd.mkdir("dest");
+    run(robosync(sshd, &state)
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
+    run(robosync(sshd, &state).arg(remote(&dest)).arg(&back)).success();
+    (src, dest, back, state)
 }
 
 #[test]
 fn state_list_names_each_pair_after_a_push_and_a_pull() {
     let sshd = Sshd::start();
     let t = tempdir();
-    let (src, back, state) = (
-        t.path().join("src"),
-        t.path().join("back"),
-        t.path().join("state"),
-    );
-    write(&src.join("a/one.txt"), b"one\n");
-    write(&src.join("big.bin"), &bytes(300 << 10, 1));
-    let dest = sshd.mkdir("dest");
-    push_and_pull(&sshd, &state, &src, &dest, &back);
+    let (src, dest, back, state) = push_and_pull(&sshd, t.path());
 
     let ran = state_cmd(&state, &["list"]).success();
     let out = ran.stdout();
@@ -140,15 +142,7 @@ fn state_list_says_a_run_was_interrupted() {
 fn state_clean_previews_removes_old_state_keeps_a_locked_pair_and_the_next_run_works() {
     let sshd = Sshd::start();
     let t = tempdir();
-    let (src, back, state) = (
-        t.path().join("src"),
-        t.path().join("back"),
-        t.path().join("state"),
-    );
-    write(&src.join("a/one.txt"), b"one\n");
-    write(&src.join("two.bin"), &bytes(200 << 10, 2));
-    let dest = sshd.mkdir("dest");
-    push_and_pull(&sshd, &state, &src, &dest, &back);
+    let (src, dest, back, state) = push_and_pull(&sshd, t.path());
     let dirs = pair_dirs(&state);
     assert_eq!(dirs.len(), 2);
     let before = snapshot(&state);
