@@ -11,8 +11,14 @@ use std::process::Command;
 use crate::util::*;
 
 fn doctor(config: &Path, target: &str) -> Ran {
+    doctor_with(&[], config, target)
+}
+
+/// `robosync doctor` with `extra` arguments first.
+fn doctor_with(extra: &[&str], config: &Path, target: &str) -> Ran {
     let mut c = Command::new(env!("CARGO_BIN_EXE_robosync"));
     c.arg("doctor")
+        .args(extra)
         .arg("-F")
         .arg(config)
         .arg("--probe-size")
@@ -254,4 +260,96 @@ fn doctor_lists_the_agent_keys_and_logs_in_with_them() {
         r.stdout()
     );
     passed(&r, "authentication");
+}
+
+/// `doctor --json`: stdout is one JSON document, a check object per line
+/// of the human output (name, status, detail, fix, notes), the exit code
+/// as without it; on a robot node all pass, with a refused SFTP subsystem
+/// SFTP fails with its fix and what follows is skipped or absent.
+#[test]
+fn doctor_json_is_one_document_of_checks_with_the_same_exit_code() {
+    fn json(config: &Path, target: &str) -> (Ran, serde_json::Value) {
+        let r = doctor_with(&["--json"], config, target);
+        let v = serde_json::from_str(&r.stdout())
+            .unwrap_or_else(|e| panic!("not one JSON document ({e}): {}", r.stdout()));
+        (r, v)
+    }
+    fn check<'a>(v: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+        v["checks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} check in {v}"))
+    }
+    let sshd = Sshd::start();
+    let dir = sshd.mkdir("dest");
+    let target = format!("robot:{}", dir.display());
+    let (r, v) = json(&sshd.ssh_config, &target);
+    assert_eq!(r.code(), 0, "{v}\n{}", r.stderr());
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["target"], target.as_str());
+    // The same checks, in the same order, as the lines.
+    let human = doctor(&sshd.ssh_config, &target);
+    let names: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    let out = human.stdout();
+    let lines: Vec<&str> = out
+        .lines()
+        .filter_map(|l| {
+            l.split_once(' ')
+                .filter(|(m, _)| ["✓", "✗", "-"].contains(m))
+        })
+        .map(|(_, t)| t.split_once(':').unwrap().0)
+        .collect();
+    assert_eq!(names, lines, "{v}\n{}", human.stdout());
+    for c in v["checks"].as_array().unwrap() {
+        assert_eq!(c["status"], "ok", "{c}");
+        assert!(c["fix"].is_null(), "{c}");
+        assert!(c["detail"].as_str().is_some_and(|d| !d.is_empty()), "{c}");
+        assert!(c["notes"].is_array(), "{c}");
+    }
+    assert!(check(&v, "TCP")["detail"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.1"));
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 0);
+
+    let refusing = Sshd::builder().reject_sftp(true).start();
+    let (r, v) = json(&refusing.ssh_config, "robot:/tmp");
+    assert_eq!(r.code(), 5, "{v}");
+    assert_eq!(v["exit_code"], 5);
+    assert_eq!(check(&v, "authentication")["status"], "ok");
+    let sftp = check(&v, "SFTP");
+    assert_eq!(sftp["status"], "failed", "{sftp}");
+    assert!(sftp["detail"]
+        .as_str()
+        .unwrap()
+        .contains("Command rejected by transfer_commands.sh"));
+    assert!(sftp["fix"]
+        .as_str()
+        .unwrap()
+        .starts_with("the key's forced command"));
+    let statuses: Vec<&str> = v["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses
+            .iter()
+            .all(|s| ["ok", "failed", "skipped"].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == "failed").count(),
+        1,
+        "{v}"
+    );
 }

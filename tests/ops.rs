@@ -363,3 +363,105 @@ fn log_file_and_itemize_changes_record_each_action() {
         "{text}"
     );
 }
+
+/// `--json-progress` (with `--json`): every stderr line is a JSON object of
+/// the documented shape, phases come in the engine's order, progress lines
+/// are at least half a second apart and show the transfer moving, and the
+/// last line's counters are the totals and the report's. stdout holds the
+/// report alone.
+#[test]
+fn json_progress_lines_parse_phases_in_order_and_end_at_the_totals() {
+    let sshd = Sshd::start();
+    let t = tempdir();
+    let src = t.path().join("src");
+    sample_tree(&src);
+    let dest = sshd.mkdir("dest");
+    let state = t.path().join("state");
+    // 4 MiB/s: the 10 MiB file takes a few seconds, so progress lines come.
+    let ran = run(robosync(&sshd, &state)
+        .args(["--json", "--json-progress", "--bwlimit", "4M"])
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
+    let r = report(&ran);
+    let lines: Vec<serde_json::Value> = ran
+        .stderr()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l:?}")))
+        .collect();
+    let fields = [
+        "schema_version",
+        "event",
+        "phase",
+        "elapsed_seconds",
+        "bytes_done",
+        "bytes_total",
+        "bytes_resumed",
+        "files_done",
+        "files_total",
+        "bytes_per_second",
+        "scanned_entries",
+        "hashed_bytes",
+    ];
+    for l in &lines {
+        assert_eq!(l["schema_version"], 1, "{l}");
+        for f in fields {
+            assert!(l.get(f).is_some(), "{f} missing: {l}");
+        }
+        assert_eq!(l.as_object().unwrap().len(), fields.len(), "{l}");
+    }
+    let order = [
+        "connecting",
+        "scanning",
+        "listing",
+        "planning",
+        "transferring",
+        "recording",
+        "closing",
+    ];
+    let phases: Vec<usize> = lines
+        .iter()
+        .filter(|l| l["event"] == "phase")
+        .map(|l| order.iter().position(|p| l["phase"] == *p).unwrap())
+        .collect();
+    assert_eq!(phases.first(), Some(&0), "{lines:?}");
+    assert!(phases.windows(2).all(|w| w[0] < w[1]), "{phases:?}");
+    assert!(phases.contains(&4), "no transferring phase: {phases:?}");
+    // Progress lines: at most two a second, and the transfer seen moving.
+    let mut last = -1.0;
+    for l in &lines {
+        let at = l["elapsed_seconds"].as_f64().unwrap();
+        if l["event"] == "progress" {
+            assert!(at - last >= 0.49, "progress lines too close: {lines:?}");
+        }
+        last = at;
+    }
+    let moving: Vec<_> = lines
+        .iter()
+        .filter(|l| l["event"] == "progress" && l["phase"] == "transferring")
+        .collect();
+    assert!(!moving.is_empty(), "{lines:?}");
+    assert!(moving
+        .iter()
+        .any(|l| l["bytes_per_second"].as_u64() > Some(0)));
+    let end = lines.last().unwrap();
+    assert_eq!(end["event"], "end", "{end}");
+    assert_eq!(lines.iter().filter(|l| l["event"] == "end").count(), 1);
+    assert_eq!(end["bytes_done"], end["bytes_total"], "{end}");
+    assert_eq!(end["files_done"], end["files_total"], "{end}");
+    assert_eq!(end["files_done"], r.files_transferred, "{end} {r:?}");
+    assert_eq!(end["bytes_done"], r.bytes_transferred, "{end} {r:?}");
+    assert_same_tree(&src, &dest);
+
+    // Alone, it leaves stdout empty.
+    write(&src.join("new.txt"), b"new\n");
+    let ran = run(robosync(&sshd, &state)
+        .arg("--json-progress")
+        .arg(contents(&src))
+        .arg(remote(&dest)))
+    .success();
+    assert_eq!(ran.stdout(), "");
+    let end: serde_json::Value =
+        serde_json::from_str(ran.stderr().lines().last().unwrap()).unwrap();
+    assert_eq!(end["files_done"], 1, "{end}");
+}

@@ -15,7 +15,14 @@ fn completions_cover_options_and_subcommands_and_parse() {
     for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
         let r = robosync_args(&["completions", shell]);
         assert_eq!(r.code(), 0, "{shell}: {}", r.stderr());
-        for word in ["doctor", "robot-key", "bwlimit", "delete-excluded"] {
+        for word in [
+            "doctor",
+            "robot-key",
+            "state",
+            "older-than",
+            "bwlimit",
+            "delete-excluded",
+        ] {
             assert!(r.stdout().contains(word), "{shell} lacks {word}");
         }
     }
@@ -39,6 +46,8 @@ fn man_page_has_every_option_and_a_section_per_subcommand() {
         "ROBOSYNC DOCTOR",
         "ROBOSYNC ROBOT-KEY",
         "ROBOSYNC COMPLETIONS",
+        "ROBOSYNC STATE",
+        "older\\-than",
         "bwlimit",
         "probe\\-size",
         "any\\-address",

@@ -25,4 +25,5 @@ mod resume;
 mod robot_key;
 mod semantics;
 mod ssh_policy;
+mod state;
 mod transport;

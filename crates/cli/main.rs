@@ -9,9 +9,9 @@
 //! in robosync-sync, and so are the exit-code table
 //! (`robosync_sync::EXIT_*`, rsync's numbers where the meaning matches) and
 //! the JSON report (`robosync_sync::json`). A first argument naming a
-//! subcommand (`doctor`, `robot-key`, `completions`, `man`) runs that
-//! instead (`subcommands.rs`, `packaging.rs`); any other first word is a
-//! path, as rsync reads it.
+//! subcommand (`doctor`, `robot-key`, `state`, `completions`, `man`) runs
+//! that instead (`subcommands.rs`, `packaging.rs`); any other first word is
+//! a path, as rsync reads it.
 
 mod packaging;
 mod run;
@@ -35,6 +35,7 @@ use robosync_transport::auth_hook::parse_duration;
 Subcommands (the first word; a local path of that name is written ./doctor):\n\
 \x20 robosync doctor HOST[:PATH]         check each step to a server and say how to fix what fails\n\
 \x20 robosync robot-key --from PATTERN   make a robot-node key; print the line to register and the config\n\
+\x20 robosync state list|clean           the local state of each (source, destination) pair; clean old state
 \x20 robosync completions SHELL          shell completions (bash, zsh, fish, elvish, powershell)\n\
 \x20 robosync man                        the man page (roff)"
 )]
@@ -175,6 +176,11 @@ pub struct Args {
     /// of the run, schema in README "JSON report"; -v lines go to stderr.
     #[arg(long)]
     pub json: bool,
+    /// JSON lines on stderr for pipeline tools: each phase as it begins,
+    /// progress (bytes and files done/total, rate) at most twice a second,
+    /// and an end line; schema in README "JSON progress". Stdout is untouched.
+    #[arg(long)]
+    pub json_progress: bool,
     /// One line per action in rsync's -i format (as -v, without the notes).
     #[arg(long)]
     pub itemize_changes: bool,
@@ -387,6 +393,7 @@ fn subcommand(argv: &[OsString]) -> Option<i32> {
     match argv.get(1)?.to_str()? {
         "doctor" => Some(subcommands::doctor(rest())),
         "robot-key" => Some(subcommands::robot_key(rest())),
+        "state" => Some(subcommands::state(rest())),
         "completions" | "man" => Some(packaging::main(rest())),
         _ => None,
     }

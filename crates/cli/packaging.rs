@@ -17,6 +17,7 @@ pub fn full_command() -> clap::Command {
         .args_conflicts_with_subcommands(true)
         .subcommand(crate::subcommands::DoctorArgs::command().name("doctor"))
         .subcommand(crate::subcommands::RobotKeyArgs::command().name("robot-key"))
+        .subcommand(crate::subcommands::StateArgs::command().name("state"))
         .subcommand(
             clap::Command::new("completions")
                 .about("Print shell completions for robosync (bash, zsh, fish, elvish, powershell)")
@@ -56,25 +57,31 @@ pub fn main(argv: Vec<OsString>) -> i32 {
         clap_mangen::Man::new(cmd.clone())
             .render(&mut out)
             .expect("rendering into memory");
-        // A section per subcommand: what it does, then its options.
+        // A section per subcommand: what it does, then its options; and
+        // a subsection per subcommand of its own (`state list`, `state clean`).
         for sub in cmd.get_subcommands() {
-            out.extend_from_slice(
-                format!(
-                    ".SH \"ROBOSYNC {}\"\n{}\n",
-                    sub.get_name().to_uppercase(),
-                    sub.get_about().map(|a| a.to_string()).unwrap_or_default()
-                )
-                .as_bytes(),
-            );
-            let mut options = Vec::new();
-            clap_mangen::Man::new(sub.clone())
-                .render_options_section(&mut options)
-                .expect("rendering into memory");
-            let options = String::from_utf8_lossy(&options).replacen(".SH OPTIONS\n", "", 1);
-            out.extend_from_slice(options.as_bytes());
+            let name = sub.get_name().to_uppercase();
+            man_section(&mut out, ".SH", &name, sub);
+            for inner in sub.get_subcommands().filter(|i| i.get_name() != "help") {
+                let inner_name = format!("{name} {}", inner.get_name().to_uppercase());
+                man_section(&mut out, ".SS", &inner_name, inner);
+            }
         }
     }
     use std::io::Write;
     let _ = std::io::stdout().write_all(&out);
     0
+}
+
+/// A man page section (`.SH`) or subsection (`.SS`) "ROBOSYNC NAME": what
+/// `cmd` does, then its options.
+fn man_section(out: &mut Vec<u8>, level: &str, name: &str, cmd: &clap::Command) {
+    let about = cmd.get_about().map(|a| a.to_string()).unwrap_or_default();
+    out.extend_from_slice(format!("{level} \"ROBOSYNC {name}\"\n{about}\n").as_bytes());
+    let mut options = Vec::new();
+    clap_mangen::Man::new(cmd.clone())
+        .render_options_section(&mut options)
+        .expect("rendering into memory");
+    let options = String::from_utf8_lossy(&options).replacen(".SH OPTIONS\n", "", 1);
+    out.extend_from_slice(options.as_bytes());
 }

@@ -1,5 +1,6 @@
-//! The `doctor` and `robot-key` subcommands' arguments (clap), handed to
-//! robosync-doctor as plain options.
+//! The `doctor`, `robot-key` and `state` subcommands' arguments (clap),
+//! handed to robosync-doctor and robosync-sync's `state` module as plain
+//! options.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -45,6 +46,10 @@ pub struct DoctorArgs {
     /// Size of the write probe (with a PATH).
     #[arg(long, default_value = "8M", value_name = "SIZE", value_parser = robosync_sync::parse_rate)]
     pub probe_size: u64,
+    /// Print the checks as one JSON document on stdout (name, status
+    /// ok/failed/skipped, detail, fix, notes); schema in README "doctor --json".
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Parser, Debug)]
@@ -114,6 +119,7 @@ pub fn doctor(argv: Vec<OsString>) -> i32 {
         ipv6: a.ipv6,
         timeout: a.timeout,
         probe_size: a.probe_size,
+        json: a.json,
     })
 }
 
@@ -139,6 +145,99 @@ pub fn robot_key(argv: Vec<OsString>) -> i32 {
         Err(e) => {
             eprintln!("robosync robot-key: error: {e}");
             EXIT_USAGE
+        }
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "robosync state",
+    about = "List or clean robosync's local state: one directory per (source, destination) pair"
+)]
+pub struct StateArgs {
+    /// The state directory [default: $XDG_STATE_HOME/robosync, else ~/.local/state/robosync].
+    #[arg(long, env = "ROBOSYNC_STATE_DIR", value_name = "DIR", global = true)]
+    pub state_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub action: StateAction,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum StateAction {
+    /// Each pair: key, direction, last run, size on disk, interrupted, locked by a live run.
+    List,
+    /// Remove the state of pairs not run for a while (or of the pairs named),
+    /// never one a running robosync holds. The next run of a removed pair
+    /// compares everything again (and a part-sent big file starts over).
+    Clean {
+        /// Pairs whose last run is older than this (e.g. 30d, 12h) [default: 90d, unless PAIRs are named].
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        older_than: Option<Duration>,
+        /// Show what would be removed, remove nothing.
+        #[arg(short = 'n', long)]
+        dry_run: bool,
+        /// Only these pairs: a KEY (or its first 6+ hex digits) as `state list`
+        /// shows it, or a local root or remote side exactly as listed.
+        #[arg(value_name = "PAIR")]
+        pairs: Vec<String>,
+    },
+}
+
+/// Runs `robosync state …` with the arguments after `state`; the exit code.
+pub fn state(argv: Vec<OsString>) -> i32 {
+    use robosync_sync::state;
+    let a: StateArgs = match parse(argv) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let dir = a.state_dir.unwrap_or_else(robosync_sync::default_state_dir);
+    let now = std::time::SystemTime::now();
+    let fail = |e: std::io::Error| {
+        eprintln!("robosync state: error: {}: {e}", dir.display());
+        EXIT_USAGE
+    };
+    match a.action {
+        StateAction::List => match state::list(&dir) {
+            Ok(entries) if entries.is_empty() => {
+                eprintln!("robosync state: no pairs in {}", dir.display());
+                0
+            }
+            Ok(entries) => {
+                print!("{}", state::render_list(&entries, now));
+                0
+            }
+            Err(e) => fail(e),
+        },
+        StateAction::Clean {
+            older_than,
+            dry_run,
+            pairs,
+        } => {
+            let opts = state::CleanOptions {
+                older_than,
+                pairs,
+                dry_run,
+            };
+            match state::clean(&dir, &opts, now) {
+                Ok(report) => {
+                    print!("{}", state::render_clean(&report));
+                    for u in &report.unmatched {
+                        eprintln!("robosync state: error: no pair matches {u:?} (see robosync state list)");
+                    }
+                    let failed = report
+                        .pairs
+                        .iter()
+                        .any(|(_, o)| matches!(o, state::Outcome::Failed(_)));
+                    if !report.unmatched.is_empty() {
+                        EXIT_USAGE
+                    } else if failed {
+                        robosync_sync::EXIT_PARTIAL
+                    } else {
+                        0
+                    }
+                }
+                Err(e) => fail(e),
+            }
         }
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use robosync_scanner::Rule;
+use robosync_sync::progress::{JsonProgress, Tee};
 use robosync_sync::{fail, Command, Endpoint, Failure, Options, Report, SshConnector, EXIT_USAGE};
 use robosync_transport::auth_hook;
 use robosync_transport::ssh_config::{AddressFamily, ConfigRequest};
@@ -19,26 +20,36 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
     let run = Arc::new(Run::new(RunOptions {
         verbose: args.verbose,
         quiet: args.quiet,
-        progress: !args.no_progress && !args.json,
+        progress: !args.no_progress && !args.json && !args.json_progress,
         json: args.json,
         itemize: args.itemize_changes,
         stats: args.stats,
     }));
     let report = match open_log(&args, &run).and_then(|()| command(&args, rules)) {
         Ok(command) => {
+            let lines = args
+                .json_progress
+                .then(|| Arc::new(JsonProgress::new(Box::new(std::io::stderr()))));
             // The phase line's counters (the scan's) move on their own.
             let ticker = {
-                let run = run.clone();
+                let (run, lines) = (run.clone(), lines.clone());
                 tokio::spawn(async move {
                     loop {
                         tokio::time::sleep(Duration::from_millis(200)).await;
                         run.refresh();
+                        if let Some(l) = &lines {
+                            l.tick();
+                        }
                     }
                 })
             };
+            let observer: Arc<dyn robosync_sync::Observer> = match &lines {
+                Some(l) => Arc::new(Tee(run.clone(), l.clone())),
+                None => run.clone(),
+            };
             let ssh = connector(&args);
             let report = tokio::select! {
-                r = robosync_sync::run_command(&command, &ssh, run.clone()) => r,
+                r = robosync_sync::run_command(&command, &ssh, observer) => r,
                 () = interrupted() => {
                     // Everything landed so far is in place and journaled;
                     // the destination's lease goes now (bounded: the link
@@ -49,6 +60,9 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
                 }
             };
             ticker.abort();
+            if let Some(l) = &lines {
+                l.finish();
+            }
             report
         }
         Err(f) => Report {

@@ -22,6 +22,7 @@ use robosync_transport::connect::{certificate_paths, certificate_time_left, huma
 use robosync_transport::known_hosts::Verdict;
 use robosync_transport::ssh_config::{self, AddressFamily, ConfigRequest, StrictHostKeyChecking};
 use robosync_transport::{proto, Connection, Error, SessionOptions, Sftp, Target};
+use serde::Serialize;
 
 use robosync_sync::{exit_code, EXIT_CONNECT, EXIT_DENIED, EXIT_USAGE};
 
@@ -47,41 +48,136 @@ pub struct DoctorOptions {
     pub timeout: Duration,
     /// Size of the write probe (with a PATH).
     pub probe_size: u64,
+    /// Print one JSON document ([`DoctorReport`]) instead of the lines.
+    pub json: bool,
 }
 
-/// The checks' verdicts as they are printed; the first failure's exit code.
+/// `robosync doctor --json`'s document: every check in order (README
+/// "doctor --json").
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DoctorReport {
+    /// [`DOCTOR_SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The target as given.
+    pub target: String,
+    /// The process's exit code: 0, or the code a sync would have ended
+    /// with at the first failed check.
+    pub exit_code: i32,
+    /// The checks in the order they ran.
+    pub checks: Vec<CheckResult>,
+}
+
+/// The [`DoctorReport`] shape: raised when a field changes meaning or goes
+/// away (new fields may be added without raising it).
+pub const DOCTOR_SCHEMA_VERSION: u32 = 1;
+
+/// One check's verdict.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckResult {
+    /// The check, as printed before the colon (`TCP`, `host key`, `SFTP`, …).
+    pub name: String,
+    /// How it went.
+    pub status: Status,
+    /// What it found, or why it was skipped.
+    pub detail: String,
+    /// How to fix a failure (lines joined by newlines); null otherwise.
+    pub fix: Option<String>,
+    /// Further facts the check found (e.g. each agent key).
+    pub notes: Vec<String>,
+}
+
+/// A check's outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// It passed.
+    Ok,
+    /// It failed; `fix` says what to do.
+    Failed,
+    /// It could not run because an earlier check failed (or, like the write
+    /// probe without a PATH, was not asked for).
+    Skipped,
+}
+
+/// The checks' verdicts as they are printed (or, with `--json`, kept for
+/// the document); the first failure's exit code.
 #[derive(Default)]
 struct Checks {
     failed: Option<i32>,
+    /// `Some` with `--json`: nothing printed, everything kept.
+    kept: Option<Vec<CheckResult>>,
 }
 
 impl Checks {
-    fn pass(&self, name: &str, detail: impl AsRef<str>) {
-        println!("✓ {name}: {}", detail.as_ref());
+    fn keep(&mut self, name: &str, status: Status, detail: &str, fix: Option<&str>) -> bool {
+        let Some(kept) = self.kept.as_mut() else {
+            return false;
+        };
+        kept.push(CheckResult {
+            name: name.to_string(),
+            status,
+            detail: detail.to_string(),
+            fix: fix.map(str::to_string),
+            notes: Vec::new(),
+        });
+        true
+    }
+    fn pass(&mut self, name: &str, detail: impl AsRef<str>) {
+        if !self.keep(name, Status::Ok, detail.as_ref(), None) {
+            println!("✓ {name}: {}", detail.as_ref());
+        }
     }
     fn fail(&mut self, name: &str, detail: impl AsRef<str>, fix: impl AsRef<str>, code: i32) {
+        self.failed.get_or_insert(code);
+        if self.keep(name, Status::Failed, detail.as_ref(), Some(fix.as_ref())) {
+            return;
+        }
         println!("✗ {name}: {}", detail.as_ref());
         for line in fix.as_ref().lines() {
             println!("    fix: {line}");
         }
-        self.failed.get_or_insert(code);
     }
-    fn skip(&self, name: &str, why: &str) {
-        println!("- {name}: skipped ({why})");
+    fn skip(&mut self, name: &str, why: &str) {
+        if !self.keep(name, Status::Skipped, why, None) {
+            println!("- {name}: skipped ({why})");
+        }
     }
-    fn note(&self, text: impl AsRef<str>) {
-        println!("    note: {}", text.as_ref());
+    fn note(&mut self, text: impl AsRef<str>) {
+        match self.kept.as_mut().map(|k| k.last_mut()) {
+            Some(Some(last)) => last.notes.push(text.as_ref().to_string()),
+            // Every note follows the check it belongs to.
+            Some(None) => {}
+            None => println!("    note: {}", text.as_ref()),
+        }
     }
 }
 
-/// Runs `robosync doctor` (printing each check on stdout); the exit code.
+/// Runs `robosync doctor` (printing each check on stdout, or with `json`
+/// one [`DoctorReport`]); the exit code.
 pub fn main(args: DoctorOptions) -> i32 {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("cannot start the async runtime");
-    let code = rt.block_on(run(args));
+    let mut c = Checks {
+        failed: None,
+        kept: args.json.then(Vec::new),
+    };
+    let target = args.target.clone();
+    let code = rt.block_on(run(args, &mut c));
     rt.shutdown_timeout(Duration::from_millis(200));
+    if let Some(checks) = c.kept {
+        let report = DoctorReport {
+            schema_version: DOCTOR_SCHEMA_VERSION,
+            target,
+            exit_code: code,
+            checks,
+        };
+        println!(
+            "{}",
+            serde_json::to_string(&report).expect("the report serializes")
+        );
+    }
     code
 }
 
@@ -106,14 +202,15 @@ fn split_target(s: &str) -> (Option<String>, String, Option<String>) {
     (user, host, path.filter(|p| !p.is_empty()))
 }
 
-async fn run(args: DoctorOptions) -> i32 {
-    let mut c = Checks::default();
+async fn run(args: DoctorOptions, c: &mut Checks) -> i32 {
     let (user, host, path) = split_target(&args.target);
     if host.is_empty() {
         eprintln!("robosync doctor: error: no host in {:?}", args.target);
         return EXIT_USAGE;
     }
-    println!("robosync doctor {}", args.target);
+    if c.kept.is_none() {
+        println!("robosync doctor {}", args.target);
+    }
 
     // 1. The configuration `ssh HOST` would use.
     let request = ConfigRequest {
@@ -288,7 +385,7 @@ async fn run(args: DoctorOptions) -> i32 {
     if proxied {
         c.skip("DNS", "the proxy hop resolves the name");
         c.skip("TCP", "the proxy hop connects");
-    } else if !dns_and_tcp(&mut c, &cfg, args.timeout).await {
+    } else if !dns_and_tcp(c, &cfg, args.timeout).await {
         c.skip("host key", "no connection");
         c.skip("authentication", "no connection");
         return c.failed.unwrap_or(0);
@@ -468,7 +565,7 @@ async fn run(args: DoctorOptions) -> i32 {
 
     // 9. The PATH.
     let probe_dir = match &path {
-        Some(p) => check_path(&mut c, &sftp, p).await,
+        Some(p) => check_path(c, &sftp, p).await,
         None => None,
     };
 
@@ -530,7 +627,7 @@ async fn run(args: DoctorOptions) -> i32 {
 
     // 12. Throughput, with a probe file that is removed again.
     match probe_dir {
-        Some(dir) => throughput(&mut c, &sftp, &dir, args.probe_size).await,
+        Some(dir) => throughput(c, &sftp, &dir, args.probe_size).await,
         None if path.is_none() => c.skip(
             "throughput",
             "name a PATH (HOST:PATH) to write and remove one probe file there",

@@ -44,7 +44,9 @@
 //! retries, small state files), `confirm` (a push's destination confirmed
 //! against the record of its last clean run instead of listed), `space`,
 //! `lease`, `push` and `pull` (the data planes), `sync` (the run), `paths`
-//! (the command), `ssh` (the usual [`Connector`], [`SshConnector`]).
+//! (the command), `ssh` (the usual [`Connector`], [`SshConnector`]);
+//! `state` (the state directory's pairs, for `robosync state list|clean`)
+//! and `progress` (`--json-progress` lines, an observer) beside them.
 //!
 //! ```no_run
 //! # async fn f(job: robosync_sync::Job, observer: std::sync::Arc<dyn robosync_sync::Observer>) {
@@ -71,12 +73,14 @@ mod lease;
 #[cfg(test)]
 mod memory_tests;
 mod paths;
+pub mod progress;
 mod pull;
 mod push;
 mod remote;
 mod run;
 mod space;
 mod ssh;
+pub mod state;
 mod sync;
 
 pub use endpoint::Endpoint;
@@ -215,6 +219,20 @@ impl Phase {
             Phase::Connecting => "connecting",
             Phase::Scanning => "scanning",
             Phase::Listing => "listing the destination",
+            Phase::Planning => "planning",
+            Phase::Transferring => "transferring",
+            Phase::Recording => "recording",
+            Phase::Closing => "closing",
+        }
+    }
+
+    /// Its stable name for machines (`--json-progress`): one word, never
+    /// reworded.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Connecting => "connecting",
+            Phase::Scanning => "scanning",
+            Phase::Listing => "listing",
             Phase::Planning => "planning",
             Phase::Transferring => "transferring",
             Phase::Recording => "recording",

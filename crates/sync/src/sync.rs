@@ -208,6 +208,9 @@ pub async fn run(job: Job, run: &Arc<Run>) -> Result<Vec<EntryError>, Failure> {
         Direction::Pull => state_paths(&state_dir, &label, &abs_shown),
     };
     let _held = hold_state(&paths)?;
+    // Names the pair for `robosync state list`; only that listing misses
+    // it if it cannot be written (the run's own state errors come later).
+    let _ = crate::state::record_pair(&paths, direction, &abs_shown, &label);
     // A pull's destination is here: its lease now (see crate::lease). A
     // push's is taken with the destination made, below.
     let had_state = local_root.join(".robosync").exists();
