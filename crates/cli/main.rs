@@ -264,47 +264,30 @@ fn check_values(args: &Args) -> Result<(), String> {
 /// reads its options: `+ `/`- ` prefixes in include/exclude values and files.
 fn filter_rules(
     matches: &clap::ArgMatches,
-    args: &Args,
 ) -> Result<Vec<robosync_scanner::Rule>, robosync_scanner::FilterError> {
-    enum Opt<'a> {
-        Pattern(&'a str, bool),
-        File(&'a std::path::Path, bool),
-        Filter(&'a str),
+    let mut opts = Vec::new();
+    for id in [
+        "exclude",
+        "include",
+        "exclude_from",
+        "include_from",
+        "filter",
+    ] {
+        if let (Some(at), Some(values)) = (matches.indices_of(id), matches.get_raw(id)) {
+            opts.extend(at.zip(values).map(|(i, v)| (i, id, v)));
+        }
     }
-    let mut opts: Vec<(usize, Opt)> = Vec::new();
-    let at = |id: &str| matches.indices_of(id).into_iter().flatten();
-    opts.extend(
-        at("exclude")
-            .zip(&args.exclude)
-            .map(|(i, p)| (i, Opt::Pattern(p, false))),
-    );
-    opts.extend(
-        at("include")
-            .zip(&args.include)
-            .map(|(i, p)| (i, Opt::Pattern(p, true))),
-    );
-    opts.extend(
-        at("exclude_from")
-            .zip(&args.exclude_from)
-            .map(|(i, f)| (i, Opt::File(f, false))),
-    );
-    opts.extend(
-        at("include_from")
-            .zip(&args.include_from)
-            .map(|(i, f)| (i, Opt::File(f, true))),
-    );
-    opts.extend(
-        at("filter")
-            .zip(&args.filter)
-            .map(|(i, r)| (i, Opt::Filter(r))),
-    );
-    opts.sort_by_key(|(i, _)| *i);
+    opts.sort_by_key(|(i, _, _)| *i);
     let mut rules = robosync_scanner::Rules::default();
-    for (_, opt) in opts {
-        match opt {
-            Opt::Pattern(p, include) => rules.pattern(p, include),
-            Opt::File(f, include) => rules.pattern_file(f, include),
-            Opt::Filter(r) => rules.filter(r),
+    for (_, id, v) in opts {
+        // Patterns and rules were checked to be UTF-8 by clap; files are paths.
+        let text = v.to_string_lossy();
+        match id {
+            "exclude" | "include" => rules.pattern(&text, id == "include"),
+            "exclude_from" | "include_from" => {
+                rules.pattern_file(std::path::Path::new(v), id == "include_from")
+            }
+            _ => rules.filter(&text),
         }?;
     }
     Ok(rules.into_vec())
@@ -349,7 +332,7 @@ fn main() {
             }
         }
     }
-    let rules = match filter_rules(&matches, &args) {
+    let rules = match filter_rules(&matches) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("robosync: error: {e}");

@@ -223,20 +223,12 @@ impl Run {
     /// The report of a command stopped by a signal: what the progress
     /// counters saw land, and "rerun to resume" (exit 20).
     pub fn interrupted(&self) -> robosync_sync::Report {
-        robosync_sync::Report {
-            stats: robosync_sync::Stats {
-                files: self.files_done.load(Ordering::Relaxed),
-                bytes: self.bytes_done.load(Ordering::Relaxed),
-                ..Default::default()
-            },
-            elapsed: self.started.elapsed(),
-            errors: Vec::new(),
-            failure: Some(robosync_sync::fail(
-                robosync_sync::EXIT_INTERRUPTED,
-                "interrupted: rerun to resume",
-            )),
-            vanished: Vec::new(),
-        }
+        let stats = robosync_sync::Stats {
+            files: self.files_done.load(Ordering::Relaxed),
+            bytes: self.bytes_done.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        robosync_sync::Report::interrupted(stats, self.started.elapsed())
     }
 
     /// Bytes per second over the transfer phase alone.

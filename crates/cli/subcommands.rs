@@ -224,17 +224,7 @@ pub fn state(argv: Vec<OsString>) -> i32 {
                     for u in &report.unmatched {
                         eprintln!("robosync state: error: no pair matches {u:?} (see robosync state list)");
                     }
-                    let failed = report
-                        .pairs
-                        .iter()
-                        .any(|(_, o)| matches!(o, state::Outcome::Failed(_)));
-                    if !report.unmatched.is_empty() {
-                        EXIT_USAGE
-                    } else if failed {
-                        robosync_sync::EXIT_PARTIAL
-                    } else {
-                        0
-                    }
+                    report.exit_code()
                 }
                 Err(e) => fail(e),
             }

@@ -319,6 +319,18 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a command a signal stopped (exit 20, "rerun to
+    /// resume"), with what was seen to land by then.
+    pub fn interrupted(stats: Stats, elapsed: Duration) -> Report {
+        Report {
+            stats,
+            elapsed,
+            errors: Vec::new(),
+            failure: Some(fail(EXIT_INTERRUPTED, "interrupted: rerun to resume")),
+            vanished: Vec::new(),
+        }
+    }
+
     /// The process exit code (see the binary's documentation): 0, 23 for
     /// failed entries, 24 when only vanished entries are missing, or the
     /// failure's own code.

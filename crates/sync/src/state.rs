@@ -297,6 +297,22 @@ pub struct CleanReport {
 }
 
 impl CleanReport {
+    /// The exit code: 1 when a named pair matched nothing, 23 when a pair
+    /// could not be removed, else 0.
+    pub fn exit_code(&self) -> i32 {
+        if !self.unmatched.is_empty() {
+            crate::EXIT_USAGE
+        } else if self
+            .pairs
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Failed(_)))
+        {
+            crate::EXIT_PARTIAL
+        } else {
+            0
+        }
+    }
+
     /// Bytes removed (or that would be, in a dry run).
     pub fn freed(&self) -> u64 {
         self.pairs
