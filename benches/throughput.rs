@@ -9,7 +9,8 @@
 //! Scenarios: P1 push one 1 GiB file (fresh); P2 push 10,000 files of
 //! 0.5–64 KiB in 100 directories (fresh); P3 no-change rerun of P2; P8 pull of
 //! P1's and P2's data; P5 P1 and P2 through a shaping proxy at 50 ms RTT, plus
-//! P1 at 50 ms RTT and 50 MB/s per connection. Issue 19's trees of tiny
+//! P1 at 50 ms RTT and 50 MB/s per connection, and P5-3 P1 at 100 ms RTT
+//! (issue 19: ≥ 10× scp's throughput). Issue 19's trees of tiny
 //! files (100,000 of 64 B in 1,000 directories): P2b push on loopback, P5-4
 //! push at 50 ms RTT, P8-3 pull at 50 ms RTT, P3b no-change rerun at 50 ms.
 //!
@@ -79,6 +80,8 @@ enum Net {
     Wan,
     /// 25 ms each way and 50 MB/s per connection and direction.
     WanCapped,
+    /// 50 ms each way.
+    Far,
 }
 
 struct Scenario {
@@ -138,6 +141,12 @@ const SCENARIOS: &[Scenario] = &[
         net: Net::WanCapped,
     },
     Scenario {
+        id: "P5-3",
+        op: Op::Push,
+        data: Data::Big,
+        net: Net::Far,
+    },
+    Scenario {
         id: "P2b",
         op: Op::Push,
         data: Data::Tiny,
@@ -171,6 +180,7 @@ const GOALS: &[(&str, &str, f64, &str)] = &[
     ("P3", "rsync -a", 0.5, "≤ 0.5× time"),
     ("P5-1", "scp", 0.25, "≥ 4× throughput"),
     ("P5-2", "rsync -a", 1.0 / 1.5, "≥ 1.5× throughput"),
+    ("P5-3", "scp", 0.1, "≥ 10× throughput"),
     // Issue 19.
     ("P2b", "rsync -a", 1.0, "≤ 1.0× time"),
     ("P5-4", "rsync -a", 0.7, "≤ 0.7× time"),
@@ -214,6 +224,7 @@ impl Scenario {
             Net::Loopback => "",
             Net::Wan => ", 50 ms RTT",
             Net::WanCapped => ", 50 ms RTT + 50 MB/s per conn",
+            Net::Far => ", 100 ms RTT",
         };
         format!("{} {op}, {data}{net}", self.id)
     }
@@ -302,7 +313,7 @@ fn main() {
         .collect();
     assert!(
         !scenarios.is_empty(),
-        "ROBOSYNC_BENCH_ONLY selects no scenario (ids: P1 P2 P3 P8 P8-1 P8-2 P5 P5-1 P5-2 P5-1cap P2b P5-4 P8-3 P3b)"
+        "ROBOSYNC_BENCH_ONLY selects no scenario (ids: P1 P2 P3 P8 P8-1 P8-2 P5 P5-1 P5-2 P5-1cap P5-3 P2b P5-4 P8-3 P3b)"
     );
 
     let tiny = scenarios
@@ -627,15 +638,16 @@ fn attempt(
 
 /// A shaping proxy in front of the sshd and the client files that reach it.
 fn shaped_link(sshd: &Sshd, base: &Path, net: Net) -> (Proxy, Link) {
-    let (name, rate) = match net {
-        Net::Wan => ("wan", 0),
-        Net::WanCapped => ("wancap", 50_000_000),
+    let (name, rate, one_way) = match net {
+        Net::Wan => ("wan", 0, 25),
+        Net::WanCapped => ("wancap", 50_000_000, 25),
+        Net::Far => ("far", 0, 50),
         Net::Loopback => unreachable!("loopback needs no proxy"),
     };
     let proxy = Proxy::with_shaping(
         sshd.port,
         Shaping {
-            one_way_delay: Duration::from_millis(25),
+            one_way_delay: Duration::from_millis(one_way),
             rate,
         },
     );

@@ -6,6 +6,7 @@
 
 use std::fs;
 use std::io::Write;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use crate::util::*;
@@ -18,6 +19,15 @@ struct Pair {
 }
 
 fn pair(sshd: &Sshd, name: &str) -> Pair {
+    let p = fresh_pair(sshd, name);
+    // An hour old: a directory as fresh as its record is listed anyway
+    // (see `a_change_in_the_second_of_a_fresh_directory_is_still_seen`).
+    age_directories(&p.src, now_unix() - 3600);
+    p
+}
+
+/// A pair whose source was just made (its directories' mtimes are now).
+fn fresh_pair(sshd: &Sshd, name: &str) -> Pair {
     let t = tempdir();
     let src = t.path().join("src");
     sample_tree(&src);
@@ -27,6 +37,24 @@ fn pair(sshd: &Sshd, name: &str) -> Pair {
         dest: sshd.mkdir(name),
         _t: t,
     }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Every directory under `root` (itself included) gets mtime `secs`.
+fn age_directories(root: &Path, secs: i64) {
+    for e in fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_dir() {
+            age_directories(&e.path(), secs);
+        }
+    }
+    set_mtime(root, secs);
 }
 
 /// A `-vv --json` push of `p` with `extra` arguments, which must succeed.
@@ -160,6 +188,7 @@ fn a_stale_or_absent_record_or_manifest_copy_means_a_full_listing() {
 
     // A stale one: another run's records (here, from before a change).
     write(&p.src.join("a/later.txt"), b"later\n");
+    age_directories(&p.src, now_unix() - 3600);
     push(&sshd, &p, &[]);
     fs::write(&copy, &old_copy).unwrap();
     let ran = push(&sshd, &p, &[]);
@@ -207,4 +236,23 @@ fn a_pull_always_lists_its_source_in_full() {
         fs::read(dest.join("a/b/c/deep.txt")).unwrap(),
         fs::read(&file).unwrap()
     );
+}
+
+/// SFTP v3 mtimes are whole seconds: a directory changed outside in the
+/// same second as its (fresh) recorded mtime keeps that mtime. Such a
+/// directory is listed anyway, so the change is still found. (Simulated
+/// exactly: the outside create, then the directory's mtime put back.)
+#[test]
+fn a_change_in_the_second_of_a_fresh_directory_is_still_seen() {
+    let sshd = Sshd::start();
+    let p = fresh_pair(&sshd, "listing-racy");
+    push(&sshd, &p, &[]);
+    let dir = p.dest.join("a/b");
+    let mtime = fs::metadata(&dir).unwrap().mtime();
+    write(&dir.join("extra.txt"), b"not from the source\n");
+    set_mtime(&dir, mtime);
+    let fixed = push(&sshd, &p, &["--delete"]);
+    assert!(listing_note(&fixed).starts_with("listing: confirmed "));
+    assert!(!dir.join("extra.txt").exists(), "{}", fixed.stderr());
+    assert_same_tree(&p.src, &p.dest);
 }

@@ -18,7 +18,7 @@ use crate::manifest::{framed, Manifest};
 const MAGIC: [u8; 8] = *b"RBSLIST\0";
 /// Bump it when [`ListingRecord`]'s encoded shape changes (an older or newer
 /// record then reads as none, which only costs a full listing).
-pub const LISTING_VERSION: u32 = 1;
+pub const LISTING_VERSION: u32 = 2;
 
 /// One destination entry as the record knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +55,9 @@ pub struct ListingRecord {
     pub quick_runs: u32,
     /// When the destination was last listed in full (seconds since the epoch).
     pub full_at_unix: i64,
+    /// When this record was written (seconds since the epoch): a directory
+    /// whose mtime is this recent cannot be confirmed by its mtime.
+    pub recorded_at_unix: i64,
     /// Every entry, the root (empty path) included.
     pub entries: Vec<ListedEntry>,
 }

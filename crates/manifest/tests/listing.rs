@@ -15,6 +15,7 @@ fn record() -> ListingRecord {
         manifest_digest: [9; 32],
         quick_runs: 4,
         full_at_unix: 1_700_000_123,
+        recorded_at_unix: 1_700_000_456,
         entries: vec![
             entry(b"", ListedKind::Dir),
             entry(b"a", ListedKind::File),

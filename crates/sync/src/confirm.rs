@@ -10,7 +10,9 @@
 //! a directory changes its mtime, so an outside change of what a directory
 //! holds shows. What it cannot see: a file edited in place, or replaced
 //! keeping its directory's mtime (the directory's entries are unchanged),
-//! and an outside change that puts the directory's mtime back. Hence a full
+//! and an outside change that puts the directory's mtime back. A directory
+//! whose mtime was within [`RACY_SECONDS`] of the record's writing is
+//! listed anyway (a change in that same second would not move it). Hence a full
 //! listing every [`FULL_LISTING_EVERY`]th run or after
 //! [`FULL_LISTING_AFTER`] seconds, with `--full-listing` or `--checksum`.
 //!
@@ -34,6 +36,12 @@ use crate::{join, os, Options};
 pub const FULL_LISTING_EVERY: u32 = 10;
 /// Nor is a record older than this (seconds since its full listing) trusted.
 pub const FULL_LISTING_AFTER: i64 = 7 * 24 * 3600;
+/// A directory whose recorded mtime is within this many seconds of the
+/// record's writing is listed anyway (git's "racy" timestamps): SFTP v3
+/// mtimes are whole seconds, so an outside change in the same second as a
+/// fresh source directory's mtime would leave it unchanged, and the
+/// server's clock may be a little off ours.
+pub const RACY_SECONDS: i64 = 5;
 /// Directory stats in flight across the pool's sessions: one round trip
 /// confirms this many directories.
 const STATS_IN_FLIGHT: usize = 512;
@@ -121,7 +129,8 @@ pub async fn confirm(
             Ok(a) if a.is_dir() => {
                 let now = a.permissions.unwrap_or(0) & 0o7777;
                 let seen = a.mtime().map_or(0, i64::from);
-                if seen != mtime || now != mode {
+                let racy = mtime >= record.recorded_at_unix - RACY_SECONDS;
+                if seen != mtime || now != mode || racy {
                     changed.push((path, seen, now));
                 }
             }
@@ -291,6 +300,7 @@ pub fn record_of(
         manifest_digest: manifest.content_digest(),
         quick_runs: quick.map_or(0, |r| r.quick_runs + 1),
         full_at_unix: quick.map_or(now_unix, |r| r.full_at_unix),
+        recorded_at_unix: now_unix,
         entries,
     }
 }
