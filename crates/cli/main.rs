@@ -48,25 +48,8 @@ pub struct Args {
     #[arg(hide = true)]
     pub more: Vec<OsString>,
 
-    /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
-    #[arg(short = 'F', value_name = "FILE")]
-    pub config_file: Option<PathBuf>,
-    /// Identity (private key) file, as ssh -i; may be repeated.
-    #[arg(short = 'i', value_name = "IDENTITY")]
-    pub identity: Vec<PathBuf>,
-    /// Port on the remote host, as scp -P (not rsync's -P: progress shows by
-    /// itself on a terminal, and every run resumes partial files).
-    #[arg(short = 'P', value_name = "PORT")]
-    pub port: Option<u16>,
-    /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
-    #[arg(short = 'o', value_name = "OPTION")]
-    pub options: Vec<String>,
-    /// Use IPv4 addresses only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    pub ipv4: bool,
-    /// Use IPv6 addresses only.
-    #[arg(short = '6')]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub ssh: SshArgs,
     /// Use this OpenSSH client for the connection (e.g. to share a ControlMaster login).
     #[arg(long, value_name = "PROGRAM")]
     pub ssh_program: Option<PathBuf>,
@@ -204,6 +187,31 @@ pub struct Args {
     /// Never show progress bars (they only appear when stderr is a terminal).
     #[arg(long)]
     pub no_progress: bool,
+}
+
+/// How to reach a host, as ssh's own options say it (the sync's and
+/// doctor's alike).
+#[derive(clap::Args, Debug, Clone)]
+pub struct SshArgs {
+    /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
+    #[arg(short = 'F', value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// Identity (private key) file, as ssh -i; may be repeated.
+    #[arg(short = 'i', value_name = "IDENTITY")]
+    pub identity: Vec<PathBuf>,
+    /// Port on the remote host, as scp -P (not rsync's -P: progress shows by
+    /// itself on a terminal, and every run resumes partial files).
+    #[arg(short = 'P', value_name = "PORT")]
+    pub port: Option<u16>,
+    /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
+    #[arg(short = 'o', value_name = "OPTION")]
+    pub options: Vec<String>,
+    /// Use IPv4 addresses only.
+    #[arg(short = '4', conflicts_with = "ipv6")]
+    pub ipv4: bool,
+    /// Use IPv6 addresses only.
+    #[arg(short = '6')]
+    pub ipv6: bool,
 }
 
 impl Args {

@@ -22,24 +22,8 @@ use robosync_transport::auth_hook::parse_duration;
 pub struct DoctorArgs {
     /// [user@]host or [user@]host:PATH (host may be a Host alias from ssh_config).
     pub target: String,
-    /// ssh_config file to use instead of ~/.ssh/config (as ssh -F).
-    #[arg(short = 'F', value_name = "FILE")]
-    pub config_file: Option<PathBuf>,
-    /// Identity (private key) file, as ssh -i; may be repeated.
-    #[arg(short = 'i', value_name = "IDENTITY")]
-    pub identity: Vec<PathBuf>,
-    /// Port on the remote host, as scp -P.
-    #[arg(short = 'P', value_name = "PORT")]
-    pub port: Option<u16>,
-    /// An ssh_config option, as ssh -o "Key=value"; may be repeated.
-    #[arg(short = 'o', value_name = "OPTION")]
-    pub options: Vec<String>,
-    /// Use IPv4 addresses only.
-    #[arg(short = '4', conflicts_with = "ipv6")]
-    pub ipv4: bool,
-    /// Use IPv6 addresses only.
-    #[arg(short = '6')]
-    pub ipv6: bool,
+    #[command(flatten)]
+    pub ssh: crate::SshArgs,
     /// Give up on a step the server has not answered in this long.
     #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
     pub timeout: Duration,
@@ -111,12 +95,12 @@ pub fn doctor(argv: Vec<OsString>) -> i32 {
     };
     doctor::main(DoctorOptions {
         target: a.target,
-        config_file: a.config_file,
-        identity: a.identity,
-        port: a.port,
-        options: a.options,
-        ipv4: a.ipv4,
-        ipv6: a.ipv6,
+        config_file: a.ssh.config_file,
+        identity: a.ssh.identity,
+        port: a.ssh.port,
+        options: a.ssh.options,
+        ipv4: a.ssh.ipv4,
+        ipv6: a.ssh.ipv6,
         timeout: a.timeout,
         probe_size: a.probe_size,
         json: a.json,

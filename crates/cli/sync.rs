@@ -65,13 +65,7 @@ pub async fn main(args: Args, rules: Vec<Rule>) -> i32 {
             }
             report
         }
-        Err(f) => Report {
-            stats: Default::default(),
-            elapsed: Default::default(),
-            errors: Vec::new(),
-            failure: Some(f),
-            vanished: Vec::new(),
-        },
+        Err(f) => Report::failed(f),
     };
     // The exit code, from the runs' typed outcomes (README "Exit codes").
     for e in &report.errors {
@@ -151,14 +145,14 @@ fn connector(args: &Args) -> SshConnector {
     SshConnector {
         request: ConfigRequest {
             host: String::new(),
-            config_file: args.config_file.clone(),
-            options: args.options.clone(),
+            config_file: args.ssh.config_file.clone(),
+            options: args.ssh.options.clone(),
             user: None,
-            port: args.port,
-            identity_files: args.identity.clone(),
-            family: if args.ipv4 {
+            port: args.ssh.port,
+            identity_files: args.ssh.identity.clone(),
+            family: if args.ssh.ipv4 {
                 Some(AddressFamily::Inet)
-            } else if args.ipv6 {
+            } else if args.ssh.ipv6 {
                 Some(AddressFamily::Inet6)
             } else {
                 None

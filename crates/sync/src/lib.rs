@@ -319,6 +319,17 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of a command that failed before any run began.
+    pub fn failed(failure: Failure) -> Report {
+        Report {
+            stats: Stats::default(),
+            elapsed: Duration::ZERO,
+            errors: Vec::new(),
+            failure: Some(failure),
+            vanished: Vec::new(),
+        }
+    }
+
     /// The report of a command a signal stopped (exit 20, "rerun to
     /// resume"), with what was seen to land by then.
     pub fn interrupted(stats: Stats, elapsed: Duration) -> Report {
