@@ -418,17 +418,6 @@ pub fn human_bytes(n: u64) -> String {
     }
 }
 
-/// `3 d`, `5 h`, `12 min`, `40 s`: how long ago, coarsely.
-fn ago(d: Duration) -> String {
-    let s = d.as_secs();
-    match s {
-        s if s < 120 => format!("{s} s"),
-        s if s < 7_200 => format!("{} min", s / 60),
-        s if s < 172_800 => format!("{} h", s / 3_600),
-        s => format!("{} d", s / 86_400),
-    }
-}
-
 /// `state list`'s table: one line per pair under a header, `now` for ages.
 pub fn render_list(entries: &[StateEntry], now: SystemTime) -> String {
     let mut out = String::new();
@@ -455,7 +444,9 @@ pub fn render_list(entries: &[StateEntry], now: SystemTime) -> String {
                 let when = when.get(..16).unwrap_or(when);
                 format!(
                     "{when} ({} ago)",
-                    ago(now.duration_since(t).unwrap_or_default())
+                    robosync_transport::connect::human_duration(
+                        now.duration_since(t).unwrap_or_default().as_secs()
+                    )
                 )
             }
             None => "-".into(),
